@@ -1,0 +1,36 @@
+"""DELETE /state/{key}: delete a key, leaving a tombstone that keeps its version count."""
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from state_core import api
+from state_core.auth import WRITE
+from state_core.observability import lambda_entry
+from state_core.runtime import state_manager
+
+router = APIGatewayHttpRouter()
+
+
+@router.delete(
+    "/state/<key>",
+    summary="Delete a key",
+    responses={
+        204: {"description": "Deleted; the ETag names the tombstone's version"},
+        **api.ERROR_RESPONSES,
+    },
+)
+def delete_state(key: str):
+    event = router.current_event
+    key = api.request_key(event)
+    principal = api.authorized_principal(event, WRITE, key)
+    expect = api.expectation(event, allow_if_none_match=False)
+    tombstone = state_manager().delete(key, actor=principal.subject, expect=expect)
+    return Response(status_code=204, headers={"ETag": api.etag(tombstone.version)})
+
+
+app = api.build_resolver(router)
+
+
+@lambda_entry("delete")
+def lambda_handler(event, context):
+    return app.resolve(event, context)

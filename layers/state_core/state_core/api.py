@@ -1,0 +1,234 @@
+"""HTTP edge shared by the state handlers: the resolver with its one error mapping, the principal from the
+authorizer context, preconditions and bodies read from the request, and responses built from core results.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any, TypeVar
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+from pydantic import BaseModel, ValidationError
+
+from state_core.auth import Principal, authorize
+from state_core.codec import MAX_BODY_BYTES, check_body_size
+from state_core.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceUnavailable,
+    StateError,
+    UnprocessableBody,
+    UnsupportedMediaType,
+)
+from state_core.keys import validate_key
+from state_core.manager import Expectation, StateView
+from state_core.models import Problem, StateEnvelope, StateMetadata, StateRecord
+from state_core.observability import logger
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+JSON_CONTENT_TYPE = "application/json"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+PROBLEM_TYPE_BASE = "https://state.service/problems/"
+
+Model = TypeVar("Model", bound=BaseModel)
+
+_ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*\Z')
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}}}
+    for status, description in {
+        400: "Invalid key, JSON, body or header",
+        403: "Not allowed for this key",
+        404: "Absent, deleted or expired",
+        412: "Precondition failed",
+        413: "Value or body too large",
+        415: "Unsupported media type",
+        422: "Body of the wrong shape",
+        503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
+    }.items()
+}
+ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
+METADATA_RESPONSE = {
+    "description": "The state's metadata",
+    "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
+}
+
+
+def problem(error: StateError) -> Response[str]:
+    """The one place a domain error becomes an RFC 9457 problem document."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    headers: dict[str, str] = {}
+    if isinstance(error, PreconditionFailed):
+        body["current_version"] = error.current_version
+        if error.current_version is not None:
+            headers["ETag"] = etag(error.current_version)
+    if isinstance(error, ServiceUnavailable):
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    return Response(
+        status_code=error.status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        body=json.dumps(body, ensure_ascii=False),
+        headers=headers,
+    )
+
+
+def build_resolver(router: APIGatewayHttpRouter) -> APIGatewayHttpResolver:
+    """An HTTP API (payload 2.0) resolver around one function's router, with the shared error mapping."""
+    app = APIGatewayHttpResolver()
+    app.include_router(router)
+
+    @app.exception_handler(StateError)  # type: ignore[untyped-decorator]
+    def _state_error(error: StateError) -> Response[str]:
+        logger.info("request refused", extra={"status": error.status, "reason": error.slug})
+        return problem(error)
+
+    @app.not_found
+    def _no_route(_: Exception) -> Response[str]:
+        # API Gateway routed the request here, so the key segment is what Powertools could not match.
+        key = (app.current_event.path_parameters or {}).get("key", "")
+        validate_key(key)
+        return problem(NotFound("no such route"))
+
+    return app
+
+
+def request_key(event: APIGatewayProxyEventV2) -> str:
+    """The validated key from the path (API Gateway has already URL-decoded it)."""
+    key = validate_key((event.path_parameters or {}).get("key", ""))
+    logger.append_keys(key=key)
+    return key
+
+
+def authorized_principal(event: APIGatewayProxyEventV2, permission: str, key: str) -> Principal:
+    """The caller, if it holds `permission` on `key`; Forbidden/Unauthenticated otherwise."""
+    context = event.request_context.authorizer.get_lambda if event.request_context.authorizer else None
+    principal = Principal.from_authorizer_context(context)
+    logger.append_keys(actor=principal.subject)
+    authorize(principal, permission, key)
+    return principal
+
+
+def body_bytes(event: APIGatewayProxyEventV2) -> bytes:
+    """The raw request body; over the pre-parse limit it is refused (413) before decoding or parsing."""
+    body = event.body or ""
+    if event.is_base64_encoded:
+        # 4 base64 characters carry 3 bytes: refuse on the encoded length, before decoding.
+        if len(body) // 4 * 3 > MAX_BODY_BYTES + 3:
+            raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except ValueError as exc:
+            raise BadRequest("the body is not valid base64") from exc
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    check_body_size(raw)
+    return raw
+
+
+def require_content_type(event: APIGatewayProxyEventV2, *allowed: str) -> None:
+    """415 unless the media type (parameters such as charset ignored) is one of `allowed`.
+    A body without a Content-Type is taken as JSON."""
+    header = event.headers.get("content-type")
+    if header is None:
+        return
+    media_type = header.split(";", 1)[0].strip().lower()
+    if media_type not in allowed:
+        raise UnsupportedMediaType(f"Content-Type must be one of {', '.join(allowed)}, not {media_type}")
+    charset = re.search(r";\s*charset\s*=\s*\"?([^\s;\"]+)", header, re.IGNORECASE)
+    if charset and charset.group(1).lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("bodies are UTF-8 JSON")
+
+
+def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> Expectation:
+    """If-Match (one strong ETag or `*`) and, on PUT, If-None-Match: `*`."""
+    if_match = event.headers.get("if-match")
+    if_none_match = event.headers.get("if-none-match")
+    expected: int | str | None = None
+    if if_match is not None:
+        if if_match.strip() == "*":
+            expected = "*"
+        else:
+            match = _ETAG.match(if_match)
+            if match is None or match.group(1):
+                raise BadRequest('If-Match must be * or one strong ETag such as "3"')
+            expected = int(match.group(2))
+    if if_none_match is not None:
+        if not allow_if_none_match or if_none_match.strip() != "*":
+            raise BadRequest("If-None-Match on a write must be * (create only), and only on PUT")
+        if expected is not None:
+            raise BadRequest("If-Match and If-None-Match cannot be combined")
+    return Expectation(if_match=expected, if_none_match_any=if_none_match is not None)  # type: ignore[arg-type]
+
+
+def validated[Model: BaseModel](model: type[Model], data: Any) -> Model:
+    """`data` as `model`, or 422 naming each wrong field (never echoing the input: it may be a value)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise UnprocessableBody(f"the body does not match {model.__name__}: {reasons}") from exc
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def not_modified(event: APIGatewayProxyEventV2, version: int) -> bool:
+    """True if If-None-Match names the current version (weak comparison, RFC 9110 §13.1.2) or is `*`."""
+    header = event.headers.get("if-none-match")
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    for candidate in header.split(","):
+        match = _ETAG.match(candidate)
+        if match is not None and int(match.group(2)) == version:
+            return True
+    return False
+
+
+def consistent_read_requested(event: APIGatewayProxyEventV2) -> bool:
+    value = (event.query_string_parameters or {}).get("consistent")
+    if value is None:
+        return False
+    if value not in ("true", "false"):
+        raise BadRequest("consistent must be true or false")
+    return value == "true"
+
+
+def envelope_body(record: StateRecord, canonical_value: bytes | None) -> str:
+    """The envelope as JSON; the value's canonical JSON is spliced in as stored, never re-encoded."""
+    metadata = record.metadata().model_dump_json()
+    if canonical_value is None:
+        return metadata
+    return f'{metadata[:-1]},"value":{canonical_value.decode("utf-8")}}}'
+
+
+def state_response(status: int, record: StateRecord, canonical_value: bytes | None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=JSON_CONTENT_TYPE,
+        body=envelope_body(record, canonical_value),
+        headers={"ETag": etag(record.version)},
+    )
+
+
+def read_response(event: APIGatewayProxyEventV2, view: StateView) -> Response[str]:
+    """200 with the envelope, or 304 when the client already holds this version."""
+    if not_modified(event, view.record.version):
+        return Response(status_code=304, headers={"ETag": etag(view.record.version)})
+    return state_response(200, view.record, view.canonical_value)

@@ -1,0 +1,74 @@
+"""Who is calling and what they may do (DESIGN §4): the principal the authorizer put in the request
+context, and RBAC by permission and key pattern, enforced on the validated key.
+
+A grant is a scope `state:read` / `state:write` (every key) or `state:read:<pattern>` /
+`state:write:<pattern>`, where a pattern is an exact key or a prefix ending in `*`, and `${sub}` stands for
+the caller's subject. A subject that cannot appear in a key expands to nothing, so it grants nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from state_core.errors import Forbidden, Unauthenticated
+from state_core.keys import is_key_fragment
+
+READ = "state:read"
+WRITE = "state:write"
+_SUB = "${sub}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    scopes: frozenset[str]
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def from_authorizer_context(cls, context: Mapping[str, Any] | None) -> Principal:
+        """The principal from the authorizer's simple-response context: `sub`, `scopes` (space-separated)
+        and `roles` (a JSON array). A request without it never passed the authorizer and is refused."""
+        if not context or not isinstance(context.get("sub"), str) or not context["sub"]:
+            raise Unauthenticated("the request carries no authorizer context")
+        roles_text = context.get("roles") or "[]"
+        try:
+            roles = json.loads(roles_text)
+        except (TypeError, ValueError):
+            roles = []
+        return cls(
+            subject=context["sub"],
+            scopes=frozenset(str(context.get("scopes") or "").split()),
+            roles=tuple(role for role in roles if isinstance(role, str)) if isinstance(roles, list) else (),
+        )
+
+    def patterns_for(self, permission: str) -> list[str]:
+        """The key patterns this principal holds `permission` on ("*" for every key)."""
+        patterns = []
+        for scope in self.scopes:
+            if scope == permission:
+                patterns.append("*")
+            elif scope.startswith(permission + ":"):
+                patterns.append(scope[len(permission) + 1 :])
+        return patterns
+
+    def allows(self, permission: str, key: str) -> bool:
+        return any(_matches(pattern, key, self.subject) for pattern in self.patterns_for(permission))
+
+
+def _matches(pattern: str, key: str, subject: str) -> bool:
+    if _SUB in pattern:
+        if not is_key_fragment(subject):
+            return False
+        pattern = pattern.replace(_SUB, subject)
+    if pattern.endswith("*"):
+        return key.startswith(pattern[:-1])
+    return key == pattern
+
+
+def authorize(principal: Principal, permission: str, key: str) -> None:
+    """Raise Forbidden (403) unless `principal` holds `permission` on `key`."""
+    if not principal.allows(permission, key):
+        raise Forbidden(f"{permission} is not granted on key {key}")

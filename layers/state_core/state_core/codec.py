@@ -1,0 +1,133 @@
+"""JSON in and out of the service (DESIGN §3 "JSON" and "Size") and the stored, compressed form of values.
+
+A value's canonical form is `json.dumps(v, separators=(",", ":"), ensure_ascii=False)` in UTF-8: sizes are
+measured on it, it is what gets compressed and stored, and a read returns it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from state_core.errors import InvalidJson, PayloadTooLarge
+
+MAX_VALUE_BYTES = 1_048_576
+# Room for the PUT envelope around a 1 MiB value; anything larger is refused before parsing.
+MAX_BODY_BYTES = MAX_VALUE_BYTES + 65_536
+MAX_DEPTH = 64
+
+ENCODING_ZLIB = "zlib"
+ENCODING_IDENTITY = "identity"
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidJson(f"{name} is not a JSON number")
+
+
+def _parse_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise InvalidJson("a number is too large to represent")
+    return number
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
+        raise InvalidJson(f"duplicate member name {json.dumps(duplicate)}")
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_parse_float,
+)
+
+
+def check_body_size(body: bytes | str) -> None:
+    """Refuse a request body over the pre-parse limit (413), before any parsing."""
+    size = len(body) if isinstance(body, bytes) else len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES}")
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Parse a request body strictly: UTF-8, no NaN/Infinity, no overflowing numbers, no duplicate
+    member names, nesting at most MAX_DEPTH + 1 deep (the envelope may add one level)."""
+    check_body_size(body)
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise InvalidJson("the body is not valid UTF-8") from exc
+    try:
+        value = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise InvalidJson(f"JSON nesting is deeper than {MAX_DEPTH} levels") from exc
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise InvalidJson("a number cannot be represented") from exc
+    return value
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Raise InvalidJson if containers nest deeper than `limit` (a scalar has depth 0, `[]` depth 1).
+
+    Breadth-first over containers only, so a flat 1 MiB array costs one pass of isinstance checks.
+    """
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InvalidJson(f"JSON nesting is deeper than {limit} levels")
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical UTF-8 form of `value`; lone surrogates are InvalidJson."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidJson("a string holds a lone surrogate, which is not valid Unicode") from exc
+    except ValueError as exc:
+        raise InvalidJson(str(exc)) from exc
+
+
+def check_value_size(canonical: bytes) -> None:
+    if len(canonical) > MAX_VALUE_BYTES:
+        raise PayloadTooLarge(f"the value's canonical JSON is {len(canonical)} bytes; the limit is {MAX_VALUE_BYTES}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    """A value as stored: its encoding, the encoded bytes, and the size of its canonical JSON."""
+
+    encoding: str
+    data: bytes
+    size: int
+
+    @classmethod
+    def encode(cls, canonical: bytes) -> StoredValue:
+        compressed = zlib.compress(canonical, 6)
+        if len(compressed) < len(canonical):
+            return cls(ENCODING_ZLIB, compressed, len(canonical))
+        return cls(ENCODING_IDENTITY, canonical, len(canonical))
+
+    def canonical(self) -> bytes:
+        if self.encoding == ENCODING_ZLIB:
+            return zlib.decompress(self.data)
+        if self.encoding == ENCODING_IDENTITY:
+            return self.data
+        raise ValueError(f"unknown value encoding {self.encoding!r}")

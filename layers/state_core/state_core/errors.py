@@ -1,0 +1,70 @@
+"""Domain errors. Each carries the HTTP status it maps to; `problem.py` turns them into RFC 9457 documents.
+
+Details never contain a stored value or a token: they are logged and returned to clients.
+"""
+
+from __future__ import annotations
+
+
+class StateError(Exception):
+    """Base of every error the core reports to a client."""
+
+    status: int = 500
+    title: str = "Internal error"
+    slug: str = "internal-error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidKey(StateError):
+    status, title, slug = 400, "Invalid key", "invalid-key"
+
+
+class InvalidJson(StateError):
+    status, title, slug = 400, "Invalid JSON", "invalid-json"
+
+
+class BadRequest(StateError):
+    status, title, slug = 400, "Bad request", "bad-request"
+
+
+class Unauthenticated(StateError):
+    status, title, slug = 401, "Unauthenticated", "unauthenticated"
+
+
+class Forbidden(StateError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(StateError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class PreconditionFailed(StateError):
+    status, title, slug = 412, "Precondition failed", "precondition-failed"
+
+    def __init__(self, detail: str, current_version: int | None) -> None:
+        super().__init__(detail)
+        self.current_version = current_version
+
+
+class PayloadTooLarge(StateError):
+    status, title, slug = 413, "Payload too large", "payload-too-large"
+
+
+class UnsupportedMediaType(StateError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class UnprocessableBody(StateError):
+    status, title, slug = 422, "Unprocessable body", "unprocessable-body"
+
+
+class ServiceUnavailable(StateError):
+    status, title, slug = 503, "Service unavailable", "service-unavailable"
+
+    def __init__(self, detail: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds

@@ -1,0 +1,89 @@
+"""What the service reads and returns: API models (pydantic, for validation and the OpenAPI document)
+and the record of a key's current state as the store holds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from state_core.codec import StoredValue
+
+# DESIGN §3 leaves the TTL range open; issue 9 fixes it at 1 s to 10 years.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+
+class PutStateRequest(BaseModel):
+    """Body of `PUT /state/{key}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: Any = Field(description="Any JSON value; its canonical form is at most 1 MiB.")
+    ttl_seconds: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TTL_SECONDS,
+        description="Expire the key this many seconds after the write.",
+    )
+
+
+class StateMetadata(BaseModel):
+    """The envelope without its value: what PUT answers."""
+
+    key: str
+    version: int = Field(description="1 on first write, +1 on every change, never reused.")
+    created_at: str = Field(description="RFC 3339 UTC time the key was (re)created.")
+    updated_at: str
+    updated_by: str = Field(description="Subject of the caller that made the last change.")
+    expires_at: str | None = Field(description="RFC 3339 UTC expiry, or null when the key has no TTL.")
+
+
+class StateEnvelope(StateMetadata):
+    """What GET and PATCH answer."""
+
+    value: Any = Field(description="The stored JSON value.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem document, the body of every error the service itself answers."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    current_version: int | None = Field(default=None, description="On 412: the key's current version.")
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC with millisecond precision and a `Z`, e.g. 2026-11-28T06:00:00.123Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """A key's current item. A tombstone (`deleted`) keeps the version counter and has no value."""
+
+    key: str
+    version: int
+    deleted: bool
+    value: StoredValue | None
+    created_at: str | None
+    updated_at: str
+    updated_by: str
+    expires_at: float | None  # epoch seconds, millisecond precision
+
+    def is_live(self, now: datetime) -> bool:
+        """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""
+        return not self.deleted and (self.expires_at is None or self.expires_at > now.timestamp())
+
+    def metadata(self) -> StateMetadata:
+        return StateMetadata(
+            key=self.key,
+            version=self.version,
+            created_at=self.created_at or self.updated_at,
+            updated_at=self.updated_at,
+            updated_by=self.updated_by,
+            expires_at=None if self.expires_at is None else rfc3339(datetime.fromtimestamp(self.expires_at, UTC)),
+        )

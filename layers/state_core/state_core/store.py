@@ -1,0 +1,272 @@
+"""DynamoDB adapter: the current state of a key is one item (pk = key, sk = "state"), written only with
+conditional UpdateItem calls. Other item kinds (history, value chunks) will sit beside it under other sort
+or partition keys.
+
+Item attributes: version (N), value (B), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339),
+updated_by (S), expires_at (N, epoch seconds), incarnation (S: write id of the write that created this life
+of the key), write_id (S), deleted (BOOL, tombstones only). A tombstone keeps `version`, so a re-created key
+goes on counting, and drops value, created_at, incarnation and expires_at.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from state_core.codec import StoredValue
+from state_core.errors import ServiceUnavailable
+from state_core.models import StateRecord, rfc3339
+
+STATE_SORT_KEY = "state"
+
+# Errors that mean "DynamoDB is slow or unavailable right now" once botocore's own retries are spent.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionInProgressException",
+    }
+)
+
+_NAMES = {
+    "#pk": "pk",
+    "#version": "version",
+    "#value": "value",
+    "#encoding": "encoding",
+    "#value_size": "value_size",
+    "#created_at": "created_at",
+    "#updated_at": "updated_at",
+    "#updated_by": "updated_by",
+    "#expires_at": "expires_at",
+    "#incarnation": "incarnation",
+    "#write_id": "write_id",
+    "#deleted": "deleted",
+}
+
+# Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
+# without expires_at is never "expired".
+_NOT_EXPIRED = "(attribute_not_exists(#expires_at) OR #expires_at > :now_epoch)"
+_LIVE = f"(attribute_exists(#pk) AND attribute_not_exists(#deleted) AND {_NOT_EXPIRED})"
+_GONE = "(attribute_not_exists(#pk) OR attribute_exists(#deleted) OR #expires_at <= :now_epoch)"
+
+
+class Precondition(Enum):
+    """What must hold of the current item for a write to apply."""
+
+    NOT_EXPIRED = "not-expired"  # absent, tombstone or live: an unconditional PUT
+    GONE = "gone"  # absent, tombstone or expired: If-None-Match: *
+    LIVE = "live"  # If-Match: *
+    LIVE_AT_VERSION = "live-at-version"  # If-Match: "<v>", and PATCH's fence
+    AT_VERSION = "at-version"  # exactly this version, whatever its state: re-creating over an expired item
+
+
+class DynamoDBClient(Protocol):
+    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class ConditionFailed(Exception):
+    """The write's condition did not hold; `current` is the item DynamoDB returned (None if absent)."""
+
+    def __init__(self, current: StateRecord | None) -> None:
+        super().__init__("condition failed")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    record: StateRecord
+    created: bool  # this write started a new life of the key (201 rather than 200)
+
+
+def new_write_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _epoch(moment: datetime) -> str:
+    return f"{moment.timestamp():.3f}"
+
+
+class StateStore:
+    """Reads and conditionally writes state items. Translates DynamoDB errors into domain errors."""
+
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def get(self, key: str) -> StateRecord | None:
+        """Strongly consistent read of the key's item (tombstones included)."""
+        response = self._call(
+            self._client.get_item,
+            TableName=self._table,
+            Key=self._item_key(key),
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return None if item is None else _record(item)
+
+    def write(
+        self,
+        key: str,
+        value: StoredValue,
+        *,
+        actor: str,
+        now: datetime,
+        precondition: Precondition,
+        version: int | None = None,
+        expires_at: float | None = None,
+        keep_expiry: bool = False,
+    ) -> WriteResult:
+        """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise.
+
+        No read happens first: the version increments server-side and the condition is the only guard.
+        """
+        write_id = new_write_id()
+        # A write that starts a new life (create, or re-create over a tombstone or an expired item)
+        # resets created_at; otherwise if_not_exists keeps it. `incarnation` tells which happened without
+        # a read: it equals our write id exactly when this write started the life.
+        fresh = precondition in (Precondition.GONE, Precondition.AT_VERSION)
+        sets = [
+            "#version = if_not_exists(#version, :zero) + :one",
+            "#value = :value",
+            "#encoding = :encoding",
+            "#value_size = :value_size",
+            "#updated_at = :now",
+            "#updated_by = :actor",
+            "#write_id = :write_id",
+            "#created_at = :now" if fresh else "#created_at = if_not_exists(#created_at, :now)",
+            "#incarnation = :write_id" if fresh else "#incarnation = if_not_exists(#incarnation, :write_id)",
+        ]
+        removes = ["#deleted"]
+        values: dict[str, Any] = {
+            ":zero": {"N": "0"},
+            ":one": {"N": "1"},
+            ":value": {"B": value.data},
+            ":encoding": {"S": value.encoding},
+            ":value_size": {"N": str(value.size)},
+            ":now": {"S": rfc3339(now)},
+            ":actor": {"S": actor},
+            ":write_id": {"S": write_id},
+        }
+        if not keep_expiry:
+            if expires_at is None:
+                removes.append("#expires_at")
+            else:
+                sets.append("#expires_at = :expires_at")
+                values[":expires_at"] = {"N": f"{expires_at:.3f}"}
+        condition = self._condition(precondition, version, now, values)
+        response = self._update(
+            key,
+            update=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
+            condition=condition,
+            values=values,
+        )
+        record = _record({**self._item_key(key), **response["Attributes"]})
+        return WriteResult(record=record, created=response["Attributes"]["incarnation"]["S"] == write_id)
+
+    def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord:
+        """Replace a live item by a tombstone with the next version; raise ConditionFailed if it is not
+        live (or not at `version`, when given)."""
+        values: dict[str, Any] = {
+            ":one": {"N": "1"},
+            ":true": {"BOOL": True},
+            ":now": {"S": rfc3339(now)},
+            ":actor": {"S": actor},
+            ":write_id": {"S": new_write_id()},
+        }
+        precondition = Precondition.LIVE if version is None else Precondition.LIVE_AT_VERSION
+        condition = self._condition(precondition, version, now, values)
+        response = self._update(
+            key,
+            update=(
+                "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
+                " #write_id = :write_id"
+                " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at"
+            ),
+            condition=condition,
+            values=values,
+        )
+        return _record({**self._item_key(key), **response["Attributes"]})
+
+    @staticmethod
+    def _condition(precondition: Precondition, version: int | None, now: datetime, values: dict[str, Any]) -> str:
+        if precondition in (Precondition.LIVE_AT_VERSION, Precondition.AT_VERSION):
+            if version is None:
+                raise ValueError(f"{precondition} needs a version")
+            values[":expected_version"] = {"N": str(version)}
+        if precondition is not Precondition.AT_VERSION:
+            values[":now_epoch"] = {"N": _epoch(now)}
+        match precondition:
+            case Precondition.NOT_EXPIRED:
+                return _NOT_EXPIRED
+            case Precondition.GONE:
+                return _GONE
+            case Precondition.LIVE:
+                return _LIVE
+            case Precondition.LIVE_AT_VERSION:
+                return f"{_LIVE} AND #version = :expected_version"
+            case Precondition.AT_VERSION:
+                return "#version = :expected_version"
+
+    def _update(self, key: str, *, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
+        names = {name: attr for name, attr in _NAMES.items() if name in update or name in condition}
+        try:
+            return self._call(
+                self._client.update_item,
+                TableName=self._table,
+                Key=self._item_key(key),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                # On failure DynamoDB hands back the current item, so callers need not read again.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            item = exc.response.get("Item")
+            raise ConditionFailed(None if item is None else _record(item)) from exc
+
+    @staticmethod
+    def _item_key(key: str) -> dict[str, Any]:
+        return {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}}
+
+    @staticmethod
+    def _call(operation: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = operation(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
+                raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
+            raise
+        except (ConnectionError, HTTPClientError) as exc:
+            raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
+        return response
+
+
+def _record(item: dict[str, Any]) -> StateRecord:
+    value = None
+    if "value" in item:
+        value = StoredValue(
+            encoding=item["encoding"]["S"], data=bytes(item["value"]["B"]), size=int(item["value_size"]["N"])
+        )
+    return StateRecord(
+        key=item["pk"]["S"],
+        version=int(item["version"]["N"]),
+        deleted=item.get("deleted", {}).get("BOOL", False),
+        value=value,
+        created_at=item["created_at"]["S"] if "created_at" in item else None,
+        updated_at=item["updated_at"]["S"],
+        updated_by=item["updated_by"]["S"],
+        expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
+    )

@@ -1,0 +1,90 @@
+"""Generate the OpenAPI document from the handlers' routes and the core's pydantic models.
+
+    python scripts/openapi.py          # write docs/openapi.json
+    python scripts/openapi.py --check  # exit 1 if docs/openapi.json is out of date
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "layers" / "state_core"))
+TARGET = ROOT / "docs" / "openapi.json"
+FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state")
+
+
+def _router(function: str) -> Any:
+    # Every function's module is app.py, so each is loaded under its own name.
+    spec = importlib.util.spec_from_file_location(f"{function}_app", ROOT / "functions" / function / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.router
+
+
+def document() -> dict[str, Any]:
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+    from state_core.api import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE
+    from state_core.models import PutStateRequest
+
+    app = APIGatewayHttpResolver(enable_validation=True)
+    for function in FUNCTIONS:
+        app.include_router(_router(function))
+    schema = json.loads(
+        app.get_openapi_json_schema(
+            title="State service",
+            version="1.0.0",
+            description="JSON state by key: versions, ETags, JSON Merge Patch. See DESIGN.md §3.",
+            security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            security=[{"bearer": []}],
+        )
+    )
+    # Bodies are parsed by the core's strict JSON reader (not Powertools' body validation, which accepts
+    # NaN and duplicate names), so their schemas are added here from the same models.
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["PutStateRequest"] = PutStateRequest.model_json_schema()
+    path = schema["paths"]["/state/{key}"]
+    path["put"]["requestBody"] = {
+        "required": True,
+        "content": {JSON_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/PutStateRequest"}}},
+    }
+    any_json = {"description": "A JSON Merge Patch (RFC 7396): any JSON; null members remove."}
+    path["patch"]["requestBody"] = {
+        "required": True,
+        "content": {MERGE_PATCH_CONTENT_TYPE: {"schema": any_json}, JSON_CONTENT_TYPE: {"schema": any_json}},
+    }
+    key_parameter = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$"},
+    }
+    for operation in path.values():
+        operation["parameters"] = [key_parameter] + [
+            p for p in operation.get("parameters", []) if p.get("name") != "key"
+        ]
+    path["get"]["parameters"].append(
+        {"name": "consistent", "in": "query", "required": False, "schema": {"type": "boolean"}}
+    )
+    return schema
+
+
+def main() -> int:
+    text = json.dumps(document(), indent=2, sort_keys=True) + "\n"
+    if "--check" in sys.argv:
+        if not TARGET.exists() or TARGET.read_text() != text:
+            print(f"{TARGET.relative_to(ROOT)} is out of date: run make openapi", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.parent.mkdir(exist_ok=True)
+    TARGET.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
