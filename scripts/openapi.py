@@ -1,7 +1,7 @@
 """Generate the OpenAPI document from the handlers' routes and the core's pydantic models.
 
-    python scripts/openapi.py          # write docs/openapi.json
-    python scripts/openapi.py --check  # exit 1 if docs/openapi.json is out of date
+python scripts/openapi.py          # write docs/openapi.json
+python scripts/openapi.py --check  # exit 1 if docs/openapi.json is out of date
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state")
 def _router(function: str) -> Any:
     # Every function's module is app.py, so each is loaded under its own name.
     spec = importlib.util.spec_from_file_location(f"{function}_app", ROOT / "functions" / function / "app.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.router
@@ -29,6 +30,7 @@ def _router(function: str) -> Any:
 
 def document() -> dict[str, Any]:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
     from state_core.api import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE
     from state_core.models import PutStateRequest
 

@@ -1,6 +1,5 @@
 """GET /state/{key}: read a key's current state."""
 
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core import api

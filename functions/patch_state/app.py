@@ -1,6 +1,5 @@
 """PATCH /state/{key}: JSON Merge Patch (RFC 7396) of a key's value."""
 
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core import api

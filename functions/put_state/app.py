@@ -1,6 +1,5 @@
 """PUT /state/{key}: create or replace a key's value."""
 
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core import api

@@ -112,3 +112,46 @@ def invoke(handler_environment):
 @pytest.fixture
 def key():
     return f"test:{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def dev_issuer(tmp_path_factory):
+    """The dev OIDC issuer (discovery + JWKS) on a free port, served from a background event loop."""
+    import asyncio
+    import threading
+
+    from devstack.oidc import DevIssuer
+
+    issuer = DevIssuer(tmp_path_factory.mktemp("issuer"), port=0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(issuer.start(), loop).result(timeout=10)
+    yield issuer
+    asyncio.run_coroutine_threadsafe(issuer.stop(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def authorize(dev_issuer):
+    """authorize(headers) -> the authorizer's answer, through its real lambda_handler."""
+    os.environ.update(
+        {
+            "STATE_OIDC_ISSUER": dev_issuer.issuer,
+            "STATE_OIDC_AUDIENCE": "state-service",
+            "POWERTOOLS_SERVICE_NAME": "state-service",
+            "POWERTOOLS_METRICS_NAMESPACE": "StateService",
+        }
+    )
+    spec = importlib.util.spec_from_file_location("authorizer_app", REPO_ROOT / "functions" / "authorizer" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def call(headers):
+        event = copy.deepcopy(load_event("authorizer"))
+        event["headers"] = headers
+        event["identitySource"] = [headers.get("authorization", "")]
+        return module.lambda_handler(event, LambdaContext())
+
+    return call

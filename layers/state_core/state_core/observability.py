@@ -30,6 +30,7 @@ def _tracing_enabled() -> bool:
 def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
     """Wrap a Lambda handler: correlation id from the API request id, metrics with dimension `operation`
     (requests, status class, latency), and X-Ray tracing when enabled."""
+
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         def measured(event: dict[str, Any], context: Any) -> Any:

@@ -1,0 +1,72 @@
+# The two commands: `make dev` (local stack on http://127.0.0.1:3000) and `make test` (everything CI runs).
+# Both install what they need into .venv (project, python3.13) and .venv-tools (SAM CLI, kept apart
+# because it pins its own boto3 and pydantic).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+include make/sam.mk
+
+# The Lambda runtime is python3.13: run the project on the same interpreter (found as sam.mk finds it),
+# falling back to the system python3 where there is none.
+PYTHON ?= $(or $(SAM_PYTHON313),$(shell command -v python3))
+
+PYTEST_ARGS ?=
+
+.PHONY: help dev test install lint typecheck unit integration e2e checks token openapi layer-requirements clean
+
+## help: list the targets
+help:
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+$(VENV_STAMP): pyproject.toml
+	"$(PYTHON)" -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+## install: create .venv with the pinned runtime and dev dependencies
+install: $(VENV_STAMP)
+
+## dev: run the whole local stack (moto, dev OIDC issuer, gateway on :3000) until Ctrl-C
+dev: $(VENV_STAMP)
+	$(PY) -m devstack
+
+## token: print a dev token, e.g. make token SUB=alice SCOPE="state:read state:write"
+SUB ?= dev
+SCOPE ?= state:read state:write
+token: $(VENV_STAMP)
+	@$(PY) -m devstack.token --sub "$(SUB)" --scope "$(SCOPE)"
+
+## test: lint, types, generated files, unit + integration + end-to-end tests, sam validate --lint, sam build
+test: $(VENV_STAMP) $(TOOLS_STAMP)
+	$(MAKE) --no-print-directory checks
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory validate sam-build
+
+## checks: ruff (lint + format), mypy on the core, generated files up to date
+checks: $(VENV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) scripts/layer_requirements.py --check
+	$(PY) scripts/openapi.py --check
+
+## unit / integration / e2e: one scope of the test suite
+unit integration e2e: $(VENV_STAMP)
+	$(PY) -m pytest -m $@ $(PYTEST_ARGS)
+
+## openapi: regenerate docs/openapi.json from the handlers' routes and models
+openapi: $(VENV_STAMP)
+	$(PY) scripts/openapi.py
+
+## layer-requirements: regenerate layers/state_core/requirements.txt from pyproject.toml's pins
+layer-requirements: $(VENV_STAMP)
+	$(PY) scripts/layer_requirements.py
+
+## clean: remove build output and local state (not the venvs)
+clean:
+	rm -rf .aws-sam .local .pytest_cache .mypy_cache .ruff_cache
