@@ -1,0 +1,309 @@
+"""Cheap invariants of template.yaml: the guarantees that a careless edit would break.
+
+Read with the local stack's own CloudFormation-aware YAML loader, so the tests see
+the template exactly as devstack does (short-form tags in long form, unresolved).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.template import load_yaml
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_yaml(REPO_ROOT / "template.yaml")
+RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
+GLOBAL_FUNCTION: dict[str, Any] = TEMPLATE["Globals"]["Function"]
+
+# DESIGN §3: one Lambda per route.
+ROUTES = {
+    ("GET", "/state/{key}"): "GetStateFunction",
+    ("PUT", "/state/{key}"): "PutStateFunction",
+    ("PATCH", "/state/{key}"): "PatchStateFunction",
+    ("DELETE", "/state/{key}"): "DeleteStateFunction",
+}
+# Least privilege: exactly the table actions each handler's core path needs.
+TABLE_ACTIONS = {
+    "GetStateFunction": {"dynamodb:GetItem"},
+    "PutStateFunction": {"dynamodb:UpdateItem"},
+    "PatchStateFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+    "DeleteStateFunction": {"dynamodb:UpdateItem"},
+}
+STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
+AUTHORIZER_FUNCTION = "AuthorizerFunction"
+TABLE = "StateTable"
+EVENT_SAMPLES = {
+    "get_state.json": "GET",
+    "put_state.json": "PUT",
+    "patch_state.json": "PATCH",
+    "delete_state.json": "DELETE",
+}
+
+
+def resources_of_type(resource_type: str) -> dict[str, dict[str, Any]]:
+    return {lid: res for lid, res in RESOURCES.items() if res["Type"] == resource_type}
+
+
+FUNCTIONS = resources_of_type("AWS::Serverless::Function")
+
+
+def props(logical_id: str) -> dict[str, Any]:
+    return RESOURCES[logical_id].get("Properties") or {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def policy_statements(policy_documents: list[Any]) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for document in policy_documents:
+        if isinstance(document, dict) and "Statement" in document:
+            statements.extend(as_list(document["Statement"]))
+    return statements
+
+
+def function_statements(function_id: str) -> list[dict[str, Any]]:
+    """Every IAM statement the function's role grants: its explicit role's inline
+    policies plus any SAM ``Policies`` statements on the function itself."""
+    documents: list[Any] = [
+        entry for entry in as_list(props(function_id).get("Policies") or []) if isinstance(entry, dict)
+    ]
+    role = props(function_id).get("Role")
+    if isinstance(role, dict) and "Fn::GetAtt" in role:
+        role_id = role["Fn::GetAtt"][0]
+        documents += [policy["PolicyDocument"] for policy in props(role_id).get("Policies") or []]
+    return policy_statements(documents)
+
+
+def all_statements() -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for lid, res in RESOURCES.items():
+        if res["Type"] == "AWS::IAM::Role":
+            statements += policy_statements([p["PolicyDocument"] for p in props(lid).get("Policies") or []])
+        elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            statements += policy_statements([props(lid)["PolicyDocument"]])
+        elif res["Type"] == "AWS::Serverless::Function":
+            statements += policy_statements(
+                [p for p in as_list(props(lid).get("Policies") or []) if isinstance(p, dict)]
+            )
+    return statements
+
+
+def refers_to(value: Any, logical_id: str) -> bool:
+    """True when ``value`` mentions ``logical_id`` through Ref, GetAtt or Sub."""
+    if isinstance(value, dict):
+        if value.get("Ref") == logical_id:
+            return True
+        getatt = value.get("Fn::GetAtt")
+        if isinstance(getatt, list) and getatt and getatt[0] == logical_id:
+            return True
+        sub = value.get("Fn::Sub")
+        if isinstance(sub, str) and ("${" + logical_id + "}" in sub or "${" + logical_id + "." in sub):
+            return True
+        return any(refers_to(v, logical_id) for v in value.values())
+    if isinstance(value, list):
+        return any(refers_to(v, logical_id) for v in value)
+    return False
+
+
+def http_api_events(function_id: str) -> list[dict[str, Any]]:
+    events = props(function_id).get("Events") or {}
+    return [event["Properties"] for event in events.values() if event["Type"] == "HttpApi"]
+
+
+def lambda_authorizer() -> dict[str, Any]:
+    auth = props("StateApi")["Auth"]
+    return auth["Authorizers"][auth["DefaultAuthorizer"]]
+
+
+# --- functions ----------------------------------------------------------------------------------
+
+
+def test_the_template_defines_the_four_state_functions_and_the_authorizer():
+    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION}
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_every_function_runs_python_3_13_with_the_state_core_layer(function_id):
+    runtime = props(function_id).get("Runtime", GLOBAL_FUNCTION.get("Runtime"))
+    layers = props(function_id).get("Layers", GLOBAL_FUNCTION.get("Layers"))
+
+    assert runtime == "python3.13"
+    assert {"Ref": "StateCoreLayer"} in layers
+    assert RESOURCES["StateCoreLayer"]["Type"] == "AWS::Serverless::LayerVersion"
+    assert props("StateCoreLayer")["CompatibleRuntimes"] == ["python3.13"]
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_every_function_logs_to_its_own_log_group_with_retention(function_id):
+    log_group = props(function_id)["LoggingConfig"]["LogGroup"]
+    log_group_id = log_group["Ref"]
+    users = [fid for fid in FUNCTIONS if props(fid).get("LoggingConfig", {}).get("LogGroup") == log_group]
+
+    assert RESOURCES[log_group_id]["Type"] == "AWS::Logs::LogGroup"
+    assert props(log_group_id)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert users == [function_id]
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_every_function_finishes_well_inside_api_gateways_30_seconds(function_id):
+    timeout = props(function_id).get("Timeout", GLOBAL_FUNCTION.get("Timeout"))
+
+    assert isinstance(timeout, int)
+    assert timeout <= 15
+
+
+def test_every_function_gets_the_environment_the_handlers_read():
+    variables = GLOBAL_FUNCTION["Environment"]["Variables"]
+
+    assert variables["STATE_TABLE_NAME"] == {"Ref": TABLE}
+    assert variables["STATE_EVENT_BUS_NAME"] == {"Ref": "StateEventBus"}
+    assert variables["STATE_REDIS_URL"] == {"Ref": "RedisEndpoint"}
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "StateService"
+    assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED"} <= set(variables)
+
+
+# --- IAM ----------------------------------------------------------------------------------------
+
+
+def test_no_iam_statement_grants_a_wildcard_action():
+    statements = all_statements()
+    actions = [action for statement in statements for action in as_list(statement["Action"])]
+
+    assert statements
+    assert all(isinstance(action, str) and "*" not in action for action in actions), actions
+    assert not any("NotAction" in statement for statement in statements)
+
+
+@pytest.mark.parametrize("function_id", STATE_FUNCTIONS)
+def test_each_state_function_gets_only_its_table_actions_on_the_table(function_id):
+    table_statements = [s for s in function_statements(function_id) if refers_to(s.get("Resource"), TABLE)]
+    actions = {action for s in table_statements for action in as_list(s["Action"])}
+
+    assert actions == TABLE_ACTIONS[function_id]
+    assert all(s["Effect"] == "Allow" for s in table_statements)
+    assert all(as_list(s["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}] for s in table_statements)
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id):
+    for statement in function_statements(function_id):
+        if any(action.startswith("dynamodb:") for action in as_list(statement["Action"])):
+            assert as_list(statement["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
+
+
+def test_the_authorizer_has_no_access_to_the_table():
+    statements = function_statements(AUTHORIZER_FUNCTION)
+    actions = [action for s in statements for action in as_list(s["Action"])]
+
+    assert not any(refers_to(s.get("Resource"), TABLE) for s in statements)
+    assert not any(action.startswith("dynamodb:") for action in actions)
+
+
+def test_the_authorizer_never_runs_in_a_vpc():
+    assert "VpcConfig" not in props(AUTHORIZER_FUNCTION)
+    assert "VpcConfig" not in GLOBAL_FUNCTION
+
+
+@pytest.mark.parametrize("function_id", STATE_FUNCTIONS)
+def test_state_functions_join_the_redis_vpc_only_when_redis_is_configured(function_id):
+    vpc_config = props(function_id)["VpcConfig"]
+
+    assert vpc_config["Fn::If"][0] == "HasRedis"
+    assert vpc_config["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+# --- table --------------------------------------------------------------------------------------
+
+
+def test_the_table_survives_stack_deletion_and_replacement():
+    table = RESOURCES[TABLE]
+
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    assert table.get("DeletionPolicy") == "Retain"
+    assert table.get("UpdateReplacePolicy") == "Retain"
+    assert props(TABLE)["DeletionProtectionEnabled"] is True
+    assert props(TABLE)["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+
+
+def test_the_table_streams_new_and_old_images_for_the_change_events():
+    assert props(TABLE)["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+
+
+def test_the_table_has_no_local_secondary_index_and_a_pk_sk_key():
+    key_schema = {(k["AttributeName"], k["KeyType"]) for k in props(TABLE)["KeySchema"]}
+
+    assert "LocalSecondaryIndexes" not in props(TABLE)
+    assert key_schema == {("pk", "HASH"), ("sk", "RANGE")}
+    assert "TableName" not in props(TABLE)
+
+
+# --- API ----------------------------------------------------------------------------------------
+
+
+def test_routes_are_exactly_the_ones_of_the_contract():
+    routes = {
+        (event["Method"].upper(), event["Path"]): function_id
+        for function_id in FUNCTIONS
+        for event in http_api_events(function_id)
+    }
+
+    assert routes == ROUTES
+    for function_id in FUNCTIONS:
+        for event in http_api_events(function_id):
+            assert event["ApiId"] == {"Ref": "StateApi"}
+
+
+def test_the_authorizer_function_serves_no_route():
+    assert http_api_events(AUTHORIZER_FUNCTION) == []
+
+
+def test_every_route_goes_through_the_lambda_authorizer():
+    auth = props("StateApi")["Auth"]
+    authorizer = lambda_authorizer()
+
+    assert authorizer["FunctionArn"] == {"Fn::GetAtt": [AUTHORIZER_FUNCTION, "Arn"]}
+    for function_id in STATE_FUNCTIONS:
+        for event in http_api_events(function_id):
+            override = (event.get("Auth") or {}).get("Authorizer", auth["DefaultAuthorizer"])
+            assert override == auth["DefaultAuthorizer"]
+
+
+def test_the_authorizer_cache_is_keyed_by_the_token_and_lives_at_most_60_seconds():
+    # A cached allow outlives the token's exp by up to the TTL (DESIGN §4).
+    authorizer = lambda_authorizer()
+    identity = authorizer["Identity"]
+
+    assert identity["Headers"] == ["Authorization"]
+    assert 0 <= identity["ReauthorizeEvery"] <= 60
+    assert authorizer["AuthorizerPayloadFormatVersion"] == "2.0"
+    assert authorizer["EnableSimpleResponses"] is True
+
+
+# --- sample events ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sample", "method"), sorted(EVENT_SAMPLES.items()))
+def test_each_sample_event_is_a_template_route_with_an_authorizer_context(sample, method):
+    event = json.loads((REPO_ROOT / "events" / sample).read_text(encoding="utf-8"))
+    context = event["requestContext"]["authorizer"]["lambda"]
+
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == f"{method} /state/{{key}}"
+    assert (method, "/state/{key}") in ROUTES
+    assert context["sub"]
+    assert all(isinstance(value, str) for value in context.values())
+
+
+def test_the_authorizer_sample_is_a_request_payload_2_0():
+    event = json.loads((REPO_ROOT / "events" / "authorizer.json").read_text(encoding="utf-8"))
+
+    assert (event["version"], event["type"]) == ("2.0", "REQUEST")
+    assert event["identitySource"] == [event["headers"]["authorization"]]
