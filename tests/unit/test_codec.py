@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+
 from state_core.codec import (
     MAX_BODY_BYTES,
     MAX_DEPTH,
@@ -42,9 +43,10 @@ def test_invalid_json_is_refused(body):
         parse_json(body)
 
 
-def test_duplicate_member_name_is_named_in_the_detail():
-    with pytest.raises(InvalidJson, match='duplicate member name "a"'):
-        parse_json(b'{"a": 1, "a": 2}')
+def test_duplicate_member_name_is_refused_without_echoing_the_name():
+    with pytest.raises(InvalidJson, match="duplicate member name") as refused:
+        parse_json(b'{"secret-name": 1, "secret-name": 2}')
+    assert "secret-name" not in refused.value.detail
 
 
 def test_lone_surrogate_parses_but_has_no_canonical_form():
