@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+
 from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable
 from state_core.manager import Expectation, StateManager
 from state_core.runtime import DYNAMODB_CONFIG
@@ -226,7 +227,7 @@ def test_concurrent_patches_each_land_exactly_once(manager, recorded_metrics, ke
     def add_member(index):
         try:
             manager.patch(key, {f"m{index}": index}, actor="alice")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=add_member, args=(i,)) for i in range(20)]
@@ -242,9 +243,7 @@ def test_concurrent_patches_each_land_exactly_once(manager, recorded_metrics, ke
 
 
 def test_unreachable_table_is_service_unavailable(clock, recorded_metrics, key):
-    dead = boto3.client(
-        "dynamodb", endpoint_url="http://127.0.0.1:9", config=DYNAMODB_CONFIG, region_name="us-east-1"
-    )
+    dead = boto3.client("dynamodb", endpoint_url="http://127.0.0.1:9", config=DYNAMODB_CONFIG, region_name="us-east-1")
     manager = StateManager(StateStore(dead, "missing"), clock=clock, metrics=recorded_metrics)
     with pytest.raises(ServiceUnavailable):
         manager.get(key)

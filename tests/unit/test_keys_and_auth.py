@@ -1,6 +1,7 @@
 """Key rules (DESIGN §3) and RBAC by permission and key pattern (DESIGN §4)."""
 
 import pytest
+
 from state_core.auth import READ, WRITE, Principal, authorize
 from state_core.errors import Forbidden, InvalidKey, Unauthenticated
 from state_core.keys import validate_key
@@ -34,7 +35,9 @@ def test_read_scope_does_not_grant_write():
         authorize(principal("state:read"), WRITE, "a")
 
 
-@pytest.mark.parametrize(("key", "allowed"), [("user:1", True), ("userx:1", False), ("USER:1", False), ("admin:1", False)])
+@pytest.mark.parametrize(
+    ("key", "allowed"), [("user:1", True), ("userx:1", False), ("USER:1", False), ("admin:1", False)]
+)
 def test_prefix_pattern_grants_only_its_prefix(key, allowed):
     assert principal("state:write:user:*").allows(WRITE, key) is allowed
 

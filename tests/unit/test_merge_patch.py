@@ -1,6 +1,7 @@
 """RFC 7396 JSON Merge Patch: every example of Appendix A."""
 
 import pytest
+
 from state_core.merge_patch import apply_merge_patch
 
 pytestmark = pytest.mark.unit

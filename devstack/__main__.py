@@ -1,0 +1,138 @@
+"""``python -m devstack`` (what ``make dev`` runs): the whole system on 127.0.0.1.
+
+Starts, in the foreground until Ctrl-C or SIGTERM, and stops again everything it
+started: the serialized moto server (unless ``AWS_ENDPOINT_URL`` names an external
+emulator), the template's resources in it, the dev OIDC issuer (unless
+``STATE_OIDC_ISSUER`` names a real one), and the gateway with the template's
+routes, authorizer and environment. Prints ``devstack ready`` when it serves.
+
+Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
+(<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
+STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL, LOG_LEVEL, LOCAL_MAX_CONCURRENCY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+async def run() -> None:
+    from devstack.gateway import Gateway
+    from devstack.moto_server import SerializedMotoServer
+    from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer
+    from devstack.resources import create_resources
+    from devstack.template import REPO_ROOT, load_template
+    from devstack.token import mint
+    from devstack.workers import LogEcho
+
+    state_dir = Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".local").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    template_path = Path(os.environ.get("STATE_TEMPLATE") or REPO_ROOT / "template.yaml")
+
+    moto: SerializedMotoServer | None = None
+    issuer: DevIssuer | None = None
+    gateway: Gateway | None = None
+    echo: LogEcho | None = None
+    try:
+        endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
+        if not endpoint_url:
+            moto = await asyncio.to_thread(SerializedMotoServer(port=_env_int("MOTO_PORT", 5000)).start)
+            endpoint_url = moto.endpoint_url
+
+        external_issuer = os.environ.get("STATE_OIDC_ISSUER")
+        audience = os.environ.get("STATE_OIDC_AUDIENCE") or "state-service"
+        if external_issuer:
+            issuer_url = external_issuer
+        else:
+            issuer = DevIssuer(state_dir, port=_env_int("OIDC_PORT", DEFAULT_OIDC_PORT))
+            await issuer.start()
+            issuer_url = issuer.issuer
+
+        template = load_template(
+            template_path,
+            parameters=_parameters(template_path, issuer_url, audience),
+        )
+        names = await asyncio.to_thread(create_resources, template, endpoint_url)
+
+        gateway = Gateway(
+            template=template,
+            state_dir=state_dir,
+            endpoint_url=endpoint_url,
+            port=_env_int("PORT", 3000),
+        )
+        await gateway.start()
+        echo = LogEcho(log_dir, lambda line: print(line, flush=True))
+        echo.start()
+
+        print(f"template      {template.path}")
+        print(f"gateway       {gateway.base_url}")
+        print(f"emulator      {endpoint_url}" + ("" if moto else " (external)"))
+        print(f"oidc issuer   {issuer_url}" + ("" if issuer else " (external)"))
+        for logical_id, name in sorted(names.items()):
+            if "." not in logical_id:
+                print(f"resource      {logical_id} = {name}")
+        print(f"logs          {log_dir}")
+        for route in gateway.routes:
+            print(f"route         {route.route_key} -> {route.function}")
+        if issuer is not None:
+            token = mint("dev", "state:read state:write", issuer=issuer_url, state_dir=state_dir, audience=audience)
+            print("try:")
+            print(
+                f"  curl -s -X PUT {gateway.base_url}/state/hello -H 'Content-Type: application/json' "
+                f'-H {shlex.quote("Authorization: Bearer " + token)} -d \'{{"value": {{"hi": 1}}}}\''
+            )
+            print("  more tokens: python -m devstack.token --sub alice --scope 'state:read state:write'")
+        print("devstack ready", flush=True)
+
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        await stopped.wait()
+        print("devstack stopping", flush=True)
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        if echo is not None:
+            echo.stop()
+        if issuer is not None:
+            await issuer.stop()
+        if moto is not None:
+            await asyncio.to_thread(moto.stop)
+
+
+def _parameters(template_path: Path, issuer: str, audience: str) -> dict[str, str]:
+    from devstack.template import load_yaml
+
+    declared = set((load_yaml(template_path).get("Parameters") or {}).keys())
+    wanted = {
+        "OidcIssuer": issuer,
+        "OidcAudience": audience,
+        "RedisEndpoint": os.environ.get("REDIS_URL", ""),
+        "LogLevel": os.environ.get("LOG_LEVEL", "INFO"),
+    }
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def main() -> None:
+    # Ctrl-C before the signal handlers are installed still stops cleanly.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

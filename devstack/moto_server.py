@@ -1,0 +1,138 @@
+"""An embedded moto server that serves one request at a time.
+
+Why serialize: moto keeps no per-request locks. Concurrent conditional writes can
+both pass their condition, and a failing TransactWriteItems restores a stale copy
+of the whole table over writes that other threads made meanwhile (acknowledged
+writes vanish). DynamoDB itself gives neither anomaly, so the local stack wraps
+moto's WSGI app in a lock held for the whole request, including producing and
+closing the response body (DESIGN §8). Throughput is not the point of the emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class SerializingMiddleware:
+    """WSGI middleware that lets one request at a time into the wrapped app."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        self._lock.acquire()
+        try:
+            result = self._app(environ, start_response)
+        except BaseException:
+            self._lock.release()
+            raise
+        return _LockedBody(result, self._lock)
+
+
+class _LockedBody:
+    """Keeps the lock until the server has consumed and closed the response body."""
+
+    def __init__(self, body: Iterable[bytes], lock: threading.Lock) -> None:
+        self._body = body
+        self._lock = lock
+        self._released = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self._released:
+                self._released = True
+                self._lock.release()
+
+
+def build_app() -> WSGIApp:
+    # Imported here: moto's server modules are heavy and only the emulator needs them.
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    return SerializingMiddleware(DomainDispatcherApplication(create_backend_app))
+
+
+class SerializedMotoServer:
+    """moto in a background thread on 127.0.0.1, one request at a time."""
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._host = host
+        self._port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    def start(self) -> SerializedMotoServer:
+        import logging
+
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        # werkzeug logs every emulator request at INFO: noise next to the functions' logs.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+        self._server = make_server(
+            self._host, self._port, build_app(), threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> SerializedMotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moto server that serves one request at a time")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    server = SerializedMotoServer(port=args.port, host=args.host).start()
+    print(f"moto (serialized) listening on {server.endpoint_url}", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Create the template's data resources in the emulator.
+
+Tables come from ``template.yaml`` through ``table_create_kwargs`` (never retyped);
+creation is idempotent so a restarted dev stack, or one pointed at a long-running
+external emulator (``AWS_ENDPOINT_URL``), reuses what is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from devstack.template import ACCOUNT_ID, REGION, STACK_NAME, StateTemplate
+
+DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def local_table_name(logical_id: str) -> str:
+    return f"{STACK_NAME}-{logical_id}"
+
+
+def client(service: str, endpoint_url: str) -> Any:
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **DUMMY_CREDENTIALS)
+
+
+def create_resources(
+    template: StateTemplate,
+    endpoint_url: str | None = None,
+    *,
+    table_names: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Create tables, event buses and queues; return the physical names map.
+
+    The map holds ``LogicalId`` (what ``!Ref`` yields) and ``LogicalId.Attribute``
+    (what ``!GetAtt`` yields) and is also recorded on ``template``.
+    """
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        raise ValueError("no emulator endpoint: pass endpoint_url or set AWS_ENDPOINT_URL")
+    names: dict[str, str] = {}
+
+    ddb = client("dynamodb", endpoint)
+    for logical_id in template.tables():
+        name = (table_names or {}).get(logical_id, local_table_name(logical_id))
+        description = ensure_table(ddb, template, logical_id, name)
+        names[logical_id] = name
+        names[f"{logical_id}.Arn"] = description["TableArn"]
+        if description.get("LatestStreamArn"):
+            names[f"{logical_id}.StreamArn"] = description["LatestStreamArn"]
+
+    events = client("events", endpoint)
+    for logical_id, props in template.event_buses().items():
+        name = props.get("Name") or local_table_name(logical_id)
+        try:
+            arn = events.create_event_bus(Name=name)["EventBusArn"]
+        except events.exceptions.ResourceAlreadyExistsException:
+            arn = events.describe_event_bus(Name=name)["Arn"]
+        names[logical_id] = name
+        names[f"{logical_id}.Arn"] = arn
+        names[f"{logical_id}.Name"] = name
+
+    if template.queues():
+        sqs = client("sqs", endpoint)
+        for logical_id, props in template.queues().items():
+            queue_name = props.get("QueueName") or local_table_name(logical_id)
+            attributes = {
+                k: str(v)
+                for k, v in props.items()
+                if k in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "FifoQueue")
+            }
+            url = sqs.create_queue(QueueName=queue_name, Attributes=attributes)["QueueUrl"]
+            names[logical_id] = url  # !Ref of a queue is its URL
+            names[f"{logical_id}.QueueName"] = queue_name
+            names[f"{logical_id}.QueueUrl"] = url
+            names[f"{logical_id}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue_name}"
+
+    template.set_physical_names(names)
+    return names
+
+
+def ensure_table(ddb: Any, template: StateTemplate, logical_id: str, table_name: str) -> dict[str, Any]:
+    """Create the table unless it exists; return its description."""
+    # Reuse an existing table: a restarted stack or an external emulator keeps its data.
+    with contextlib.suppress(ddb.exceptions.ResourceInUseException):
+        ddb.create_table(**template.table_create_kwargs(logical_id, table_name))
+    ddb.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    ttl_attribute = template.table_ttl_attribute(logical_id)
+    if ttl_attribute:
+        current = ddb.describe_time_to_live(TableName=table_name)["TimeToLiveDescription"]
+        if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            ddb.update_time_to_live(
+                TableName=table_name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
+            )
+    return dict(ddb.describe_table(TableName=table_name)["Table"])

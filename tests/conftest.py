@@ -1,0 +1,190 @@
+"""Shared fixtures: the serialized moto server, tables from template.yaml, the dev stack.
+
+Fixture names here are imported by other test modules: keep them stable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEVSTACK_START_TIMEOUT = 60.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the test process the Powertools environment every function has in Lambda (template Globals),
+    before any handler or core module is imported: Metrics reads its namespace when it is created."""
+    from devstack.template import load_template
+
+    environment = load_template(REPO_ROOT / "template.yaml").function("GetStateFunction").environment
+    for name, value in environment.items():
+        if name.startswith("POWERTOOLS_"):
+            os.environ.setdefault(name, str(value))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A SerializedMotoServer on a free port; the AWS environment points at it."""
+    from devstack.moto_server import SerializedMotoServer
+
+    server = SerializedMotoServer(port=0).start()
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": server.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
+    try:
+        yield server.endpoint_url
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def state_template() -> Any:
+    """The repository's template.yaml, loaded with local defaults."""
+    from devstack.template import load_template
+
+    return load_template(REPO_ROOT / "template.yaml")
+
+
+@pytest.fixture(scope="session")
+def state_table(moto_server: str, state_template: Any) -> str:
+    """The state table, created in moto from template.yaml under a unique name."""
+    import boto3
+
+    name = f"state-test-{uuid.uuid4().hex[:8]}"
+    ddb = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1")
+    ddb.create_table(**state_template.table_create_kwargs("StateTable", name))
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    return name
+
+
+@dataclass
+class DevStack:
+    """A running ``python -m devstack``."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    moto_url: str
+    issuer: str
+    state_dir: Path
+    table_name: str
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def token(self, sub: str = "alice", scope: str = "state:read state:write", **kw: Any) -> str:
+        from devstack.token import mint
+
+        kw.setdefault("issuer", self.issuer)
+        kw.setdefault("state_dir", self.state_dir)
+        return mint(sub, scope, **kw)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def start_devstack(state_dir: Path, extra_env: dict[str, str] | None = None) -> DevStack:
+    """Run ``python -m devstack`` on free ports and wait for ``devstack ready``."""
+    port, moto_port, oidc_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "STATE_OIDC_ISSUER")}
+    env.update(
+        {
+            "PORT": str(port),
+            "MOTO_PORT": str(moto_port),
+            "OIDC_PORT": str(oidc_port),
+            "STATE_DIR": str(state_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra_env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, stopped as a whole
+    )
+    stack = DevStack(
+        process=process,
+        base_url=f"http://127.0.0.1:{port}",
+        moto_url=env.get("AWS_ENDPOINT_URL") or f"http://127.0.0.1:{moto_port}",
+        issuer=env.get("STATE_OIDC_ISSUER") or f"http://127.0.0.1:{oidc_port}",
+        state_dir=state_dir,
+        table_name="state-service-local-StateTable",
+    )
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            stack.output.append(line.rstrip("\n"))
+            if line.strip() == "devstack ready":
+                ready.set()
+
+    threading.Thread(target=pump, name="devstack-output", daemon=True).start()
+    deadline = time.monotonic() + DEVSTACK_START_TIMEOUT
+    while not ready.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stack.stop()
+            time.sleep(0.2)
+            output = "\n".join(stack.output)
+            pytest.fail(f"python -m devstack did not become ready:\n{output}", pytrace=False)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """The whole local stack (real template, handlers and authorizer) as a subprocess."""
+    stack = start_devstack(tmp_path_factory.mktemp("devstack-state"))
+    try:
+        yield stack
+    finally:
+        stack.stop()
