@@ -37,6 +37,24 @@ INTEGRATION_TIMEOUT_SECONDS = 30.0
 API_ID = "local"
 STAGE = "$default"
 
+# The fields of the HTTP API's access log, as template.yaml's StateApi AccessLogSettings Format names them
+# (a unit test keeps the two equal). A value API Gateway does not have is "-", as in its own log.
+ACCESS_LOG_FIELDS = (
+    "requestId",
+    "sourceIp",
+    "requestTime",
+    "httpMethod",
+    "path",
+    "routeKey",
+    "protocol",
+    "status",
+    "responseLatency",
+    "integrationLatency",
+    "authorizerError",
+    "integrationError",
+    "error",
+)
+
 # Media types API Gateway passes as text; every other body (including
 # application/merge-patch+json and a body with no Content-Type) arrives base64
 # with isBase64Encoded true.
@@ -210,7 +228,6 @@ class Gateway:
         request_id = _request_id()
         log: dict[str, Any] = {
             "requestId": request_id,
-            "ip": request.remote,
             "sourceIp": request.remote,
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(started)),
             "httpMethod": request.method,
@@ -227,7 +244,8 @@ class Gateway:
         log["status"] = response.status
         log["responseLatency"] = round((time.time() - started) * 1000, 1)
         # The access log never holds the Authorization header or a body.
-        self._access_log.write(json.dumps(log) + "\n")
+        record = {name: log.get(name, "-") for name in ACCESS_LOG_FIELDS}
+        self._access_log.write(json.dumps(record) + "\n")
         return response
 
     async def _handle(
@@ -246,6 +264,7 @@ class Gateway:
         raw_path = request.raw_path.split("?", 1)[0]
         matched = self.router.match(request.method, raw_path)
         if matched is None:
+            log["error"] = "Not Found"  # $context.error.message: the body API Gateway answers with
             return _message(404, "Not Found")
         route, path_parameters = matched
         log["routeKey"] = route.route_key
@@ -292,13 +311,16 @@ class Gateway:
         identity = tuple(request.headers.get(h, "") for h in authorizer.identity_headers)
         if not identity or any(not v.strip() for v in identity):
             # A missing or empty identity source: 401 without calling the authorizer.
+            log["error"] = "Unauthorized"
             return _message(401, "Unauthorized")
         cache_key = (authorizer.name, identity)
         now = time.monotonic()
         cached = self._auth_cache.get(cache_key)
         if cached is not None and cached.expires_at > now:
-            log["authorizerCache"] = "hit"
-            return cached.context if cached.allowed else _message(403, "Forbidden")
+            if not cached.allowed:
+                log["error"] = "Forbidden"
+                return _message(403, "Forbidden")
+            return cached.context
 
         auth_event = self._authorizer_event(event, identity)
         pool = self.pools[authorizer.function]
@@ -323,6 +345,7 @@ class Gateway:
             # Allows and denies are both cached, per identity value, for the TTL.
             self._auth_cache[cache_key] = _CachedDecision(now + authorizer.ttl_seconds, allowed, context)
         if not allowed:
+            log["error"] = "Forbidden"
             return _message(403, "Forbidden")
         return context
 

@@ -14,10 +14,12 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import BaseModel, ValidationError
 
+from state_core import audit, runtime
 from state_core.auth import Principal, authorize
 from state_core.codec import MAX_BODY_BYTES, check_body_size
 from state_core.errors import (
     BadRequest,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
@@ -29,7 +31,8 @@ from state_core.errors import (
 from state_core.keys import validate_key
 from state_core.manager import Expectation, StateView
 from state_core.models import Problem, StateEnvelope, StateMetadata, StateRecord
-from state_core.observability import logger
+from state_core.observability import logger, metrics
+from state_core.policy import PolicyError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
@@ -111,11 +114,25 @@ def request_key(event: APIGatewayProxyEventV2) -> str:
 
 
 def authorized_principal(event: APIGatewayProxyEventV2, permission: str, key: str) -> Principal:
-    """The caller, if it holds `permission` on `key`; Forbidden/Unauthenticated otherwise."""
+    """The caller, if it holds `permission` on `key` by scope or by role; Forbidden/Unauthenticated
+    otherwise. The decision goes into the request's audit record."""
+    audit.note_decision("deny")
     context = event.request_context.authorizer.get_lambda if event.request_context.authorizer else None
     principal = Principal.from_authorizer_context(context)
     logger.append_keys(actor=principal.subject)
-    authorize(principal, permission, key)
+    try:
+        policy = runtime.role_policy()
+    except PolicyError as exc:
+        # Fail closed: without a valid policy no request is allowed, not even by scope.
+        logger.error("role policy unavailable; refusing every request", extra={"reason": str(exc)})
+        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        raise Forbidden("the service's role policy is unavailable") from exc
+    try:
+        authorize(principal, permission, key, policy)
+    except Forbidden:
+        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        raise
+    audit.note_decision("allow")
     return principal
 
 

@@ -4,6 +4,7 @@ context, and RBAC by permission and key pattern, enforced on the validated key.
 A grant is a scope `state:read` / `state:write` (every key) or `state:read:<pattern>` /
 `state:write:<pattern>`, where a pattern is an exact key or a prefix ending in `*`, and `${sub}` stands for
 the caller's subject. A subject that cannot appear in a key expands to nothing, so it grants nothing.
+Grants come from the token's scopes and from its roles, mapped by the role policy (`policy.py`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from state_core.errors import Forbidden, Unauthenticated
 from state_core.keys import is_key_fragment
+
+if TYPE_CHECKING:
+    from state_core.policy import RolePolicy
 
 READ = "state:read"
 WRITE = "state:write"
@@ -44,18 +48,22 @@ class Principal:
             roles=tuple(role for role in roles if isinstance(role, str)) if isinstance(roles, list) else (),
         )
 
-    def patterns_for(self, permission: str) -> list[str]:
+    def grants(self, policy: RolePolicy | None = None) -> frozenset[str]:
+        """Scopes from the token plus what its roles grant under `policy`."""
+        return self.scopes | policy.grants_for(self.roles) if policy is not None else self.scopes
+
+    def patterns_for(self, permission: str, policy: RolePolicy | None = None) -> list[str]:
         """The key patterns this principal holds `permission` on ("*" for every key)."""
         patterns = []
-        for scope in self.scopes:
+        for scope in self.grants(policy):
             if scope == permission:
                 patterns.append("*")
             elif scope.startswith(permission + ":"):
                 patterns.append(scope[len(permission) + 1 :])
         return patterns
 
-    def allows(self, permission: str, key: str) -> bool:
-        return any(_matches(pattern, key, self.subject) for pattern in self.patterns_for(permission))
+    def allows(self, permission: str, key: str, policy: RolePolicy | None = None) -> bool:
+        return any(_matches(pattern, key, self.subject) for pattern in self.patterns_for(permission, policy))
 
 
 def _matches(pattern: str, key: str, subject: str) -> bool:
@@ -68,7 +76,7 @@ def _matches(pattern: str, key: str, subject: str) -> bool:
     return key == pattern
 
 
-def authorize(principal: Principal, permission: str, key: str) -> None:
-    """Raise Forbidden (403) unless `principal` holds `permission` on `key`."""
-    if not principal.allows(permission, key):
+def authorize(principal: Principal, permission: str, key: str, policy: RolePolicy | None = None) -> None:
+    """Raise Forbidden (403) unless `principal` holds `permission` on `key` (by scope or by role)."""
+    if not principal.allows(permission, key, policy):
         raise Forbidden(f"{permission} is not granted on key {key}")

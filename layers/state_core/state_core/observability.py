@@ -17,6 +17,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
+from state_core import audit
+
 logger = Logger()
 metrics = Metrics()
 
@@ -29,7 +31,8 @@ def _tracing_enabled() -> bool:
 
 def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
     """Wrap a Lambda handler: correlation id from the API request id, metrics with dimension `operation`
-    (requests, status class, latency), and X-Ray tracing when enabled."""
+    (requests, status class, latency), the audit record of state operations, and X-Ray tracing when
+    enabled."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -37,7 +40,14 @@ def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
             started = time.perf_counter()
             # Per invocation, not as a default: tests load several handlers into one process.
             metrics.add_dimension(name="operation", value=operation)
-            response = handler(event, context)
+            audit.begin()
+            try:
+                response = handler(event, context)
+            except BaseException:
+                audit.emit(operation, event, None, status=500)  # Lambda reports the error; API Gateway 500s
+                raise
+            # One audit record per request that reached a state handler, allowed or denied (DESIGN §4).
+            audit.emit(operation, event, response)
             metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
             status = response.get("statusCode") if isinstance(response, dict) else None
             if isinstance(status, int):

@@ -1,61 +1,49 @@
 """Bearer JWT validation for the Lambda authorizer (DESIGN §4).
 
-Keys come from the issuer's JWKS, found through `<issuer>/.well-known/openid-configuration` and cached by
-PyJWT's JWKS client. Only asymmetric algorithms on the allow-list are accepted, so neither `none` nor HMAC
-signed with a public key can pass. The authorizer's answer may be cached by API Gateway per token, so it
-depends on the token alone, never on the route or key.
+Keys come from the issuer's JWKS (found through `<issuer>/.well-known/openid-configuration`) through our
+own cache (`jwks.py`). The token is parsed strictly before any key is looked up: three canonical base64url
+segments (a JWE has five), JSON without duplicate members, an algorithm on the allow-list of asymmetric
+algorithms (so neither `none` nor HMAC "signed" with a public key can pass), no `crit`, no nested token,
+and no key referenced or embedded in the header (`jku`, `x5u`, `jwk`, `x5c` are refused, never followed).
+PyJWT then checks the signature only; every claim is checked here, with the types RFC 7519 intends and
+nothing coerced (`"exp": "9999999999"` is refused, not parsed).
+
+The authorizer's answer may be cached by API Gateway per token, so it depends on the token alone, never
+on the route or key. Rejection reasons name the check that failed and never contain the token.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import urllib.request
-from collections.abc import Mapping
+import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 
 from state_core.config import AuthorizerSettings
+from state_core.jwks import JwksCache, discover_jwks_uri
 
-ALLOWED_ALGORITHMS = ("RS256", "ES256")
-REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
-FETCH_TIMEOUT_SECONDS = 1.5
-JWKS_CACHE_SECONDS = 300
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# API Gateway refuses a request whose request line and headers exceed 10,240 bytes, so no longer
+# token can arrive through it; refusing it here bounds the parsing work whatever the caller.
+MAX_TOKEN_BYTES = 10_240
+MANDATORY_CLAIMS = ("iss", "exp", "iat")
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+# Headers that name or carry a key: trusting them would let the token choose its own verification key.
+KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
+MAX_NUMERIC_DATE = 2**53  # beyond JSON's exact integers; also far beyond any real expiry
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
+_KID = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable ASCII: logs and lookups stay boring
+_KEY_FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
 class TokenRejected(Exception):
     """The token is not acceptable. The message names the reason and never contains the token."""
-
-
-def _check_fetchable(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS):
-        return
-    raise ValueError(f"OIDC URLs must be https (plain http only on loopback): {url}")
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def discover_jwks_uri(issuer: str) -> str:
-    """The issuer's `jwks_uri` from its discovery document, which must name the same issuer."""
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    _check_fetchable(url)
-    with _OPENER.open(url, timeout=FETCH_TIMEOUT_SECONDS) as response:
-        document = json.loads(response.read(150_000))
-    if document.get("issuer") != issuer:
-        raise ValueError("the discovery document names another issuer")
-    jwks_uri = document["jwks_uri"]
-    _check_fetchable(jwks_uri)
-    return str(jwks_uri)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,60 +57,190 @@ class VerifiedToken:
         return {"sub": self.subject, "scopes": " ".join(self.scopes), "roles": json.dumps(list(self.roles))}
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            # Parsers disagree on which duplicate wins; a token that means two things is refused.
+            raise TokenRejected("duplicate member in a JSON section")
+        result[name] = value
+    return result
+
+
+def _reject_constant(_: str) -> Any:
+    raise TokenRejected("NaN or Infinity in a JSON section")
+
+
+def _b64url_decode(segment: str, what: str) -> bytes:
+    """Strict base64url: the RFC 7515 alphabet, no padding, and canonical (the unused low bits of the last
+    character are zero), so exactly one text encodes each byte string."""
+    if not _SEGMENT.match(segment) or len(segment) % 4 == 1:
+        raise TokenRejected(f"the {what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenRejected(f"the {what} is not base64url") from exc
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise TokenRejected(f"the {what} is not canonical base64url")
+    return raw
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise TokenRejected(f"the {what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenRejected(f"the {what} is not a JSON object")
+    return value
+
+
+def parse_compact(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a compact JWS, parsed strictly (no signature check)."""
+    if len(token) > MAX_TOKEN_BYTES or not token.isascii():
+        raise TokenRejected("the token is too long or not ASCII")
+    segments = token.split(".")
+    if len(segments) == 5:
+        raise TokenRejected("encrypted tokens (JWE) are not accepted")
+    if len(segments) != 3:
+        raise TokenRejected("the token is not three segments")
+    header = _json_object(_b64url_decode(segments[0], "header"), "header")
+    claims = _json_object(_b64url_decode(segments[1], "payload"), "payload")
+    _b64url_decode(segments[2], "signature")
+    return header, claims
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; floats, strings and negatives are refused rather than coerced.
+    if type(value) is not int or not 0 <= value < MAX_NUMERIC_DATE:
+        raise TokenRejected(f"{name} must be a non-negative integer")
+    return value
+
+
+def _string_list(value: Any, what: str) -> tuple[str, ...]:
+    """A claim that is a space-separated string or an array of strings without whitespace."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(item, str) and item and item.split() == [item] for item in value):
+        return tuple(value)
+    raise TokenRejected(f"{what} must be a string or an array of strings")
+
+
 class TokenVerifier:
     """Validates bearer JWTs for one issuer and audience."""
 
-    def __init__(self, settings: AuthorizerSettings, jwks_client: jwt.PyJWKClient) -> None:
-        self._settings = settings
-        self._jwks = jwks_client
+    def __init__(self, settings: AuthorizerSettings, keys: JwksCache, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.clock = clock
+        self._required = tuple(
+            dict.fromkeys(
+                (*MANDATORY_CLAIMS, settings.audience_claim, settings.subject_claim, *settings.required_claims)
+            )
+        )
 
     @classmethod
-    def for_issuer(cls, settings: AuthorizerSettings) -> TokenVerifier:
-        client = jwt.PyJWKClient(
+    def for_issuer(
+        cls, settings: AuthorizerSettings, on_fetch_error: Callable[[str], None] | None = None
+    ) -> TokenVerifier:
+        """A verifier whose keys come from the issuer's discovery document (fetched now, once)."""
+        keys = JwksCache(
             discover_jwks_uri(settings.issuer),
-            cache_keys=True,
-            lifespan=JWKS_CACHE_SECONDS,
-            timeout=int(FETCH_TIMEOUT_SECONDS + 0.5),
+            algorithms=settings.algorithms,
+            ttl_seconds=settings.jwks_ttl_seconds,
+            cooldown_seconds=settings.jwks_cooldown_seconds,
+            on_fetch_error=on_fetch_error,
         )
-        return cls(settings, client)
+        return cls(settings, keys)
 
     def verify(self, token: str) -> VerifiedToken:
+        header, claims = parse_compact(token)
+        algorithm, kid = self._check_header(header)
+        key = self.keys.signing_key(kid)
+        if key is None:
+            raise TokenRejected("no key of the issuer has this kid")
+        self._check_key_fits(key, algorithm)
         try:
-            header = jwt.get_unverified_header(token)
-            if header.get("alg") not in ALLOWED_ALGORITHMS:
-                raise TokenRejected("algorithm not allowed")
-            signing_key = self._jwks.get_signing_key_from_jwt(token)
-            claims = jwt.decode(
-                token,
-                key=signing_key,
-                algorithms=list(ALLOWED_ALGORITHMS),
-                audience=self._settings.audience,
-                issuer=self._settings.issuer,
-                leeway=self._settings.leeway_seconds,
-                options={"require": REQUIRED_CLAIMS},
-            )
-        except jwt.PyJWKClientConnectionError as exc:
-            raise TokenRejected("the issuer's keys could not be fetched") from exc
+            # Signature only: PyJWT would coerce claim types, so the claims are checked below.
+            jwt.PyJWS().decode_complete(token, key=key.key, algorithms=[algorithm])
         except jwt.PyJWTError as exc:
-            raise TokenRejected(type(exc).__name__) from exc
-        return _verified(claims)
+            raise TokenRejected(f"signature: {type(exc).__name__}") from exc
+        return self._check_claims(claims)
 
+    def _check_header(self, header: Mapping[str, Any]) -> tuple[str, str]:
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.settings.algorithms:
+            raise TokenRejected("algorithm not allowed")
+        if "crit" in header:
+            # No extension is understood here, so any critical one makes the token unacceptable (RFC 7515).
+            raise TokenRejected("unknown critical header")
+        if any(name in header for name in KEY_REFERENCE_HEADERS):
+            raise TokenRejected("the header names its own key (jku/x5u/jwk/x5c); keys come only from the JWKS")
+        if header.get("enc") is not None or str(header.get("cty", "")).upper() in ("JWT", "APPLICATION/JWT"):
+            raise TokenRejected("nested or encrypted tokens are not accepted")
+        required_typ = self.settings.required_typ.lower()
+        typ = header.get("typ")
+        if required_typ:
+            if not isinstance(typ, str) or typ.lower().removeprefix("application/") != required_typ:
+                raise TokenRejected(f"typ must be {self.settings.required_typ}")
+        elif typ is not None and not isinstance(typ, str):
+            raise TokenRejected("typ must be a string")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not _KID.match(kid):
+            raise TokenRejected("kid must be printable ASCII, 1-256 characters")
+        return algorithm, kid
 
-def _verified(claims: Mapping[str, Any]) -> VerifiedToken:
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
-        raise TokenRejected("sub must be a non-empty string")
-    raw_scopes = claims.get("scope", claims.get("scp", ""))
-    if isinstance(raw_scopes, str):
-        scopes = tuple(raw_scopes.split())
-    elif isinstance(raw_scopes, list) and all(isinstance(scope, str) for scope in raw_scopes):
-        scopes = tuple(raw_scopes)
-    else:
-        raise TokenRejected("scope must be a string or an array of strings")
-    raw_roles = claims.get("roles", [])
-    if not isinstance(raw_roles, list) or not all(isinstance(role, str) for role in raw_roles):
-        raise TokenRejected("roles must be an array of strings")
-    return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(raw_roles))
+    @staticmethod
+    def _check_key_fits(key: jwt.PyJWK, algorithm: str) -> None:
+        jwk: Mapping[str, Any] = key._jwk_data
+        if "alg" in jwk and jwk["alg"] != algorithm:
+            raise TokenRejected("the key is for another algorithm")
+        if jwk.get("kty") != _KEY_FAMILIES.get(algorithm[:2]):
+            raise TokenRejected("the key is of another type than the algorithm")
+        if algorithm in _EC_CURVES and jwk.get("crv") != _EC_CURVES[algorithm]:
+            raise TokenRejected("the key is on another curve than the algorithm")
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> VerifiedToken:
+        settings = self.settings
+        for name in self._required:
+            if claims.get(name) is None:
+                raise TokenRejected(f"claim {name} is missing")
+        expires, not_before, issued = (_numeric_date(claims, name) for name in NUMERIC_DATE_CLAIMS)
+        if expires is None or issued is None:  # mandatory, so already refused above; for the type checker
+            raise TokenRejected("exp and iat are required")
+        now, leeway = self.clock(), settings.leeway_seconds
+        if expires <= now - leeway:
+            raise TokenRejected("the token has expired")
+        if not_before is not None and not_before > now + leeway:
+            raise TokenRejected("the token is not valid yet (nbf)")
+        if issued > now + leeway:
+            raise TokenRejected("the token was issued in the future (iat)")
+        if expires - issued > settings.max_lifetime_seconds:
+            raise TokenRejected(f"the token's lifetime (exp - iat) is over {settings.max_lifetime_seconds} s")
+        if claims["iss"] != settings.issuer:
+            raise TokenRejected("wrong issuer")
+        audience = claims[settings.audience_claim]
+        if settings.audience_claim == "aud" and isinstance(audience, list):
+            if not all(isinstance(item, str) for item in audience) or settings.audience not in audience:
+                raise TokenRejected("wrong audience")
+        elif audience != settings.audience:
+            raise TokenRejected("wrong audience")
+        subject = claims[settings.subject_claim]
+        if not isinstance(subject, str) or not subject or len(subject) > 1024:
+            raise TokenRejected(f"{settings.subject_claim} must be a non-empty string")
+        scopes = _string_list(claims.get(settings.scope_claim), settings.scope_claim)
+        if settings.scope_prefix:
+            # Only scopes of our resource server count (Cognito: `<identifier>/state:read`).
+            scopes = tuple(s.removeprefix(settings.scope_prefix) for s in scopes if s.startswith(settings.scope_prefix))
+        roles = claims.get(settings.roles_claim)
+        if roles is not None and (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)):
+            raise TokenRejected(f"{settings.roles_claim} must be an array of strings")
+        return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(roles or ()))
 
 
 def bearer_token(headers: Mapping[str, str] | None) -> str | None:

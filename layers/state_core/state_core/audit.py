@@ -1,0 +1,96 @@
+"""The audit trail (DESIGN §4): one structured record for every request that reaches a state handler.
+
+Records go through their own Powertools Logger (service `state-service-audit`), so they can be told apart
+from diagnostics by one field (`{ $.service = "state-service-audit" }` in a subscription or metric filter;
+the record itself is the `audit` member, e.g. `{ $.audit.decision = "deny" }`)
+and are written whatever the functions' log level. `observability.lambda_entry` emits the record after
+the handler answered: it sees the event (who, which key) and the response (status, ETag = version); the
+handler's authorization step notes its decision here. A record never holds a value or a token: only the
+subject, the action, the key, the decision, the status and the version.
+
+Requests that API Gateway answers itself (no token, rejected or cached-rejected token, unmatched route)
+never reach a handler; the HTTP API's access log (template.yaml, `StateApi` AccessLogSettings) covers them.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aws_lambda_powertools import Logger
+
+from state_core.errors import InvalidKey
+from state_core.keys import validate_key
+
+AUDIT_SERVICE = "state-service-audit"
+# The permission each audited operation needs; operations not listed here (the authorizer) are not audited.
+PERMISSIONS = {"get": "state:read", "put": "state:write", "patch": "state:write", "delete": "state:write"}
+
+Decision = Literal["allow", "deny"]
+
+# Level fixed at INFO: an audit trail must not vanish when someone turns POWERTOOLS_LOG_LEVEL to WARNING.
+audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
+
+_decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
+_ETAG = re.compile(r'\s*(?:W/)?"(\d{1,18})"\s*\Z')
+
+
+def begin() -> None:
+    """Start a request: no decision yet."""
+    _decision.set(None)
+
+
+def note_decision(decision: Decision) -> None:
+    """The authorization decision for this request (set by `api.authorized_principal`)."""
+    _decision.set(decision)
+
+
+def _version(response: Any) -> int | None:
+    headers = response.get("headers") if isinstance(response, dict) else None
+    for name, value in (headers or {}).items():
+        if name.lower() == "etag" and isinstance(value, str):
+            match = _ETAG.match(value)
+            return int(match.group(1)) if match else None
+    return None
+
+
+def _valid_key(raw_key: Any) -> str | None:
+    try:
+        return validate_key(raw_key)
+    except InvalidKey:
+        return None
+
+
+def record(operation: str, event: dict[str, Any], response: Any, status: int | None = None) -> dict[str, Any]:
+    """The audit record of one request: built from the event and the response, never from a body."""
+    context = event.get("requestContext") or {}
+    authorizer = (context.get("authorizer") or {}).get("lambda") or {}
+    subject = authorizer.get("sub")
+    raw_key = (event.get("pathParameters") or {}).get("key")
+    if status is None and isinstance(response, dict) and isinstance(response.get("statusCode"), int):
+        status = response["statusCode"]
+    decision = _decision.get()
+    if decision is None and status in (401, 403):
+        decision = "deny"  # refused before the decision was noted (no authorizer context)
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "request_id": context.get("requestId"),
+        "subject": subject if isinstance(subject, str) else None,
+        "action": operation,
+        "permission": PERMISSIONS.get(operation),
+        # Only a valid key is written: an invalid one (400 before any I/O) could be anything.
+        "key": _valid_key(raw_key),
+        "decision": decision,
+        "status": status,
+        "version": _version(response),
+        "source_ip": (context.get("http") or {}).get("sourceIp"),
+    }
+
+
+def emit(operation: str, event: dict[str, Any], response: Any, status: int | None = None) -> None:
+    """Write the audit record for a state operation (no-op for operations that are not audited)."""
+    if operation in PERMISSIONS:
+        # Nested: Powertools drops top-level keys whose value is None, and every field is always present.
+        audit_logger.info("audit", extra={"audit": record(operation, event, response, status)})
