@@ -19,8 +19,8 @@ def get_state(key: str):
     event = router.current_event
     key = api.request_key(event)
     api.authorized_principal(event, READ, key)
-    api.consistent_read_requested(event)  # every read is strongly consistent until the cache lands
-    return api.read_response(event, state_manager().get(key))
+    view = state_manager().get(key, consistent=api.consistent_read_requested(event))
+    return api.read_response(event, view)
 
 
 app = api.build_resolver(router)

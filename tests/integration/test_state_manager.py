@@ -208,9 +208,14 @@ def test_value_of_1_mib_plus_1_is_413_and_writes_nothing(manager, key):
         manager.get(key)
 
 
-def test_incompressible_value_beyond_one_item_is_413_not_yet_supported(manager, key):
-    with pytest.raises(PayloadTooLarge, match="not supported yet"):
-        manager.put(key, base64.b64encode(os.urandom(600_000)).decode(), actor="alice")
+def test_incompressible_value_of_1_mib_round_trips_through_a_blob(manager, store, key):
+    value = base64.b64encode(os.urandom(786_426)).decode()  # 1,048,570 characters: 1 MiB of JSON
+    result = manager.put(key, value, actor="alice")
+    assert result.record.blob is not None
+    assert result.record.blob.chunks >= 2
+    view = manager.get(key)
+    assert len(view.canonical_value) == 1_048_570
+    assert json.loads(view.canonical_value) == value
 
 
 def test_patch_that_would_pass_1_mib_is_413_and_writes_nothing(manager, key):

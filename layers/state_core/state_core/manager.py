@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from state_core import failpoints
+from state_core.cache import CacheEntry
 from state_core.codec import StoredValue, canonical_json, check_depth, check_value_size
-from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable
+from state_core.errors import NotFound, PreconditionFailed, ServiceUnavailable
 from state_core.merge_patch import apply_merge_patch
 from state_core.models import StateRecord
 from state_core.store import ConditionFailed, Precondition, WriteResult
 
-# One DynamoDB item holds 400 KB (moto: 405,000 bytes) including the key and metadata; values whose
-# compressed form is larger wait for the large-values issue, which stores them as chunked blobs.
-MAX_INLINE_VALUE_BYTES = 380_000
 # An unconditional PUT meets a condition failure only when the item it replaces has expired (it then
 # re-creates at that exact version); a few rounds cover concurrent writers doing the same.
 _PUT_ATTEMPTS = 5
@@ -48,6 +47,23 @@ class Store(Protocol):
 
 class MetricsSink(Protocol):
     def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+class Cache(Protocol):
+    """The versioned read cache (cache.RedisStateCache); never raises for Redis trouble."""
+
+    def get(self, key: str) -> CacheEntry | None: ...
+    def write_if_newer(self, entry: CacheEntry) -> bool: ...
+
+
+class KeyLock(Protocol):
+    """Per-key lock (lock.RedisKeyLock); acquire answers None when it cannot be had or Redis is down.
+    The `_and_` forms send the cache's read (write) in the same Redis round trip as the acquire (release)."""
+
+    def acquire(self, key: str) -> Any | None: ...
+    def release(self, lease: Any) -> None: ...
+    def acquire_and_read(self, key: str, cache: Any) -> tuple[Any | None, CacheEntry | None]: ...
+    def write_and_release(self, lease: Any, cache: Any, entry: CacheEntry) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +100,16 @@ class StateManager:
         *,
         clock: Callable[[], datetime],
         metrics: MetricsSink,
+        cache: Cache | None = None,
+        lock: KeyLock | None = None,
         patch_policy: PatchPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        self._cache = cache
+        self._lock = lock
         self._clock = clock
         self._metrics = metrics
         self._patch_policy = patch_policy or PatchPolicy()
@@ -97,12 +117,24 @@ class StateManager:
         self._monotonic = monotonic
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not security
 
-    def get(self, key: str) -> StateView:
-        """The key's current value and metadata; NotFound if absent, deleted or expired."""
+    def get(self, key: str, *, consistent: bool = False) -> StateView:
+        """The key's current value and metadata; NotFound if absent, deleted or expired.
+
+        Served from the cache when it holds the key; otherwise (or with `consistent`) a strongly consistent
+        read, which then fills the cache through its write-if-newer step.
+        """
+        if self._cache is not None and not consistent:
+            entry = self._cache.get(key)
+            if entry is not None and entry.is_usable():
+                return _view(key, entry.record, self._clock())
+            if failpoints.ENABLED:
+                failpoints.hit("after_cache_miss", key=key)
         record = self._store.get(key)
-        if record is None or record.value is None or not record.is_live(self._clock()):
-            raise NotFound(f"key {key} does not exist")
-        return StateView(record=record, canonical_value=record.value.canonical())
+        now = self._clock()
+        if failpoints.ENABLED:
+            failpoints.hit("after_fill_read_before_set", key=key)
+        self._cache_write(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
+        return _view(key, record, now)
 
     def put(
         self,
@@ -129,7 +161,7 @@ class StateManager:
             now = self._clock()
             expires_at = None if ttl_seconds is None else now.timestamp() + ttl_seconds
             try:
-                return self._store.write(
+                result = self._store.write(
                     key,
                     stored,
                     actor=actor,
@@ -148,6 +180,11 @@ class StateManager:
                     precondition, version = Precondition.AT_VERSION, current.version
                 else:
                     precondition, version = Precondition.NOT_EXPIRED, None
+                continue
+            if failpoints.ENABLED:
+                failpoints.hit("after_db_write_before_cache", key=key)
+            self._cache_write(CacheEntry(result.record))
+            return result
         raise ServiceUnavailable("the key changed too often to be written; retry shortly")
 
     def patch(
@@ -166,12 +203,50 @@ class StateManager:
         """
         check_depth(patch)
         canonical_json(patch)  # a patch with a lone surrogate is invalid even where it only removes
+        # Uncontended, Redis sees two round trips: lock + cache read, then write-through + unlock.
+        lease, cached = self._lock_and_read(key)
+        try:
+            if failpoints.ENABLED:
+                failpoints.hit("after_lock_acquire", key=key)
+            result, canonical = self._patch(key, patch, actor=actor, expect=expect, cached=cached)
+        except BaseException:
+            if failpoints.ENABLED:
+                failpoints.hit("before_lock_release", key=key)
+            if lease is not None and self._lock is not None:
+                self._lock.release(lease)
+            raise
+        if failpoints.ENABLED:
+            failpoints.hit("after_db_write_before_cache", key=key)
+            failpoints.hit("before_lock_release", key=key)
+        self._write_through_and_release(CacheEntry(result.record), lease)
+        return result, canonical
+
+    def _lock_and_read(self, key: str) -> tuple[Any | None, CacheEntry | None]:
+        if self._lock is None:
+            return None, self._cache.get(key) if self._cache is not None else None
+        if self._cache is None:
+            return self._lock.acquire(key), None
+        return self._lock.acquire_and_read(key, self._cache)
+
+    def _write_through_and_release(self, entry: CacheEntry, lease: Any | None) -> None:
+        if lease is None or self._lock is None:
+            self._cache_write(entry)
+        elif self._cache is None:
+            self._lock.release(lease)
+        else:
+            self._lock.write_and_release(lease, self._cache, entry)
+
+    def _patch(
+        self, key: str, patch: Any, *, actor: str, expect: Expectation, cached: CacheEntry | None
+    ) -> tuple[WriteResult, bytes]:
         policy = self._patch_policy
         deadline = self._monotonic() + policy.time_budget_seconds
-        current = self._store.get(key)
+        current = self._read_for_patch(key, cached)
         attempt = 0
         while True:
             now = self._clock()
+            if current is not None and current.value is None and current.blob is not None:
+                current = self._store.get(key)  # a failed condition returned a large value unloaded
             if current is None or current.value is None or not current.is_live(now):
                 if expect.if_match is not None:
                     raise PreconditionFailed(f"key {key} does not exist", current_version=None)
@@ -181,6 +256,8 @@ class StateManager:
                     f"key {key} is at version {current.version}, not {expect.if_match}",
                     current_version=current.version,
                 )
+            if failpoints.ENABLED:
+                failpoints.hit("after_patch_read", key=key, version=current.version)
             merged = apply_merge_patch(json.loads(current.value.canonical()), patch)
             canonical = canonical_json(merged)
             stored = self._encode_canonical(canonical)
@@ -195,6 +272,8 @@ class StateManager:
                     keep_expiry=True,
                 )
             except ConditionFailed as failed:
+                # The version fence: another writer came first (or our lock lapsed). DynamoDB returned
+                # the current item, so the retry merges into it without another read.
                 current = failed.current
                 attempt += 1
                 self._metrics.add_metric(name="Conflicts", unit="Count", value=1)
@@ -208,17 +287,33 @@ class StateManager:
                 continue
             return result, canonical
 
+    def _read_for_patch(self, key: str, cached: CacheEntry | None) -> StateRecord | None:
+        """A live cached version saves the read (a stale one only costs a fenced retry); anything else,
+        including a cached tombstone, is confirmed by a strongly consistent read."""
+        if cached is not None and cached.record.value is not None and cached.record.is_live(self._clock()):
+            return cached.record
+        return self._store.get(key)
+
     def delete(self, key: str, *, actor: str, expect: Expectation = Expectation()) -> StateRecord:
         """Replace the key by a tombstone with the next version; NotFound if it is not live."""
         version = expect.if_match if isinstance(expect.if_match, int) else None
         now = self._clock()
         try:
-            return self._store.delete(key, actor=actor, now=now, version=version)
+            tombstone = self._store.delete(key, actor=actor, now=now, version=version)
         except ConditionFailed as failed:
             current = failed.current
             if expect.if_match is None and (current is None or not current.is_live(now)):
                 raise NotFound(f"key {key} does not exist") from None
             raise _precondition_failed(key, current, now) from None
+        if failpoints.ENABLED:
+            failpoints.hit("after_db_write_before_cache", key=key)
+        # A versioned tombstone, so a slow fill of an older version cannot bring the key back.
+        self._cache_write(CacheEntry(tombstone))
+        return tombstone
+
+    def _cache_write(self, entry: CacheEntry) -> None:
+        if self._cache is not None:
+            self._cache.write_if_newer(entry)
 
     def _encode(self, value: Any) -> StoredValue:
         check_depth(value)
@@ -227,13 +322,14 @@ class StateManager:
     def _encode_canonical(self, canonical: bytes) -> StoredValue:
         check_value_size(canonical)
         stored = StoredValue.encode(canonical)
-        if len(stored.data) > MAX_INLINE_VALUE_BYTES:
-            raise PayloadTooLarge(
-                f"the value compresses to {len(stored.data)} bytes; values whose compressed form exceeds"
-                f" {MAX_INLINE_VALUE_BYTES} bytes are not supported yet"
-            )
         self._metrics.add_metric(name="ValueBytes", unit="Bytes", value=stored.size)
         return stored
+
+
+def _view(key: str, record: StateRecord | None, now: datetime) -> StateView:
+    if record is None or record.value is None or not record.is_live(now):
+        raise NotFound(f"key {key} does not exist")
+    return StateView(record=record, canonical_value=record.value.canonical())
 
 
 def _precondition_failed(key: str, current: StateRecord | None, now: datetime) -> PreconditionFailed:

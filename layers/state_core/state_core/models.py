@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from state_core.blobs import BlobRef
 from state_core.codec import StoredValue
 
 # DESIGN §3 leaves the TTL range open; issue 9 fixes it at 1 s to 10 years.
@@ -63,7 +64,10 @@ def rfc3339(moment: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StateRecord:
-    """A key's current item. A tombstone (`deleted`) keeps the version counter and has no value."""
+    """A key's current item. A tombstone (`deleted`) keeps the version counter and has no value.
+
+    A large value lives in a blob: `blob` names it, and `value` holds it only once it has been loaded.
+    """
 
     key: str
     version: int
@@ -73,6 +77,7 @@ class StateRecord:
     updated_at: str
     updated_by: str
     expires_at: float | None  # epoch seconds, millisecond precision
+    blob: BlobRef | None = None
 
     def is_live(self, now: datetime) -> bool:
         """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""

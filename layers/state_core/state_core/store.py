@@ -2,27 +2,35 @@
 conditional UpdateItem calls. Other item kinds (history, value chunks) will sit beside it under other sort
 or partition keys.
 
-Item attributes: version (N), value (B), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339),
-updated_by (S), expires_at (N, epoch seconds), incarnation (S: write id of the write that created this life
-of the key), write_id (S), deleted (BOOL, tombstones only). A tombstone keeps `version`, so a re-created key
+Item attributes: version (N), value (B) or blob_id / blob_chunks / blob_sha256 (a large value's blob, see
+blobs.py), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339), updated_by (S), expires_at
+(N, epoch seconds), incarnation (S: write id of the write that created this life of the key), write_id (S),
+deleted (BOOL, tombstones only). A tombstone keeps `version`, so a re-created key
 goes on counting, and drops value, created_at, incarnation and expires_at.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from state_core.blobs import BlobRef, BlobStore
 from state_core.codec import StoredValue
 from state_core.errors import ServiceUnavailable
 from state_core.models import StateRecord, rfc3339
 
 STATE_SORT_KEY = "state"
+# Compressed values up to this size stay inside the state item; larger ones become blobs.
+INLINE_VALUE_BYTES = 350_000
+# A reader that finds its blob collected (replaced meanwhile) reads the state item again this often.
+_READ_ATTEMPTS = 3
 
 # Errors that mean "DynamoDB is slow or unavailable right now" once botocore's own retries are spent.
 _UNAVAILABLE_CODES = frozenset(
@@ -49,6 +57,9 @@ _NAMES = {
     "#incarnation": "incarnation",
     "#write_id": "write_id",
     "#deleted": "deleted",
+    "#blob_id": "blob_id",
+    "#blob_chunks": "blob_chunks",
+    "#blob_sha256": "blob_sha256",
 }
 
 # Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
@@ -71,6 +82,10 @@ class Precondition(Enum):
 class DynamoDBClient(Protocol):
     def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def query(self, **kwargs: Any) -> dict[str, Any]: ...
+    def scan(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 class ConditionFailed(Exception):
@@ -101,17 +116,29 @@ class StateStore:
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
         self._table = table_name
+        self.blobs = BlobStore(client, table_name)
 
     def get(self, key: str) -> StateRecord | None:
-        """Strongly consistent read of the key's item (tombstones included)."""
-        response = self._call(
-            self._client.get_item,
-            TableName=self._table,
-            Key=self._item_key(key),
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
-        return None if item is None else _record(item)
+        """Strongly consistent read of the key's item (tombstones included), with its value loaded."""
+        for _ in range(_READ_ATTEMPTS):
+            with _dynamodb_errors():
+                item = self._client.get_item(TableName=self._table, Key=self._item_key(key), ConsistentRead=True).get(
+                    "Item"
+                )
+            if item is None:
+                return None
+            record = self._loaded(_record(item))
+            if record is not None:
+                return record
+        raise ServiceUnavailable("a large value could not be read consistently; retry shortly")
+
+    def _loaded(self, record: StateRecord) -> StateRecord | None:
+        """`record` with its blob loaded; None if the blob was collected (a newer version replaced it)."""
+        if record.blob is None or record.value is not None:
+            return record
+        with _dynamodb_errors():
+            value = self.blobs.load(record.blob)
+        return None if value is None else replace(record, value=value)
 
     def write(
         self,
@@ -130,13 +157,16 @@ class StateStore:
         No read happens first: the version increments server-side and the condition is the only guard.
         """
         write_id = new_write_id()
+        blob = None
+        if len(value.data) > INLINE_VALUE_BYTES:
+            with _dynamodb_errors():
+                blob = self.blobs.put(key, write_id, value, now)
         # A write that starts a new life (create, or re-create over a tombstone or an expired item)
         # resets created_at; otherwise if_not_exists keeps it. `incarnation` tells which happened without
         # a read: it equals our write id exactly when this write started the life.
         fresh = precondition in (Precondition.GONE, Precondition.AT_VERSION)
         sets = [
             "#version = if_not_exists(#version, :zero) + :one",
-            "#value = :value",
             "#encoding = :encoding",
             "#value_size = :value_size",
             "#updated_at = :now",
@@ -149,13 +179,26 @@ class StateStore:
         values: dict[str, Any] = {
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
-            ":value": {"B": value.data},
             ":encoding": {"S": value.encoding},
             ":value_size": {"N": str(value.size)},
             ":now": {"S": rfc3339(now)},
             ":actor": {"S": actor},
             ":write_id": {"S": write_id},
         }
+        if blob is None:
+            sets.append("#value = :value")
+            values[":value"] = {"B": value.data}
+            removes += ["#blob_id", "#blob_chunks", "#blob_sha256"]
+        else:
+            sets += ["#blob_id = :blob_id", "#blob_chunks = :blob_chunks", "#blob_sha256 = :blob_sha256"]
+            values.update(
+                {
+                    ":blob_id": {"S": blob.write_id},
+                    ":blob_chunks": {"N": str(blob.chunks)},
+                    ":blob_sha256": {"S": blob.sha256},
+                }
+            )
+            removes.append("#value")
         if not keep_expiry:
             if expires_at is None:
                 removes.append("#expires_at")
@@ -163,14 +206,27 @@ class StateStore:
                 sets.append("#expires_at = :expires_at")
                 values[":expires_at"] = {"N": f"{expires_at:.3f}"}
         condition = self._condition(precondition, version, now, values)
-        response = self._update(
-            key,
-            update=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
-            condition=condition,
-            values=values,
-        )
-        record = _record({**self._item_key(key), **response["Attributes"]})
+        try:
+            response = self._update(
+                key,
+                update=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
+                condition=condition,
+                values=values,
+            )
+        except ConditionFailed:
+            if blob is not None:
+                self._discard(key, blob)
+            raise
+        record = replace(_record({**self._item_key(key), **response["Attributes"]}), value=value)
         return WriteResult(record=record, created=response["Attributes"]["incarnation"]["S"] == write_id)
+
+    def _discard(self, key: str, blob: BlobRef) -> None:
+        """Remove the blob of a write that lost its condition; if this fails too, the sweep collects it."""
+        try:
+            with _dynamodb_errors():
+                self.blobs.delete(key, [blob])
+        except (ServiceUnavailable, ClientError):
+            pass
 
     def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord:
         """Replace a live item by a tombstone with the next version; raise ConditionFailed if it is not
@@ -189,7 +245,8 @@ class StateStore:
             update=(
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
                 " #write_id = :write_id"
-                " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at"
+                " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
+                " #blob_id, #blob_chunks, #blob_sha256"
             ),
             condition=condition,
             values=values,
@@ -219,46 +276,58 @@ class StateStore:
     def _update(self, key: str, *, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
         names = {name: attr for name, attr in _NAMES.items() if name in update or name in condition}
         try:
-            return self._call(
-                self._client.update_item,
-                TableName=self._table,
-                Key=self._item_key(key),
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                # On failure DynamoDB hands back the current item, so callers need not read again.
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            with _dynamodb_errors():
+                return self._client.update_item(
+                    TableName=self._table,
+                    Key=self._item_key(key),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    # On failure DynamoDB hands back the current item, so callers need not read again.
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             item = exc.response.get("Item")
+            # A large value's blob is not loaded here: most callers need only the version.
             raise ConditionFailed(None if item is None else _record(item)) from exc
 
     @staticmethod
     def _item_key(key: str) -> dict[str, Any]:
         return {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}}
 
-    @staticmethod
-    def _call(operation: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response: dict[str, Any] = operation(**kwargs)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
-                raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
-            raise
-        except (ConnectionError, HTTPClientError) as exc:
-            raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
-        return response
+
+@contextmanager
+def _dynamodb_errors() -> Iterator[None]:
+    """DynamoDB slow or unavailable once botocore's own retries are spent: ServiceUnavailable (503)."""
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
+            raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
+        raise
+    except (ConnectionError, HTTPClientError) as exc:
+        raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
 
 
 def _record(item: dict[str, Any]) -> StateRecord:
-    value = None
+    """A state item (as GetItem, UpdateItem or a stream image gives it) as a record. A blob-backed value
+    is left unloaded: `value` is None and `blob` says where it is."""
+    value = blob = None
     if "value" in item:
         value = StoredValue(
             encoding=item["encoding"]["S"], data=bytes(item["value"]["B"]), size=int(item["value_size"]["N"])
+        )
+    elif "blob_id" in item:
+        blob = BlobRef(
+            write_id=item["blob_id"]["S"],
+            chunks=int(item["blob_chunks"]["N"]),
+            sha256=item["blob_sha256"]["S"],
+            encoding=item["encoding"]["S"],
+            size=int(item["value_size"]["N"]),
         )
     return StateRecord(
         key=item["pk"]["S"],
@@ -269,4 +338,5 @@ def _record(item: dict[str, Any]) -> StateRecord:
         updated_at=item["updated_at"]["S"],
         updated_by=item["updated_by"]["S"],
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
+        blob=blob,
     )

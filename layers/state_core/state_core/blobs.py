@@ -1,0 +1,185 @@
+"""Values too large for the state item (DESIGN §2 Storage): immutable compressed blobs in the same table.
+
+A blob is named by the write id of the write that made it and is never changed: its chunks live under
+their own partition keys (`chunk#<write id>#<n>`), so one key's large writes spread over partitions, and a
+marker in the owning key's partition (`pk = <key>, sk = blob#<write id>`) records that the blob exists.
+The state item refers to the blob by write id, chunk count and SHA-256; it is written after the chunks,
+so a reader that finds the reference always finds the chunks, unless the blob was replaced and collected
+meanwhile, which the reader notices (a chunk missing) and answers by reading the state item again.
+
+A blob is removed only when nothing refers to it: the stream publisher collects the blobs of a key when
+its state item changes (the old image names the blob it no longer uses), and `collect` also removes
+markers left by writes that died between their chunks and their state item, once they are older than
+any write can take. The marker's `ttl` is DynamoDB's own backstop for markers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from state_core.codec import StoredValue
+
+# A DynamoDB item holds 400 KB (moto: 405,000 bytes) including names and keys; 350,000 bytes of data
+# leaves room and makes a 1 MiB incompressible value three chunks.
+CHUNK_BYTES = 350_000
+MARKER_PREFIX = "blob#"
+CHUNK_SORT_KEY = "chunk"
+# A write older than this has finished or died: no function runs longer (template Timeout is 10 s).
+WRITE_GRACE_SECONDS = 300
+MARKER_TTL_SECONDS = 7 * 24 * 3600
+_BATCH_ATTEMPTS = 8
+
+
+class DynamoDBClient(Protocol):
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+    def query(self, **kwargs: Any) -> dict[str, Any]: ...
+    def scan(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """What the state item stores in place of an inline value: which blob, and how to read it back."""
+
+    write_id: str
+    chunks: int
+    sha256: str = ""
+    encoding: str = ""
+    size: int = 0  # of the canonical JSON
+
+    def chunk_keys(self) -> list[dict[str, Any]]:
+        return [
+            {"pk": {"S": f"chunk#{self.write_id}#{index:04d}"}, "sk": {"S": CHUNK_SORT_KEY}}
+            for index in range(self.chunks)
+        ]
+
+
+class BlobStore:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def put(self, key: str, write_id: str, value: StoredValue, now: datetime) -> BlobRef:
+        """Write the marker and the chunks (before the state item that will refer to them)."""
+        data = value.data
+        pieces = [data[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES)]
+        ref = BlobRef(
+            write_id=write_id,
+            chunks=len(pieces),
+            sha256=hashlib.sha256(data).hexdigest(),
+            encoding=value.encoding,
+            size=value.size,
+        )
+        created = int(now.timestamp())
+        marker = {
+            "pk": {"S": key},
+            "sk": {"S": MARKER_PREFIX + write_id},
+            "chunks": {"N": str(ref.chunks)},
+            "sha256": {"S": ref.sha256},
+            "created_epoch": {"N": str(created)},
+            "ttl": {"N": str(created + MARKER_TTL_SECONDS)},
+        }
+        requests = [{"PutRequest": {"Item": marker}}] + [
+            {"PutRequest": {"Item": {**chunk_key, "owner": {"S": key}, "data": {"B": piece}}}}
+            for chunk_key, piece in zip(ref.chunk_keys(), pieces, strict=True)
+        ]
+        self._batch_write(requests)
+        return ref
+
+    def load(self, ref: BlobRef) -> StoredValue | None:
+        """The blob's value, or None if a chunk is gone (the blob was replaced and collected)."""
+        keys = ref.chunk_keys()
+        found: dict[str, bytes] = {}
+        pending: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        for _ in range(_BATCH_ATTEMPTS):
+            response = self._client.batch_get_item(RequestItems=pending)
+            for item in response.get("Responses", {}).get(self._table, []):
+                found[item["pk"]["S"]] = bytes(item["data"]["B"])
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            time.sleep(0.01)
+        if len(found) != ref.chunks:
+            return None
+        data = b"".join(found[key["pk"]["S"]] for key in keys)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ValueError(f"blob {ref.write_id} does not match its checksum")
+        return StoredValue(ref.encoding, data, ref.size)
+
+    def delete(self, key: str, refs: Iterable[BlobRef]) -> None:
+        """Remove blobs: their chunks, then their markers."""
+        requests: list[dict[str, Any]] = []
+        for ref in refs:
+            requests += [{"DeleteRequest": {"Key": chunk}} for chunk in ref.chunk_keys()]
+            requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}, "sk": {"S": MARKER_PREFIX + ref.write_id}}}})
+        self._batch_write(requests)
+
+    def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]:
+        """Remove the key's blobs that are not in `keep` and older than any write in flight; returns
+        their write ids. Called when the key's state item changes, and by the sweep."""
+        cutoff = int(now.timestamp()) - WRITE_GRACE_SECONDS
+        stale: list[tuple[str, int]] = []
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :key AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":key": {"S": key}, ":prefix": {"S": MARKER_PREFIX}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.query(**request)
+            for item in page.get("Items", []):
+                write_id = item["sk"]["S"][len(MARKER_PREFIX) :]
+                if write_id not in keep and int(item["created_epoch"]["N"]) <= cutoff:
+                    stale.append((write_id, int(item["chunks"]["N"])))
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        self.delete(key, [BlobRef(write_id, chunks, "") for write_id, chunks in stale])
+        return [write_id for write_id, _ in stale]
+
+    def sweep(self, now: datetime) -> list[str]:
+        """The backstop for blobs the stream did not collect (a write that died between its chunks and its
+        state item, on a key never written again): every key with a marker is collected against its state
+        item. A Scan reads the whole table, so this runs rarely (`make sweep-blobs`, or on a schedule)."""
+        owners: set[str] = set()
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":prefix": {"S": MARKER_PREFIX}},
+            "ProjectionExpression": "pk",
+        }
+        while True:
+            page = self._client.scan(**request)
+            owners.update(item["pk"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        collected: list[str] = []
+        for key in sorted(owners):
+            state = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": key}, "sk": {"S": "state"}},
+                ConsistentRead=True,
+                ProjectionExpression="blob_id",
+            ).get("Item", {})
+            keep = {state["blob_id"]["S"]} if "blob_id" in state else set()
+            collected += self.collect(key, keep=keep, now=now)
+        return collected
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        for start in range(0, len(requests), 25):
+            pending: dict[str, Any] = {self._table: requests[start : start + 25]}
+            for attempt in range(_BATCH_ATTEMPTS):
+                unprocessed = self._client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+                if not unprocessed:
+                    break
+                pending = unprocessed
+                time.sleep(0.01 * 2**attempt)
+            else:
+                raise RuntimeError("DynamoDB left blob items unprocessed")

@@ -1,0 +1,48 @@
+"""A circuit breaker for Redis: after a failure, skip Redis for a window, so a dead or hung server costs
+at most one timeout per container per window instead of one per request (DESIGN §5)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class RedisUnavailable(Exception):
+    """Redis failed, timed out, or the breaker is open. Callers degrade; requests never fail on it."""
+
+
+class CircuitBreaker:
+    """Closed: calls go through. A failure opens it for `open_seconds`; then one trial call is let
+    through (half-open): success closes it, failure opens it again."""
+
+    def __init__(self, open_seconds: float = 10.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._open_seconds = open_seconds
+        self._monotonic = monotonic
+        self._open_until = 0.0
+        self._trial_in_flight = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._open_until == 0.0
+
+    def allow(self) -> bool:
+        """May a call be made now?"""
+        with self._lock:
+            if self._open_until == 0.0:
+                return True
+            if self._monotonic() < self._open_until or self._trial_in_flight:
+                return False
+            self._trial_in_flight = True
+            return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._open_until = 0.0
+            self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._open_until = self._monotonic() + self._open_seconds
+            self._trial_in_flight = False

@@ -1,0 +1,251 @@
+"""Versioned read cache in Redis (DESIGN §5).
+
+An entry is a Redis hash `{v: version, m: metadata JSON, d: stored value bytes}` under `st:{<key>}`; a
+tombstone (deleted, or absent as version 0) has no `d`. Every cache write (fill after a miss, write-through
+after a write, tombstone after a delete, repair from the stream) goes through one Lua step that stores the
+entry only if its version is newer than the cached one, so a slow writer can never put an older version
+over a newer one.
+
+Redis trouble never fails a request: every error or timeout is counted, opens the breaker and reads as a
+miss. A cache write that failed is kept in memory and replayed (it is versioned, so replaying is always
+safe) once Redis answers again; across containers the stream publisher repairs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from state_core.breaker import RedisUnavailable
+from state_core.codec import StoredValue
+from state_core.models import StateRecord, rfc3339
+
+if TYPE_CHECKING:
+    from state_core.redis_link import RedisLink
+
+# Stores ARGV[2..] over KEYS[1] only if ARGV[1] is newer than the cached version. Equal versions are a
+# no-op, so a fill racing the write-through of the same version changes nothing.
+_WRITE_IF_NEWER = """
+local cached = redis.call('HGET', KEYS[1], 'v')
+if cached and tonumber(cached) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if ARGV[3] == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 'd', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+_FIELDS = ("v", "m", "d")
+
+
+class MetricsSink(Protocol):
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+def entry_key(key: str) -> str:
+    # The hash tag keeps a key's entry and lock in one slot if Redis is ever a cluster.
+    return f"st:{{{key}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A cached version of a key: its record (tombstones included; version 0 means "absent")."""
+
+    record: StateRecord
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @classmethod
+    def absent(cls, key: str, now: datetime) -> CacheEntry:
+        """A key DynamoDB does not hold at all: a tombstone at version 0, so any write supersedes it."""
+        return cls(StateRecord(key, 0, True, None, None, rfc3339(now), "", None))
+
+    def is_usable(self) -> bool:
+        """False for a live version too large to cache, which readers treat as a miss."""
+        return self.record.deleted or self.record.value is not None
+
+    def fields(self) -> tuple[str, bytes]:
+        record = self.record
+        metadata = {
+            "deleted": record.deleted,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "updated_by": record.updated_by,
+            "expires_at": record.expires_at,
+        }
+        data = b""
+        if record.value is not None:
+            metadata["encoding"] = record.value.encoding
+            metadata["size"] = record.value.size
+            data = record.value.data
+        return json.dumps(metadata, separators=(",", ":")), data
+
+    @classmethod
+    def parse(cls, key: str, version: Any, metadata: Any, data: Any) -> CacheEntry:
+        meta = json.loads(metadata)
+        value = None
+        if data is not None and "encoding" in meta:
+            value = StoredValue(encoding=meta["encoding"], data=data, size=meta["size"])
+        return cls(
+            StateRecord(
+                key=key,
+                version=int(version),
+                deleted=bool(meta["deleted"]),
+                value=value,
+                created_at=meta["created_at"],
+                updated_at=meta["updated_at"],
+                updated_by=meta["updated_by"],
+                expires_at=meta["expires_at"],
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Entry lifetimes. `entry_ttl_seconds` must exceed the longest function run (plus `run_margin`), so a
+    fill that read an older version before a newer write cannot land after the newer entry is gone."""
+
+    entry_ttl_seconds: float = 300.0
+    longest_run_seconds: float = 30.0
+    # Every legal value fits (1 MiB of incompressible JSON stays ~1 MiB compressed), so Redis memory per
+    # entry is bounded by this; a larger stored form would be fenced but not cached.
+    max_entry_bytes: int = 1_100_000
+
+    def lifetime_ms(self, record: StateRecord, now: datetime) -> int:
+        """Never much beyond the state's own expiry: kept `longest_run_seconds` past it (readers check the
+        expiry themselves), so the slow-fill argument above still holds."""
+        lifetime = self.entry_ttl_seconds
+        if record.expires_at is not None:
+            lifetime = min(lifetime, record.expires_at - now.timestamp() + self.longest_run_seconds)
+        return max(1, int(lifetime * 1000))
+
+
+class RedisStateCache:
+    """The cache adapter. Methods never raise for Redis trouble: reads miss, writes are queued for replay."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        metrics: MetricsSink,
+        clock: Callable[[], datetime],
+        policy: CachePolicy | None = None,
+    ) -> None:
+        self._link = link
+        self._metrics = metrics
+        self._clock = clock
+        self._policy = policy or CachePolicy()
+        self._write_if_newer = link.script(_WRITE_IF_NEWER)
+        self._pending: dict[str, CacheEntry] = {}
+        self._pending_lock = threading.Lock()
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The cached entry, or None on a miss or any Redis trouble."""
+
+        try:
+            self._replay_pending()
+            reply = self._link.run(lambda client: client.hmget(entry_key(key), _FIELDS))
+        except RedisUnavailable:
+            self.read_failed()
+            return None
+        return self.entry_from(key, reply)
+
+    # The pipelined halves of get and write_if_newer, for callers that send them along with other commands
+    # in one round trip (the PATCH lock: acquire + read, then write-through + release).
+
+    def queue_get(self, pipe: Any, key: str) -> None:
+        """Put the read of `key` on `pipe`; its reply goes to `entry_from`."""
+        pipe.hmget(entry_key(key), _FIELDS)
+
+    def entry_from(self, key: str, reply: Any) -> CacheEntry | None:
+        """The entry a queued read answered, or None on a miss."""
+        version, metadata, data = reply
+        if version is None or metadata is None:
+            self._metrics.add_metric(name="CacheMisses", unit="Count", value=1)
+            return None
+        self._metrics.add_metric(name="CacheHits", unit="Count", value=1)
+        return CacheEntry.parse(key, version, metadata, data)
+
+    def read_failed(self) -> None:
+        self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+
+    def queue_write(self, pipe: Any, entry: CacheEntry) -> None:
+        """Put the write-if-newer of `entry` on `pipe` (raw EVALSHA: see RedisLink.pipeline)."""
+        keys, args = self._write_arguments(self._cacheable(entry))
+        pipe.evalsha(self._write_if_newer.sha, len(keys), *keys, *args)
+
+    def write_failed(self, entry: CacheEntry) -> None:
+        """A queued write that did not reach Redis: kept and replayed once Redis answers again."""
+        self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+        self._remember(self._cacheable(entry))
+
+    @property
+    def scripts(self) -> tuple[Any, ...]:
+        return (self._write_if_newer,)
+
+    def replay_pending(self) -> None:
+        """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
+        self._replay_pending()
+
+    def write_if_newer(self, entry: CacheEntry) -> bool:
+        """Store `entry` unless the cache holds the same or a newer version. False if refused or failed;
+        a failed write is kept and replayed once Redis answers again."""
+
+        entry = self._cacheable(entry)
+        try:
+            self._replay_pending()
+            return self._store(entry)
+        except RedisUnavailable:
+            self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+            self._remember(entry)
+            return False
+
+    def _cacheable(self, entry: CacheEntry) -> CacheEntry:
+        record = entry.record
+        if record.value is not None and len(record.value.data) > self._policy.max_entry_bytes:
+            # Too large to cache, but older versions must still be fenced out: a valueless live entry
+            # at this version, which readers take as a miss.
+            return CacheEntry(replace(record, value=None))
+        return entry
+
+    def _write_arguments(self, entry: CacheEntry) -> tuple[list[str], list[Any]]:
+        metadata, data = entry.fields()
+        lifetime = self._policy.lifetime_ms(entry.record, self._clock())
+        return [entry_key(entry.record.key)], [entry.version, metadata, data, lifetime]
+
+    def _store(self, entry: CacheEntry) -> bool:
+        keys, args = self._write_arguments(entry)
+        result = self._link.run(lambda client: self._write_if_newer(keys=keys, args=args, client=client))
+        return bool(result)
+
+    def _replay_pending(self) -> None:
+        """Replay cache writes that failed, before anything else is read or written, so a recovered Redis
+        never serves an entry older than a write this container acknowledged."""
+        if not self._pending:
+            return
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for position, entry in enumerate(pending.values()):
+            try:
+                self._store(entry)
+            except Exception:
+                for unsent in list(pending.values())[position:]:
+                    self._remember(unsent)
+                raise
+
+    def _remember(self, entry: CacheEntry) -> None:
+        with self._pending_lock:
+            known = self._pending.get(entry.record.key)
+            if known is None or known.version < entry.version:
+                self._pending[entry.record.key] = entry
