@@ -17,7 +17,7 @@ PYTHON ?= $(or $(SAM_PYTHON313),$(shell command -v python3))
 
 PYTEST_ARGS ?=
 
-.PHONY: help dev test install lint typecheck unit integration e2e checks token openapi layer-requirements clean
+.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks token openapi layer-requirements events replay clean
 
 ## help: list the targets
 help:
@@ -28,11 +28,16 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-## install: create .venv with the pinned runtime and dev dependencies
-install: $(VENV_STAMP)
+## install: create .venv with the pinned runtime and dev dependencies, and a redis-server
+install: $(VENV_STAMP) redis-server
+
+# A real redis-server for the local stack and the tests (scripts/ensure_redis.sh says where from).
+.PHONY: redis-server
+redis-server: $(VENV_STAMP)
+	@scripts/ensure_redis.sh $(PY)
 
 ## dev: run the whole local stack (moto, dev OIDC issuer, gateway on :3000) until Ctrl-C
-dev: $(VENV_STAMP)
+dev: $(VENV_STAMP) redis-server
 	$(PY) -m devstack
 
 ## token: print a dev token, e.g. make token SUB=alice SCOPE="state:read state:write"
@@ -41,8 +46,16 @@ SCOPE ?= state:read state:write
 token: $(VENV_STAMP)
 	@$(PY) -m devstack.token --sub "$(SUB)" --scope "$(SCOPE)"
 
+## events: print StateChanged events from the local stack's state-changes queue as they arrive (Ctrl-C stops)
+events: $(VENV_STAMP)
+	@$(PY) -m devstack.event_tail $(EVENTS_ARGS)
+
+## replay: re-publish the publisher's dead-lettered events and the stream's S3 failure records (local stack)
+replay: $(VENV_STAMP)
+	$(PY) -m devstack.replay $(REPLAY_ARGS)
+
 ## test: lint, types, generated files, unit + integration + end-to-end tests, sam validate --lint, sam build
-test: $(VENV_STAMP) $(TOOLS_STAMP)
+test: $(VENV_STAMP) $(TOOLS_STAMP) redis-server
 	$(MAKE) --no-print-directory checks
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory validate sam-build
@@ -56,8 +69,14 @@ checks: $(VENV_STAMP)
 	$(PY) scripts/openapi.py --check
 
 ## unit / integration / e2e: one scope of the test suite
-unit integration e2e: $(VENV_STAMP)
+unit integration e2e: $(VENV_STAMP) redis-server
 	$(PY) -m pytest -m $@ $(PYTEST_ARGS)
+
+## sweep-blobs: collect value blobs nothing refers to, in the running local stack (TABLE, ENDPOINT to override)
+TABLE ?= state-service-local-StateTable
+ENDPOINT ?= http://127.0.0.1:5000
+sweep-blobs: $(VENV_STAMP)
+	$(PY) scripts/sweep_blobs.py --table "$(TABLE)" --endpoint-url "$(ENDPOINT)"
 
 ## openapi: regenerate docs/openapi.json from the handlers' routes and models
 openapi: $(VENV_STAMP)

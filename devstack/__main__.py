@@ -8,7 +8,8 @@ routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 
 Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
-STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL, LOG_LEVEL, LOCAL_MAX_CONCURRENCY.
+STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380; `none`: no Redis),
+LOG_LEVEL, LOCAL_MAX_CONCURRENCY.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ async def run() -> None:
     from devstack.gateway import Gateway
     from devstack.moto_server import SerializedMotoServer
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer
+    from devstack.redis_server import RedisServer
     from devstack.resources import create_resources
+    from devstack.stream_poller import StreamPoller
     from devstack.template import REPO_ROOT, load_template
     from devstack.token import mint
     from devstack.workers import LogEcho
@@ -43,14 +46,24 @@ async def run() -> None:
     template_path = Path(os.environ.get("STATE_TEMPLATE") or REPO_ROOT / "template.yaml")
 
     moto: SerializedMotoServer | None = None
+    redis: RedisServer | None = None
     issuer: DevIssuer | None = None
     gateway: Gateway | None = None
     echo: LogEcho | None = None
+    pollers: list[StreamPoller] = []
     try:
         endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
         if not endpoint_url:
             moto = await asyncio.to_thread(SerializedMotoServer(port=_env_int("MOTO_PORT", 5000)).start)
             endpoint_url = moto.endpoint_url
+
+        # REDIS_URL=none runs without Redis (no cache, no locks), as a deployment without an endpoint.
+        redis_url = os.environ.get("REDIS_URL", "")
+        if redis_url == "none":
+            redis_url = ""
+        elif not redis_url:
+            redis = await asyncio.to_thread(RedisServer(port=_env_int("REDIS_PORT", 6380)).start)
+            redis_url = redis.url
 
         external_issuer = os.environ.get("STATE_OIDC_ISSUER")
         audience = os.environ.get("STATE_OIDC_AUDIENCE") or "state-service"
@@ -63,17 +76,28 @@ async def run() -> None:
 
         template = load_template(
             template_path,
-            parameters=_parameters(template_path, issuer_url, audience),
+            parameters=_parameters(template_path, issuer_url, audience, redis_url),
         )
         names = await asyncio.to_thread(create_resources, template, endpoint_url)
 
+        # Failpoints (tests only, issue 7): a worker may arm them only because this is the local stack.
+        failpoint_env = {k: v for k, v in os.environ.items() if k in ("STATE_FAILPOINTS", "STATE_FAILPOINTS_SPEC")}
+        if failpoint_env:
+            failpoint_env["STATE_LOCAL_STACK"] = "1"
         gateway = Gateway(
             template=template,
             state_dir=state_dir,
             endpoint_url=endpoint_url,
+            common_env=failpoint_env,
             port=_env_int("PORT", 3000),
         )
         await gateway.start()
+        # The event source mappings (publish_changes on the table's stream), as Lambda would run them.
+        pollers = StreamPoller.for_template(
+            template, endpoint_url=endpoint_url, state_dir=state_dir, log=lambda line: print(line, flush=True)
+        )
+        for poller in pollers:
+            poller.start()
         echo = LogEcho(log_dir, lambda line: print(line, flush=True))
         echo.start()
 
@@ -81,6 +105,10 @@ async def run() -> None:
         print(f"gateway       {gateway.base_url}")
         print(f"emulator      {endpoint_url}" + ("" if moto else " (external)"))
         print(f"oidc issuer   {issuer_url}" + ("" if issuer else " (external)"))
+        print(
+            f"redis         {redis_url or 'none (no cache, no locks)'}"
+            + ("" if redis or not redis_url else " (external)")
+        )
         for logical_id, name in sorted(names.items()):
             if "." not in logical_id:
                 print(f"resource      {logical_id} = {name}")
@@ -104,6 +132,8 @@ async def run() -> None:
         await stopped.wait()
         print("devstack stopping", flush=True)
     finally:
+        for poller in pollers:
+            await asyncio.to_thread(poller.stop)
         if gateway is not None:
             await gateway.stop()
         if echo is not None:
@@ -112,16 +142,18 @@ async def run() -> None:
             await issuer.stop()
         if moto is not None:
             await asyncio.to_thread(moto.stop)
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
 
 
-def _parameters(template_path: Path, issuer: str, audience: str) -> dict[str, str]:
+def _parameters(template_path: Path, issuer: str, audience: str, redis_url: str) -> dict[str, str]:
     from devstack.template import load_yaml
 
     declared = set((load_yaml(template_path).get("Parameters") or {}).keys())
     wanted = {
         "OidcIssuer": issuer,
         "OidcAudience": audience,
-        "RedisEndpoint": os.environ.get("REDIS_URL", ""),
+        "RedisEndpoint": redis_url,
         "LogLevel": os.environ.get("LOG_LEVEL", "INFO"),
     }
     return {k: v for k, v in wanted.items() if k in declared}

@@ -8,6 +8,7 @@ external emulator (``AWS_ENDPOINT_URL``), reuses what is there.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Any
 
@@ -32,7 +33,8 @@ def create_resources(
     *,
     table_names: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Create tables, event buses and queues; return the physical names map.
+    """Create tables, event buses, queues, buckets and event rules (with their targets); return the
+    physical names map.
 
     The map holds ``LogicalId`` (what ``!Ref`` yields) and ``LogicalId.Attribute``
     (what ``!GetAtt`` yields) and is also recorded on ``template``.
@@ -76,6 +78,35 @@ def create_resources(
             names[f"{logical_id}.QueueName"] = queue_name
             names[f"{logical_id}.QueueUrl"] = url
             names[f"{logical_id}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue_name}"
+
+    buckets = template.resources_of_type("AWS::S3::Bucket")
+    if buckets:
+        s3 = client("s3", endpoint)
+        for logical_id in buckets:
+            # No BucketName in the template (a deployed stack gets a generated one); S3 wants lower case.
+            name = str(template.properties(logical_id).get("BucketName") or local_table_name(logical_id)).lower()
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+                s3.create_bucket(Bucket=name)
+            names[logical_id] = name
+            names[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
+
+    # Rules resolve against the names above (a target's !GetAtt Queue.Arn), so they come last.
+    template.set_physical_names(names)
+    for logical_id, props in template.event_rules().items():
+        bus = props.get("EventBusName") or "default"
+        events.put_rule(
+            Name=local_table_name(logical_id),
+            EventBusName=bus,
+            EventPattern=json.dumps(props["EventPattern"]),
+            State=props.get("State", "ENABLED"),
+        )
+        events.put_targets(
+            Rule=local_table_name(logical_id),
+            EventBusName=bus,
+            Targets=[{"Id": target["Id"], "Arn": target["Arn"]} for target in props.get("Targets") or []],
+        )
+        names[logical_id] = local_table_name(logical_id)
+        names[f"{logical_id}.Arn"] = f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{bus}/{local_table_name(logical_id)}"
 
     template.set_physical_names(names)
     return names

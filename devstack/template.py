@@ -352,6 +352,19 @@ class StateTemplate:
     def queues(self) -> dict[str, dict[str, Any]]:
         return {lid: self.properties(lid) for lid in self.resources_of_type("AWS::SQS::Queue")}
 
+    def event_rules(self) -> dict[str, dict[str, Any]]:
+        return {lid: self.properties(lid) for lid in self.resources_of_type("AWS::Events::Rule")}
+
+    def stream_event_sources(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(function, event name, resolved properties)`` of every DynamoDB event source mapping."""
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        for lid in self.function_ids():
+            events = (self.resources[lid].get("Properties") or {}).get("Events") or {}
+            for name, event in events.items():
+                if event.get("Type") == "DynamoDB":
+                    found.append((lid, name, self.resolve(event.get("Properties") or {})))
+        return found
+
     def table_create_kwargs(self, logical_id: str, table_name: str) -> dict[str, Any]:
         """Arguments for ``dynamodb.create_table`` from the template's table definition."""
         props = self.properties(logical_id)

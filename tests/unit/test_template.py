@@ -30,13 +30,22 @@ ROUTES = {
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
-    "GetStateFunction": {"dynamodb:GetItem"},
-    "PutStateFunction": {"dynamodb:UpdateItem"},
-    "PatchStateFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+    # Batch* reach the chunks of large values (blobs.py), which sit in the same table.
+    "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem"},
+    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem"},
+    "PatchStateFunction": {
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchWriteItem",
+    },
     "DeleteStateFunction": {"dynamodb:UpdateItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
+PUBLISHER_FUNCTION = "PublishChangesFunction"
+# The event source mapping's stream reads, on the table's streams only (never the table).
+STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 TABLE = "StateTable"
 EVENT_SAMPLES = {
     "get_state.json": "GET",
@@ -126,8 +135,8 @@ def lambda_authorizer() -> dict[str, Any]:
 # --- functions ----------------------------------------------------------------------------------
 
 
-def test_the_template_defines_the_four_state_functions_and_the_authorizer():
-    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION}
+def test_the_template_defines_the_four_state_functions_the_authorizer_and_the_publisher():
+    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION, PUBLISHER_FUNCTION}
 
 
 @pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
@@ -152,7 +161,7 @@ def test_every_function_logs_to_its_own_log_group_with_retention(function_id):
     assert users == [function_id]
 
 
-@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+@pytest.mark.parametrize("function_id", sorted(set(FUNCTIONS) - {PUBLISHER_FUNCTION}))
 def test_every_function_finishes_well_inside_api_gateways_30_seconds(function_id):
     timeout = props(function_id).get("Timeout", GLOBAL_FUNCTION.get("Timeout"))
 
@@ -195,7 +204,10 @@ def test_each_state_function_gets_only_its_table_actions_on_the_table(function_i
 @pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
 def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id):
     for statement in function_statements(function_id):
-        if any(action.startswith("dynamodb:") for action in as_list(statement["Action"])):
+        actions = set(as_list(statement["Action"]))
+        if actions <= STREAM_ACTIONS:
+            assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/stream/*"}]
+        elif any(action.startswith("dynamodb:") for action in actions):
             assert as_list(statement["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
 
 
@@ -307,3 +319,104 @@ def test_the_authorizer_sample_is_a_request_payload_2_0():
 
     assert (event["version"], event["type"]) == ("2.0", "REQUEST")
     assert event["identitySource"] == [event["headers"]["authorization"]]
+
+
+# --- change events (DESIGN §6) ------------------------------------------------------------------
+
+
+def stream_event() -> dict[str, Any]:
+    (event,) = [e["Properties"] for e in props(PUBLISHER_FUNCTION)["Events"].values() if e["Type"] == "DynamoDB"]
+    return event
+
+
+def test_the_publisher_is_fed_by_the_tables_stream_with_partial_failures_bisect_and_bounded_retries():
+    event = stream_event()
+
+    assert event["Stream"] == {"Fn::GetAtt": [TABLE, "StreamArn"]}
+    assert event["StartingPosition"] in ("TRIM_HORIZON", "LATEST")
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["BisectBatchOnFunctionError"] is True
+    assert 0 <= event["MaximumRetryAttempts"] <= 10_000
+    assert 60 <= event["MaximumRecordAgeInSeconds"] < 86_400  # before the stream's 24 h retention trims it
+    assert 1 <= event["BatchSize"] <= 1000
+    assert 0 <= event["MaximumBatchingWindowInSeconds"] <= 300
+
+
+def test_only_state_items_reach_the_publisher():
+    (pattern,) = [json.loads(f["Pattern"]) for f in stream_event()["FilterCriteria"]["Filters"]]
+
+    assert pattern == {"dynamodb": {"Keys": {"sk": {"S": ["state"]}}}}
+
+
+def test_failed_stream_batches_go_to_an_encrypted_private_bucket_with_a_lifecycle():
+    destination = stream_event()["DestinationConfig"]["OnFailure"]
+    bucket_id = destination["Destination"]["Fn::GetAtt"][0]
+    bucket = props(bucket_id)
+    block = bucket["PublicAccessBlockConfiguration"]
+
+    assert RESOURCES[bucket_id]["Type"] == "AWS::S3::Bucket"
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(
+        block[name] is True
+        for name in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+    )
+    assert bucket["LifecycleConfiguration"]["Rules"]
+    assert RESOURCES[bucket_id].get("DeletionPolicy") == "Retain"
+
+
+def test_the_publisher_gets_exactly_what_it_sends_to():
+    statements = function_statements(PUBLISHER_FUNCTION)
+    by_action = {action: statement["Resource"] for statement in statements for action in as_list(statement["Action"])}
+
+    assert by_action["events:PutEvents"] == {"Fn::GetAtt": ["StateEventBus", "Arn"]}
+    assert by_action["sqs:SendMessage"] == {"Fn::GetAtt": ["PublishChangesDeadLetterQueue", "Arn"]}
+    assert by_action["s3:PutObject"] == {"Fn::Sub": "${StreamFailureBucket.Arn}/*"}
+    assert set(by_action) >= STREAM_ACTIONS
+    # On the table itself only what collecting unreferenced value blobs needs (blobs.py).
+    table_actions = {
+        action
+        for s in statements
+        if refers_to(s.get("Resource"), TABLE) and "Fn::Sub" not in s["Resource"]
+        for action in as_list(s["Action"])
+    }
+    assert table_actions == {"dynamodb:Query", "dynamodb:BatchWriteItem"}
+
+
+def test_the_publishers_dead_letter_queue_keeps_events_14_days():
+    assert props("PublishChangesDeadLetterQueue")["MessageRetentionPeriod"] == 1_209_600
+
+
+def test_the_publisher_gets_its_source_bus_queue_and_value_limit_from_the_template():
+    variables = props(PUBLISHER_FUNCTION)["Environment"]["Variables"]
+
+    assert variables["STATE_EVENT_SOURCE"] == {"Ref": "EventSource"}
+    assert variables["STATE_EVENTS_DLQ_URL"] == {"Ref": "PublishChangesDeadLetterQueue"}
+    assert int(variables["STATE_EVENT_MAX_VALUE_BYTES"]) == 65_536
+    assert GLOBAL_FUNCTION["Environment"]["Variables"]["STATE_EVENT_BUS_NAME"] == {"Ref": "StateEventBus"}
+
+
+def test_the_publisher_joins_the_redis_vpc_only_when_redis_is_configured():
+    vpc_config = props(PUBLISHER_FUNCTION)["VpcConfig"]
+
+    assert vpc_config["Fn::If"][0] == "HasRedis"
+    assert vpc_config["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+def test_an_example_rule_sends_every_state_changed_event_to_the_state_changes_queue():
+    rule = props("StateChangesRule")
+    (target,) = rule["Targets"]
+    (statement,) = props("StateChangesQueuePolicy")["PolicyDocument"]["Statement"]
+
+    assert rule["EventBusName"] == {"Ref": "StateEventBus"}
+    assert rule["EventPattern"] == {"source": [{"Ref": "EventSource"}], "detail-type": ["StateChanged"]}
+    assert target["Arn"] == {"Fn::GetAtt": ["StateChangesQueue", "Arn"]}
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["StateChangesRule", "Arn"]}
+
+
+def test_alarms_watch_the_dead_letter_queue_and_the_publishers_iterator_age():
+    alarms = [props(lid) for lid in resources_of_type("AWS::CloudWatch::Alarm")]
+    watched = {(a["Namespace"], a["MetricName"]) for a in alarms}
+
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in watched
+    assert ("AWS/Lambda", "IteratorAge") in watched

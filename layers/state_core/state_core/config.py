@@ -6,8 +6,11 @@ The domain core never reads the environment; `runtime.py` parses these models an
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
 class _Settings(BaseModel):
@@ -22,11 +25,33 @@ class ServiceSettings(_Settings):
     """The state functions (get, put, patch, delete)."""
 
     table_name: str = Field(validation_alias="STATE_TABLE_NAME", min_length=3)
+    # Empty: no cache, no locks (DESIGN §2). `rediss://` for TLS; the AUTH token comes separately.
     redis_url: str = Field(default="", validation_alias="STATE_REDIS_URL")
+    redis_password: str = Field(default="", validation_alias="STATE_REDIS_PASSWORD", repr=False)
+    # Tens of milliseconds (DESIGN §5): a hung Redis costs at most this once per breaker window.
+    redis_timeout_ms: int = Field(default=50, ge=5, le=1000, validation_alias="STATE_REDIS_TIMEOUT_MS")
+    redis_breaker_seconds: float = Field(default=10.0, ge=1.0, le=300.0, validation_alias="STATE_REDIS_BREAKER_SECONDS")
+    # Longer than the longest function run (30 s counted), so a slow fill cannot outlive a newer entry.
+    cache_ttl_seconds: int = Field(default=300, ge=60, le=86_400, validation_alias="STATE_CACHE_TTL_SECONDS")
+    lock_lease_ms: int = Field(default=2000, ge=100, le=10_000, validation_alias="STATE_LOCK_LEASE_MS")
+    lock_wait_ms: int = Field(default=2000, ge=0, le=5_000, validation_alias="STATE_LOCK_WAIT_MS")
     # DESIGN §3: a PATCH that cannot win within its budget (at least 5 s) answers 503.
     patch_time_budget_seconds: float = Field(
         default=5.0, ge=5.0, le=25.0, validation_alias="STATE_PATCH_TIME_BUDGET_SECONDS"
     )
+    # The role policy (JSON); empty means the policy shipped in the layer (state_core/policy.json).
+    policy_file: str = Field(default="", validation_alias="STATE_POLICY_FILE")
+
+
+class PublisherSettings(_Settings):
+    """publish_changes: the stream's event publisher and cache repair (DESIGN §6)."""
+
+    event_bus_name: str = Field(validation_alias="STATE_EVENT_BUS_NAME", min_length=1)
+    event_source: str = Field(default="state.service", min_length=1, validation_alias="STATE_EVENT_SOURCE")
+    dead_letter_queue_url: str = Field(validation_alias="STATE_EVENTS_DLQ_URL", min_length=1)
+    # DESIGN §6: the value rides in the detail only while the detail stays under this (default 64 KB).
+    # Capped well below EventBridge's 256 KB per entry, so an entry always fits a request.
+    max_detail_bytes: int = Field(default=65_536, ge=1_024, le=200_000, validation_alias="STATE_EVENT_MAX_VALUE_BYTES")
 
 
 class AuthorizerSettings(_Settings):
@@ -36,3 +61,43 @@ class AuthorizerSettings(_Settings):
     audience: str = Field(validation_alias="STATE_OIDC_AUDIENCE", min_length=1)
     # DESIGN §4: small leeway on exp/nbf/iat; issue 2 caps it at 60 s.
     leeway_seconds: int = Field(default=30, ge=0, le=60, validation_alias="STATE_OIDC_LEEWAY_SECONDS")
+    # Asymmetric algorithms only: `none` and HMAC (which a public key could "sign") can never be configured.
+    algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), validation_alias="STATE_OIDC_ALGORITHMS")
+    # e.g. `at+jwt` (RFC 9068); empty accepts any typ except nested tokens.
+    required_typ: str = Field(default="", validation_alias="STATE_OIDC_REQUIRED_TYP")
+    # exp - iat; a stolen long-lived token is refused even if signed.
+    max_lifetime_seconds: int = Field(
+        default=3600, ge=60, le=86_400, validation_alias="STATE_OIDC_MAX_LIFETIME_SECONDS"
+    )
+    # On top of these, the audience and subject claims are always required.
+    required_claims: tuple[str, ...] = Field(
+        default=("iss", "exp", "iat"), validation_alias="STATE_OIDC_REQUIRED_CLAIMS"
+    )
+    # Cognito access tokens carry no `aud`; their app client id is in `client_id`.
+    audience_claim: Literal["aud", "client_id"] = Field(default="aud", validation_alias="STATE_OIDC_AUDIENCE_CLAIM")
+    # Cognito's resource-server identifier in front of custom scopes (`https://api.example.com/state:read`).
+    scope_prefix: str = Field(default="", validation_alias="STATE_OIDC_SCOPE_PREFIX")
+    # `scope` (space-separated string, RFC 8693/9068) or `scp` (Okta, an array); either shape is accepted.
+    scope_claim: Literal["scope", "scp"] = Field(default="scope", validation_alias="STATE_OIDC_SCOPE_CLAIM")
+    subject_claim: str = Field(default="sub", min_length=1, validation_alias="STATE_OIDC_SUBJECT_CLAIM")
+    # `roles`, `groups`, `cognito:groups`, or a namespaced claim such as Auth0's `https://example.com/roles`.
+    roles_claim: str = Field(default="roles", min_length=1, validation_alias="STATE_OIDC_ROLES_CLAIM")
+    # DESIGN §4: keys cached at most 300 s; refetches for unknown kids at most every cooldown.
+    jwks_ttl_seconds: float = Field(default=300, gt=0, le=300, validation_alias="STATE_JWKS_TTL_SECONDS")
+    jwks_cooldown_seconds: float = Field(default=30, ge=1, le=300, validation_alias="STATE_JWKS_COOLDOWN_SECONDS")
+
+    @field_validator("algorithms", "required_claims", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        """Environment lists are comma- or space-separated."""
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(",", " ").split() if part)
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if unknown or not value:
+            raise ValueError(f"algorithms must be a non-empty subset of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return value

@@ -11,12 +11,15 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 
-from state_core.config import ServiceSettings
+from state_core import failpoints
+from state_core.blobs import BlobStore
+from state_core.config import PublisherSettings, ServiceSettings
 from state_core.manager import PatchPolicy, StateManager
 from state_core.observability import metrics
+from state_core.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
 from state_core.store import StateStore
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
@@ -24,6 +27,16 @@ from state_core.store import StateStore
 DYNAMODB_CONFIG = Config(
     connect_timeout=1,
     read_timeout=2,
+    retries={"mode": "standard", "max_attempts": 3},
+    tcp_keepalive=True,
+)
+
+
+# The publisher's calls: short timeouts, botocore's standard retries for throttling and 5xx; entries
+# EventBridge refuses one by one are retried by the publisher itself (PublishPolicy).
+EVENTS_CONFIG = Config(
+    connect_timeout=2,
+    read_timeout=5,
     retries={"mode": "standard", "max_attempts": 3},
     tcp_keepalive=True,
 )
@@ -39,16 +52,100 @@ def service_settings() -> ServiceSettings:
 
 
 @functools.cache
+def role_policy() -> RolePolicy:
+    """The role policy, loaded once per container. A broken file raises PolicyError on every call (a
+    failure is not cached), so every request is refused with the reason logged: it fails closed."""
+    return load_role_policy(service_settings().policy_file or DEFAULT_POLICY_FILE)
+
+
+@functools.cache
 def dynamodb_client() -> Any:
-    return boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    # botocore directly: boto3 adds nothing a client needs and costs ~0.1 s of cold start (s3transfer).
+    client = botocore.session.get_session().create_client("dynamodb", config=DYNAMODB_CONFIG)
+    if failpoints.ENABLED:  # only ever in tests and the local stack (failpoints.allowed)
+        failpoints.install_dynamodb_faults(client)
+    return client
+
+
+@functools.cache
+def redis_link() -> Any:
+    """The Redis link (client + breaker) when an endpoint is configured, else None. Imports redis only then."""
+    settings = service_settings()
+    if not settings.redis_url:
+        return None
+    from state_core.breaker import CircuitBreaker
+    from state_core.redis_link import RedisLink, connect
+
+    client = connect(
+        settings.redis_url, password=settings.redis_password, timeout_seconds=settings.redis_timeout_ms / 1000
+    )
+    return RedisLink(
+        client,
+        CircuitBreaker(open_seconds=settings.redis_breaker_seconds),
+        on_error=lambda: metrics.add_metric(name="RedisErrors", unit="Count", value=1),
+    )
 
 
 @functools.cache
 def state_manager() -> StateManager:
     settings = service_settings()
+    # The local stack's workers arm failpoints from STATE_FAILPOINTS_SPEC; anywhere else a spec is refused.
+    failpoints.arm_from_environ(os.environ)
+    link = redis_link()
+    cache = lock = None
+    if link is not None:
+        from state_core.cache import CachePolicy, RedisStateCache
+        from state_core.lock import LockPolicy, RedisKeyLock
+
+        cache = RedisStateCache(
+            link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=settings.cache_ttl_seconds)
+        )
+        lock = RedisKeyLock(
+            link,
+            metrics,
+            LockPolicy(lease_seconds=settings.lock_lease_ms / 1000, max_wait_seconds=settings.lock_wait_ms / 1000),
+        )
     return StateManager(
         StateStore(dynamodb_client(), settings.table_name),
         clock=utc_now,
         metrics=metrics,
+        cache=cache,
+        lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
+    )
+
+
+@functools.cache
+def publisher_settings() -> PublisherSettings:
+    return PublisherSettings.from_environ(os.environ)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def change_publisher() -> Any:
+    """The stream's ChangePublisher: EventBridge, its dead-letter queue, and the cache to repair (if Redis)."""
+    import boto3
+
+    from state_core.observability import logger
+    from state_core.publisher import ChangePublisher
+
+    settings = publisher_settings()
+    link = redis_link()
+    cache = None
+    if link is not None:
+        from state_core.cache import CachePolicy, RedisStateCache
+
+        cache = RedisStateCache(
+            link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=service_settings().cache_ttl_seconds)
+        )
+    return ChangePublisher(
+        boto3.client("events", config=EVENTS_CONFIG),
+        bus_name=settings.event_bus_name,
+        dead_letters=boto3.client("sqs", config=EVENTS_CONFIG),
+        dead_letter_queue_url=settings.dead_letter_queue_url,
+        cache=cache,
+        metrics=metrics,
+        blobs=BlobStore(dynamodb_client(), service_settings().table_name),
+        log=logger,
+        source=settings.event_source,
+        max_detail_bytes=settings.max_detail_bytes,
     )

@@ -1,0 +1,151 @@
+"""``make replay``: re-publish StateChanged events that did not make it to the bus.
+
+Two sources, both written by the change-event path (DESIGN §6):
+
+1. the publisher's dead-letter queue: each message holds the built PutEvents entry; it is sent
+   again and the message deleted once EventBridge accepted it (a refused entry stays queued);
+2. the stream's S3 on-failure bucket: each object is Lambda's invocation record with the batch's
+   stream records; they go through the same ChangePublisher as in the function (events built
+   again, failed entries retried and dead-lettered), and the object is deleted once every record
+   is published or dead-lettered.
+
+Replays are safe to repeat: an event's ``event_id`` is derived from key, version and operation,
+so a consumer drops the duplicates a replay may cause. Local stack by default; for a deployed
+stack pass ``--endpoint-url ''`` and the stack's outputs (EventBusName, EventsDeadLetterQueueUrl,
+StreamFailureBucketName) with your AWS credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from devstack.event_tail import local_endpoint
+from devstack.resources import DUMMY_CREDENTIALS, local_table_name
+from devstack.template import REGION, REPO_ROOT
+
+
+@dataclass
+class ReplayReport:
+    dead_letters_replayed: int = 0
+    dead_letters_kept: int = 0
+    failure_records_replayed: int = 0
+    failure_records_kept: int = 0
+
+
+def _client(service: str, endpoint_url: str) -> Any:
+    import boto3
+
+    if endpoint_url:
+        return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **DUMMY_CREDENTIALS)
+    return boto3.client(service)
+
+
+def replay(
+    *,
+    endpoint_url: str,
+    bus_name: str,
+    dead_letter_queue_url: str,
+    failure_bucket: str,
+    event_source: str = "state.service",
+    events_client: Any = None,
+) -> ReplayReport:
+    """Replay both sources once; `events_client` may be swapped (tests inject failures through it)."""
+    if str(REPO_ROOT / "layers" / "state_core") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "layers" / "state_core"))
+    from state_core.publisher import ChangePublisher, dead_letter_entry
+
+    events = events_client or _client("events", endpoint_url)
+    sqs = _client("sqs", endpoint_url)
+    s3 = _client("s3", endpoint_url)
+    report = ReplayReport()
+
+    # 1. Dead letters: until the queue answers empty (visibility hides what this run already saw).
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=dead_letter_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+        ).get("Messages", [])
+        if not messages:
+            break
+        entries = [dead_letter_entry(m["Body"]) for m in messages]
+        response = events.put_events(Entries=entries)
+        for message, result in zip(messages, response.get("Entries") or [], strict=False):
+            if result.get("ErrorCode"):
+                report.dead_letters_kept += 1  # reappears after the visibility timeout, for the next run
+                continue
+            sqs.delete_message(QueueUrl=dead_letter_queue_url, ReceiptHandle=message["ReceiptHandle"])
+            report.dead_letters_replayed += 1
+
+    # 2. Failure records: whole stream batches, through the function's own publisher.
+    publisher = ChangePublisher(
+        events,
+        bus_name=bus_name,
+        dead_letters=sqs,
+        dead_letter_queue_url=dead_letter_queue_url,
+        cache=None,
+        metrics=_NoMetrics(),
+        log=_StructuredLog(logging.getLogger("replay")),
+        source=event_source,
+    )
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=failure_bucket):
+        for item in page.get("Contents") or []:
+            record = json.loads(s3.get_object(Bucket=failure_bucket, Key=item["Key"])["Body"].read())
+            payload = record.get("payload")
+            batch = json.loads(payload) if isinstance(payload, str) else payload or {}
+            outcome = publisher.publish(batch.get("Records") or [])
+            if outcome.failed_sequence_numbers:
+                report.failure_records_kept += 1
+                continue
+            s3.delete_object(Bucket=failure_bucket, Key=item["Key"])
+            report.failure_records_replayed += 1
+    return report
+
+
+class _NoMetrics:
+    def add_metric(self, name: str, unit: Any, value: float) -> None:
+        pass
+
+
+class _StructuredLog:
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.warning("%s %s", msg, kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.error("%s %s", msg, kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoint-url", default=local_endpoint(), help="AWS emulator ('' for real AWS)")
+    parser.add_argument("--bus", default=local_table_name("state"), help="EventBusName output")
+    parser.add_argument("--dlq-url", default="", help="EventsDeadLetterQueueUrl output")
+    bucket = local_table_name("StreamFailureBucket").lower()
+    parser.add_argument("--bucket", default=bucket, help="StreamFailureBucketName output")
+    parser.add_argument("--source", default="state.service", help="the EventSource parameter")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    dlq_url = (
+        args.dlq_url
+        or _client("sqs", args.endpoint_url).get_queue_url(QueueName=local_table_name("PublishChangesDeadLetterQueue"))[
+            "QueueUrl"
+        ]
+    )
+    report = replay(
+        endpoint_url=args.endpoint_url,
+        bus_name=args.bus,
+        dead_letter_queue_url=dlq_url,
+        failure_bucket=args.bucket,
+        event_source=args.source,
+    )
+    print(json.dumps(report.__dict__))
+
+
+if __name__ == "__main__":
+    main()

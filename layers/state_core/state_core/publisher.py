@@ -1,0 +1,299 @@
+"""The sender of StateChanged events (DESIGN §6) and the stream's cache repair (DESIGN §5).
+
+For one batch of stream records it:
+
+1. repairs the Redis cache with every record's new state through the one write-if-newer step, best effort
+   (first, so a consumer reacting to an event already reads the new version from the cache);
+2. sends the events with PutEvents, in stream order (version order per key), batched by count and size;
+   `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in
+   version order, with bounded attempts and jittered backoff;
+3. puts every event that is still failing into its own SQS dead-letter queue (the built event, ready for
+   `make replay`), and reports success for it: the stream moves on, nothing is dropped silently;
+4. reports as batch item failures only the records it could not even dead-letter (or could not build),
+   so Lambda retries from there and, after its retries, writes them to the on-failure destination.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from state_core.blobs import BlobRef
+from state_core.events import (
+    DEFAULT_EVENT_SOURCE,
+    DEFAULT_MAX_DETAIL_BYTES,
+    ChangeEvent,
+    StreamChange,
+    batches,
+    build_change,
+)
+from state_core.models import StateRecord
+
+# What a dead-letter message holds, so replays can tell formats apart if it ever changes.
+DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"
+
+
+class EventsClient(Protocol):
+    def put_events(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class QueueClient(Protocol):
+    def send_message(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class CacheRepair(Protocol):
+    def write_if_newer(self, entry: Any) -> bool: ...
+
+
+class BlobCollector(Protocol):
+    """blobs.BlobStore's cleanup side."""
+
+    def delete(self, key: str, refs: Iterable[BlobRef]) -> None: ...
+    def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]: ...
+
+
+class MetricsSink(Protocol):
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+class Log(Protocol):
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPolicy:
+    """Retries of entries EventBridge refused (botocore already retries whole-request errors and
+    throttling itself). Four attempts with 0.2-2 s jittered backoff cost at most ~3.5 s of waiting; a
+    batch that still fails then is an outage, and the dead-letter queue is the better place to wait."""
+
+    max_attempts: int = 4
+    base_backoff_seconds: float = 0.2
+    max_backoff_seconds: float = 2.0
+    # Stop retrying (and dead-letter) when less than this is left of the invocation: a timeout would
+    # make Lambda retry the whole batch, publishing its successes again.
+    reserve_seconds: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: spreads the retries of concurrent shards instead of synchronizing them."""
+        return random.uniform(0, min(self.max_backoff_seconds, self.base_backoff_seconds * 2**attempt))  # noqa: S311
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    published: int
+    dead_lettered: int
+    failed_sequence_numbers: list[str]  # for batchItemFailures, in stream order
+
+
+class ChangePublisher:
+    """Publishes a batch of stream records; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        events_client: EventsClient,
+        *,
+        bus_name: str,
+        dead_letters: QueueClient,
+        dead_letter_queue_url: str,
+        cache: CacheRepair | None,
+        metrics: MetricsSink,
+        blobs: BlobCollector | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        log: Log,
+        source: str = DEFAULT_EVENT_SOURCE,
+        max_detail_bytes: int = DEFAULT_MAX_DETAIL_BYTES,
+        policy: PublishPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._events = events_client
+        self._bus = bus_name
+        self._dead_letters = dead_letters
+        self._dlq_url = dead_letter_queue_url
+        self._cache = cache
+        self._blobs = blobs
+        self._clock = clock
+        self._metrics = metrics
+        self._log = log
+        self._source = source
+        self._max_detail_bytes = max_detail_bytes
+        self._policy = policy or PublishPolicy()
+        self._sleep = sleep
+
+    def publish(
+        self, records: Sequence[Mapping[str, Any]], remaining_seconds: Callable[[], float] | None = None
+    ) -> PublishOutcome:
+        """Publish the events of `records` (Lambda's DynamoDB stream records, in stream order)."""
+        changes: list[StreamChange] = []
+        unbuildable: list[str] = []
+        for position, record in enumerate(records):
+            try:
+                change = build_change(
+                    record,
+                    position=position,
+                    source=self._source,
+                    bus_name=self._bus,
+                    max_detail_bytes=self._max_detail_bytes,
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                # A record we cannot read is a bug, not an outage: let Lambda retry it and, after its
+                # retries, keep the whole record in the on-failure destination (S3).
+                sequence_number = str((record.get("dynamodb") or {}).get("SequenceNumber", ""))
+                self._log.error("unreadable stream record", sequence_number=sequence_number, error=repr(exc))
+                unbuildable.append(sequence_number)
+                continue
+            if change is not None:
+                changes.append(change)
+        self.repair_cache(changes)
+        self.collect_blobs(changes)
+        events = [change.event for change in changes if change.event is not None]
+        failed = self.send(events, remaining_seconds)
+        undelivered = self.dead_letter(failed)
+        failures = [s for s in unbuildable if s] + [event.sequence_number for event in undelivered]
+        order = {str((r.get("dynamodb") or {}).get("SequenceNumber", "")): i for i, r in enumerate(records)}
+        return PublishOutcome(
+            published=len(events) - len(failed),
+            dead_lettered=len(failed) - len(undelivered),
+            failed_sequence_numbers=sorted(set(failures), key=lambda s: order.get(s, -1)),
+        )
+
+    def repair_cache(self, changes: Iterable[StreamChange]) -> None:
+        """Every change's new state through write-if-newer: a write whose own cache update failed (Redis
+        blip, function died after the DynamoDB write) still converges. Never fails the batch."""
+        if self._cache is None:
+            return
+        from state_core.cache import CacheEntry
+
+        repaired = 0
+        for change in changes:
+            if change.record is None:
+                continue
+            try:
+                if self._cache.write_if_newer(CacheEntry(change.record)):
+                    repaired += 1
+            except Exception as exc:
+                self._log.warning("cache repair failed", key=change.record.key, error=type(exc).__name__)
+                self._metrics.add_metric(name="CacheRepairErrors", unit="Count", value=1)
+        if repaired:
+            self._metrics.add_metric(name="CacheRepairs", unit="Count", value=repaired)
+
+    def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
+        """Remove value blobs nothing refers to any more: the one each change replaced, and any other blob
+        of the key its state does not name (writes that died between their chunks and their state item),
+        once older than any write in flight. Best effort: `make sweep-blobs` is the backstop."""
+        blobs = self._blobs
+        if blobs is None:
+            return
+        latest: dict[str, StateRecord] = {}
+        for change in changes:
+            if change.record is None:
+                continue
+            latest[change.record.key] = change.record
+            if change.replaced_blob is not None:
+                with self._cleanup_guard():
+                    blobs.delete(change.record.key, [change.replaced_blob])
+        now = self._clock()
+        for key, record in latest.items():
+            with self._cleanup_guard():
+                blobs.collect(key, keep={record.blob.write_id} if record.blob is not None else set(), now=now)
+
+    @contextmanager
+    def _cleanup_guard(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self._log.warning("blob cleanup failed", error=type(exc).__name__)
+            self._metrics.add_metric(name="BlobCleanupErrors", unit="Count", value=1)
+
+    def send(
+        self, events: Sequence[ChangeEvent], remaining_seconds: Callable[[], float] | None = None
+    ) -> list[tuple[ChangeEvent, str]]:
+        """PutEvents with per-entry retries; returns the events still failing, with their last error."""
+        pending = sorted(events, key=lambda e: e.position)
+        errors: dict[int, str] = {}
+        for attempt in range(self._policy.max_attempts):
+            if attempt:
+                delay = self._policy.backoff(attempt - 1)
+                if remaining_seconds is not None and remaining_seconds() - delay < self._policy.reserve_seconds:
+                    break
+                self._metrics.add_metric(name="EventsRetried", unit="Count", value=len(pending))
+                self._sleep(delay)
+            still_failing: list[ChangeEvent] = []
+            for batch in batches(pending):
+                for event, error in self._put(batch):
+                    errors[event.position] = error
+                    still_failing.append(event)
+            accepted = len(pending) - len(still_failing)
+            if accepted:
+                self._metrics.add_metric(name="EventsPublished", unit="Count", value=accepted)
+            # Version order per key: retried entries keep their stream positions.
+            pending = sorted(still_failing, key=lambda e: e.position)
+            if not pending:
+                break
+        return [(event, errors[event.position]) for event in pending]
+
+    def _put(self, batch: list[ChangeEvent]) -> list[tuple[ChangeEvent, str]]:
+        """One PutEvents request; the entries it did not accept, with their error codes."""
+        try:
+            response = self._events.put_events(Entries=[event.entry for event in batch])
+        except (ClientError, BotoCoreError) as exc:
+            code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+            self._log.warning("PutEvents failed", entries=len(batch), error=code or type(exc).__name__)
+            return [(event, code or type(exc).__name__) for event in batch]
+        if not response.get("FailedEntryCount"):
+            return []
+        # Entries in the response line up with the request's; a failed one has an ErrorCode.
+        failed = [
+            (event, str(result.get("ErrorCode")))
+            for event, result in zip(batch, response.get("Entries") or [], strict=False)
+            if result.get("ErrorCode")
+        ]
+        self._log.warning("PutEvents refused entries", entries=len(batch), failed=len(failed))
+        return failed
+
+    def dead_letter(self, failed: Sequence[tuple[ChangeEvent, str]]) -> list[ChangeEvent]:
+        """Keep each failed event in the dead-letter queue; returns those that could not be kept."""
+        undelivered: list[ChangeEvent] = []
+        for event, error in failed:
+            body = json.dumps(
+                {
+                    "format": DEAD_LETTER_FORMAT,
+                    "entry": event.entry,
+                    "event_id": event.detail.event_id,
+                    "key": event.detail.key,
+                    "version": event.detail.version,
+                    "sequence_number": event.sequence_number,
+                    "error_code": error,
+                },
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            try:
+                self._dead_letters.send_message(QueueUrl=self._dlq_url, MessageBody=body)
+            except (ClientError, BotoCoreError) as exc:
+                self._log.error("dead-lettering failed", key=event.detail.key, error=type(exc).__name__)
+                undelivered.append(event)
+                continue
+            self._metrics.add_metric(name="EventsDeadLettered", unit="Count", value=1)
+            # Keys are fine in logs; the value never is (the entry holds it, so it is not logged).
+            self._log.error("event dead-lettered", key=event.detail.key, version=event.detail.version, error_code=error)
+        if undelivered:
+            self._metrics.add_metric(name="EventsFailed", unit="Count", value=len(undelivered))
+        return undelivered
+
+
+def dead_letter_entry(body: str) -> dict[str, Any]:
+    """The PutEvents entry kept in a dead-letter message (for replays)."""
+    message = json.loads(body)
+    if message.get("format") != DEAD_LETTER_FORMAT:
+        raise ValueError(f"not a dead-lettered StateChanged event: {message.get('format')!r}")
+    entry: dict[str, Any] = message["entry"]
+    return entry

@@ -1,0 +1,273 @@
+"""The change publisher against the moto server (EventBridge bus, rule, SQS queues, S3) and redis-server.
+
+Stream records are real: written through the StateManager into a table with the template's stream, read
+back with GetRecords and converted to Lambda's format as the local event source mapping does.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+
+from devstack.stream_poller import lambda_record
+from state_core.events import Operation, event_id
+from state_core.manager import StateManager
+from state_core.publisher import ChangePublisher, PublishPolicy
+from state_core.store import StateStore
+
+pytestmark = pytest.mark.integration
+
+REGION = "us-east-1"
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+
+    def add_metric(self, name: str, unit: Any, value: float) -> None:
+        self.counts[name] = self.counts.get(name, 0) + value
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.lines.append((str(msg), kwargs))
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.lines.append((str(msg), kwargs))
+
+
+class FlakyEvents:
+    """The real EventBridge client, except that chosen entries come back failed (as PutEvents reports a
+    partial failure: FailedEntryCount and an ErrorCode on the entry) a number of times, or always."""
+
+    def __init__(self, real: Any, failures: dict[tuple[str, int], int]) -> None:
+        self.real = real
+        self.failures = dict(failures)  # (key, version) -> how many more times to fail (-1: always)
+        self.attempts: list[list[tuple[str, int]]] = []  # per request: the entries it carried
+
+    def put_events(self, **kwargs: Any) -> dict[str, Any]:
+        entries = kwargs["Entries"]
+        ids = [(d["key"], d["version"]) for d in (json.loads(e["Detail"]) for e in entries)]
+        self.attempts.append(ids)
+        failing = {i for i, ident in enumerate(ids) if self.failures.get(ident, 0) != 0}
+        for i in failing:
+            if self.failures[ids[i]] > 0:
+                self.failures[ids[i]] -= 1
+        passing = [e for i, e in enumerate(entries) if i not in failing]
+        accepted = iter(self.real.put_events(Entries=passing)["Entries"] if passing else [])
+        results = [
+            {"ErrorCode": "InternalFailure", "ErrorMessage": "injected"} if i in failing else next(accepted)
+            for i in range(len(entries))
+        ]
+        return {"FailedEntryCount": len(failing), "Entries": results}
+
+
+@pytest.fixture(scope="module")
+def aws(moto_server: str) -> dict[str, Any]:
+    """A bus with the template's example rule to a queue, a dead-letter queue and a failure bucket."""
+    suffix = uuid.uuid4().hex[:8]
+    events = boto3.client("events", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    bus = f"bus-{suffix}"
+    events.create_event_bus(Name=bus)
+    queue = sqs.create_queue(QueueName=f"changes-{suffix}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(
+        Name=f"rule-{suffix}",
+        EventBusName=bus,
+        EventPattern=json.dumps({"source": ["state.service"], "detail-type": ["StateChanged"]}),
+    )
+    events.put_targets(Rule=f"rule-{suffix}", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}])
+    dlq = sqs.create_queue(QueueName=f"dlq-{suffix}")["QueueUrl"]
+    bucket = f"failures-{suffix}"
+    s3.create_bucket(Bucket=bucket)
+    return {"events": events, "sqs": sqs, "s3": s3, "bus": bus, "queue": queue, "dlq": dlq, "bucket": bucket}
+
+
+@pytest.fixture
+def manager(state_table: str) -> StateManager:
+    """Writes without any cache: only the stream path can bring the cache up to date."""
+    store = StateStore(boto3.client("dynamodb", region_name=REGION), state_table)
+    return StateManager(store, clock=lambda: datetime.now(UTC), metrics=RecordingMetrics())
+
+
+def stream_records(state_table: str, keys: set[str]) -> list[dict[str, Any]]:
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    streams = boto3.client("dynamodbstreams", region_name=REGION)
+    arn = ddb.describe_table(TableName=state_table)["Table"]["LatestStreamArn"]
+    records: list[dict[str, Any]] = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = streams.get_records(ShardIterator=iterator, Limit=1000)
+            records += response["Records"]
+            if not response["Records"]:
+                break
+            iterator = response.get("NextShardIterator")
+    return [lambda_record(r, arn) for r in records if r["dynamodb"]["Keys"]["pk"]["S"] in keys]
+
+
+def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            found.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+
+
+def publisher(aws: dict[str, Any], events_client: Any, *, cache: Any = None, log: Log | None = None) -> ChangePublisher:
+    return ChangePublisher(
+        events_client,
+        bus_name=aws["bus"],
+        dead_letters=aws["sqs"],
+        dead_letter_queue_url=aws["dlq"],
+        cache=cache,
+        metrics=RecordingMetrics(),
+        log=log or Log(),
+        policy=PublishPolicy(max_attempts=3, base_backoff_seconds=0.01, max_backoff_seconds=0.02),
+        sleep=lambda _seconds: None,
+    )
+
+
+def test_only_the_refused_entries_are_retried_in_version_order(aws, manager, state_table):
+    # Given three versions of one key and one of another, the first two versions refused once
+    a, b = f"pub:{uuid.uuid4().hex}", f"pub:{uuid.uuid4().hex}"
+    manager.put(a, {"n": 1}, actor="alice")
+    manager.put(b, "x", actor="bob")
+    manager.patch(a, {"n": 2}, actor="alice")
+    manager.put(a, {"n": 3}, actor="alice")
+    flaky = FlakyEvents(aws["events"], {(a, 1): 1, (a, 2): 1})
+
+    # When the batch is published
+    outcome = publisher(aws, flaky).publish(stream_records(state_table, {a, b}))
+
+    # Then only those two were sent again, in version order, and every version arrived exactly once
+    assert flaky.attempts[0] == [(a, 1), (b, 1), (a, 2), (a, 3)]
+    assert flaky.attempts[1:] == [[(a, 1), (a, 2)]]
+    assert outcome.failed_sequence_numbers == []
+    assert outcome.dead_lettered == 0
+    details = [e["detail"] for e in drain(aws["sqs"], aws["queue"])]
+    assert sorted((d["key"], d["version"]) for d in details) == sorted([(a, 1), (a, 2), (a, 3), (b, 1)])
+    assert {d["event_id"] for d in details if d["key"] == a} == {
+        event_id(a, 1, Operation.CREATED),
+        event_id(a, 2, Operation.UPDATED),
+        event_id(a, 3, Operation.UPDATED),
+    }
+
+
+def test_an_entry_refused_past_the_retry_budget_is_dead_lettered_and_the_replay_delivers_it(
+    aws, manager, state_table, moto_server
+):
+    from devstack.replay import replay
+
+    # Given an entry EventBridge refuses every time
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"n": 1}, actor="alice")
+    manager.put(key, {"n": 2}, actor="alice")
+    flaky = FlakyEvents(aws["events"], {(key, 1): -1})
+    log = Log()
+
+    # When the batch is published
+    outcome = publisher(aws, flaky, log=log).publish(stream_records(state_table, {key}))
+
+    # Then it was tried the budget's 3 times, kept in the dead-letter queue, and the batch succeeded
+    assert sum(attempt.count((key, 1)) for attempt in flaky.attempts) == 3
+    assert (outcome.published, outcome.dead_lettered, outcome.failed_sequence_numbers) == (1, 1, [])
+    assert [d["detail"]["version"] for d in drain(aws["sqs"], aws["queue"])] == [2]
+    assert "event dead-lettered" in [line for line, _ in log.lines]
+
+    # And the replay publishes it from the dead-letter queue: none lost
+    report = replay(
+        endpoint_url=moto_server,
+        bus_name=aws["bus"],
+        dead_letter_queue_url=aws["dlq"],
+        failure_bucket=aws["bucket"],
+    )
+    assert report.dead_letters_replayed == 1
+    replayed = [d["detail"] for d in drain(aws["sqs"], aws["queue"])]
+    assert [(d["key"], d["version"], d["event_id"]) for d in replayed] == [
+        (key, 1, event_id(key, 1, Operation.CREATED))
+    ]
+    assert aws["sqs"].receive_message(QueueUrl=aws["dlq"]).get("Messages") is None
+
+
+def test_records_that_cannot_even_be_dead_lettered_are_reported_as_batch_item_failures(aws, manager, state_table):
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, 1, actor="alice")
+    records = stream_records(state_table, {key})
+    broken = ChangePublisher(
+        FlakyEvents(aws["events"], {(key, 1): -1}),
+        bus_name=aws["bus"],
+        dead_letters=aws["sqs"],
+        dead_letter_queue_url=aws["dlq"] + "-missing",
+        cache=None,
+        metrics=RecordingMetrics(),
+        log=Log(),
+        policy=PublishPolicy(max_attempts=2, base_backoff_seconds=0.01),
+        sleep=lambda _seconds: None,
+    )
+
+    outcome = broken.publish(records)
+
+    assert outcome.failed_sequence_numbers == [records[-1]["dynamodb"]["SequenceNumber"]]
+
+
+def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, state_table, moto_server):
+    from devstack.replay import replay
+
+    # Given a batch that the event source mapping gave up on (its S3 on-failure record)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"v": 1}, actor="alice")
+    manager.delete(key, actor="alice")
+    payload = json.dumps({"Records": stream_records(state_table, {key})})
+    aws["s3"].put_object(
+        Bucket=aws["bucket"],
+        Key=f"aws/lambda/esm/shard/{uuid.uuid4()}",
+        Body=json.dumps({"version": "1.0", "DDBStreamBatchInfo": {"batchSize": 2}, "payload": payload}).encode(),
+    )
+
+    # When it is replayed
+    report = replay(
+        endpoint_url=moto_server, bus_name=aws["bus"], dead_letter_queue_url=aws["dlq"], failure_bucket=aws["bucket"]
+    )
+
+    # Then both changes arrive and the record is gone
+    assert report.failure_records_replayed == 1
+    details = [d["detail"] for d in drain(aws["sqs"], aws["queue"])]
+    assert [(d["version"], d["operation"]) for d in details] == [(1, "created"), (2, "deleted")]
+    assert aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("KeyCount") == 0
+
+
+def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_table, redis_server):
+    from state_core.breaker import CircuitBreaker
+    from state_core.cache import RedisStateCache
+    from state_core.redis_link import RedisLink, connect
+
+    link = RedisLink(connect(redis_server.url, password=None, timeout_seconds=0.5), CircuitBreaker(5), lambda: None)
+    cache = RedisStateCache(link, RecordingMetrics(), clock=lambda: datetime.now(UTC))
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"v": 1}, actor="alice")
+    manager.put(key, {"v": 2}, actor="alice")
+    assert cache.get(key) is None
+
+    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+
+    entry = cache.get(key)
+    assert entry is not None
+    assert entry.version == 2
+    assert entry.record.value is not None
+    assert json.loads(entry.record.value.canonical()) == {"v": 2}
