@@ -27,6 +27,19 @@ def token(dev_issuer):
     return make
 
 
+def mallory_claims(dev_issuer):
+    """Claims an attacker would want accepted: valid in every respect but the signature."""
+    now = int(time.time())
+    return {
+        "iss": dev_issuer.issuer,
+        "aud": "state-service",
+        "sub": "mallory",
+        "iat": now,
+        "exp": now + 600,
+        "scope": "state:write",
+    }
+
+
 def bearer(token):
     return {"authorization": f"Bearer {token}"}
 
@@ -78,14 +91,7 @@ def test_token_without_a_subject_is_denied(authorize, token):
 
 def test_token_signed_by_another_key_with_our_kid_is_denied(authorize, dev_issuer):
     attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    claims = {
-        "iss": dev_issuer.issuer,
-        "aud": "state-service",
-        "sub": "mallory",
-        "iat": int(time.time()),
-        "exp": int(time.time()) + 600,
-        "scope": "state:write",
-    }
+    claims = mallory_claims(dev_issuer)
     forged = jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": public_jwk(dev_issuer.key)["kid"]})
     assert authorize(bearer(forged))["isAuthorized"] is False
 
@@ -100,14 +106,7 @@ def test_hs256_signed_with_the_public_key_is_denied(authorize, dev_issuer):
     public_pem = dev_issuer.key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    claims = {
-        "iss": dev_issuer.issuer,
-        "aud": "state-service",
-        "sub": "mallory",
-        "iat": int(time.time()),
-        "exp": int(time.time()) + 600,
-        "scope": "state:write",
-    }
+    claims = mallory_claims(dev_issuer)
     header = {"alg": "HS256", "kid": public_jwk(dev_issuer.key)["kid"]}
     segments = [base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=") for part in (header, claims)]
     signature = hmac.new(public_pem, b".".join(segments), hashlib.sha256).digest()
