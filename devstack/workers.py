@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from devstack.template import FunctionSpec
 
 DEFAULT_MAX_CONCURRENCY = 8
-# Lambda gives the init phase 10 s of its own, whatever the function's Timeout.
-INIT_TIMEOUT_SECONDS = 10.0
+# Lambda gives the init phase 10 s of its own, whatever the function's Timeout. Locally, eight workers of
+# a function may start at once on two loaded cores (a cold import is ~0.5 s of CPU each), so the stack
+# allows twice that before it calls an init a failure; a client only ever sees it as a slower cold start.
+INIT_TIMEOUT_SECONDS = 20.0
 REGION = "us-east-1"
 ACCOUNT_ID = "000000000000"
 
