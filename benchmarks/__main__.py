@@ -1,0 +1,101 @@
+"""`python -m benchmarks` (make bench): every row side by side with its baseline, printed as one table and
+written to benchmarks/results/latest.json. Timings are reported, never asserted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+
+from benchmarks.common import LAYER, REPO_ROOT, Row, format_table
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=300, help="runs of each in-process row")
+    parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
+    parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 64 concurrent PATCHes")
+    parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "contention", "cold"))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(LAYER))
+
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    rows: list[Row] = []
+    if "inprocess" not in args.skip:
+        from benchmarks import inprocess
+
+        with inprocess.services() as svc:
+            rows += inprocess.run(svc, args.runs, args.large_runs)
+    if "contention" not in args.skip:
+        from benchmarks import contention
+
+        rows += contention.run(args.rounds)
+    if "cold" not in args.skip:
+        from benchmarks import cold_start
+
+        rows += cold_start.run(args.cold_runs)
+
+    print(format_table(rows))
+    for r in rows:
+        if r.name.startswith("cold import get_state") or (r.notes and "top_imports" not in r.notes):
+            details = (
+                r.notes
+                if "top_imports" not in r.notes
+                else {
+                    "top imports (ms, self time by package)": [
+                        f"{entry['package']} {entry['ms']}" for entry in r.notes["top_imports"]
+                    ]
+                }
+            )
+            print(f"{r.name}: {json.dumps(details)}")
+    machine = {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        # Other work on the machine inflates absolute figures; ratios of interleaved pairs suffer less.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine,
+                "seconds": round(time.monotonic() - started, 1),
+                "rows": [r.as_json() for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(
+        f"\n{len(rows)} rows in {time.monotonic() - started:.0f} s on {machine['cpus']} CPUs "
+        f"({machine['processor']}, Python {machine['python']}, load average {load_before:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}); written to {RESULTS.relative_to(REPO_ROOT)}"
+    )
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Round trips per operation through the core (issue 8): Redis round trips (commands sent together in one
+pipeline count once) and DynamoDB API calls, counted on the real clients against a real redis-server and
+the serialized moto server. Counts are taken in steady state: scripts already loaded, connection open."""
+
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+import redis
+
+from state_core.breaker import CircuitBreaker
+from state_core.cache import CachePolicy, RedisStateCache, entry_key
+from state_core.lock import LockPolicy, RedisKeyLock
+from state_core.manager import StateManager
+from state_core.redis_link import RedisLink
+from state_core.runtime import DYNAMODB_CONFIG
+from state_core.store import StateStore
+
+pytestmark = pytest.mark.integration
+
+
+class RoundTrips:
+    """What the clients sent: one list of Redis command names per round trip, DynamoDB operation names."""
+
+    def __init__(self):
+        self.redis: list[list[str]] = []
+        self.dynamodb: list[str] = []
+        self._lock = threading.Lock()
+
+    def reset(self):
+        with self._lock:
+            self.redis, self.dynamodb = [], []
+
+    def sent(self, names):
+        with self._lock:
+            self.redis.append(names)
+
+    def dynamodb_call(self, model, **_):
+        with self._lock:
+            self.dynamodb.append(model.name)
+
+
+def command_names(packed):
+    """The command name of each RESP array in one packed send."""
+    data = b"".join(packed) if isinstance(packed, list | tuple) else packed
+    names, position = [], 0
+    while position < len(data):
+        assert data[position : position + 1] == b"*"
+        end = data.index(b"\r\n", position)
+        count, position = int(data[position + 1 : end]), end + 2
+        for index in range(count):
+            end = data.index(b"\r\n", position)
+            length = int(data[position + 1 : end])
+            argument = data[end + 2 : end + 2 + length]
+            position = end + 2 + length + 2
+            if index == 0:
+                names.append(argument.decode().upper())
+    return names
+
+
+def counting_connection(recorder):
+    """A redis-py connection class that records each send (one round trip: a pipeline's commands are
+    packed together and sent once) with the names of the commands in it."""
+
+    class CountingConnection(redis.Connection):
+        def send_packed_command(self, command, check_health=True):
+            recorder.sent(command_names(command))
+            return super().send_packed_command(command, check_health)
+
+    return CountingConnection
+
+
+class NoMetrics:
+    def add_metric(self, name, unit, value):
+        pass
+
+
+def utc_now():
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def trips():
+    return RoundTrips()
+
+
+@pytest.fixture
+def manager(trips, redis_server, state_table):
+    client = redis.Redis.from_url(
+        redis_server.url,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        connection_class=counting_connection(trips),
+    )
+    link = RedisLink(client, CircuitBreaker(), on_error=lambda: None)
+    dynamodb = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    dynamodb.meta.events.register("before-call.dynamodb", trips.dynamodb_call)
+    manager = StateManager(
+        StateStore(dynamodb, state_table),
+        clock=utc_now,
+        metrics=NoMetrics(),
+        cache=RedisStateCache(link, NoMetrics(), clock=utc_now, policy=CachePolicy()),
+        lock=RedisKeyLock(link, NoMetrics(), LockPolicy()),
+    )
+    # Steady state: the connection is open and both scripts (write-if-newer, release) are loaded.
+    warm_up = f"trips:{uuid.uuid4().hex}"
+    manager.put(warm_up, {"n": 0}, actor="alice")
+    manager.patch(warm_up, {"n": 1}, actor="alice")
+    trips.reset()
+    return manager
+
+
+@pytest.fixture
+def key():
+    return f"trips:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def raw_redis(redis_server):
+    return redis.Redis.from_url(redis_server.url)
+
+
+def test_a_cache_hit_get_is_one_redis_round_trip_and_no_dynamodb_call(manager, trips, key):
+    manager.put(key, {"a": 1}, actor="alice")
+    trips.reset()
+
+    manager.get(key)
+
+    assert trips.redis == [["HMGET"]]
+    assert trips.dynamodb == []
+
+
+def test_a_cache_miss_get_is_a_redis_read_one_dynamodb_read_and_a_redis_fill(manager, trips, key, raw_redis):
+    manager.put(key, {"a": 1}, actor="alice")
+    raw_redis.delete(entry_key(key))
+    trips.reset()
+
+    manager.get(key)
+
+    assert trips.redis == [["HMGET"], ["EVALSHA"]]
+    assert trips.dynamodb == ["GetItem"]
+
+
+def test_a_put_is_one_dynamodb_write_and_one_redis_write_through(manager, trips, key):
+    manager.put(key, {"a": 1}, actor="alice")
+
+    assert trips.dynamodb == ["UpdateItem"]
+    assert trips.redis == [["EVALSHA"]]
+
+
+def test_a_delete_is_one_dynamodb_write_and_one_redis_tombstone(manager, trips, key):
+    manager.put(key, {"a": 1}, actor="alice")
+    trips.reset()
+
+    manager.delete(key, actor="alice")
+
+    assert len(trips.dynamodb) == 1
+    assert trips.redis == [["EVALSHA"]]
+
+
+def test_an_uncontended_patch_pipelines_lock_with_read_and_write_through_with_unlock(manager, trips, key):
+    manager.put(key, {"a": 1}, actor="alice")
+    trips.reset()
+
+    manager.patch(key, {"b": 2}, actor="alice")
+
+    # Round trip 1: SET NX PX (lock) + HMGET (the read); round trip 2: write-if-newer + compare-and-delete.
+    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    # The cached version saves the DynamoDB read; the conditional write is the only call.
+    assert trips.dynamodb == ["UpdateItem"]
+
+
+def test_a_patch_with_a_cold_cache_reads_dynamodb_once_and_still_takes_two_redis_round_trips(
+    manager, trips, key, raw_redis
+):
+    manager.put(key, {"a": 1}, actor="alice")
+    raw_redis.delete(entry_key(key))
+    trips.reset()
+
+    manager.patch(key, {"b": 2}, actor="alice")
+
+    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    assert trips.dynamodb == ["GetItem", "UpdateItem"]
+
+
+def test_a_patch_after_redis_lost_its_scripts_loads_them_once_then_is_back_to_two_round_trips(
+    manager, trips, key, raw_redis
+):
+    manager.put(key, {"a": 1}, actor="alice")
+    raw_redis.script_flush()
+    trips.reset()
+
+    manager.patch(key, {"b": 2}, actor="alice")
+    first = trips.redis
+    trips.reset()
+    view_version = manager.patch(key, {"c": 3}, actor="alice")[0].record.version
+
+    # NOSCRIPT costs the load and one resend, once.
+    assert first == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"], ["SCRIPT"], ["SCRIPT"], ["EVALSHA", "EVALSHA"]]
+    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    # The resend wrote the entry and released the lock.
+    assert int(raw_redis.hget(entry_key(key), "v")) == view_version == 3
+    assert raw_redis.exists(f"lk:{{{key}}}") == 0
