@@ -68,6 +68,16 @@ checks: $(VENV_STAMP)
 	$(PY) scripts/layer_requirements.py --check
 	$(PY) scripts/openapi.py --check
 
+## verify: the long forms of the correctness checks (issue 7): all 25,200 cache interleavings, 100 history seeds
+.PHONY: verify
+verify: $(VENV_STAMP) redis-server
+	STATE_VERIFY=1 $(PY) -m pytest -m verify --timeout=3600 -s $(PYTEST_ARGS)
+
+## bench: benchmarks against least-work baselines, one table (README "Performance"); BENCH_ARGS=--help for options
+.PHONY: bench
+bench: $(VENV_STAMP) redis-server
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 ## unit / integration / e2e: one scope of the test suite
 unit integration e2e: $(VENV_STAMP) redis-server
 	$(PY) -m pytest -m $@ $(PYTEST_ARGS)

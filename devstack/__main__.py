@@ -9,7 +9,8 @@ routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380; `none`: no Redis),
-LOG_LEVEL, LOCAL_MAX_CONCURRENCY.
+LOG_LEVEL, LOCAL_MAX_CONCURRENCY, STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
+devstack/ttl_sweeper.py, since moto never expires items).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ async def run() -> None:
     from devstack.stream_poller import StreamPoller
     from devstack.template import REPO_ROOT, load_template
     from devstack.token import mint
+    from devstack.ttl_sweeper import TtlSweeper
     from devstack.workers import LogEcho
 
     state_dir = Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".local").resolve()
@@ -51,6 +53,7 @@ async def run() -> None:
     gateway: Gateway | None = None
     echo: LogEcho | None = None
     pollers: list[StreamPoller] = []
+    sweeper: TtlSweeper | None = None
     try:
         endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
         if not endpoint_url:
@@ -98,6 +101,12 @@ async def run() -> None:
         )
         for poller in pollers:
             poller.start()
+        # DynamoDB's TTL, which moto lacks: due expiry markers, history items and blob markers are removed.
+        sweeper = TtlSweeper.for_template(
+            template, names, endpoint_url=endpoint_url, log=lambda line: print(line, flush=True)
+        )
+        if sweeper is not None:
+            sweeper.start()
         echo = LogEcho(log_dir, lambda line: print(line, flush=True))
         echo.start()
 
@@ -132,6 +141,8 @@ async def run() -> None:
         await stopped.wait()
         print("devstack stopping", flush=True)
     finally:
+        if sweeper is not None:
+            await asyncio.to_thread(sweeper.stop)
         for poller in pollers:
             await asyncio.to_thread(poller.stop)
         if gateway is not None:

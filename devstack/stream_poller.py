@@ -8,8 +8,9 @@ read from ``template.yaml``:
 - ``StartingPosition`` for a shard without a checkpoint, then ``AFTER_SEQUENCE_NUMBER`` of the
   checkpoint (kept in ``$STATE_DIR/stream-checkpoints.json``, so a restarted stack against a
   long-running emulator resumes where it stopped);
-- ``BatchSize`` and ``MaximumBatchingWindowInSeconds``; ``FilterCriteria`` (exact-value patterns,
-  what the template uses; records that do not match are skipped, never invoked);
+- ``BatchSize`` and ``MaximumBatchingWindowInSeconds``; ``FilterCriteria`` (exact-value and
+  ``{"prefix": ...}`` patterns, what the template uses; records that do not match are skipped, never
+  invoked);
 - ``FunctionResponseTypes: [ReportBatchItemFailures]``: the batch is retried from the first
   reported record; an identifier that is not in the batch fails the whole batch, as in Lambda;
 - function errors, timeouts and crashes: ``BisectBatchOnFunctionError`` splits the batch in two,
@@ -84,20 +85,32 @@ class MappingSettings:
 
 
 def _check_pattern(pattern: Any) -> None:
-    """Only exact-value patterns are evaluated locally; anything else must fail loudly, not match wrongly."""
+    """Only exact-value and prefix patterns are evaluated locally; anything else must fail loudly, not
+    match wrongly."""
     if isinstance(pattern, dict):
         for value in pattern.values():
             _check_pattern(value)
     elif isinstance(pattern, list):
-        if any(isinstance(item, dict | list) for item in pattern):
+        if any(isinstance(item, list) or (isinstance(item, dict) and not _is_prefix(item)) for item in pattern):
             raise ValueError(f"filter operators are not supported locally: {pattern!r}")
     else:
         raise ValueError(f"a filter pattern leaf must be a list of values: {pattern!r}")
 
 
+def _is_prefix(item: Any) -> bool:
+    return isinstance(item, dict) and list(item) == ["prefix"] and isinstance(item["prefix"], str)
+
+
+def _leaf_matches(expected: list[Any], actual: Any) -> bool:
+    return any(
+        (isinstance(actual, str) and actual.startswith(item["prefix"])) if _is_prefix(item) else actual == item
+        for item in expected
+    )
+
+
 def matches(pattern: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
-    """EventBridge-style matching of exact values: every field of the pattern must be present and equal
-    to one of its listed values."""
+    """EventBridge-style matching of exact values and prefixes: every field of the pattern must be present
+    and equal to one of its listed values (or start with a listed `{"prefix": ...}`)."""
     for name, expected in pattern.items():
         if name not in record:
             return False
@@ -105,7 +118,7 @@ def matches(pattern: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
         if isinstance(expected, dict):
             if not isinstance(actual, dict) or not matches(expected, actual):
                 return False
-        elif actual not in expected:
+        elif not _leaf_matches(expected, actual):
             return False
     return True
 

@@ -73,6 +73,33 @@ def document() -> dict[str, Any]:
     path["get"]["parameters"].append(
         {"name": "consistent", "in": "query", "required": False, "schema": {"type": "boolean"}}
     )
+    # Issue 9: a version of the key, and the history listing's page size and cursor.
+    path["get"]["parameters"].append(
+        {
+            "name": "version",
+            "in": "query",
+            "required": False,
+            "description": "Read this version (the current one from the state, older ones from the history).",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    )
+    history = schema["paths"]["/state/{key}/history"]["get"]
+    history["parameters"] = [
+        key_parameter,
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "The previous page's next_cursor (opaque, bound to the key).",
+            "schema": {"type": "string"},
+        },
+    ]
     return schema
 
 

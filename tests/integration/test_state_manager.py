@@ -172,7 +172,7 @@ def test_delete_with_stale_if_match_is_412(manager, key):
     assert manager.get(key).record.version == 2
 
 
-def test_expired_key_is_absent_and_a_put_after_expiry_recreates_with_the_next_version(manager, clock, key):
+def test_expired_key_is_absent_and_a_put_after_expiry_recreates_after_the_expiry_s_version(manager, clock, key):
     manager.put(key, "short-lived", actor="alice", ttl_seconds=2)
     assert manager.get(key).record.expires_at is not None
     clock.advance(2.5)
@@ -184,7 +184,8 @@ def test_expired_key_is_absent_and_a_put_after_expiry_recreates_with_the_next_ve
     with pytest.raises(NotFound):
         manager.delete(key, actor="alice")
     again = manager.put(key, "again", actor="alice")
-    assert (again.created, again.record.version, again.record.expires_at) == (True, 2, None)
+    # Issue 9: the expiry took version 2 (written by the first write that found the key expired).
+    assert (again.created, again.record.version, again.record.expires_at) == (True, 3, None)
 
 
 def test_patch_keeps_the_expiry(manager, key):
@@ -254,3 +255,42 @@ def test_unreachable_table_is_service_unavailable(clock, recorded_metrics, key):
         manager.get(key)
     with pytest.raises(ServiceUnavailable):
         manager.put(key, 1, actor="alice")
+
+
+class RetryingClient:
+    """The real client; each update_item is sent twice, as botocore does when the first answer times out
+    after DynamoDB applied it."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def update_item(self, **kwargs):
+        self._client.update_item(**kwargs)
+        return self._client.update_item(**kwargs)
+
+
+@pytest.fixture
+def retried_manager(client, state_table, clock, recorded_metrics):
+    return StateManager(StateStore(RetryingClient(client), state_table), clock=clock, metrics=recorded_metrics)
+
+
+def test_a_write_retried_after_it_was_applied_takes_one_version(retried_manager, key):
+    first = retried_manager.put(key, "a", actor="alice")
+    second = retried_manager.put(key, "b", actor="alice")
+    guarded = retried_manager.put(key, "c", actor="alice", expect=Expectation(if_match=2))
+    tombstone = retried_manager.delete(key, actor="alice", expect=Expectation(if_match=3))
+
+    assert (first.created, first.record.version) == (True, 1)
+    assert (second.created, second.record.version) == (False, 2)
+    assert guarded.record.version == 3
+    assert tombstone.version == 4
+
+
+def test_a_patch_retried_after_it_was_applied_is_not_refused(retried_manager, recorded_metrics, key):
+    retried_manager.put(key, {"a": 1}, actor="alice")
+    result, merged = retried_manager.patch(key, {"b": 2}, actor="alice", expect=Expectation(if_match=1))
+    assert (result.record.version, json.loads(merged)) == (2, {"a": 1, "b": 2})
+    assert recorded_metrics.count("Conflicts") == 0

@@ -27,19 +27,23 @@ ROUTES = {
     ("PUT", "/state/{key}"): "PutStateFunction",
     ("PATCH", "/state/{key}"): "PatchStateFunction",
     ("DELETE", "/state/{key}"): "DeleteStateFunction",
+    # Issue 9: a read of the same key with the same permission, served by the GET function.
+    ("GET", "/state/{key}/history"): "GetStateFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
     # Batch* reach the chunks of large values (blobs.py), which sit in the same table.
-    "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem"},
-    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem"},
+    # Query: the history listing. PutItem: each write's history item (history.py, issue 9).
+    "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"},
+    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem"},
     "PatchStateFunction": {
         "dynamodb:GetItem",
         "dynamodb:BatchGetItem",
         "dynamodb:UpdateItem",
         "dynamodb:BatchWriteItem",
+        "dynamodb:PutItem",
     },
-    "DeleteStateFunction": {"dynamodb:UpdateItem"},
+    "DeleteStateFunction": {"dynamodb:UpdateItem", "dynamodb:PutItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
@@ -342,10 +346,14 @@ def test_the_publisher_is_fed_by_the_tables_stream_with_partial_failures_bisect_
     assert 0 <= event["MaximumBatchingWindowInSeconds"] <= 300
 
 
-def test_only_state_items_reach_the_publisher():
-    (pattern,) = [json.loads(f["Pattern"]) for f in stream_event()["FilterCriteria"]["Filters"]]
+def test_only_state_items_and_the_removals_of_expiry_markers_and_history_items_reach_the_publisher():
+    patterns = [json.loads(f["Pattern"]) for f in stream_event()["FilterCriteria"]["Filters"]]
 
-    assert pattern == {"dynamodb": {"Keys": {"sk": {"S": ["state"]}}}}
+    assert patterns == [
+        {"dynamodb": {"Keys": {"sk": {"S": ["state"]}}}},
+        {"eventName": ["REMOVE"], "dynamodb": {"Keys": {"sk": {"S": ["expiry"]}}}},
+        {"eventName": ["REMOVE"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "v#"}]}}}},
+    ]
 
 
 def test_failed_stream_batches_go_to_an_encrypted_private_bucket_with_a_lifecycle():
@@ -372,14 +380,22 @@ def test_the_publisher_gets_exactly_what_it_sends_to():
     assert by_action["sqs:SendMessage"] == {"Fn::GetAtt": ["PublishChangesDeadLetterQueue", "Arn"]}
     assert by_action["s3:PutObject"] == {"Fn::Sub": "${StreamFailureBucket.Arn}/*"}
     assert set(by_action) >= STREAM_ACTIONS
-    # On the table itself only what collecting unreferenced value blobs needs (blobs.py).
+    # On the table itself only what collecting unreferenced value blobs needs (blobs.py), and history
+    # items, expiry markers and expiries (lifecycle.py, issue 9). Never a Scan.
     table_actions = {
         action
         for s in statements
         if refers_to(s.get("Resource"), TABLE) and "Fn::Sub" not in s["Resource"]
         for action in as_list(s["Action"])
     }
-    assert table_actions == {"dynamodb:Query", "dynamodb:BatchWriteItem"}
+    assert table_actions == {
+        "dynamodb:Query",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+    }
 
 
 def test_the_publishers_dead_letter_queue_keeps_events_14_days():

@@ -28,6 +28,7 @@ from state_core.errors import (
     UnprocessableBody,
     UnsupportedMediaType,
 )
+from state_core.history import HistoryPageModel
 from state_core.keys import validate_key
 from state_core.manager import Expectation, StateView
 from state_core.models import Problem, StateEnvelope, StateMetadata, StateRecord
@@ -40,6 +41,10 @@ MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 PROBLEM_TYPE_BASE = "https://state.service/problems/"
 
 Model = TypeVar("Model", bound=BaseModel)
+
+# Fields whose wrong value is a bad request (400) rather than a body of the wrong shape (422): issue 9
+# fixes ttl_seconds outside 1 s..10 years, or not an integer, at 400.
+_BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
 _ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*\Z')
 
@@ -57,6 +62,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
+GONE_RESPONSE = {
+    "description": "The version existed but is beyond the history's retention",
+    "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
+}
+HISTORY_RESPONSE = {
+    "description": "A page of the key's versions, newest first",
+    "content": {JSON_CONTENT_TYPE: {"model": HistoryPageModel}},
+}
 METADATA_RESPONSE = {
     "description": "The state's metadata",
     "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
@@ -193,10 +206,12 @@ def validated[Model: BaseModel](model: type[Model], data: Any) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
         reasons = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in errors
         )
+        if all(error["loc"][:1] in _BAD_REQUEST_FIELDS for error in errors):
+            raise BadRequest(f"the body does not match {model.__name__}: {reasons}") from exc
         raise UnprocessableBody(f"the body does not match {model.__name__}: {reasons}") from exc
 
 
@@ -218,6 +233,18 @@ def not_modified(event: APIGatewayProxyEventV2, version: int) -> bool:
     return False
 
 
+def query_parameter(event: APIGatewayProxyEventV2, name: str) -> str | None:
+    """A query parameter given once; given twice (API Gateway joins them with commas) it is ambiguous, 400."""
+    value = (event.query_string_parameters or {}).get(name)
+    if value is not None and "," in value:
+        raise BadRequest(f"{name} must be given once")
+    return value
+
+
+def json_response(status: int, body: str) -> Response[str]:
+    return Response(status_code=status, content_type=JSON_CONTENT_TYPE, body=body)
+
+
 def consistent_read_requested(event: APIGatewayProxyEventV2) -> bool:
     value = (event.query_string_parameters or {}).get("consistent")
     if value is None:
@@ -229,7 +256,7 @@ def consistent_read_requested(event: APIGatewayProxyEventV2) -> bool:
 
 def envelope_body(record: StateRecord, canonical_value: bytes | None) -> str:
     """The envelope as JSON; the value's canonical JSON is spliced in as stored, never re-encoded."""
-    metadata = record.metadata().model_dump_json()
+    metadata = json.dumps(record.metadata_fields(), separators=(",", ":"), ensure_ascii=False)
     if canonical_value is None:
         return metadata
     return f'{metadata[:-1]},"value":{canonical_value.decode("utf-8")}}}'

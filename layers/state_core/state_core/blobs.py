@@ -7,10 +7,13 @@ The state item refers to the blob by write id, chunk count and SHA-256; it is wr
 so a reader that finds the reference always finds the chunks, unless the blob was replaced and collected
 meanwhile, which the reader notices (a chunk missing) and answers by reading the state item again.
 
-A blob is removed only when nothing refers to it: the stream publisher collects the blobs of a key when
-its state item changes (the old image names the blob it no longer uses), and `collect` also removes
-markers left by writes that died between their chunks and their state item, once they are older than
-any write can take. The marker's `ttl` is DynamoDB's own backstop for markers.
+A blob is removed only when nothing retained refers to it: neither the state item nor a history item
+(history.py). The marker means "not yet claimed": the publisher deletes it once the version's history item
+exists, and from then on the blob goes when the last of its referrers does (lifecycle.py: the history
+item's TTL removal while the state no longer uses it, or the state moving on after the history item left).
+`collect` removes the blobs of unclaimed markers, i.e. of writes that died between their chunks and their
+state item, once they are older than any write can take, and never one a history item still names.
+The marker's `ttl` is DynamoDB's own backstop for markers.
 """
 
 from __future__ import annotations
@@ -140,8 +143,31 @@ class BlobStore:
             if "LastEvaluatedKey" not in page:
                 break
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        if stale:
+            # A claimed blob has no marker; this only guards a marker whose claim did not happen yet.
+            named = self._history_blob_ids(key)
+            stale = [(write_id, chunks) for write_id, chunks in stale if write_id not in named]
         self.delete(key, [BlobRef(write_id, chunks, "") for write_id, chunks in stale])
         return [write_id for write_id, _ in stale]
+
+    def _history_blob_ids(self, key: str) -> set[str]:
+        """The blobs the key's retained history items refer to (history.py: sk = v#<version>)."""
+        named: set[str] = set()
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :key AND begins_with(sk, :prefix)",
+            "FilterExpression": "attribute_exists(#blob_id)",
+            "ExpressionAttributeNames": {"#blob_id": "blob_id"},
+            "ExpressionAttributeValues": {":key": {"S": key}, ":prefix": {"S": "v#"}},
+            "ProjectionExpression": "#blob_id",
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.query(**request)
+            named.update(item["blob_id"]["S"] for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return named
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def sweep(self, now: datetime) -> list[str]:
         """The backstop for blobs the stream did not collect (a write that died between its chunks and its

@@ -28,11 +28,14 @@ if TYPE_CHECKING:
     from state_core.redis_link import RedisLink
 
 # Stores ARGV[2..] over KEYS[1] only if ARGV[1] is newer than the cached version. Equal versions are a
-# no-op, so a fill racing the write-through of the same version changes nothing.
+# no-op, so a fill racing the write-through of the same version changes nothing; except that the same
+# version with its value may fill a valueless fence (a replayed write, see _replay_pending).
 _WRITE_IF_NEWER = """
 local cached = redis.call('HGET', KEYS[1], 'v')
 if cached and tonumber(cached) >= tonumber(ARGV[1]) then
-  return 0
+  if tonumber(cached) > tonumber(ARGV[1]) or ARGV[3] == '' or redis.call('HEXISTS', KEYS[1], 'd') == 1 then
+    return 0
+  end
 end
 redis.call('DEL', KEYS[1])
 if ARGV[3] == '' then
@@ -238,7 +241,7 @@ class RedisStateCache:
             pending, self._pending = self._pending, {}
         for position, entry in enumerate(pending.values()):
             try:
-                self._store(entry)
+                self._store(_fence_only(entry))
             except Exception:
                 for unsent in list(pending.values())[position:]:
                     self._remember(unsent)
@@ -249,3 +252,12 @@ class RedisStateCache:
             known = self._pending.get(entry.record.key)
             if known is None or known.version < entry.version:
                 self._pending[entry.record.key] = entry
+
+
+def _fence_only(entry: CacheEntry) -> CacheEntry:
+    """What a queued write replays: its version without its value or tombstone, which readers take as a
+    miss. A replay can land long after the write (once Redis and the breaker let it), when newer entries
+    may be gone (a restart, an eviction, their expiry): with its value it would then serve an old version
+    to every container (issue 7's history checker found this). As a fence it still keeps older versions
+    out, and the next read fills the current version from DynamoDB (the same version may fill it)."""
+    return CacheEntry(replace(entry.record, deleted=False, value=None))

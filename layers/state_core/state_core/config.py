@@ -14,7 +14,9 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Validators are built on first use, not at import: each function parses one of these models, and
+    # building all three cost ~20 ms of every function's cold start.
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
@@ -41,6 +43,8 @@ class ServiceSettings(_Settings):
     )
     # The role policy (JSON); empty means the policy shipped in the layer (state_core/policy.json).
     policy_file: str = Field(default="", validation_alias="STATE_POLICY_FILE")
+    # Issue 9: every version is kept this long (the current version always, from the state item).
+    history_retention_days: int = Field(default=90, ge=1, le=3650, validation_alias="STATE_HISTORY_RETENTION_DAYS")
 
 
 class PublisherSettings(_Settings):
@@ -52,6 +56,8 @@ class PublisherSettings(_Settings):
     # DESIGN §6: the value rides in the detail only while the detail stays under this (default 64 KB).
     # Capped well below EventBridge's 256 KB per entry, so an entry always fits a request.
     max_detail_bytes: int = Field(default=65_536, ge=1_024, le=200_000, validation_alias="STATE_EVENT_MAX_VALUE_BYTES")
+    # The history items it writes from the stream must equal the request path's (ServiceSettings).
+    history_retention_days: int = Field(default=90, ge=1, le=3650, validation_alias="STATE_HISTORY_RETENTION_DAYS")
 
 
 class AuthorizerSettings(_Settings):

@@ -68,3 +68,9 @@ class ServiceUnavailable(StateError):
     def __init__(self, detail: str, retry_after_seconds: int = 1) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
+
+
+class Gone(StateError):
+    """A version that existed but has left the history's retention (issue 9)."""
+
+    status, title, slug = 410, "Gone", "gone"

@@ -39,7 +39,7 @@ class Operation(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
-    # Issued once expiry takes its own version (history/TTL issue); `operation_of` has the hook.
+    # The key's expiry, written as its own version (store.StateStore.expire, issue 9).
     EXPIRED = "expired"
 
 
@@ -132,7 +132,8 @@ def _attribute(value: Mapping[str, Any]) -> dict[str, Any]:
 
 def is_state_record(record: Mapping[str, Any]) -> bool:
     """Only state items (sk = "state") produce events. The event source mapping's filter already drops
-    other item kinds (history, blobs); this is the defensive second check."""
+    other item kinds (history, blobs), except the removals lifecycle.py acts on (expiry markers, history
+    items); this is the defensive second check."""
     keys = (record.get("dynamodb") or {}).get("Keys") or {}
     return bool((keys.get("sk") or {}).get("S") == STATE_SORT_KEY)
 
@@ -144,7 +145,7 @@ def operation_of(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Opera
     by the store: `incarnation` equals the write's own `write_id` exactly when that write started it.
     """
     if "expired" in new:
-        # Hook for the expiry issue: the write that expires a key will mark its item so.
+        # The expiry's tombstone is marked so (store.StateStore.expire); a later write removes the mark.
         return Operation.EXPIRED
     if new.get("deleted", {}).get("BOOL"):
         return Operation.DELETED

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 from state_core import failpoints
 from state_core.cache import CacheEntry
@@ -43,6 +43,14 @@ class Store(Protocol):
     ) -> WriteResult: ...
 
     def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord: ...
+
+    def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
+
+
+class HistoryRecorder(Protocol):
+    """history.HistoryStore's write side: the history item of a version, written idempotently."""
+
+    def record(self, record: StateRecord, operation: str) -> None: ...
 
 
 class MetricsSink(Protocol):
@@ -106,8 +114,10 @@ class StateManager:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        history: HistoryRecorder | None = None,
     ) -> None:
         self._store = store
+        self._history = history
         self._cache = cache
         self._lock = lock
         self._clock = clock
@@ -172,17 +182,20 @@ class StateManager:
                 )
             except ConditionFailed as failed:
                 current = failed.current
+                if _expired(current, now):
+                    # Expiry is a change of its own (issue 9): the expired version becomes an `expired`
+                    # tombstone with the next version first, then this write goes on over that tombstone.
+                    self._expire(key, current, now)
+                    if precondition in (Precondition.NOT_EXPIRED, Precondition.GONE):
+                        continue
                 if precondition not in (Precondition.NOT_EXPIRED, Precondition.AT_VERSION):
                     raise _precondition_failed(key, current, now) from None
                 self._metrics.add_metric(name="Conflicts", unit="Count", value=1)
-                if current is not None and not current.deleted and not current.is_live(now):
-                    # The item is live in DynamoDB but expired: re-create over exactly that version.
-                    precondition, version = Precondition.AT_VERSION, current.version
-                else:
-                    precondition, version = Precondition.NOT_EXPIRED, None
+                precondition, version = Precondition.NOT_EXPIRED, None
                 continue
             if failpoints.ENABLED:
                 failpoints.hit("after_db_write_before_cache", key=key)
+            self._record_history(result.record, "created" if result.created else "updated")
             self._cache_write(CacheEntry(result.record))
             return result
         raise ServiceUnavailable("the key changed too often to be written; retry shortly")
@@ -218,6 +231,7 @@ class StateManager:
         if failpoints.ENABLED:
             failpoints.hit("after_db_write_before_cache", key=key)
             failpoints.hit("before_lock_release", key=key)
+        self._record_history(result.record, "updated")
         self._write_through_and_release(CacheEntry(result.record), lease)
         return result, canonical
 
@@ -248,6 +262,8 @@ class StateManager:
             if current is not None and current.value is None and current.blob is not None:
                 current = self._store.get(key)  # a failed condition returned a large value unloaded
             if current is None or current.value is None or not current.is_live(now):
+                if _expired(current, now):
+                    self._expire(key, current, now)
                 if expect.if_match is not None:
                     raise PreconditionFailed(f"key {key} does not exist", current_version=None)
                 raise NotFound(f"key {key} does not exist")
@@ -302,14 +318,38 @@ class StateManager:
             tombstone = self._store.delete(key, actor=actor, now=now, version=version)
         except ConditionFailed as failed:
             current = failed.current
+            if current is not None and _expired(current, now):
+                self._expire(key, current, now)
             if expect.if_match is None and (current is None or not current.is_live(now)):
                 raise NotFound(f"key {key} does not exist") from None
             raise _precondition_failed(key, current, now) from None
         if failpoints.ENABLED:
             failpoints.hit("after_db_write_before_cache", key=key)
+        self._record_history(tombstone, "deleted")
         # A versioned tombstone, so a slow fill of an older version cannot bring the key back.
         self._cache_write(CacheEntry(tombstone))
         return tombstone
+
+    def _expire(self, key: str, current: StateRecord, now: datetime) -> None:
+        """Write the expiry of `current` (expired, not yet a tombstone) as its own version. Whoever comes
+        first wins the version condition: another writer, or the publisher on the expiry marker's removal."""
+        assert current.expires_at is not None
+        try:
+            tombstone = self._store.expire(key, version=current.version, expires_at=current.expires_at, now=now)
+        except ConditionFailed:
+            return  # already expired (or rewritten) by someone else
+        self._metrics.add_metric(name="Expiries", unit="Count", value=1)
+        self._record_history(tombstone, "expired")
+        self._cache_write(CacheEntry(tombstone))
+
+    def _record_history(self, record: StateRecord, operation: str) -> None:
+        """Best effort: the stream writes the same item (history.py), so a failure here only delays it."""
+        if self._history is None:
+            return
+        try:
+            self._history.record(record, operation)
+        except Exception:  # any failure is covered by the stream's idempotent write
+            self._metrics.add_metric(name="HistoryWriteErrors", unit="Count", value=1)
 
     def _cache_write(self, entry: CacheEntry) -> None:
         if self._cache is not None:
@@ -330,6 +370,11 @@ def _view(key: str, record: StateRecord | None, now: datetime) -> StateView:
     if record is None or record.value is None or not record.is_live(now):
         raise NotFound(f"key {key} does not exist")
     return StateView(record=record, canonical_value=record.value.canonical())
+
+
+def _expired(current: StateRecord | None, now: datetime) -> TypeGuard[StateRecord]:
+    """Live in DynamoDB but past its expiry: the expiry has not been written as a version yet."""
+    return current is not None and not current.deleted and current.expires_at is not None and not current.is_live(now)
 
 
 def _precondition_failed(key: str, current: StateRecord | None, now: datetime) -> PreconditionFailed:

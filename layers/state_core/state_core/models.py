@@ -19,7 +19,7 @@ MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 class PutStateRequest(BaseModel):
     """Body of `PUT /state/{key}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # only PUT validates it
 
     value: Any = Field(description="Any JSON value; its canonical form is at most 1 MiB.")
     ttl_seconds: StrictInt | None = Field(
@@ -32,6 +32,9 @@ class PutStateRequest(BaseModel):
 
 class StateMetadata(BaseModel):
     """The envelope without its value: what PUT answers."""
+
+    # Responses are built from StateRecord.metadata_fields(); the model documents them (OpenAPI).
+    model_config = ConfigDict(defer_build=True)
 
     key: str
     version: int = Field(description="1 on first write, +1 on every change, never reused.")
@@ -49,6 +52,8 @@ class StateEnvelope(StateMetadata):
 
 class Problem(BaseModel):
     """RFC 9457 problem document, the body of every error the service itself answers."""
+
+    model_config = ConfigDict(defer_build=True)
 
     type: str
     title: str
@@ -84,11 +89,16 @@ class StateRecord:
         return not self.deleted and (self.expires_at is None or self.expires_at > now.timestamp())
 
     def metadata(self) -> StateMetadata:
-        return StateMetadata(
-            key=self.key,
-            version=self.version,
-            created_at=self.created_at or self.updated_at,
-            updated_at=self.updated_at,
-            updated_by=self.updated_by,
-            expires_at=None if self.expires_at is None else rfc3339(datetime.fromtimestamp(self.expires_at, UTC)),
-        )
+        return StateMetadata(**self.metadata_fields())
+
+    def metadata_fields(self) -> dict[str, Any]:
+        """StateMetadata's fields in its order, as plain values: responses are built from these without
+        a pydantic model on the request path (the model documents them in the OpenAPI document)."""
+        return {
+            "key": self.key,
+            "version": self.version,
+            "created_at": self.created_at or self.updated_at,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+            "expires_at": None if self.expires_at is None else rfc3339(datetime.fromtimestamp(self.expires_at, UTC)),
+        }

@@ -60,6 +60,14 @@ class BlobCollector(Protocol):
     def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]: ...
 
 
+class Lifecycle(Protocol):
+    """lifecycle.StreamLifecycle: history items, expiry markers and their removals (issue 9)."""
+
+    def record_versions(self, changes: Sequence[StreamChange]) -> None: ...
+    def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None: ...
+    def release_replaced(self, key: str, previous_version: int | None, blob: BlobRef) -> None: ...
+
+
 class MetricsSink(Protocol):
     def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
@@ -107,6 +115,7 @@ class ChangePublisher:
         cache: CacheRepair | None,
         metrics: MetricsSink,
         blobs: BlobCollector | None = None,
+        lifecycle: Lifecycle | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         log: Log,
         source: str = DEFAULT_EVENT_SOURCE,
@@ -120,6 +129,7 @@ class ChangePublisher:
         self._dlq_url = dead_letter_queue_url
         self._cache = cache
         self._blobs = blobs
+        self._lifecycle = lifecycle
         self._clock = clock
         self._metrics = metrics
         self._log = log
@@ -153,6 +163,11 @@ class ChangePublisher:
             if change is not None:
                 changes.append(change)
         self.repair_cache(changes)
+        if self._lifecycle is not None:
+            # Before anything is collected or published; a DynamoDB error fails the batch, which Lambda
+            # retries (both are idempotent), so no version is ever missing from the history.
+            self._lifecycle.record_versions(changes)
+            self._lifecycle.on_removals(records)
         self.collect_blobs(changes)
         events = [change.event for change in changes if change.event is not None]
         failed = self.send(events, remaining_seconds)
@@ -186,8 +201,9 @@ class ChangePublisher:
             self._metrics.add_metric(name="CacheRepairs", unit="Count", value=repaired)
 
     def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
-        """Remove value blobs nothing refers to any more: the one each change replaced, and any other blob
-        of the key its state does not name (writes that died between their chunks and their state item),
+        """Remove value blobs nothing refers to any more: the one each change replaced (with history, only
+        if the replaced version's history item is already gone: lifecycle.py), and any unclaimed blob of
+        the key its state does not name (writes that died between their chunks and their state item),
         once older than any write in flight. Best effort: `make sweep-blobs` is the backstop."""
         blobs = self._blobs
         if blobs is None:
@@ -199,7 +215,12 @@ class ChangePublisher:
             latest[change.record.key] = change.record
             if change.replaced_blob is not None:
                 with self._cleanup_guard():
-                    blobs.delete(change.record.key, [change.replaced_blob])
+                    if self._lifecycle is None:
+                        blobs.delete(change.record.key, [change.replaced_blob])
+                    else:
+                        # History items refer to blobs too: the replaced one may still be retained.
+                        previous = change.event.detail.previous_version if change.event is not None else None
+                        self._lifecycle.release_replaced(change.record.key, previous, change.replaced_blob)
         now = self._clock()
         for key, record in latest.items():
             with self._cleanup_guard():

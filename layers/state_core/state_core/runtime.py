@@ -24,10 +24,12 @@ from state_core.store import StateStore
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
 # fail fast, let standard-mode retries (with their own backoff and retry quota) absorb blips, then 503.
+# `total_max_attempts` counts the first attempt; botocore reads a bare `max_attempts` as retries after it
+# (3 meant 4 attempts and up to 3 s more of backoff; issue 7's throttling test pins this at 3).
 DYNAMODB_CONFIG = Config(
     connect_timeout=1,
     read_timeout=2,
-    retries={"mode": "standard", "max_attempts": 3},
+    retries={"mode": "standard", "total_max_attempts": 3},
     tcp_keepalive=True,
 )
 
@@ -106,13 +108,37 @@ def state_manager() -> StateManager:
             LockPolicy(lease_seconds=settings.lock_lease_ms / 1000, max_wait_seconds=settings.lock_wait_ms / 1000),
         )
     return StateManager(
-        StateStore(dynamodb_client(), settings.table_name),
+        state_store(),
+        history=history_store(),
         clock=utc_now,
         metrics=metrics,
         cache=cache,
         lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
     )
+
+
+@functools.cache
+def state_store() -> StateStore:
+    return StateStore(dynamodb_client(), service_settings().table_name)
+
+
+@functools.cache
+def history_store() -> Any:
+    from state_core.history import HistoryStore
+
+    settings = service_settings()
+    return HistoryStore(
+        dynamodb_client(), settings.table_name, retention_seconds=settings.history_retention_days * 86_400
+    )
+
+
+@functools.cache
+def history_reader() -> Any:
+    """`GET /state/{key}?version=N` and `GET /state/{key}/history` (issue 9)."""
+    from state_core.history import HistoryReader
+
+    return HistoryReader(state_store(), history_store(), clock=utc_now)
 
 
 @functools.cache
@@ -125,10 +151,14 @@ def change_publisher() -> Any:
     """The stream's ChangePublisher: EventBridge, its dead-letter queue, and the cache to repair (if Redis)."""
     import boto3
 
+    from state_core.history import HistoryStore
+    from state_core.lifecycle import StreamLifecycle
     from state_core.observability import logger
     from state_core.publisher import ChangePublisher
 
     settings = publisher_settings()
+    table_name = service_settings().table_name
+    blobs = BlobStore(dynamodb_client(), table_name)
     link = redis_link()
     cache = None
     if link is not None:
@@ -144,7 +174,17 @@ def change_publisher() -> Any:
         dead_letter_queue_url=settings.dead_letter_queue_url,
         cache=cache,
         metrics=metrics,
-        blobs=BlobStore(dynamodb_client(), service_settings().table_name),
+        blobs=blobs,
+        lifecycle=StreamLifecycle(
+            dynamodb_client(),
+            table_name,
+            history=HistoryStore(
+                dynamodb_client(), table_name, retention_seconds=settings.history_retention_days * 86_400
+            ),
+            states=StateStore(dynamodb_client(), table_name),
+            blobs=blobs,
+            clock=utc_now,
+        ),
         log=logger,
         source=settings.event_source,
         max_detail_bytes=settings.max_detail_bytes,

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
@@ -57,6 +57,7 @@ _NAMES = {
     "#incarnation": "incarnation",
     "#write_id": "write_id",
     "#deleted": "deleted",
+    "#expired": "expired",
     "#blob_id": "blob_id",
     "#blob_chunks": "blob_chunks",
     "#blob_sha256": "blob_sha256",
@@ -66,7 +67,38 @@ _NAMES = {
 # without expires_at is never "expired".
 _NOT_EXPIRED = "(attribute_not_exists(#expires_at) OR #expires_at > :now_epoch)"
 _LIVE = f"(attribute_exists(#pk) AND attribute_not_exists(#deleted) AND {_NOT_EXPIRED})"
-_GONE = "(attribute_not_exists(#pk) OR attribute_exists(#deleted) OR #expires_at <= :now_epoch)"
+# An expired item that is not yet a tombstone is not "gone" for a write: the write first turns it into an
+# `expired` tombstone (taking a version, issue 9), then writes over that.
+_GONE = "(attribute_not_exists(#pk) OR attribute_exists(#deleted))"
+# Expiry (issue 9): the item must still be the version that expired, live, and past its expiry.
+_EXPIRABLE = (
+    "#version = :expected_version AND attribute_not_exists(#deleted) AND #expires_at = :expires_at"
+    " AND #expires_at <= :now_epoch"
+)
+
+
+# Who an expiry is attributed to (the event's and the history's actor).
+EXPIRY_ACTOR = "system:ttl"
+_HEAD_NAMES = {
+    f"#{name}": name
+    for name in (
+        "pk",
+        "version",
+        "deleted",
+        "expired",
+        "created_at",
+        "updated_at",
+        "updated_by",
+        "expires_at",
+        "value_size",
+        "incarnation",
+        "write_id",
+        "encoding",
+        "blob_id",
+        "blob_chunks",
+        "blob_sha256",
+    )
+}
 
 
 class Precondition(Enum):
@@ -175,7 +207,7 @@ class StateStore:
             "#created_at = :now" if fresh else "#created_at = if_not_exists(#created_at, :now)",
             "#incarnation = :write_id" if fresh else "#incarnation = if_not_exists(#incarnation, :write_id)",
         ]
-        removes = ["#deleted"]
+        removes = ["#deleted", "#expired"]
         values: dict[str, Any] = {
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
@@ -253,13 +285,62 @@ class StateStore:
         )
         return _record({**self._item_key(key), **response["Attributes"]})
 
+    def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord:
+        """Turn the expired item at `version` into an `expired` tombstone with the next version; raise
+        ConditionFailed if it is no longer that version, not live, or not yet expired.
+
+        Timeline it guards: the marker of version 3 is removed (TTL) while a PUT that found version 3
+        expired has already written the expiry as 4 and itself as 5: the version condition makes the
+        marker's late expiry a no-op, so there is exactly one `expired` change.
+        """
+        moment = datetime.fromtimestamp(expires_at, UTC)
+        values: dict[str, Any] = {
+            ":one": {"N": "1"},
+            ":true": {"BOOL": True},
+            ":expired_at": {"S": rfc3339(moment)},
+            ":actor": {"S": EXPIRY_ACTOR},
+            ":write_id": {"S": new_write_id()},
+            ":expected_version": {"N": str(version)},
+            ":expires_at": {"N": f"{expires_at:.3f}"},
+            ":now_epoch": {"N": _epoch(now)},
+        }
+        response = self._update(
+            key,
+            update=(
+                "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
+                " #updated_by = :actor, #write_id = :write_id"
+                " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
+                " #blob_id, #blob_chunks, #blob_sha256"
+            ),
+            condition=_EXPIRABLE,
+            values=values,
+        )
+        return _record({**self._item_key(key), **response["Attributes"]})
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The state item without its value (strongly consistent), as DynamoDB returns it."""
+        with _dynamodb_errors():
+            item: dict[str, Any] | None = self._client.get_item(
+                TableName=self._table,
+                Key=self._item_key(key),
+                ConsistentRead=True,
+                ProjectionExpression=", ".join(_HEAD_NAMES),
+                ExpressionAttributeNames=_HEAD_NAMES,
+            ).get("Item")
+        return item
+
+    def load_blob(self, blob: BlobRef) -> StoredValue | None:
+        with _dynamodb_errors():
+            return self.blobs.load(blob)
+
     @staticmethod
     def _condition(precondition: Precondition, version: int | None, now: datetime, values: dict[str, Any]) -> str:
         if precondition in (Precondition.LIVE_AT_VERSION, Precondition.AT_VERSION):
             if version is None:
                 raise ValueError(f"{precondition} needs a version")
             values[":expected_version"] = {"N": str(version)}
-        if precondition is not Precondition.AT_VERSION:
+        # DynamoDB refuses a value the expressions do not use: only the conditions with an expiry get `now`.
+        if precondition not in (Precondition.AT_VERSION, Precondition.GONE):
             values[":now_epoch"] = {"N": _epoch(now)}
         match precondition:
             case Precondition.NOT_EXPIRED:
@@ -274,6 +355,13 @@ class StateStore:
                 return "#version = :expected_version"
 
     def _update(self, key: str, *, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
+        # botocore retries a request whose answer timed out. Had DynamoDB applied the first attempt, the
+        # retry would apply it again (an unconditional PUT: a second version) or fail its own condition (a
+        # 412 for a write that landed). Every write carries a fresh write id, so a retry that finds its own
+        # id has already succeeded: it is refused here and answered from the item DynamoDB returns.
+        own_write_id = values[":write_id"]["S"]
+        # Every condition is an AND chain of parenthesized parts (DynamoDB refuses redundant parentheses).
+        condition = f"{condition} AND (attribute_not_exists(#write_id) OR #write_id <> :write_id)"
         names = {name: attr for name, attr in _NAMES.items() if name in update or name in condition}
         try:
             with _dynamodb_errors():
@@ -292,6 +380,8 @@ class StateStore:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             item = exc.response.get("Item")
+            if item is not None and item.get("write_id", {}).get("S") == own_write_id:
+                return {"Attributes": item}
             # A large value's blob is not loaded here: most callers need only the version.
             raise ConditionFailed(None if item is None else _record(item)) from exc
 

@@ -1,0 +1,181 @@
+"""Failpoints (issue 7): armed only in tests and the local stack, zero cost when disarmed, and each action
+does what it says."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from devstack.template import load_yaml
+from state_core import failpoints
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CORE = REPO_ROOT / "layers" / "state_core" / "state_core"
+FAILPOINT_VARIABLES = ("STATE_FAILPOINTS", "STATE_FAILPOINTS_SPEC", "STATE_LOCAL_STACK")
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    for name in (*FAILPOINT_VARIABLES, "AWS_LAMBDA_FUNCTION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    failpoints.disarm()
+
+
+@pytest.fixture
+def enabled(monkeypatch):
+    monkeypatch.setenv("STATE_FAILPOINTS", "1")
+
+
+# --- impossible to arm in a deployment ------------------------------------------------------------------
+
+
+def test_arming_is_refused_without_state_failpoints():
+    with pytest.raises(failpoints.FailpointsForbidden):
+        failpoints.arm("after_lock_acquire", "raise")
+    assert failpoints.ENABLED is False
+
+
+def test_arming_is_refused_inside_a_function_that_is_not_the_local_stack(enabled, monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "state-service-PutStateFunction")
+    with pytest.raises(failpoints.FailpointsForbidden):
+        failpoints.arm("after_lock_acquire", "raise")
+
+
+def test_a_spec_in_a_deployed_function_fails_loudly_at_cold_start():
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "f", "STATE_FAILPOINTS_SPEC": "after_lock_acquire=kill", "STATE_FAILPOINTS": "1"}
+    with pytest.raises(failpoints.FailpointsForbidden):
+        failpoints.arm_from_environ(env)
+    assert failpoints.ENABLED is False
+
+
+def test_a_local_stack_worker_may_be_armed_from_its_environment():
+    env = {
+        "AWS_LAMBDA_FUNCTION_NAME": "f",
+        "STATE_LOCAL_STACK": "1",
+        "STATE_FAILPOINTS": "1",
+        "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=delay(0.01)*2+1%50; dynamodb_send=return(throttle)",
+    }
+    assert failpoints.arm_from_environ(env) is True
+    assert failpoints.ENABLED is True
+    assert failpoints.hit("dynamodb_send") == "throttle"
+
+
+def test_no_function_in_the_template_sets_a_failpoint_variable():
+    text = (REPO_ROOT / "template.yaml").read_text()
+    template = load_yaml(REPO_ROOT / "template.yaml")
+    environments = [template.get("Globals", {}).get("Function", {}).get("Environment", {})]
+    environments += [
+        resource.get("Properties", {}).get("Environment", {}) for resource in template["Resources"].values()
+    ]
+    for environment in environments:
+        assert not set((environment or {}).get("Variables", {})) & set(FAILPOINT_VARIABLES)
+    for name in FAILPOINT_VARIABLES:
+        assert name not in text
+
+
+def test_unknown_points_and_actions_are_refused(enabled):
+    with pytest.raises(ValueError, match="unknown failpoint"):
+        failpoints.arm("after_db_write_befor_cache", "raise")
+    with pytest.raises(ValueError, match="action"):
+        failpoints.arm("after_lock_acquire", "explode")
+    with pytest.raises(ValueError, match="spec"):
+        failpoints.parse_spec("after_lock_acquire")
+
+
+# --- zero cost when disarmed ----------------------------------------------------------------------------
+
+
+def test_every_call_in_the_core_sits_behind_the_module_flag():
+    """A disarmed point costs one attribute read: the core never calls hit() unguarded."""
+    calls = 0
+    for path in CORE.glob("*.py"):
+        if path.name == "failpoints.py":
+            continue
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if "failpoints.hit(" in line:
+                calls += 1
+                above = number - 1
+                while "failpoints.hit(" in lines[above]:  # several points in one guarded block
+                    above -= 1
+                assert lines[above].strip() == "if failpoints.ENABLED:", f"{path.name}:{number + 1}"
+    assert calls >= 6
+
+
+def test_disarming_everything_clears_the_flag(enabled):
+    failpoints.arm("after_lock_acquire", "delay", 0)
+    failpoints.arm("before_lock_release", "delay", 0)
+    failpoints.disarm("after_lock_acquire")
+    assert failpoints.ENABLED is True
+    failpoints.disarm()
+    assert failpoints.ENABLED is False
+
+
+def test_every_named_point_is_called_somewhere_in_the_core():
+    source = "\n".join(p.read_text() for p in CORE.glob("*.py"))
+    called = set(re.findall(r'failpoints\.hit\("([a-z_]+)"', source)) | {"dynamodb_send"}
+    assert called == set(failpoints.POINTS)
+
+
+# --- actions ---------------------------------------------------------------------------------------------
+
+
+def test_raise_fires_only_count_times_after_skip(enabled):
+    failpoints.arm("after_lock_acquire", "raise", count=2, skip=1)
+    outcomes = []
+    for _ in range(5):
+        try:
+            failpoints.hit("after_lock_acquire")
+            outcomes.append("pass")
+        except failpoints.FailpointError:
+            outcomes.append("raise")
+    assert outcomes == ["pass", "raise", "raise", "pass", "pass"]
+    assert failpoints.fired("after_lock_acquire") == 2
+
+
+def test_delay_sleeps(enabled):
+    failpoints.arm("after_lock_acquire", "delay", 0.05)
+    started = time.monotonic()
+    failpoints.hit("after_lock_acquire")
+    assert time.monotonic() - started >= 0.05
+
+
+def test_pause_blocks_until_released(enabled):
+    failpoints.arm("after_fill_read_before_set", "pause")
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (failpoints.hit("after_fill_read_before_set"), done.set()))
+    thread.start()
+    assert failpoints.wait_reached("after_fill_read_before_set", 2)
+    assert not done.wait(0.1)
+    failpoints.release("after_fill_read_before_set")
+    assert done.wait(2)
+    thread.join()
+
+
+def test_call_runs_the_callable_with_the_context(enabled):
+    seen = []
+    failpoints.arm("after_patch_read", "call", lambda name, **context: seen.append((name, context)) or "x")
+    assert failpoints.hit("after_patch_read", key="k", version=3) == "x"
+    assert seen == [("after_patch_read", {"key": "k", "version": 3})]
+
+
+def test_kill_ends_the_process_at_once():
+    code = (
+        "from state_core import failpoints\n"
+        "failpoints.arm('after_db_write_before_cache', 'kill')\n"
+        "failpoints.hit('after_db_write_before_cache')\n"
+        "print('survived')\n"
+    )
+    env = {"STATE_FAILPOINTS": "1", "PYTHONPATH": str(CORE.parent), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == failpoints.KILL_EXIT_CODE
+    assert "survived" not in result.stdout
