@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from state_core.blobs import BlobRef
 from state_core.models import StateRecord
-from state_core.store import STATE_SORT_KEY, _record
+from state_core.store import STATE_SORT_KEY, record_of_item
 
 DEFAULT_EVENT_SOURCE = "state.service"
 # DESIGN §6: the value rides in the event only while the whole detail stays under this size.
@@ -112,7 +112,7 @@ class StreamChange:
 
 
 def image(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A stream image as the low-level item format `store._record` reads: Lambda's JSON event carries
+    """A stream image as the low-level item format `store.record_of_item` reads: Lambda's JSON event carries
     binary attributes as base64 text, boto3 responses carry bytes; both become bytes."""
     return {name: _attribute(value) for name, value in raw.items()}
 
@@ -182,7 +182,7 @@ def build_change(
     old = image(ddb["OldImage"]) if "OldImage" in ddb else None
     if old is not None and "version" not in old:
         old = None
-    record = _record(new)
+    record = record_of_item(new)
     operation = operation_of(old, new)
     detail = state_changed(
         record,
@@ -196,7 +196,7 @@ def build_change(
         "Detail": detail.detail(),
         "EventBusName": bus_name,
     }
-    replaced = _record(old).blob if old is not None else None
+    replaced = record_of_item(old).blob if old is not None else None
     if replaced is not None and record.blob is not None and replaced.write_id == record.blob.write_id:
         replaced = None
     return StreamChange(

@@ -35,7 +35,7 @@ from state_core.blobs import MARKER_PREFIX, BlobRef
 from state_core.codec import StoredValue
 from state_core.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.models import StateRecord
-from state_core.store import _record
+from state_core.store import record_of_item, value_of_item
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
@@ -165,17 +165,7 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
 
 def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
     size = int(item["value_size"]["N"]) if "value_size" in item else None
-    value = blob = None
-    if "value" in item:
-        value = StoredValue(encoding=item["encoding"]["S"], data=bytes(item["value"]["B"]), size=size or 0)
-    elif "blob_id" in item:
-        blob = BlobRef(
-            write_id=item["blob_id"]["S"],
-            chunks=int(item["blob_chunks"]["N"]),
-            sha256=item["blob_sha256"]["S"],
-            encoding=item["encoding"]["S"],
-            size=size or 0,
-        )
+    value, blob = value_of_item(item)
     return HistoryEntry(
         key=item["pk"]["S"],
         version=int(item["version"]["N"]),
@@ -431,7 +421,7 @@ class HistoryReader:
             if head is None and not entries:
                 raise NotFound(f"key {key} has no history")
             if head is not None and (not entries or entries[0].version < int(head["version"]["N"])):
-                current = entry_of_record(_record(head), operation_of_state(head))
+                current = entry_of_record(record_of_item(head), operation_of_state(head))
                 if "value_size" in head:
                     current = replace(current, size=int(head["value_size"]["N"]))
                 entries = [current, *entries]

@@ -12,7 +12,7 @@ goes on counting, and drops value, created_at, incarnation and expires_at.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -159,7 +159,7 @@ class StateStore:
                 )
             if item is None:
                 return None
-            record = self._loaded(_record(item))
+            record = self._loaded(record_of_item(item))
             if record is not None:
                 return record
         raise ServiceUnavailable("a large value could not be read consistently; retry shortly")
@@ -249,7 +249,7 @@ class StateStore:
             if blob is not None:
                 self._discard(key, blob)
             raise
-        record = replace(_record({**self._item_key(key), **response["Attributes"]}), value=value)
+        record = replace(record_of_item({**self._item_key(key), **response["Attributes"]}), value=value)
         return WriteResult(record=record, created=response["Attributes"]["incarnation"]["S"] == write_id)
 
     def _discard(self, key: str, blob: BlobRef) -> None:
@@ -283,7 +283,7 @@ class StateStore:
             condition=condition,
             values=values,
         )
-        return _record({**self._item_key(key), **response["Attributes"]})
+        return record_of_item({**self._item_key(key), **response["Attributes"]})
 
     def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord:
         """Turn the expired item at `version` into an `expired` tombstone with the next version; raise
@@ -315,7 +315,7 @@ class StateStore:
             condition=_EXPIRABLE,
             values=values,
         )
-        return _record({**self._item_key(key), **response["Attributes"]})
+        return record_of_item({**self._item_key(key), **response["Attributes"]})
 
     def head(self, key: str) -> dict[str, Any] | None:
         """The state item without its value (strongly consistent), as DynamoDB returns it."""
@@ -383,7 +383,7 @@ class StateStore:
             if item is not None and item.get("write_id", {}).get("S") == own_write_id:
                 return {"Attributes": item}
             # A large value's blob is not loaded here: most callers need only the version.
-            raise ConditionFailed(None if item is None else _record(item)) from exc
+            raise ConditionFailed(None if item is None else record_of_item(item)) from exc
 
     @staticmethod
     def _item_key(key: str) -> dict[str, Any]:
@@ -403,15 +403,14 @@ def _dynamodb_errors() -> Iterator[None]:
         raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
 
 
-def _record(item: dict[str, Any]) -> StateRecord:
-    """A state item (as GetItem, UpdateItem or a stream image gives it) as a record. A blob-backed value
-    is left unloaded: `value` is None and `blob` says where it is."""
-    value = blob = None
+def value_of_item(item: Mapping[str, Any]) -> tuple[StoredValue | None, BlobRef | None]:
+    """The value an item (state or history) holds: inline, or the reference to its blob, or neither."""
     if "value" in item:
         value = StoredValue(
             encoding=item["encoding"]["S"], data=bytes(item["value"]["B"]), size=int(item["value_size"]["N"])
         )
-    elif "blob_id" in item:
+        return value, None
+    if "blob_id" in item:
         blob = BlobRef(
             write_id=item["blob_id"]["S"],
             chunks=int(item["blob_chunks"]["N"]),
@@ -419,6 +418,14 @@ def _record(item: dict[str, Any]) -> StateRecord:
             encoding=item["encoding"]["S"],
             size=int(item["value_size"]["N"]),
         )
+        return None, blob
+    return None, None
+
+
+def record_of_item(item: Mapping[str, Any]) -> StateRecord:
+    """A state item (as GetItem, UpdateItem or a stream image gives it) as a record. A blob-backed value
+    is left unloaded: `value` is None and `blob` says where it is."""
+    value, blob = value_of_item(item)
     return StateRecord(
         key=item["pk"]["S"],
         version=int(item["version"]["N"]),
