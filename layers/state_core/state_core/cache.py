@@ -18,10 +18,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from state_core.breaker import RedisUnavailable
 from state_core.codec import StoredValue
+from state_core.metrics import MetricsSink
 from state_core.models import StateRecord, rfc3339
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ return 1
 
 
 _FIELDS = ("v", "m", "d")
-
-
-class MetricsSink(Protocol):
-    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
 
 def entry_key(key: str) -> str:

@@ -10,9 +10,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from state_core.breaker import RedisUnavailable
+from state_core.metrics import MetricsSink
 
 if TYPE_CHECKING:
     from state_core.cache import CacheEntry, RedisStateCache
@@ -25,10 +26,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class MetricsSink(Protocol):
-    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
 
 def lock_key(key: str) -> str:

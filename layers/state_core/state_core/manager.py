@@ -18,6 +18,7 @@ from state_core.cache import CacheEntry
 from state_core.codec import StoredValue, canonical_json, check_depth, check_value_size
 from state_core.errors import NotFound, PreconditionFailed, ServiceUnavailable
 from state_core.merge_patch import apply_merge_patch
+from state_core.metrics import MetricsSink
 from state_core.models import StateRecord
 from state_core.store import ConditionFailed, Precondition, WriteResult
 
@@ -51,10 +52,6 @@ class HistoryRecorder(Protocol):
     """history.HistoryStore's write side: the history item of a version, written idempotently."""
 
     def record(self, record: StateRecord, operation: str) -> None: ...
-
-
-class MetricsSink(Protocol):
-    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
 
 class Cache(Protocol):

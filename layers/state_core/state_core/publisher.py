@@ -35,6 +35,7 @@ from state_core.events import (
     batches,
     build_change,
 )
+from state_core.metrics import MetricsSink
 from state_core.models import StateRecord
 
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
@@ -66,10 +67,6 @@ class Lifecycle(Protocol):
     def record_versions(self, changes: Sequence[StreamChange]) -> None: ...
     def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None: ...
     def release_replaced(self, key: str, previous_version: int | None, blob: BlobRef) -> None: ...
-
-
-class MetricsSink(Protocol):
-    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
 
 class Log(Protocol):
