@@ -14,11 +14,13 @@ checked against the contract:
 - every acknowledged version has its StateChanged event in `state-changes` (checked once, at the end).
 
 Faults: the stack's workers are armed (STATE_FAILPOINTS_SPEC) to throttle a burst of DynamoDB requests in
-each worker (botocore retries, then 503) and to kill the function after 1% of DynamoDB writes, before the
-cache is written. Redis is owned by the test and, in the fault seeds, paused (SIGSTOP), made slower than
-the 50 ms timeout (short pauses), or stopped and restarted mid-run. Reads that begin less than
-`REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale (DESIGN §5: bounded by the stream
-repair and the breaker); they are counted, not failed.
+each worker (botocore retries, then 503), to kill the function at each failpoint of the request path now
+and then, and to pause a PATCH that holds the key's lock and has read the item past the lock's lease, so
+that another writer takes the lock and writes first (the workers log each firing with the request id, and
+a check at the end asserts that each of these faults happened). Redis is owned by the test and, in the
+fault seeds, paused (SIGSTOP), made slower than the 50 ms timeout (short pauses), or stopped and restarted
+mid-run. Reads that begin less than `REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale
+(DESIGN §5: bounded by the stream repair and the breaker); they are counted, not failed.
 
 20 seeds in make test, 100 in make verify (STATE_VERIFY=1).
 """
@@ -59,9 +61,19 @@ KILL_POINTS = (
     "after_cache_miss",
     "after_lock_acquire",
     "before_lock_release",
-    "after_patch_read",
 )
-FAILPOINT_SPEC = ";".join(["dynamodb_send=return(throttle)*3+40", *(f"{point}=kill%0.5" for point in KILL_POINTS)])
+# 5% of PATCHes pause holding the lock, after reading the item, for longer than the lock's lease (the
+# deployed default, 2 s): a waiting writer takes the expired lock and writes; the paused one must then
+# lose its conditional write, merge into the newer version, and release nothing of the other's lock.
+LOCK_LEASE_SECONDS = 2.0
+PAUSE_PAST_LEASE = LOCK_LEASE_SECONDS + 0.4
+FAILPOINT_SPEC = ";".join(
+    [
+        "dynamodb_send=return(throttle)*3+40",
+        *(f"{point}=kill%0.5" for point in KILL_POINTS),
+        f"after_patch_read=delay({PAUSE_PAST_LEASE})%5",
+    ]
+)
 # The workers' breaker opens for 10 s on Redis errors; the stream repair follows within a second or two.
 REDIS_FAULT_GRACE = 13.0
 EVENT_TIMEOUT = 30.0  # without a new event, after the run
@@ -124,7 +136,12 @@ def history_stack(request, tmp_path_factory):
     redis_server = RedisServer().start()
     stack = start_devstack(
         tmp_path_factory.mktemp("history-stack"),
-        {"REDIS_URL": redis_server.url, "STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": FAILPOINT_SPEC},
+        {
+            "REDIS_URL": redis_server.url,
+            "STATE_LOCK_LEASE_MS": str(int(LOCK_LEASE_SECONDS * 1000)),
+            "STATE_FAILPOINTS": "1",
+            "STATE_FAILPOINTS_SPEC": FAILPOINT_SPEC,
+        },
     )
     stack.redis = redis_server
     try:
@@ -137,7 +154,7 @@ def history_stack(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ledger():
     """Every operation of every seed, for the event check at the end, and the Redis faults."""
-    counts = dict.fromkeys(("kills", "init_timeouts", "throttled", "excused", "seeds"), 0)
+    counts = dict.fromkeys(("kills", "init_timeouts", "throttled", "excused", "seeds", "paused", "overtaken"), 0)
     return {"ops": [], "faults": Faults(), "seconds": 0.0, "stale_after_fault": 0.0, **counts}
 
 
@@ -220,6 +237,31 @@ def killed_request_ids(stack) -> dict[str, str]:
         if record.get("integrationError") in INDETERMINATE_ERRORS:
             killed[record["requestId"]] = record["integrationError"]
     return killed
+
+
+def paused_request_ids(stack) -> set[str]:
+    """Requests whose PATCH was paused past the lock's lease (the workers log each failpoint firing)."""
+    paused = set()
+    for path in stack.log_dir.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"failpoint fired"' not in line:
+                continue
+            record = json.loads(line)
+            if record.get("failpoint") == "after_patch_read" and record.get("failpoint_action") == "delay":
+                paused.add(record["correlation_id"])
+    return paused
+
+
+def overtaken(paused_patch: Op, ops: list[Op]) -> list[Op]:
+    """Writes on the paused PATCH's key that began after it and were acknowledged while it was paused."""
+    return [
+        op
+        for op in ops
+        if op.acknowledged
+        and op.key == paused_patch.key
+        and paused_patch.invoked < op.invoked
+        and op.completed < paused_patch.completed
+    ]
 
 
 def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: Findings) -> None:
@@ -317,9 +359,30 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, seed):
     ledger["throttled"] += sum(op.status == 503 for op in ops)
     ledger["excused"] += findings.excused_stale_reads
     ledger["stale_after_fault"] = max(ledger["stale_after_fault"], findings.stale_after_fault)
+    paused = [op for op in ops if op.kind == "patch" and op.request_id in paused_request_ids(history_stack)]
+    # Whether a paused holder lost anything is checked above with every PATCH (its members, and those of
+    # the writers that overtook it); here only that the case happened.
+    ledger["paused"] += len(paused)
+    ledger["overtaken"] += sum(bool(overtaken(patch, ops)) for patch in paused)
     ledger["seeds"] += 1
     ledger["seconds"] += time.monotonic() - began
     assert not findings.problems, f"seed {seed}:\n" + "\n".join(findings.problems)
+
+
+def test_every_fault_happened(ledger):
+    """The checks above mean something only if the faults fired: a kill, a throttled 503, a lock holder
+    overtaken while paused past its lease, and (in the fault seeds) a Redis fault."""
+    if ledger["seeds"] < len(SEEDS):
+        pytest.skip("only some seeds were selected")
+    print(
+        f"\nfaults: {ledger['kills']} killed at a failpoint, {ledger['throttled']} answered 503, "
+        f"{ledger['paused']} PATCHes paused past the lock's lease ({ledger['overtaken']} overtaken by another "
+        f"writer meanwhile), {len(ledger['faults'].redis_windows)} Redis faults"
+    )
+    assert ledger["kills"] > 0
+    assert ledger["throttled"] > 0
+    assert ledger["overtaken"] > 0
+    assert ledger["faults"].redis_windows
 
 
 def test_every_acknowledged_version_has_its_event(history_stack, ledger):
@@ -346,7 +409,8 @@ def test_every_acknowledged_version_has_its_event(history_stack, ledger):
     print(
         f"\nhistory: {ledger['seeds']} seeds, {len(ledger['ops'])} operations in {ledger['seconds']:.1f} s, "
         f"{len(acknowledged)} acknowledged writes, {ledger['kills']} killed at a failpoint, "
-        f"{ledger['throttled']} answered 503, {ledger['excused']} stale reads within a Redis fault's grace (the last "
+        f"{ledger['throttled']} answered 503, {ledger['overtaken']} PATCHes overtaken while paused past the "
+        f"lock's lease, {ledger['excused']} stale reads within a Redis fault's grace (the last "
         f"{ledger['stale_after_fault']:.1f} s after the fault ended), "
         f"{ledger['init_timeouts']} local-stack init timeouts (the emulator's, not the logic's); "
         f"{len(acknowledged & events)} of their events arrived, the last {time.monotonic() - waited_from:.1f} s "

@@ -69,6 +69,19 @@ def test_a_local_stack_worker_may_be_armed_from_its_environment():
     assert failpoints.hit("dynamodb_send") == "throttle"
 
 
+def test_the_observer_hears_each_firing_and_only_firings():
+    env = {"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "after_patch_read=delay(0)*1+1"}
+    heard = []
+    failpoints.arm_from_environ(env, observer=lambda point, action: heard.append((point, action)))
+    for _ in range(3):
+        failpoints.hit("after_patch_read")
+    assert heard == [("after_patch_read", "delay")]
+    failpoints.disarm()
+    failpoints.arm("after_patch_read", "delay", 0, environ=env)
+    failpoints.hit("after_patch_read")
+    assert heard == [("after_patch_read", "delay")]  # disarming everything forgot the observer
+
+
 def test_no_function_in_the_template_sets_a_failpoint_variable():
     text = (REPO_ROOT / "template.yaml").read_text()
     template = load_yaml(REPO_ROOT / "template.yaml")

@@ -15,6 +15,9 @@ Actions: `pause` (block until `release(name)`, or for at most its argument in se
 hooks that inject a response), `call` (a Python callable, in-process tests only). Every arming may be
 limited to the first `count` hits after `skip` hits, and to a probability.
 
+An observer set by `arm_from_environ` hears each firing before its action runs (the local stack's workers
+log it with the request's correlation id, so a test can tell which request was paused or killed where).
+
 `STATE_FAILPOINTS_SPEC` arms points in a worker process at start:
 `name=action[(arg)][*count][%percent][;name=...]`, e.g. `after_db_write_before_cache=kill*1` or
 `dynamodb_send=return(throttle)%20`.
@@ -28,7 +31,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +76,8 @@ class _Arming:
 
 
 _armed: dict[str, _Arming] = {}
+# Called with (point, action) when a point fires, before the action (a kill is heard too).
+_observer: Callable[[str, str], None] | None = None
 _guard = threading.Lock()
 _rng = random.Random()  # noqa: S311 - fault injection, not security
 
@@ -111,9 +116,11 @@ def arm(
 
 
 def disarm(name: str | None = None) -> None:
-    """Disarm one point (releasing anything paused on it), or all of them."""
-    global ENABLED
+    """Disarm one point (releasing anything paused on it), or all of them (and forget the observer)."""
+    global ENABLED, _observer
     with _guard:
+        if name is None:
+            _observer = None
         names = list(_armed) if name is None else [name]
         for each in names:
             arming = _armed.pop(each, None)
@@ -156,6 +163,8 @@ def hit(name: str, **context: Any) -> Any:
         arming.fired += 1
     arming.reached.set()
     action, argument = arming.action, arming.argument
+    if _observer is not None:
+        _observer(name, action)
     if action == "pause":
         arming.released.wait(None if argument is None else float(argument))
     elif action == "delay":
@@ -196,16 +205,21 @@ def parse_spec(spec: str) -> list[tuple[str, str, Any, int | None, int, float]]:
     return parsed
 
 
-def arm_from_environ(environ: Mapping[str, str] | None = None) -> bool:
-    """Arm what `STATE_FAILPOINTS_SPEC` names (the local stack's workers, at cold start). False if empty.
+def arm_from_environ(
+    environ: Mapping[str, str] | None = None, observer: Callable[[str, str], None] | None = None
+) -> bool:
+    """Arm what `STATE_FAILPOINTS_SPEC` names (the local stack's workers, at cold start), and have
+    `observer(point, action)` hear each firing. False if the spec is empty.
 
     A spec where failpoints are not allowed raises FailpointsForbidden: loud, never silently armed."""
+    global _observer
     env = os.environ if environ is None else environ
     spec = env.get("STATE_FAILPOINTS_SPEC", "")
     if not spec.strip():
         return False
     for name, action, argument, count, skip, probability in parse_spec(spec):
         arm(name, action, argument, count=count, skip=skip, probability=probability, environ=env)
+    _observer = observer
     return True
 
 

@@ -18,7 +18,7 @@ from state_core import failpoints
 from state_core.blobs import BlobStore
 from state_core.config import PublisherSettings, ServiceSettings
 from state_core.manager import PatchPolicy, StateManager
-from state_core.observability import metrics
+from state_core.observability import logger, metrics
 from state_core.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
 from state_core.store import StateStore
 
@@ -88,11 +88,16 @@ def redis_link() -> Any:
     )
 
 
+def log_failpoint(point: str, action: str) -> None:
+    # With the request's correlation id, so the history checker knows which request was paused or killed.
+    logger.warning("failpoint fired", extra={"failpoint": point, "failpoint_action": action})
+
+
 @functools.cache
 def state_manager() -> StateManager:
     settings = service_settings()
     # The local stack's workers arm failpoints from STATE_FAILPOINTS_SPEC; anywhere else a spec is refused.
-    failpoints.arm_from_environ(os.environ)
+    failpoints.arm_from_environ(os.environ, observer=log_failpoint)
     link = redis_link()
     cache = lock = None
     if link is not None:
