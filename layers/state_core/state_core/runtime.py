@@ -39,7 +39,7 @@ DYNAMODB_CONFIG = Config(
 EVENTS_CONFIG = Config(
     connect_timeout=2,
     read_timeout=5,
-    retries={"mode": "standard", "max_attempts": 3},
+    retries={"mode": "standard", "total_max_attempts": 3},
     tcp_keepalive=True,
 )
 
