@@ -70,6 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
         with host.lock:
             host.requests.append(self.path)
         if self.path.endswith(DISCOVERY_PATH):
+            if host.discovery_down:
+                self._send(503, b"unavailable", "text/plain")
+                return
             self._send(200, json.dumps({"issuer": host.issuer, "jwks_uri": host.base_url + "/jwks.json"}).encode())
             return
         if self.path != "/jwks.json":
@@ -116,7 +119,8 @@ class KeyHost:
     """An HTTP server on 127.0.0.1: an OIDC issuer (discovery + JWKS) or, unused, an attacker's host."""
 
     keys: list[SigningKey] = field(default_factory=list)
-    mode: str = "ok"
+    mode: str = "ok"  # how the JWKS endpoint answers
+    discovery_down: bool = False
     redirect_to: str = ""
     issuer: str = ""
     requests: list[str] = field(default_factory=list)
@@ -137,6 +141,7 @@ class KeyHost:
 
     def reset(self, keys: list[SigningKey]) -> None:
         self.keys, self.mode, self.redirect_to, self.issuer = list(keys), "ok", "", self.base_url
+        self.discovery_down = False
         with self.lock:
             self.requests.clear()
 
@@ -147,6 +152,11 @@ class KeyHost:
     def jwks_requests(self) -> int:
         with self.lock:
             return sum(1 for path in self.requests if path == "/jwks.json")
+
+    @property
+    def discovery_requests(self) -> int:
+        with self.lock:
+            return sum(1 for path in self.requests if path.endswith(DISCOVERY_PATH))
 
 
 @contextmanager
@@ -201,7 +211,7 @@ class Authorizer:
     @property
     def keys(self) -> Any:
         """The verifier's JWKS cache (built on first use)."""
-        return self.module.verifier().keys
+        return self.module.issuer().verifier().keys
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ import os
 
 from state_core.config import AuthorizerSettings
 from state_core.observability import lambda_entry, logger, metrics
-from state_core.tokens import TokenRejected, TokenVerifier, bearer_token
+from state_core.tokens import DiscoveredVerifier, IssuerUnavailable, TokenRejected, bearer_token
 
 DENY = {"isAuthorized": False}
 
@@ -18,8 +18,8 @@ def _jwks_fetch_failed(reason: str) -> None:
 
 
 @functools.cache
-def verifier() -> TokenVerifier:
-    return TokenVerifier.for_issuer(AuthorizerSettings.from_environ(os.environ), on_fetch_error=_jwks_fetch_failed)
+def issuer() -> DiscoveredVerifier:
+    return DiscoveredVerifier(AuthorizerSettings.from_environ(os.environ), on_fetch_error=_jwks_fetch_failed)
 
 
 def _deny(reason: str) -> dict:
@@ -34,10 +34,14 @@ def lambda_handler(event, context):
     if token is None:
         return _deny("no bearer token")
     try:
-        token_verifier = verifier()
-    except (OSError, ValueError, KeyError):
-        # Fail closed; the next invocation tries discovery again (functools.cache keeps no failure).
-        logger.exception("OIDC discovery failed", extra={"issuer": os.environ.get("STATE_OIDC_ISSUER")})
+        token_verifier = issuer().verifier()
+    except IssuerUnavailable as unavailable:
+        # Fail closed; discovery is tried again after the cooldown.
+        logger.error("OIDC issuer unavailable", extra={"issuer": issuer().settings.issuer, "reason": str(unavailable)})
+        return DENY
+    except ValueError:
+        # Broken settings: every request is refused with the reason (functools.cache keeps no failure).
+        logger.exception("authorizer settings are invalid")
         return DENY
     try:
         verified = token_verifier.verify(token)

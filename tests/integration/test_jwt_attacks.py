@@ -300,6 +300,14 @@ def test_a_lifetime_over_the_maximum_is_denied_and_at_it_allowed(authz, issuer_k
     assert authz.allows(sign(issuer_key, claims(iat=now, exp=now + 3600)))
 
 
+@pytest.mark.parametrize("lifetime", [-10, 0])
+def test_a_token_that_expires_before_it_was_issued_is_denied(authz, issuer_key, claims, lifetime):
+    # Issued 10 s ago and expired within the leeway: only the exp <= iat rule refuses it.
+    issued = int(time.time()) - 10
+    assert authz.token(sign(issuer_key, claims(iat=issued, nbf=issued, exp=issued + lifetime))) == DENY
+    assert authz.allows(sign(issuer_key, claims(iat=issued, nbf=issued, exp=issued + 1)))
+
+
 def test_the_maximum_lifetime_is_configurable(configure, issuer_key, claims):
     authz = configure(STATE_OIDC_MAX_LIFETIME_SECONDS="300")
     now = int(time.time())
@@ -522,6 +530,25 @@ def test_a_new_key_within_the_cooldown_waits_for_it(authz, host, claims, valid):
     assert host.jwks_requests == 1
     clock.now += 25
     assert authz.allows(sign(fresh, claims()))
+
+
+def test_an_issuer_down_at_cold_start_is_asked_again_only_after_the_cooldown(authz, host, valid):
+    # Given a cold authorizer whose issuer's discovery document is unavailable
+    host.discovery_down = True
+    clock = FakeClock()
+    authz.module.issuer().clock = clock
+    # When requests keep coming for the cooldown (30 s), each is refused at once with 1 discovery request
+    started = time.monotonic()
+    for step in range(300):
+        clock.now = 1_000.0 + step * 0.1
+        assert authz.token(valid) == DENY
+    assert host.discovery_requests == 1
+    assert time.monotonic() - started < 5
+    # Then after the cooldown, with the issuer back, discovery is tried again and the token allowed
+    host.discovery_down = False
+    clock.now = 1_030.0
+    assert authz.allows(valid)
+    assert host.discovery_requests == 2
 
 
 def test_a_cold_authorizer_accepts_a_new_key_with_one_fetch(authz, host, claims):

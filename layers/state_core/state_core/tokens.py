@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 class TokenRejected(Exception):
     """The token is not acceptable. The message names the reason and never contains the token."""
+
+
+class IssuerUnavailable(Exception):
+    """The issuer's discovery document could not be had (now, or within the cooldown of a failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +151,14 @@ class TokenVerifier:
 
     @classmethod
     def for_issuer(
-        cls, settings: AuthorizerSettings, on_fetch_error: Callable[[str], None] | None = None
+        cls,
+        settings: AuthorizerSettings,
+        on_fetch_error: Callable[[str], None] | None = None,
+        discover: Callable[[str], str] = discover_jwks_uri,
     ) -> TokenVerifier:
         """A verifier whose keys come from the issuer's discovery document (fetched now, once)."""
         keys = JwksCache(
-            discover_jwks_uri(settings.issuer),
+            discover(settings.issuer),
             algorithms=settings.algorithms,
             ttl_seconds=settings.jwks_ttl_seconds,
             cooldown_seconds=settings.jwks_cooldown_seconds,
@@ -220,6 +228,9 @@ class TokenVerifier:
             raise TokenRejected("the token is not valid yet (nbf)")
         if issued > now + leeway:
             raise TokenRejected("the token was issued in the future (iat)")
+        if expires <= issued:
+            # No issuer mints such a token; within the leeway it would otherwise pass as a valid one.
+            raise TokenRejected("the token expires before it was issued (exp <= iat)")
         if expires - issued > settings.max_lifetime_seconds:
             raise TokenRejected(f"the token's lifetime (exp - iat) is over {settings.max_lifetime_seconds} s")
         if claims["iss"] != settings.issuer:
@@ -251,3 +262,46 @@ def bearer_token(headers: Mapping[str, str] | None) -> str | None:
     if scheme.lower() != "bearer" or not token or " " in token:
         return None
     return token
+
+
+class DiscoveredVerifier:
+    """The issuer's TokenVerifier, built on first use from its discovery document.
+
+    A failed discovery is tried again no sooner than the JWKS cooldown: an issuer that is down when a
+    container starts is asked at most twice a minute (not once per request), and requests meanwhile are
+    refused at once instead of each waiting up to the 1.5 s fetch limit."""
+
+    def __init__(
+        self,
+        settings: AuthorizerSettings,
+        on_fetch_error: Callable[[str], None] | None = None,
+        *,
+        discover: Callable[[str], str] = discover_jwks_uri,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._on_fetch_error = on_fetch_error
+        self._discover = discover
+        self._verifier: TokenVerifier | None = None
+        self._failed_at: float | None = None
+        self._failure = ""
+        self._lock = threading.Lock()
+
+    def verifier(self) -> TokenVerifier:
+        """The verifier; IssuerUnavailable while discovery fails or cools down after a failure."""
+        if self._verifier is not None:
+            return self._verifier
+        with self._lock:
+            if self._verifier is not None:
+                return self._verifier
+            if self._failed_at is not None:
+                waited = self.clock() - self._failed_at
+                if waited < self.settings.jwks_cooldown_seconds:
+                    raise IssuerUnavailable(f"discovery failed {waited:.0f} s ago ({self._failure}); not retried yet")
+            try:
+                self._verifier = TokenVerifier.for_issuer(self.settings, self._on_fetch_error, self._discover)
+            except (OSError, ValueError, KeyError) as exc:
+                self._failed_at, self._failure = self.clock(), f"{type(exc).__name__}: {exc}"
+                raise IssuerUnavailable(f"discovery failed ({self._failure})") from exc
+            return self._verifier
