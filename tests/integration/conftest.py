@@ -65,6 +65,11 @@ def http_event(
 
 
 class LambdaContext:
+    """Lambda's context object, with 10 s left of the invocation unless told otherwise."""
+
+    def __init__(self, remaining_ms: int = 10_000):
+        self.remaining_ms = remaining_ms
+
     function_name = "test"
     function_version = "$LATEST"
     invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:test"
@@ -74,7 +79,7 @@ class LambdaContext:
     log_stream_name = "test"
 
     def get_remaining_time_in_millis(self):
-        return 10_000
+        return self.remaining_ms
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +97,10 @@ def handler_environment(moto_server, state_table):
 
 @pytest.fixture(scope="session")
 def invoke(handler_environment):
-    """invoke(function_dir, event) -> response dict, through the function's real lambda_handler."""
+    """invoke(function_dir, event[, context]) -> response dict, through the function's real lambda_handler."""
     handlers = {}
 
-    def call(function, event):
+    def call(function, event, context=None):
         if function not in handlers:
             # Every function's module is app.py: load each under its own name.
             spec = importlib.util.spec_from_file_location(
@@ -104,7 +109,7 @@ def invoke(handler_environment):
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             handlers[function] = module.lambda_handler
-        return handlers[function](event, LambdaContext())
+        return handlers[function](event, context or LambdaContext())
 
     return call
 

@@ -3,7 +3,7 @@ what a read of an old version answers as the history ages, and the expiry's vers
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -14,24 +14,9 @@ from state_core.lifecycle import StreamLifecycle, expiry_marker
 from state_core.manager import StateManager
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import ConditionFailed, StateStore
+from tests.doubles import Clock, FailingService, NoMetrics
 
 pytestmark = pytest.mark.integration
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Metrics:
-    def add_metric(self, name, unit, value):
-        pass
 
 
 @pytest.fixture
@@ -56,7 +41,7 @@ def history(client, state_table):
 
 @pytest.fixture
 def manager(store, history, clock):
-    return StateManager(store, history=history, clock=clock, metrics=Metrics())
+    return StateManager(store, history=history, clock=clock, metrics=NoMetrics())
 
 
 @pytest.fixture
@@ -114,6 +99,25 @@ def test_the_first_page_always_starts_with_the_current_version(manager, reader, 
     rest = reader.list(key, limit=1, cursor=page.next_cursor)
     assert [e.version for e in rest.entries] == [1]
     assert rest.next_cursor is None
+
+
+def test_history_reads_answer_503_when_dynamodb_throttles_them(manager, store, clock, state_table, key, monkeypatch):
+    # Given a key with three versions, and history reads that DynamoDB throttles on every attempt (and
+    # botocore's backoff without its sleeps, which only slow the test)
+    manager.put(key, {"a": 1}, actor="alice")
+    manager.put(key, {"a": 2}, actor="alice")
+    manager.put(key, {"a": 3}, actor="alice")
+    throttled_client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    throttled = FailingService(400, "ThrottlingException")
+    throttled_client.meta.events.register("before-send.dynamodb", throttled)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    reader = HistoryReader(store, HistoryStore(throttled_client, state_table, retention_seconds=86_400), clock=clock)
+    # Then a page and an old version are 503 + Retry-After (ServiceUnavailable), after botocore's 3 attempts each
+    with pytest.raises(ServiceUnavailable):
+        reader.list(key, limit=10, cursor=None)
+    with pytest.raises(ServiceUnavailable):
+        reader.version(key, 1)
+    assert throttled.attempts == 6
 
 
 def test_a_key_that_never_existed_has_no_history(reader, key):

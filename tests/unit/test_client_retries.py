@@ -7,32 +7,13 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from devstack.resources import DUMMY_CREDENTIALS
 from state_core.runtime import DYNAMODB_CONFIG, EVENTS_CONFIG
+from tests.doubles import FailingService
 
 pytestmark = pytest.mark.unit
-
-
-class Unavailable:
-    """Answers every request with 503 before it leaves the process, and counts them."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def __call__(self, request, **_):
-        self.sent += 1
-        return AWSResponse(request.url, 503, {"Content-Type": "application/x-amz-json-1.1"}, Body(b"{}"))
-
-
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def stream(self, **_):
-        yield self._data
 
 
 @pytest.mark.parametrize(
@@ -52,9 +33,9 @@ def test_a_failing_call_is_sent_three_times(service, config, call, monkeypatch):
         **DUMMY_CREDENTIALS,
         config=config,
     )
-    unavailable = Unavailable()
+    unavailable = FailingService()
     client.meta.events.register(f"before-send.{service}", unavailable)
     # When one call is made, it fails after three attempts
     with pytest.raises(ClientError):
         call(client)
-    assert unavailable.sent == 3
+    assert unavailable.attempts == 3

@@ -35,7 +35,7 @@ from state_core.blobs import MARKER_PREFIX, BlobRef
 from state_core.codec import StoredValue
 from state_core.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.models import StateRecord
-from state_core.store import record_of_item, value_of_item
+from state_core.store import dynamodb_errors, record_of_item, value_of_item
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
@@ -252,11 +252,12 @@ class HistoryStore:
         )
 
     def get(self, key: str, version: int) -> HistoryEntry | None:
-        item = self._client.get_item(
-            TableName=self._table,
-            Key={"pk": {"S": key}, "sk": {"S": history_sort_key(version)}},
-            ConsistentRead=True,
-        ).get("Item")
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": key}, "sk": {"S": history_sort_key(version)}},
+                ConsistentRead=True,
+            ).get("Item")
         return None if item is None else entry_of_item(item)
 
     def exists(self, key: str, version: int) -> bool:
@@ -290,7 +291,8 @@ class HistoryStore:
         entries: list[HistoryEntry] = []
         while len(entries) <= limit:
             request["Limit"] = limit + 1 - len(entries)
-            response = self._client.query(**request)
+            with dynamodb_errors():
+                response = self._client.query(**request)
             entries += [entry_of_item(item) for item in response.get("Items", [])]
             if "LastEvaluatedKey" not in response:
                 break

@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from state_core import audit
+from state_core import audit, deadline
 
 logger = Logger()
 metrics = Metrics()
@@ -27,6 +27,11 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 def _tracing_enabled() -> bool:
     return os.environ.get("STATE_TRACING", "false").lower() == "true"
+
+
+def _remaining_seconds(context: Any) -> float | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else remaining() / 1000
 
 
 def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
@@ -42,7 +47,8 @@ def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
             metrics.add_dimension(name="operation", value=operation)
             audit.begin()
             try:
-                response = handler(event, context)
+                with deadline.budget(_remaining_seconds(context)):
+                    response = handler(event, context)
             except BaseException:
                 audit.emit(operation, event, None, status=500)  # Lambda reports the error; API Gateway 500s
                 raise

@@ -14,7 +14,7 @@ from typing import Any
 import botocore.session
 from botocore.config import Config
 
-from state_core import failpoints
+from state_core import deadline, failpoints
 from state_core.blobs import BlobStore
 from state_core.config import PublisherSettings, ServiceSettings
 from state_core.manager import PatchPolicy, StateManager
@@ -32,6 +32,10 @@ DYNAMODB_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 3},
     tcp_keepalive=True,
 )
+# What one more DynamoDB attempt may need of the invocation's time (deadline.guard): connect + read
+# timeouts, the longest backoff before the attempt after it (standard mode: up to 2 s before the third),
+# and a little to answer the client.
+DYNAMODB_ATTEMPT_BUDGET_SECONDS = 1 + 2 + 2 + 0.3
 
 
 # The publisher's calls: short timeouts, botocore's standard retries for throttling and 5xx; entries
@@ -64,6 +68,7 @@ def role_policy() -> RolePolicy:
 def dynamodb_client() -> Any:
     # botocore directly: boto3 adds nothing a client needs and costs ~0.1 s of cold start (s3transfer).
     client = botocore.session.get_session().create_client("dynamodb", config=DYNAMODB_CONFIG)
+    deadline.guard(client, needed_seconds=DYNAMODB_ATTEMPT_BUDGET_SECONDS)
     if failpoints.ENABLED:  # only ever in tests and the local stack (failpoints.allowed)
         failpoints.install_dynamodb_faults(client)
     return client

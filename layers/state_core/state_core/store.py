@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from state_core.blobs import BlobRef, BlobStore
 from state_core.codec import StoredValue
+from state_core.deadline import OutOfTime
 from state_core.errors import ServiceUnavailable
 from state_core.models import StateRecord, rfc3339
 
@@ -153,7 +154,7 @@ class StateStore:
     def get(self, key: str) -> StateRecord | None:
         """Strongly consistent read of the key's item (tombstones included), with its value loaded."""
         for _ in range(_READ_ATTEMPTS):
-            with _dynamodb_errors():
+            with dynamodb_errors():
                 item = self._client.get_item(TableName=self._table, Key=self._item_key(key), ConsistentRead=True).get(
                     "Item"
                 )
@@ -168,7 +169,7 @@ class StateStore:
         """`record` with its blob loaded; None if the blob was collected (a newer version replaced it)."""
         if record.blob is None or record.value is not None:
             return record
-        with _dynamodb_errors():
+        with dynamodb_errors():
             value = self.blobs.load(record.blob)
         return None if value is None else replace(record, value=value)
 
@@ -191,7 +192,7 @@ class StateStore:
         write_id = new_write_id()
         blob = None
         if len(value.data) > INLINE_VALUE_BYTES:
-            with _dynamodb_errors():
+            with dynamodb_errors():
                 blob = self.blobs.put(key, write_id, value, now)
         # A write that starts a new life (create, or re-create over a tombstone or an expired item)
         # resets created_at; otherwise if_not_exists keeps it. `incarnation` tells which happened without
@@ -255,7 +256,7 @@ class StateStore:
     def _discard(self, key: str, blob: BlobRef) -> None:
         """Remove the blob of a write that lost its condition; if this fails too, the sweep collects it."""
         try:
-            with _dynamodb_errors():
+            with dynamodb_errors():
                 self.blobs.delete(key, [blob])
         except (ServiceUnavailable, ClientError):
             pass
@@ -319,7 +320,7 @@ class StateStore:
 
     def head(self, key: str) -> dict[str, Any] | None:
         """The state item without its value (strongly consistent), as DynamoDB returns it."""
-        with _dynamodb_errors():
+        with dynamodb_errors():
             item: dict[str, Any] | None = self._client.get_item(
                 TableName=self._table,
                 Key=self._item_key(key),
@@ -330,7 +331,7 @@ class StateStore:
         return item
 
     def load_blob(self, blob: BlobRef) -> StoredValue | None:
-        with _dynamodb_errors():
+        with dynamodb_errors():
             return self.blobs.load(blob)
 
     @staticmethod
@@ -364,7 +365,7 @@ class StateStore:
         condition = f"{condition} AND (attribute_not_exists(#write_id) OR #write_id <> :write_id)"
         names = {name: attr for name, attr in _NAMES.items() if name in update or name in condition}
         try:
-            with _dynamodb_errors():
+            with dynamodb_errors():
                 return self._client.update_item(
                     TableName=self._table,
                     Key=self._item_key(key),
@@ -391,7 +392,7 @@ class StateStore:
 
 
 @contextmanager
-def _dynamodb_errors() -> Iterator[None]:
+def dynamodb_errors() -> Iterator[None]:
     """DynamoDB slow or unavailable once botocore's own retries are spent: ServiceUnavailable (503)."""
     try:
         yield
@@ -399,7 +400,9 @@ def _dynamodb_errors() -> Iterator[None]:
         if exc.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
             raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
         raise
-    except (ConnectionError, HTTPClientError) as exc:
+    except (ConnectionError, HTTPClientError, OutOfTime) as exc:
+        # OutOfTime: an earlier attempt may have timed out after DynamoDB applied it, so this is as
+        # indeterminate as a timeout (a retried write is recognized by its write id).
         raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
 
 
