@@ -9,7 +9,7 @@ import statistics
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from devstack.resources import DUMMY_CREDENTIALS
+from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +127,7 @@ def test_a_write_whose_handler_never_ran_past_it_still_yields_its_event(devstack
         key,
         StoredValue.encode(b'{"crashed":true}'),
         actor="writer",
-        now=datetime.now(UTC),
+        now=utc_now(),
         precondition=Precondition.NOT_EXPIRED,
     )
 
@@ -160,11 +161,7 @@ def test_the_stream_brings_the_cache_to_a_version_the_handler_never_cached(devst
     cache = redis.Redis.from_url(redis_url)
     ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
 
-    class NoMetrics:
-        def add_metric(self, name: str, unit: Any, value: float) -> None:
-            pass
-
-    manager = StateManager(StateStore(ddb, devstack.table_name), clock=lambda: datetime.now(UTC), metrics=NoMetrics())
+    manager = StateManager(StateStore(ddb, devstack.table_name), clock=utc_now, metrics=NoMetrics())
     key = f"ev:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")
     manager.put(key, {"v": 2}, actor="alice")

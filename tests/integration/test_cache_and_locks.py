@@ -5,7 +5,6 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -22,28 +21,12 @@ from state_core.models import StateRecord
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
+from tests.doubles import RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_SECONDS = 0.05
 BREAKER_SECONDS = 2.0
-
-
-class RecordedMetrics:
-    def __init__(self):
-        self.values = []
-        self._lock = threading.Lock()
-
-    def add_metric(self, name, unit, value):
-        with self._lock:
-            self.values.append((name, value))
-
-    def count(self, name):
-        return sum(value for metric, value in self.values if metric == name)
-
-
-def utc_now():
-    return datetime.now(UTC)
 
 
 class Stack:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -44,6 +44,7 @@ from state_core.models import StateRecord, rfc3339
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import ConditionFailed, Precondition, StateStore, WriteResult
+from tests.doubles import NoMetrics, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
 
@@ -53,15 +54,6 @@ SAMPLE_2R2W = 2_000
 SEED = 20261128
 STEPS = {"reader": 3, "writer": 2}
 POINTS = ("after_cache_miss", "after_fill_read_before_set", "after_db_write_before_cache")
-
-
-class NoMetrics:
-    def add_metric(self, name: str, unit: Any, value: float) -> None:
-        pass
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class VersionedDict:

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -23,23 +22,9 @@ from state_core.manager import StateManager
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
+from tests.doubles import RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.values: list[tuple[str, float]] = []
-
-    def add_metric(self, name, unit, value):
-        self.values.append((name, value))
-
-    def count(self, name):
-        return sum(v for n, v in self.values if n == name)
-
-
-def utc_now():
-    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -55,7 +40,7 @@ def key():
 
 
 def build(redis_url, table, *, client=None, lease_seconds=2.0):
-    metrics = Metrics()
+    metrics = RecordedMetrics()
     link = RedisLink(
         connect(redis_url, password=None, timeout_seconds=0.05), CircuitBreaker(open_seconds=2.0), on_error=lambda: None
     )

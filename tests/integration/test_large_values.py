@@ -6,7 +6,7 @@ import json
 import random
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import boto3
 import pytest
@@ -17,19 +17,11 @@ from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed
 from state_core.manager import Expectation, StateManager
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore, new_write_id
+from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
 ONE_MIB = 1_048_576
-
-
-class NoMetrics:
-    def add_metric(self, name, unit, value):
-        pass
-
-
-def utc_now():
-    return datetime.now(UTC)
 
 
 def after_grace():

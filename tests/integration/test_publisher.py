@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -19,18 +18,11 @@ from state_core.events import Operation, event_id
 from state_core.manager import StateManager
 from state_core.publisher import ChangePublisher, PublishPolicy
 from state_core.store import StateStore
+from tests.doubles import RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
-
-
-class RecordingMetrics:
-    def __init__(self) -> None:
-        self.counts: dict[str, float] = {}
-
-    def add_metric(self, name: str, unit: Any, value: float) -> None:
-        self.counts[name] = self.counts.get(name, 0) + value
 
 
 class Log:
@@ -97,7 +89,7 @@ def aws(moto_server: str) -> dict[str, Any]:
 def manager(state_table: str) -> StateManager:
     """Writes without any cache: only the stream path can bring the cache up to date."""
     store = StateStore(boto3.client("dynamodb", region_name=REGION), state_table)
-    return StateManager(store, clock=lambda: datetime.now(UTC), metrics=RecordingMetrics())
+    return StateManager(store, clock=utc_now, metrics=RecordedMetrics())
 
 
 def stream_records(state_table: str, keys: set[str]) -> list[dict[str, Any]]:
@@ -136,7 +128,7 @@ def publisher(aws: dict[str, Any], events_client: Any, *, cache: Any = None, log
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"],
         cache=cache,
-        metrics=RecordingMetrics(),
+        metrics=RecordedMetrics(),
         log=log or Log(),
         policy=PublishPolicy(max_attempts=3, base_backoff_seconds=0.01, max_backoff_seconds=0.02),
         sleep=lambda _seconds: None,
@@ -215,7 +207,7 @@ def test_records_that_cannot_even_be_dead_lettered_are_reported_as_batch_item_fa
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"] + "-missing",
         cache=None,
-        metrics=RecordingMetrics(),
+        metrics=RecordedMetrics(),
         log=Log(),
         policy=PublishPolicy(max_attempts=2, base_backoff_seconds=0.01),
         sleep=lambda _seconds: None,
@@ -258,7 +250,7 @@ def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_
     from state_core.redis_link import RedisLink, connect
 
     link = RedisLink(connect(redis_server.url, password=None, timeout_seconds=0.5), CircuitBreaker(5), lambda: None)
-    cache = RedisStateCache(link, RecordingMetrics(), clock=lambda: datetime.now(UTC))
+    cache = RedisStateCache(link, RecordedMetrics(), clock=utc_now)
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")
     manager.put(key, {"v": 2}, actor="alice")

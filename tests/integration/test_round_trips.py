@@ -4,7 +4,6 @@ the serialized moto server. Counts are taken in steady state: scripts already lo
 
 import threading
 import uuid
-from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -17,6 +16,7 @@ from state_core.manager import StateManager
 from state_core.redis_link import RedisLink
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
+from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,6 @@ def counting_connection(recorder):
             return super().send_packed_command(command, check_health)
 
     return CountingConnection
-
-
-class NoMetrics:
-    def add_metric(self, name, unit, value):
-        pass
-
-
-def utc_now():
-    return datetime.now(UTC)
 
 
 @pytest.fixture

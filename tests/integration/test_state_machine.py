@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -31,6 +31,7 @@ from state_core.manager import Expectation, StateManager
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
+from tests.doubles import Clock, NoMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
 
@@ -41,19 +42,6 @@ values = st.dictionaries(st.sampled_from("xyz"), st.integers(0, 9) | st.booleans
 patches = st.dictionaries(st.sampled_from("xyzw"), st.none() | st.integers(0, 9), max_size=3)
 ttls = st.sampled_from([None, 1, 2, 3])
 keys = st.sampled_from(KEYS)
-
-
-class NoMetrics:
-    def add_metric(self, name: str, unit: Any, value: float) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -102,7 +90,7 @@ def tally(name: str) -> None:
 class StateMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = Clock(datetime.now(UTC).replace(microsecond=0))
         link = RedisLink(
             connect(Wiring.redis_url, password=None, timeout_seconds=2.0),
             CircuitBreaker(open_seconds=1.0),
@@ -214,7 +202,7 @@ class StateMachine(RuleBasedStateMachine):
     @rule(seconds=st.integers(1, 3))
     def time_passes(self, seconds: int) -> None:
         tally("time_passes")
-        self.clock.now += timedelta(seconds=seconds)
+        self.clock.advance(seconds)
 
     @invariant()
     def cached_reads_agree_with_the_model(self) -> None:

@@ -5,7 +5,6 @@ import json
 import os
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
@@ -14,30 +13,9 @@ from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed, Ser
 from state_core.manager import Expectation, StateManager
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
+from tests.doubles import Clock, RecordedMetrics
 
 pytestmark = pytest.mark.integration
-
-
-class Clock:
-    def __init__(self):
-        self.now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
-
-
-class RecordedMetrics:
-    def __init__(self):
-        self.values = []
-
-    def add_metric(self, name, unit, value):
-        self.values.append((name, value))
-
-    def count(self, name):
-        return sum(value for metric, value in self.values if metric == name)
 
 
 @pytest.fixture

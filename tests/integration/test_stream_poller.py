@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -17,16 +16,12 @@ from devstack.stream_poller import MappingSettings, StreamPoller, matches
 from devstack.workers import InvokeResult, WorkerConfig, WorkerPool
 from state_core.manager import StateManager
 from state_core.store import StateStore
+from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
 STATE_FILTER = {"dynamodb": {"Keys": {"sk": {"S": ["state"]}}}}
-
-
-class NoMetrics:
-    def add_metric(self, name: str, unit: Any, value: float) -> None:
-        pass
 
 
 @dataclass
@@ -80,7 +75,7 @@ def settings_for(table: str, **overrides: Any) -> MappingSettings:
 
 def write(table: str, *keys: str) -> None:
     store = StateStore(boto3.client("dynamodb", region_name=REGION), table)
-    manager = StateManager(store, clock=lambda: datetime.now(UTC), metrics=NoMetrics())
+    manager = StateManager(store, clock=utc_now, metrics=NoMetrics())
     for key in keys:
         manager.put(key, {"k": key}, actor="alice")
 
