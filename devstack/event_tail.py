@@ -37,6 +37,20 @@ def sqs_client(endpoint_url: str) -> Any:
     return boto3.client("sqs")
 
 
+def take_messages(sqs: Any, queue_url: str, *, wait: int = 0, keep: bool = False) -> list[Any]:
+    """One receive of up to 10 messages, their JSON bodies, deleted in one batch unless `keep`.
+
+    One batch delete instead of one call a message: draining thousands of events from the serialized
+    emulator (the history checker's 4,300 in `make verify`) took ten minutes one by one."""
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get("Messages", [])
+    if messages and not keep:
+        entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)]
+        failed = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            raise RuntimeError(f"could not delete {len(failed)} messages from {queue_url}: {failed[0]}")
+    return [json.loads(message["Body"]) for message in messages]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoint-url", default=local_endpoint(), help="AWS emulator ('' for real AWS)")
@@ -50,18 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             wait = 0 if args.endpoint_url else 20
-            messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get(
-                "Messages", []
-            )
-            for message in messages:
-                event = json.loads(message["Body"])
+            events = take_messages(sqs, queue_url, wait=wait, keep=args.keep)
+            for event in events:
                 line = {"id": event.get("id"), "time": event.get("time"), **(event.get("detail") or {})}
                 print(json.dumps(line, ensure_ascii=False), flush=True)
-                if not args.keep:
-                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            if not messages and args.once:
+            if not events and args.once:
                 return
-            if not messages and not wait:
+            if not events and not wait:
                 time.sleep(0.2)
 
 

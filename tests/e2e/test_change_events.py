@@ -16,6 +16,7 @@ import boto3
 import pytest
 import requests
 
+from devstack.event_tail import take_messages
 from devstack.resources import DUMMY_CREDENTIALS
 from tests.doubles import NoMetrics, utc_now
 
@@ -38,14 +39,13 @@ class Inbox:
         with self._lock:
             while True:
                 # Short polls: the emulator serves one request at a time, a long poll would stall it.
-                messages = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10).get("Messages", [])
+                events = take_messages(self.sqs, self.url)
                 seen = time.time()
-                if not messages:
+                if not events:
                     return
-                for message in messages:
-                    detail = json.loads(message["Body"])["detail"]
+                for event in events:
+                    detail = event["detail"]
                     self.by_key.setdefault(detail["key"], []).append((seen, detail))
-                    self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
 
     def wait_for(self, key: str, versions: int, timeout: float = ARRIVAL_TIMEOUT) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -42,6 +42,7 @@ import boto3
 import pytest
 import requests
 
+from devstack.event_tail import take_messages
 from devstack.redis_server import RedisServer
 from devstack.resources import DUMMY_CREDENTIALS
 
@@ -397,11 +398,8 @@ def test_every_acknowledged_version_has_its_event(history_stack, ledger):
     waited_from = time.monotonic()
     deadline = waited_from + EVENT_TIMEOUT
     while not acknowledged <= events and time.monotonic() < deadline:
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-        for message in messages:
-            detail = json.loads(message["Body"])["detail"]
-            events.add((detail["key"], detail["version"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        messages = take_messages(sqs, url)
+        events.update((message["detail"]["key"], message["detail"]["version"]) for message in messages)
         if messages:
             deadline = time.monotonic() + EVENT_TIMEOUT
         else:

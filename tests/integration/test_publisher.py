@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devstack.event_tail import take_messages
 from devstack.stream_poller import lambda_record
 from state_core.events import Operation, event_id
 from state_core.manager import StateManager
@@ -112,13 +113,9 @@ def stream_records(state_table: str, keys: set[str]) -> list[dict[str, Any]]:
 
 def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    while True:
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        if not messages:
-            return found
-        for message in messages:
-            found.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    while messages := take_messages(sqs, queue):
+        found += messages
+    return found
 
 
 def publisher(aws: dict[str, Any], events_client: Any, *, cache: Any = None, log: Log | None = None) -> ChangePublisher:

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devstack.event_tail import take_messages
 from devstack.stream_poller import MappingSettings, StreamPoller, matches
 from devstack.workers import InvokeResult, WorkerConfig, WorkerPool
 from state_core.manager import StateManager
@@ -167,8 +168,7 @@ def test_a_killed_execution_environment_gets_the_batch_again_and_the_event_is_pu
     received: list[dict[str, Any]] = []
 
     def arrived() -> bool:
-        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
-            received.append(json.loads(message["Body"])["detail"])
+        received.extend(message["detail"] for message in take_messages(sqs, queue, keep=True))
         return bool(received)
 
     # When the poller runs
