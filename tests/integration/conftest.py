@@ -119,6 +119,32 @@ def key():
     return f"test:{uuid.uuid4().hex}"
 
 
+@pytest.fixture
+def clock():
+    """A clock standing at a fixed time until the test advances it."""
+    from tests.doubles import Clock
+
+    return Clock()
+
+
+@pytest.fixture
+def client(moto_server):
+    """A DynamoDB client as the functions configure theirs (timeouts, 3 attempts)."""
+    import boto3
+
+    from state_core.runtime import DYNAMODB_CONFIG
+
+    return boto3.client("dynamodb", endpoint_url=moto_server, config=DYNAMODB_CONFIG)
+
+
+@pytest.fixture
+def store(client, state_table):
+    """The real StateStore on the state table."""
+    from state_core.store import StateStore
+
+    return StateStore(client, state_table)
+
+
 @pytest.fixture(scope="session")
 def dev_issuer(tmp_path_factory):
     """The dev OIDC issuer (discovery + JWKS) on a free port, served from a background event loop."""

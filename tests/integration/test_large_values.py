@@ -8,15 +8,13 @@ import threading
 import uuid
 from datetime import timedelta
 
-import boto3
 import pytest
 
 from state_core.blobs import WRITE_GRACE_SECONDS
 from state_core.codec import StoredValue
 from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed
 from state_core.manager import Expectation, StateManager
-from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore, new_write_id
+from state_core.store import new_write_id
 from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -32,16 +30,6 @@ def incompressible(size=ONE_MIB, seed=None):
     """A JSON string whose canonical form is exactly `size` bytes of random base64."""
     rng = random.Random(seed)
     return base64.b64encode(rng.randbytes(size)).decode()[: size - 2]
-
-
-@pytest.fixture
-def client(moto_server):
-    return boto3.client("dynamodb", config=DYNAMODB_CONFIG)
-
-
-@pytest.fixture
-def store(client, state_table):
-    return StateStore(client, state_table)
 
 
 @pytest.fixture

@@ -13,29 +13,14 @@ from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed, Ser
 from state_core.manager import Expectation, StateManager
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import Clock, RecordedMetrics
+from tests.doubles import RecordedMetrics
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
 def recorded_metrics():
     return RecordedMetrics()
-
-
-@pytest.fixture
-def client(moto_server):
-    return boto3.client("dynamodb", endpoint_url=moto_server, config=DYNAMODB_CONFIG)
-
-
-@pytest.fixture
-def store(client, state_table):
-    return StateStore(client, state_table)
 
 
 @pytest.fixture

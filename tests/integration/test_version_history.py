@@ -13,25 +13,10 @@ from state_core.history import HistoryReader, HistoryStore, decode_cursor, encod
 from state_core.lifecycle import StreamLifecycle, expiry_marker
 from state_core.manager import StateManager
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import ConditionFailed, StateStore
-from tests.doubles import Clock, FailingService, NoMetrics
+from state_core.store import ConditionFailed
+from tests.doubles import FailingService, NoMetrics
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def client(moto_server):
-    return boto3.client("dynamodb", endpoint_url=moto_server, config=DYNAMODB_CONFIG)
-
-
-@pytest.fixture
-def store(client, state_table):
-    return StateStore(client, state_table)
 
 
 @pytest.fixture
