@@ -35,29 +35,22 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def _fresh_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A new interpreter, started outside the repo with the environment above (as a cold container)."""
+    return subprocess.run(
+        [sys.executable, *args], check=True, capture_output=True, text=True, env=_environment(), cwd="/"
+    )
+
+
 def _import_seconds(module: str, paths: list[str]) -> float:
-    output = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(paths=paths, module=module)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        cwd="/",
-    ).stdout
+    output = _fresh_python("-c", _PROBE.format(paths=paths, module=module)).stdout
     return float(output.strip().splitlines()[-1])
 
 
 def top_imports(function: str, count: int = 10) -> list[dict[str, Any]]:
     """The `count` top-level packages that cost the handler's import most (self time summed, ms)."""
     paths = [str(LAYER), str(REPO_ROOT / "functions" / function)]
-    stderr = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"import sys; sys.path[:0] = {paths!r}; import app"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        cwd="/",
-    ).stderr
+    stderr = _fresh_python("-X", "importtime", "-c", f"import sys; sys.path[:0] = {paths!r}; import app").stderr
     totals: dict[str, float] = defaultdict(float)
     for line in stderr.splitlines():
         match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)

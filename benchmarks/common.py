@@ -70,16 +70,7 @@ def timed(
     before: Callable[[int], Any] | None = None,
 ) -> list[float]:
     """Seconds per call of `operation(i)`; `before(i)` runs untimed first (e.g. to empty the cache)."""
-    samples = []
-    for i in range(-warmup, runs):
-        if before is not None:
-            before(i)
-        started = time.perf_counter()
-        operation(i)
-        elapsed = time.perf_counter() - started
-        if i >= 0:
-            samples.append(elapsed)
-    return samples
+    return _timed_in_turn([(operation, before)], runs, warmup)[0]
 
 
 def interleaved(
@@ -92,13 +83,22 @@ def interleaved(
     before_baseline: Callable[[int], Any] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Both timed in alternation, so drift in the machine's load hits both alike."""
-    samples: tuple[list[float], list[float]] = ([], [])
+    measured_samples, baseline_samples = _timed_in_turn([(measured, before), (baseline, before_baseline)], runs, warmup)
+    return measured_samples, baseline_samples
+
+
+def _timed_in_turn(
+    targets: list[tuple[Callable[[int], Any], Callable[[int], Any] | None]], runs: int, warmup: int
+) -> list[list[float]]:
+    """For i from -warmup to runs, each (operation, before) in turn: before(i) untimed, then operation(i)
+    timed; the seconds of the runs with i >= 0, one list per target."""
+    samples: list[list[float]] = [[] for _ in targets]
     for i in range(-warmup, runs):
-        for target, prepare, out in ((measured, before, samples[0]), (baseline, before_baseline, samples[1])):
-            if prepare is not None:
-                prepare(i)
+        for (operation, before), out in zip(targets, samples, strict=True):
+            if before is not None:
+                before(i)
             started = time.perf_counter()
-            target(i)
+            operation(i)
             elapsed = time.perf_counter() - started
             if i >= 0:
                 out.append(elapsed)
