@@ -159,19 +159,25 @@ def ledger():
     return {"ops": [], "events": set(), "faults": Faults(), "seconds": 0.0, "stale_after_fault": 0.0, **counts}
 
 
-def collect_events(stack, events: set[tuple[str, int]]) -> int:
-    """Take what `state-changes` holds now into `events` as (key, version); how many messages were taken.
+@pytest.fixture(scope="module")
+def collect_events(history_stack):
+    """collect_events(events): take what `state-changes` holds now into `events` as (key, version); answers
+    how many messages were taken.
 
     Called after every seed as well as at the end: the emulator's receive costs grow with the queue's
     length (about 1 s a call with 2,000 waiting), so a queue left to fill for 100 seeds took ten minutes
     to drain."""
-    sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
+    sqs = boto3.client("sqs", endpoint_url=history_stack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
     url = sqs.get_queue_url(QueueName="state-service-local-state-changes")["QueueUrl"]
-    taken = 0
-    while messages := take_messages(sqs, url):
-        events.update((message["detail"]["key"], message["detail"]["version"]) for message in messages)
-        taken += len(messages)
-    return taken
+
+    def collect(events: set[tuple[str, int]]) -> int:
+        taken = 0
+        while messages := take_messages(sqs, url):
+            events.update((message["detail"]["key"], message["detail"]["version"]) for message in messages)
+            taken += len(messages)
+        return taken
+
+    return collect
 
 
 def run_client(stack, number: int, seed: int, keys: list[str], ops: list[Op], start: threading.Barrier) -> None:
@@ -341,7 +347,7 @@ def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: F
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, seed):
+def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collect_events, seed):
     run = uuid.uuid4().hex[:6]
     keys = [f"h:{seed}:{run}:{n}" for n in range(KEYS)]
     ops: list[Op] = []
@@ -383,7 +389,7 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, seed):
     ledger["overtaken"] += sum(bool(overtaken(patch, ops)) for patch in paused)
     ledger["seeds"] += 1
     ledger["seconds"] += time.monotonic() - began
-    collect_events(history_stack, ledger["events"])
+    collect_events(ledger["events"])
     assert not findings.problems, f"seed {seed}:\n" + "\n".join(findings.problems)
 
 
@@ -403,7 +409,7 @@ def test_every_fault_happened(ledger):
     assert ledger["faults"].redis_windows
 
 
-def test_every_acknowledged_version_has_its_event(history_stack, ledger):
+def test_every_acknowledged_version_has_its_event(ledger, collect_events):
     """After the seeds: each acknowledged write's version reached `state-changes` (at least once)."""
     acknowledged = {(op.key, op.version) for op in ledger["ops"] if op.acknowledged}
     if not acknowledged:
@@ -413,7 +419,7 @@ def test_every_acknowledged_version_has_its_event(history_stack, ledger):
     waited_from = time.monotonic()
     deadline = waited_from + EVENT_TIMEOUT
     while not acknowledged <= events and time.monotonic() < deadline:
-        if collect_events(history_stack, events):
+        if collect_events(events):
             deadline = time.monotonic() + EVENT_TIMEOUT
         else:
             time.sleep(0.1)
