@@ -46,7 +46,8 @@ Model = TypeVar("Model", bound=BaseModel)
 # fixes ttl_seconds outside 1 s..10 years, or not an integer, at 400.
 _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
-_ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*\Z')
+# ASCII digits and whitespace only: `\d` and `\s` would match other scripts' digits and spaces.
+_ETAG = re.compile(r'[ \t]*(W/)?"([0-9]{1,18})"[ \t]*\Z')
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}}}
@@ -246,7 +247,7 @@ def json_response(status: int, body: str) -> Response[str]:
 
 
 def consistent_read_requested(event: APIGatewayProxyEventV2) -> bool:
-    value = (event.query_string_parameters or {}).get("consistent")
+    value = query_parameter(event, "consistent")
     if value is None:
         return False
     if value not in ("true", "false"):
