@@ -16,7 +16,7 @@ router = APIGatewayHttpRouter()
     summary="Delete a key",
     responses={
         204: {"description": "Deleted; the ETag names the tombstone's version"},
-        **api.ERROR_RESPONSES,
+        **api.error_responses(400, 403, 404, 412, 503),
     },
 )
 def delete_state(key: str):

@@ -18,7 +18,7 @@ router = APIGatewayHttpRouter()
     responses={
         200: api.ENVELOPE_RESPONSE,
         304: {"description": "Not modified"},
-        **api.ERROR_RESPONSES,
+        **api.error_responses(400, 403, 404, 503),
         410: api.GONE_RESPONSE,
     },
 )
@@ -37,7 +37,7 @@ def get_state(key: str):
 @router.get(
     "/state/<key>/history",
     summary="List a key's versions, newest first",
-    responses={200: api.HISTORY_RESPONSE, **api.ERROR_RESPONSES},
+    responses={200: api.HISTORY_RESPONSE, **api.error_responses(400, 403, 404, 503)},
 )
 def get_history(key: str):
     event = router.current_event

@@ -31,7 +31,7 @@ from state_core.errors import (
 from state_core.history import HistoryPageModel
 from state_core.keys import validate_key
 from state_core.manager import Expectation, StateView
-from state_core.models import Problem, StateEnvelope, StateMetadata, StateRecord
+from state_core.models import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
 from state_core.observability import logger, metrics
 from state_core.policy import PolicyError
 
@@ -49,19 +49,37 @@ _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 # ASCII digits and whitespace only: `\d` and `\s` would match other scripts' digits and spaces.
 _ETAG = re.compile(r'[ \t]*(W/)?"([0-9]{1,18})"[ \t]*\Z')
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}}}
-    for status, description in {
-        400: "Invalid key, JSON, body or header",
-        403: "Not allowed for this key",
-        404: "Absent, deleted or expired",
-        412: "Precondition failed",
-        413: "Value or body too large",
-        415: "Unsupported media type",
-        422: "Body of the wrong shape",
-        503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
-    }.items()
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid key, JSON, body, header or query parameter",
+    401: "No bearer token (API Gateway)",
+    403: "Not allowed for this key; or the token was refused (API Gateway)",
+    404: "Absent, deleted or expired; or no such route (API Gateway)",
+    412: "Precondition failed",
+    413: "Value or body too large; or the request is over API Gateway's limits",
+    415: "Unsupported media type",
+    422: "Body of the wrong shape",
+    429: "Throttled by the API's stage limits (API Gateway); retry later",
+    503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
 }
+# What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
+_GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
+# What a function answers, as an RFC 9457 problem document.
+_SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of the error statuses an operation can answer, the gateway's included."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, *_GATEWAY_STATUSES}):
+        content: dict[str, Any] = {}
+        if status in _SERVICE_STATUSES:
+            content[PROBLEM_CONTENT_TYPE] = {"model": Problem}
+        if status in _GATEWAY_STATUSES:
+            content[JSON_CONTENT_TYPE] = {"model": GatewayMessage}
+        responses[status] = {"description": _ERROR_DESCRIPTIONS[status], "content": content}
+    return responses
+
+
 ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
 GONE_RESPONSE = {
     "description": "The version existed but is beyond the history's retention",

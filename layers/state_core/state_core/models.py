@@ -71,6 +71,14 @@ class Problem(BaseModel):
     current_version: int | None = Field(default=None, description="On 412: the key's current version.")
 
 
+class GatewayMessage(BaseModel):
+    """API Gateway's own answer (401, 403, 404, 413, 429), e.g. {"message": "Unauthorized"}."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    message: str
+
+
 def rfc3339(moment: datetime) -> str:
     """UTC with millisecond precision and a `Z`, e.g. 2026-11-28T06:00:00.123Z."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
