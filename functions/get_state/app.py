@@ -26,11 +26,13 @@ def get_state(key: str):
     event = router.current_event
     key = api.request_key(event)
     api.authorized_principal(event, READ, key)
+    # Both parsed before either is used: a malformed parameter is a 400 whichever read it would steer.
     version = requested_version(api.query_parameter(event, "version"))
+    consistent = api.consistent_read_requested(event)
     if version is not None:
         record, value = history_reader().version(key, version)
         return api.state_response(200, record, value)
-    view = state_manager().get(key, consistent=api.consistent_read_requested(event))
+    view = state_manager().get(key, consistent=consistent)
     return api.read_response(event, view)
 
 

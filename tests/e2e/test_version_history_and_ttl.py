@@ -172,6 +172,12 @@ def test_a_version_or_limit_that_is_not_ascii_digits_is_400_not_500(api, key, te
     assert_problem(api.history(key, limit=text), 400)
 
 
+def test_a_malformed_consistent_is_400_also_beside_a_version(api, key):
+    api.put(key, 1)
+    assert_problem(api.get(key, version="1", consistent="maybe"), 400)
+    assert api.get(key, version="1", consistent="true").status_code == 200
+
+
 def test_a_cursor_continuing_after_version_1_is_an_empty_last_page(api, key):
     for n in range(2):
         api.put(key, n)
