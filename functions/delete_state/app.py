@@ -15,7 +15,7 @@ router = APIGatewayHttpRouter()
     "/state/<key>",
     summary="Delete a key",
     responses={
-        204: {"description": "Deleted; the ETag names the tombstone's version"},
+        204: {"description": "Deleted; the ETag names the tombstone's version", "headers": api.ETAG_HEADER},
         **api.error_responses(400, 403, 404, 412, 503),
     },
 )

@@ -17,7 +17,7 @@ router = APIGatewayHttpRouter()
     summary="Read a key's current state, or one of its versions",
     responses={
         200: api.ENVELOPE_RESPONSE,
-        304: {"description": "Not modified"},
+        304: {"description": "Not modified", "headers": api.ETAG_HEADER},
         **api.error_responses(400, 403, 404, 503),
         410: api.GONE_RESPONSE,
     },

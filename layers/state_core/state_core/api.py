@@ -77,10 +77,31 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         if status in _GATEWAY_STATUSES:
             content[JSON_CONTENT_TYPE] = {"model": GatewayMessage}
         responses[status] = {"description": _ERROR_DESCRIPTIONS[status], "content": content}
+        if status == 503:
+            responses[status]["headers"] = RETRY_AFTER_HEADER
     return responses
 
 
-ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
+# The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
+ETAG_HEADER = {
+    "ETag": {
+        "description": 'The version as a strong entity tag, e.g. "3".',
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    }
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+ENVELOPE_RESPONSE = {
+    "description": "The state",
+    "headers": ETAG_HEADER,
+    "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}},
+}
 GONE_RESPONSE = {
     "description": "The version existed but is beyond the history's retention",
     "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
@@ -91,6 +112,7 @@ HISTORY_RESPONSE = {
 }
 METADATA_RESPONSE = {
     "description": "The state's metadata",
+    "headers": ETAG_HEADER,
     "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
 }
 
