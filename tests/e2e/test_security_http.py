@@ -171,3 +171,25 @@ def test_a_subject_pattern_grants_only_the_callers_keys(devstack):
     token = devstack.token("alice", scope="state:read:user:${sub}:*")
     assert get(devstack, f"user:alice:{uuid.uuid4().hex}", f"Bearer {token}").status_code == 404
     assert get(devstack, "user:bob:prefs", f"Bearer {token}").status_code == 403
+
+
+def test_a_subject_holding_the_separator_cannot_reach_another_subjects_keys(devstack):
+    key = "user:alice:settings:theme"
+
+    def call(method, sub):
+        token = devstack.token(sub, scope="", roles=["state-self-service"])
+        return requests.request(
+            method,
+            f"{devstack.base_url}/state/{key}",
+            data=json.dumps({"value": {"by": sub}}) if method == "PUT" else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+
+    assert call("PUT", "alice").status_code in (200, 201)
+    for method in ("PUT", "GET"):
+        response = call(method, "alice:settings")
+        assert response.status_code == 403, method
+        assert response.headers["Content-Type"] == "application/problem+json"
+    read = call("GET", "alice")
+    assert (read.status_code, read.json()["value"]) == (200, {"by": "alice"})

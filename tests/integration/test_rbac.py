@@ -108,6 +108,35 @@ def test_a_subject_that_is_not_a_key_fragment_grants_nothing(invoke):
     assert status(call(invoke, "get", "user:auth0:prefs", scopes=scopes, sub="auth0|prefs")) == 403
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "alice:settings",  # would cover user:alice:settings:*, which is alice's
+        "f:3b1e0c5a-7d1f-4c39-9f0e-2a4c6b8d0e11:alice",  # a Keycloak federated subject
+        "alice@example.com",
+        "ali*",
+    ],
+)
+def test_a_subject_that_is_not_one_key_segment_gets_nothing_from_the_self_service_role(invoke, sub):
+    key = f"user:alice:settings:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, roles=["state-self-service"], sub="alice")) == 201
+    assert status(call(invoke, "put", key, roles=["state-self-service"], sub=sub)) == 403
+    assert status(call(invoke, "get", key, roles=["state-self-service"], sub=sub)) == 403
+    # Nor its "own" keys: 403, or 400 where the subject cannot even be part of a key.
+    own = f"user:{sub}:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", own, roles=["state-self-service"], sub=sub)) in (400, 403)
+    assert status(call(invoke, "get", own, roles=["state-self-service"], sub=sub)) in (400, 403)
+    assert status(call(invoke, "get", key, roles=["state-self-service"], sub="alice")) == 200
+
+
+def test_a_token_scope_whose_sub_does_not_end_its_segment_grants_nothing(invoke):
+    key = f"user:alice:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, scopes="state:write")) == 201
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}*", sub="ali")) == 403
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}*", sub="alice")) == 403
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}:*", sub="alice")) == 200
+
+
 def test_an_exact_grant_covers_one_key(invoke):
     key = f"cfg:{uuid.uuid4().hex}"
     assert status(call(invoke, "put", key, scopes=f"state:write:{key}")) == 201
@@ -143,6 +172,7 @@ BROKEN_POLICIES = {
     "unknown-member": json.dumps({"version": 1, "roles": {}, "allow_all": True}),
     "wrong-version": json.dumps({"version": 2, "roles": {}}),
     "grants-not-a-list": json.dumps({"version": 1, "roles": {"r": "state:read"}}),
+    "sub-not-ending-its-segment": json.dumps({"version": 1, "roles": {"r": ["state:read:user:${sub}*"]}}),
 }
 
 
