@@ -131,6 +131,19 @@ def test_the_access_log_has_exactly_the_template_format_fields(devstack, state_t
     assert "Authorization" not in json.dumps(record)
 
 
+def test_the_access_log_names_the_subject_of_allowed_requests_only(devstack):
+    token = devstack.token("alice-logged", scope="state:read")
+    for _ in range(2):  # the second answer comes from the authorizer cache
+        response = get(devstack, f"user:{uuid.uuid4().hex}", f"Bearer {token}")
+        assert response.status_code == 404
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "alice-logged"
+    refused = devstack.token("mallory-logged", audience="someone-else")
+    for authorization in (None, f"Bearer {refused}", f"Bearer {refused}"):
+        response = get(devstack, "user:1", authorization)
+        assert response.status_code in (401, 403)
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "-"
+
+
 def test_a_read_only_token_cannot_write_and_the_denial_is_audited(devstack):
     key = f"user:alice:{uuid.uuid4().hex}"
     token = devstack.token("alice", scope="state:read")

@@ -25,6 +25,12 @@ def test_the_gateway_writes_the_fields_of_the_templates_access_log_format(templa
     assert settings["DestinationArn"] == {"Fn::GetAtt": ["AuditLogGroup", "Arn"]}
 
 
+def test_the_access_log_names_the_caller_the_authorizer_allowed(template):
+    fields = json.loads(template.resources["StateApi"]["Properties"]["AccessLogSettings"]["Format"])
+    # The Lambda authorizer's simple-response context member `sub` (tokens.VerifiedToken).
+    assert fields["subject"] == "$context.authorizer.sub"
+
+
 def test_the_audit_log_group_has_retention_and_outlives_the_stack(template):
     group = template.resources["AuditLogGroup"]
     assert group["Type"] == "AWS::Logs::LogGroup"
