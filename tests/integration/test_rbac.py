@@ -257,6 +257,44 @@ def test_a_request_without_authorizer_context_is_audited_as_denied(invoke, audit
     assert (record["decision"], record["status"], record["subject"]) == ("deny", 401, None)
 
 
+def _history_event(key, **kwargs):
+    event = http_event("get", key, **kwargs)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = f"/state/{key}/history"
+    event["routeKey"] = event["requestContext"]["routeKey"] = "GET /state/{key}/history"
+    return event
+
+
+def test_reading_the_state_an_old_version_and_the_history_are_audited_as_distinct_actions(invoke, audit_records):
+    key = f"user:alice:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, scopes="state:write")) == 201
+    requests = {
+        "current": http_event("get", key, scopes="state:read"),
+        "version": http_event("get", key, scopes="state:read", query={"version": "1"}),
+        "history": _history_event(key, scopes="state:read"),
+        "history-denied": _history_event(key, scopes="state:read:other:*"),
+        "bad-version": http_event("get", key, scopes="state:read", query={"version": "x"}),
+    }
+    seen = {}
+    for name, event in requests.items():
+        response = invoke("get_state", event)
+        record = json.loads(audit_records.lines[-1])["audit"]
+        assert record["request_id"] == event["requestContext"]["requestId"]
+        seen[name] = (
+            record["action"],
+            record["permission"],
+            record["decision"],
+            record["status"],
+            response["statusCode"],
+        )
+    assert seen == {
+        "current": ("get", "state:read", "allow", 200, 200),
+        "version": ("get_version", "state:read", "allow", 200, 200),
+        "history": ("list_history", "state:read", "allow", 200, 200),
+        "history-denied": ("list_history", "state:read", "deny", 403, 403),
+        "bad-version": ("get_version", "state:read", "allow", 400, 400),
+    }
+
+
 def test_the_audit_log_is_written_whatever_the_service_log_level(invoke, audit_records):
     previous = service_logger.log_level
     service_logger.setLevel("ERROR")
