@@ -82,6 +82,8 @@ def forged_tokens(devstack, dev_key, attacker):
         "jku-to-attacker": sign(jku_key, claims, jku=f"{attacker.base_url}/jwks.json"),
         "jwe": ".".join(b64url(part) for part in (b'{"alg":"RSA-OAEP","enc":"A256GCM"}', b"k", b"iv", b"ct", b"tag")),
         "unknown-kid": sign(rsa_key(), claims),
+        "cognito-id-token": devstack.token("mallory", extra_claims={"token_use": "id"}),
+        "keycloak-id-token": devstack.token("mallory", extra_claims={"typ": "ID"}),
     }
 
 

@@ -49,6 +49,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
     settings = AuthorizerSettings.from_environ({**environment, "STATE_OIDC_ISSUER": "https://issuer.example.com"})
     assert settings.algorithms == ("RS256", "ES256")
     assert settings.max_lifetime_seconds == 3600
+    assert settings.accept_id_tokens is False
     for name in (
         "STATE_OIDC_AUDIENCE_CLAIM",
         "STATE_OIDC_SCOPE_CLAIM",
@@ -57,6 +58,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
         "STATE_OIDC_ROLES_CLAIM",
         "STATE_OIDC_ALGORITHMS",
         "STATE_OIDC_REQUIRED_TYP",
+        "STATE_OIDC_ACCEPT_ID_TOKENS",
         "STATE_OIDC_MAX_LIFETIME_SECONDS",
     ):
         assert name in environment
