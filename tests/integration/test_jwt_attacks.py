@@ -455,6 +455,31 @@ def test_a_subject_that_is_not_a_string_is_denied(authz, issuer_key, claims, sub
     assert authz.token(sign(issuer_key, claims(sub=sub))) == DENY
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [
+        'alice","status":"200',  # would forge fields of the access log, which API Gateway fills in unescaped
+        "alice\\admin",
+        "alice\nERROR forged line",
+        "alice\x00",
+        "alice\x7f",
+        "alice\u2028x",
+        "system:ttl",  # the service's own actor for expiries (history and events)
+        "system:anything",
+    ],
+)
+def test_a_subject_that_cannot_be_logged_verbatim_or_is_the_services_own_is_denied(authz, issuer_key, claims, sub):
+    assert authz.token(sign(issuer_key, claims(sub=sub))) == DENY
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["alice:settings", "f:3b1e0c5a:alice", "alice@example.com", "auth0|64f0c0ffee", "José", "a b", "ali*", "System:x"],
+)
+def test_subjects_that_only_get_no_sub_grants_are_still_allowed(authz, issuer_key, claims, sub):
+    assert authz.token(sign(issuer_key, claims(sub=sub)))["context"]["sub"] == sub
+
+
 @pytest.mark.parametrize(("claim", "value"), [("scope", 7), ("scope", ["state:read state:write"]), ("roles", "admin")])
 def test_scopes_and_roles_of_the_wrong_shape_are_denied(authz, issuer_key, claims, claim, value):
     assert authz.token(sign(issuer_key, claims(**{claim: value}))) == DENY

@@ -31,6 +31,7 @@ from typing import Any
 
 import jwt
 
+from state_core.auth import SYSTEM_ACTOR_PREFIX
 from state_core.config import AuthorizerSettings
 from state_core.jwks import JwksCache, discover_jwks_uri
 
@@ -44,6 +45,9 @@ KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 MAX_NUMERIC_DATE = 2**53  # beyond JSON's exact integers; also far beyond any real expiry
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 _KID = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable ASCII: logs and lookups stay boring
+# API Gateway puts the subject into its JSON access log as it is, unescaped: a quote or backslash would
+# forge or break fields, a control character or line separator would forge lines.
+_UNLOGGABLE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _KEY_FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # JOSE `typ` (lower case, without `application/`) of a token that is, or does not say it is not, an access
 # token; and of an ID token. Any other (`logout+jwt`, `secevent+jwt`, `dpop+jwt`...) is another kind of JWT.
@@ -266,6 +270,10 @@ class TokenVerifier:
         subject = claims[settings.subject_claim]
         if not isinstance(subject, str) or not subject or len(subject) > 1024:
             raise TokenRejected(f"{settings.subject_claim} must be a non-empty string")
+        if _UNLOGGABLE.search(subject):
+            raise TokenRejected(f"{settings.subject_claim} holds a quote, backslash or control character")
+        if subject.startswith(SYSTEM_ACTOR_PREFIX):
+            raise TokenRejected(f"{settings.subject_claim} is in the service's own namespace ({SYSTEM_ACTOR_PREFIX})")
         scopes = _string_list(claims.get(settings.scope_claim), settings.scope_claim)
         if settings.scope_prefix:
             # Only scopes of our resource server count (Cognito: `<identifier>/state:read`).
