@@ -49,8 +49,9 @@ _KID = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable ASCII: logs and lookups 
 # forge or break fields, a control character or line separator would forge lines.
 _UNLOGGABLE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _KEY_FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-# JOSE `typ` (lower case, without `application/`) of a token that is, or does not say it is not, an access
-# token; and of an ID token. Any other (`logout+jwt`, `secevent+jwt`, `dpop+jwt`...) is another kind of JWT.
+# JOSE `typ` values (lower case, without `application/`) an access token may carry: the generic `JWT` and
+# RFC 9068's `at+jwt`; then an ID token's. Any other (`logout+jwt`, `secevent+jwt`, `dpop+jwt`, ...) names
+# another kind of JWT.
 _ACCESS_TYPS = frozenset({"jwt", "at+jwt"})
 _ID_TYPS = frozenset({"id_token+jwt"})
 # Claims naming the kind of token: (an access token's value, an ID token's), lower case. Cognito's
