@@ -42,6 +42,7 @@ STAGE = "$default"
 ACCESS_LOG_FIELDS = (
     "requestId",
     "sourceIp",
+    "subject",
     "requestTime",
     "httpMethod",
     "path",
@@ -287,6 +288,9 @@ class Gateway:
                 return decision
             authorizer_context = decision
             event["requestContext"]["authorizer"] = {"lambda": authorizer_context}
+            # `$context.authorizer.sub`: who made the request, once the authorizer allowed it.
+            if isinstance(authorizer_context, dict) and isinstance(authorizer_context.get("sub"), str):
+                log["subject"] = authorizer_context["sub"]
 
         pool = self.pools[route.function]
         self.stats.integration_invocations += 1

@@ -82,6 +82,8 @@ def forged_tokens(devstack, dev_key, attacker):
         "jku-to-attacker": sign(jku_key, claims, jku=f"{attacker.base_url}/jwks.json"),
         "jwe": ".".join(b64url(part) for part in (b'{"alg":"RSA-OAEP","enc":"A256GCM"}', b"k", b"iv", b"ct", b"tag")),
         "unknown-kid": sign(rsa_key(), claims),
+        "cognito-id-token": devstack.token("mallory", extra_claims={"token_use": "id"}),
+        "keycloak-id-token": devstack.token("mallory", extra_claims={"typ": "ID"}),
     }
 
 
@@ -131,6 +133,19 @@ def test_the_access_log_has_exactly_the_template_format_fields(devstack, state_t
     assert "Authorization" not in json.dumps(record)
 
 
+def test_the_access_log_names_the_subject_of_allowed_requests_only(devstack):
+    token = devstack.token("alice-logged", scope="state:read")
+    for _ in range(2):  # the second answer comes from the authorizer cache
+        response = get(devstack, f"user:{uuid.uuid4().hex}", f"Bearer {token}")
+        assert response.status_code == 404
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "alice-logged"
+    refused = devstack.token("mallory-logged", audience="someone-else")
+    for authorization in (None, f"Bearer {refused}", f"Bearer {refused}"):
+        response = get(devstack, "user:1", authorization)
+        assert response.status_code in (401, 403)
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "-"
+
+
 def test_a_read_only_token_cannot_write_and_the_denial_is_audited(devstack):
     key = f"user:alice:{uuid.uuid4().hex}"
     token = devstack.token("alice", scope="state:read")
@@ -171,3 +186,25 @@ def test_a_subject_pattern_grants_only_the_callers_keys(devstack):
     token = devstack.token("alice", scope="state:read:user:${sub}:*")
     assert get(devstack, f"user:alice:{uuid.uuid4().hex}", f"Bearer {token}").status_code == 404
     assert get(devstack, "user:bob:prefs", f"Bearer {token}").status_code == 403
+
+
+def test_a_subject_holding_the_separator_cannot_reach_another_subjects_keys(devstack):
+    key = "user:alice:settings:theme"
+
+    def call(method, sub):
+        token = devstack.token(sub, scope="", roles=["state-self-service"])
+        return requests.request(
+            method,
+            f"{devstack.base_url}/state/{key}",
+            data=json.dumps({"value": {"by": sub}}) if method == "PUT" else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+
+    assert call("PUT", "alice").status_code in (200, 201)
+    for method in ("PUT", "GET"):
+        response = call(method, "alice:settings")
+        assert response.status_code == 403, method
+        assert response.headers["Content-Type"] == "application/problem+json"
+    read = call("GET", "alice")
+    assert (read.status_code, read.json()["value"]) == (200, {"by": "alice"})

@@ -178,7 +178,7 @@ def test_event_has_api_gateways_payload_2_0_fields(gw: RunningGateway) -> None:
     assert context["http"]["path"] == "/echo/user%3A123"
     assert context["http"]["sourceIp"] == "127.0.0.1"
     assert context["accountId"] == "000000000000"
-    assert context["authorizer"]["lambda"]["sub"] == "allow-alice"
+    assert context["authorizer"]["lambda"]["sub"] == "alice"
     assert isinstance(context["timeEpoch"], int)
     assert response.headers["apigw-requestid"] == context["requestId"]
     # And the function ran with its template environment and a Lambda-like context.
@@ -366,6 +366,7 @@ def test_access_log_has_one_json_line_per_request_without_secrets(gw: RunningGat
     assert {"requestId", "routeKey", "status", "sourceIp"} <= set(lines[-1])
     assert lines[-1]["status"] == 500
     assert "authorizerError" in lines[-1]
+    assert (lines[-2]["subject"], lines[-1]["subject"]) == ("secret-token", "-")
     assert "allow-secret-token" not in text
 
 

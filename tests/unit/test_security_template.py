@@ -25,6 +25,12 @@ def test_the_gateway_writes_the_fields_of_the_templates_access_log_format(templa
     assert settings["DestinationArn"] == {"Fn::GetAtt": ["AuditLogGroup", "Arn"]}
 
 
+def test_the_access_log_names_the_caller_the_authorizer_allowed(template):
+    fields = json.loads(template.resources["StateApi"]["Properties"]["AccessLogSettings"]["Format"])
+    # The Lambda authorizer's simple-response context member `sub` (tokens.VerifiedToken).
+    assert fields["subject"] == "$context.authorizer.sub"
+
+
 def test_the_audit_log_group_has_retention_and_outlives_the_stack(template):
     group = template.resources["AuditLogGroup"]
     assert group["Type"] == "AWS::Logs::LogGroup"
@@ -43,6 +49,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
     settings = AuthorizerSettings.from_environ({**environment, "STATE_OIDC_ISSUER": "https://issuer.example.com"})
     assert settings.algorithms == ("RS256", "ES256")
     assert settings.max_lifetime_seconds == 3600
+    assert settings.accept_id_tokens is False
     for name in (
         "STATE_OIDC_AUDIENCE_CLAIM",
         "STATE_OIDC_SCOPE_CLAIM",
@@ -51,6 +58,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
         "STATE_OIDC_ROLES_CLAIM",
         "STATE_OIDC_ALGORITHMS",
         "STATE_OIDC_REQUIRED_TYP",
+        "STATE_OIDC_ACCEPT_ID_TOKENS",
         "STATE_OIDC_MAX_LIFETIME_SECONDS",
     ):
         assert name in environment
