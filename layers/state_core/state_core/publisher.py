@@ -36,7 +36,6 @@ from state_core.events import (
     build_change,
 )
 from state_core.metrics import MetricsSink
-from state_core.models import StateRecord
 
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
 DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"
@@ -58,7 +57,7 @@ class BlobCollector(Protocol):
     """blobs.BlobStore's cleanup side."""
 
     def delete(self, key: str, refs: Iterable[BlobRef]) -> None: ...
-    def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]: ...
+    def collect(self, key: str, *, as_of: datetime) -> list[str]: ...
 
 
 class Lifecycle(Protocol):
@@ -200,16 +199,17 @@ class ChangePublisher:
     def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
         """Remove value blobs nothing refers to any more: the one each change replaced (with history, only
         if the replaced version's history item is already gone: lifecycle.py), and any unclaimed blob of
-        the key its state does not name (writes that died between their chunks and their state item),
-        once older than any write in flight. Best effort: `make sweep-blobs` is the backstop."""
+        the key that neither its current state nor its history names (writes that died between their
+        chunks and their state item), aged by the stream record's time. Best effort: `make sweep-blobs`
+        is the backstop."""
         blobs = self._blobs
         if blobs is None:
             return
-        latest: dict[str, StateRecord] = {}
+        latest: dict[str, StreamChange] = {}
         for change in changes:
             if change.record is None:
                 continue
-            latest[change.record.key] = change.record
+            latest[change.record.key] = change
             if change.replaced_blob is not None:
                 with self._cleanup_guard():
                     if self._lifecycle is None:
@@ -218,10 +218,15 @@ class ChangePublisher:
                         # History items refer to blobs too: the replaced one may still be retained.
                         previous = change.event.detail.previous_version if change.event is not None else None
                         self._lifecycle.release_replaced(change.record.key, previous, change.replaced_blob)
-        now = self._clock()
-        for key, record in latest.items():
+        for key, change in latest.items():
+            if change.recorded_at is None:
+                continue  # without the record's time an abandoned write cannot be told from a recent one
+            # The record's time, not the clock: every write of the key up to the record has been claimed by
+            # now (stream order), while writes after it may not be, however far the stream lags behind. The
+            # clock only caps it, should DynamoDB's clock run ahead of the writers'.
+            as_of = min(change.recorded_at, self._clock())
             with self._cleanup_guard():
-                blobs.collect(key, keep={record.blob.write_id} if record.blob is not None else set(), now=now)
+                blobs.collect(key, as_of=as_of)
 
     @contextmanager
     def _cleanup_guard(self) -> Iterator[None]:
