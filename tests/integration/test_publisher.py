@@ -255,25 +255,101 @@ def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, st
     assert aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("KeyCount") == 0
 
 
-def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_table, redis_server):
+def redis_cache(redis_server: Any, **policy: Any) -> Any:
     from state_core.breaker import CircuitBreaker
-    from state_core.cache import RedisStateCache
+    from state_core.cache import CachePolicy, RedisStateCache
     from state_core.redis_link import RedisLink, connect
 
     link = RedisLink(connect(redis_server.url, password=None, timeout_seconds=0.5), CircuitBreaker(5), lambda: None)
-    cache = RedisStateCache(link, RecordedMetrics(), clock=utc_now)
+    return RedisStateCache(link, RecordedMetrics(), clock=utc_now, policy=CachePolicy(**policy))
+
+
+def cached_manager(state_table: str, cache: Any) -> StateManager:
+    """The request path with the cache: reads hit it, misses fill it, writes write through."""
+    store = StateStore(boto3.client("dynamodb", region_name=REGION), state_table)
+    return StateManager(store, cache=cache, clock=utc_now, metrics=RecordedMetrics())
+
+
+def test_the_stream_fences_out_a_cached_version_the_write_never_replaced(aws, manager, state_table, redis_server):
+    # Given a cache holding version 1, and version 2 written by a function whose cache update never happened
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"v": 1}, actor="alice")
+    assert json.loads(reader.get(key).canonical_value) == {"v": 1}
+    manager.put(key, {"v": 2}, actor="alice")
+
+    # When the stream's batch is published
+    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+
+    # Then the cache holds version 2 as a fence (no value), so the next read fills version 2 from DynamoDB
+    entry = cache.get(key)
+    assert entry is not None
+    assert (entry.version, entry.record.value) == (2, None)
+    assert json.loads(reader.get(key).canonical_value) == {"v": 2}
+    filled = cache.get(key)
+    assert filled is not None
+    assert filled.record.value is not None
+    assert json.loads(filled.record.value.canonical()) == {"v": 2}
+
+
+def test_a_lagging_record_never_brings_an_older_value_back_into_an_empty_cache(aws, manager, state_table, redis_server):
+    # Given version 2 in the table and its cache entry gone (evicted, or Redis restarted)
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")
     manager.put(key, {"v": 2}, actor="alice")
     assert cache.get(key) is None
 
-    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+    # When the stream, lagging, publishes a batch that ends at version 1
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
 
-    entry = cache.get(key)
-    assert entry is not None
-    assert entry.version == 2
-    assert entry.record.value is not None
-    assert json.loads(entry.record.value.canonical()) == {"v": 2}
+    # Then a read still answers version 2: the acknowledged write is never hidden
+    view = reader.get(key)
+    assert (view.record.version, json.loads(view.canonical_value)) == (2, {"v": 2})
+
+
+def test_a_lagging_delete_never_hides_the_re_created_key(aws, manager, state_table, redis_server):
+    # Given a key written, deleted and written again, none of it in the cache
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, "first", actor="alice")
+    manager.delete(key, actor="alice")
+    manager.put(key, "again", actor="alice")
+
+    # When the stream, lagging, publishes a batch that ends at the delete (version 2)
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 2))
+
+    # Then a read answers the re-created version 3, not 404
+    view = reader.get(key)
+    assert (view.record.version, view.canonical_value) == (3, b'"again"')
+
+
+def test_a_lagging_record_never_outlives_a_short_lived_newer_entry(aws, state_table, redis_server):
+    import time
+
+    from state_core.errors import NotFound
+
+    # Given version 1 and then version 2 with ttl_seconds=1, both written through the cache: version 2's
+    # entry lives only past the key's expiry by the run margin (30 s deployed, 0.2 s here to keep it short)
+    cache = redis_cache(redis_server, longest_run_seconds=0.2)
+    writer = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    writer.put(key, {"v": 1}, actor="alice")
+    writer.put(key, {"v": 2}, actor="alice", ttl_seconds=1)
+    deadline = time.monotonic() + 5
+    while cache.get(key) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cache.get(key) is None
+
+    # When the stream, lagging past that entry's lifetime, publishes a batch that ends at version 1
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
+
+    # Then a read answers what the table holds (version 2, expired: 404), never version 1's value
+    with pytest.raises(NotFound):
+        writer.get(key)
 
 
 # ---------------------------------------------------------------------------------------------- blob collection

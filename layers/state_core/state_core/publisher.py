@@ -2,8 +2,10 @@
 
 For one batch of stream records it:
 
-1. repairs the Redis cache with every record's new state through the one write-if-newer step, best effort
-   (first, so a consumer reacting to an event already reads the new version from the cache);
+1. repairs the Redis cache, best effort: every record's version goes in as a fence (no value), through the
+   one write-if-newer step, so older versions are kept out and readers fill the current state from
+   DynamoDB. Never the record's value: the record may be older than the table, and once a newer entry is
+   gone from the cache (its lifetime, an eviction, a restart) write-if-newer has nothing to compare with;
 2. sends the events with PutEvents, in stream order (version order per key), batched by count and size;
    `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in
    version order, with bounded attempts and jittered backoff;
@@ -177,8 +179,10 @@ class ChangePublisher:
         )
 
     def repair_cache(self, changes: Iterable[StreamChange]) -> None:
-        """Every change's new state through write-if-newer: a write whose own cache update failed (Redis
-        blip, function died after the DynamoDB write) still converges. Never fails the batch."""
+        """Every change's version as a fence through write-if-newer: a write whose own cache update failed
+        (Redis blip, function died after the DynamoDB write) can no longer be hidden by an older cached
+        entry. A fence, not the value: a lagging record installed with its value would be served as
+        current once the newer entry is gone. Never fails the batch."""
         if self._cache is None:
             return
         from state_core.cache import CacheEntry
@@ -188,7 +192,7 @@ class ChangePublisher:
             if change.record is None:
                 continue
             try:
-                if self._cache.write_if_newer(CacheEntry(change.record)):
+                if self._cache.write_if_newer(CacheEntry(change.record).fence()):
                     repaired += 1
             except Exception as exc:
                 self._log.warning("cache repair failed", key=change.record.key, error=type(exc).__name__)
