@@ -82,6 +82,20 @@ def policy_statements(policy_documents: list[Any]) -> list[dict[str, Any]]:
     return statements
 
 
+def role_policy_documents(role_id: str) -> list[Any]:
+    """The role's inline policy documents, both branches of a conditional one (``!If [Condition, policy,
+    !Ref AWS::NoValue]``) included."""
+    documents: list[Any] = []
+    pending = list(props(role_id).get("Policies") or [])
+    while pending:
+        policy = pending.pop(0)
+        if isinstance(policy, dict) and "Fn::If" in policy:
+            pending += [branch for branch in policy["Fn::If"][1:] if branch != {"Ref": "AWS::NoValue"}]
+        else:
+            documents.append(policy["PolicyDocument"])
+    return documents
+
+
 def function_statements(function_id: str) -> list[dict[str, Any]]:
     """Every IAM statement the function's role grants: its explicit role's inline
     policies plus any SAM ``Policies`` statements on the function itself."""
@@ -91,7 +105,7 @@ def function_statements(function_id: str) -> list[dict[str, Any]]:
     role = props(function_id).get("Role")
     if isinstance(role, dict) and "Fn::GetAtt" in role:
         role_id = role["Fn::GetAtt"][0]
-        documents += [policy["PolicyDocument"] for policy in props(role_id).get("Policies") or []]
+        documents += role_policy_documents(role_id)
     return policy_statements(documents)
 
 
@@ -99,7 +113,7 @@ def all_statements() -> list[dict[str, Any]]:
     statements: list[dict[str, Any]] = []
     for lid, res in RESOURCES.items():
         if res["Type"] == "AWS::IAM::Role":
-            statements += policy_statements([p["PolicyDocument"] for p in props(lid).get("Policies") or []])
+            statements += policy_statements(role_policy_documents(lid))
         elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             statements += policy_statements([props(lid)["PolicyDocument"]])
         elif res["Type"] == "AWS::Serverless::Function":
