@@ -4,7 +4,9 @@ Reproduces what a client of the deployed API can notice (DESIGN §8): route
 matching and its 404, the Lambda REQUEST authorizer (payload 2.0, simple
 responses) with its 401/403/500 answers and its result cache keyed by the
 identity header, payload format 2.0 events and responses, base64 bodies for
-non-text content types, the request-size limits and the 30 s integration timeout.
+non-text content types, the request-size limits and the 30 s integration timeout. Like API Gateway
+without a CORS configuration it sends no CORS headers (OPTIONS matches no route: 404), and it answers only
+requests from this machine (devstack/loopback.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
+from devstack.loopback import refusal
 from devstack.template import ACCOUNT_ID, REGION, AuthorizerSpec, Route, StateTemplate
 from devstack.workers import InvokeResult, WorkerConfig, WorkerPool, max_concurrency_from_env
 
@@ -251,6 +254,14 @@ class Gateway:
     async def _handle(
         self, request: web.Request, request_id: str, started: float, log: dict[str, Any]
     ) -> web.StreamResponse:
+        refused = refusal(
+            request.headers.get("Host"), request.headers.get("Origin"), request.method, self.port, preflight=True
+        )
+        if refused is not None:
+            # Only this machine: a web page the developer opens must not reach the local stack, not even
+            # through DNS rebinding (devstack/loopback.py). API Gateway's own 403 body.
+            log["error"] = f"Forbidden: {refused}"
+            return _message(403, "Forbidden")
         if _header_bytes(request) > MAX_HEADER_BYTES:
             # API Gateway refuses the request before routing. Its documented answer
             # for an oversized request (gateway response REQUEST_TOO_LARGE) is 413.

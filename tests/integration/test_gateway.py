@@ -202,8 +202,8 @@ def test_request_ids_are_unique(gw: RunningGateway) -> None:
 def test_repeated_headers_are_comma_joined(gw: RunningGateway) -> None:
     with socket.create_connection(("127.0.0.1", gw.gateway.port), timeout=10) as sock:
         sock.sendall(
-            b"GET /echo/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer allow-alice\r\n"
-            b"X-Rep: a\r\nX-Rep: b\r\nConnection: close\r\n\r\n"
+            f"GET /echo/k HTTP/1.1\r\nHost: 127.0.0.1:{gw.gateway.port}\r\n".encode()
+            + b"Authorization: Bearer allow-alice\r\nX-Rep: a\r\nX-Rep: b\r\nConnection: close\r\n\r\n"
         )
         raw = _read_all(sock)
     body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
@@ -268,8 +268,9 @@ def test_declared_payload_over_10_mb_is_refused_without_reading_it(gw: RunningGa
     with socket.create_connection(("127.0.0.1", gw.gateway.port), timeout=10) as sock:
         # Only the headers are sent: an answer proves the body was never waited for.
         sock.sendall(
-            b"PUT /echo/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer allow-alice\r\n"
-            b"Content-Type: application/json\r\n" + f"Content-Length: {MAX_PAYLOAD_BYTES + 1}\r\n\r\n".encode()
+            f"PUT /echo/k HTTP/1.1\r\nHost: 127.0.0.1:{gw.gateway.port}\r\n".encode()
+            + b"Authorization: Bearer allow-alice\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_PAYLOAD_BYTES + 1}\r\n\r\n".encode()
         )
         raw = _read_all(sock)
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -376,3 +377,42 @@ def _read_all(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+# --- only this machine, no CORS -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Host": "evil.example:{port}"},
+        {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"},
+        {"Host": "127.0.0.1:1"},
+    ],
+    ids=["foreign-origin", "rebound-host", "rebound-host-same-origin", "other-port"],
+)
+def test_web_pages_are_refused_before_the_authorizer(gw: RunningGateway, headers: dict[str, str]) -> None:
+    headers = {k: v.format(port=gw.gateway.port) for k, v in {**ALLOW, **headers}.items()}
+    before = (gw.gateway.stats.authorizer_invocations, gw.gateway.stats.integration_invocations)
+    response = requests.put(gw.url("/echo/web-page"), headers=headers, json={"value": 1}, timeout=10)
+    assert response.status_code == 403
+    assert response.json() == {"message": "Forbidden"}
+    assert not [k for k in response.headers if k.lower().startswith("access-control-")]
+    assert (gw.gateway.stats.authorizer_invocations, gw.gateway.stats.integration_invocations) == before
+
+
+def test_no_cors_like_api_gateway_without_a_cors_configuration(gw: RunningGateway) -> None:
+    # A preflight matches no route (there is no OPTIONS route): 404, and no grant.
+    preflight = requests.options(
+        gw.url("/echo/k"),
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "PUT"},
+        timeout=10,
+    )
+    assert preflight.status_code == 404
+    assert preflight.json() == {"message": "Not Found"}
+    # A page served from this machine is answered, without CORS headers.
+    response = requests.get(gw.url("/echo/k"), headers={**ALLOW, "Origin": "http://localhost:5173"}, timeout=10)
+    assert response.status_code == 200
+    for answer in (preflight, response):
+        assert not [k for k in answer.headers if k.lower().startswith("access-control-")]
