@@ -317,6 +317,52 @@ def test_the_authorizer_cache_is_keyed_by_the_token_and_lives_at_most_60_seconds
     assert authorizer["EnableSimpleResponses"] is True
 
 
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_the_stage_throttles_every_route_with_parameterised_limits():
+    settings = props("StateApi")["DefaultRouteSettings"]
+    parameters = TEMPLATE["Parameters"]
+
+    assert settings == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+    assert (parameters["ApiThrottlingBurstLimit"]["Default"], parameters["ApiThrottlingRateLimit"]["Default"]) == (
+        1000,
+        500,
+    )
+
+
+def reserved_concurrency(function_id: str, **parameters: str) -> Any:
+    from devstack.template import NO_VALUE, load_template
+
+    value = props(function_id).get("ReservedConcurrentExecutions", GLOBAL_FUNCTION.get("ReservedConcurrentExecutions"))
+    resolved = load_template(REPO_ROOT / "template.yaml", parameters=parameters).resolve(value)
+    return None if resolved is NO_VALUE else resolved
+
+
+RESERVATION_PARAMETERS = {
+    **dict.fromkeys(STATE_FUNCTIONS, "StateFunctionReservedConcurrency"),
+    AUTHORIZER_FUNCTION: "AuthorizerReservedConcurrency",
+    PUBLISHER_FUNCTION: "PublisherReservedConcurrency",
+}
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_reserved_concurrency_is_a_parameter_whose_default_reserves_nothing(function_id):
+    parameter = RESERVATION_PARAMETERS[function_id]
+
+    # Lambda reads a reservation of 0 as "never run": 0 must mean no ReservedConcurrentExecutions at all.
+    assert TEMPLATE["Parameters"][parameter]["Default"] == 0
+    assert reserved_concurrency(function_id) is None
+    assert reserved_concurrency(function_id, **{parameter: "0"}) is None
+    assert reserved_concurrency(function_id, **{parameter: "25"}) == "25"
+    # Each function's reservation is its own parameter's: a flood of tokens cannot take the state functions'.
+    for other in set(RESERVATION_PARAMETERS.values()) - {parameter}:
+        assert reserved_concurrency(function_id, **{other: "25"}) is None
+
+
 # --- sample events ------------------------------------------------------------------------------
 
 
