@@ -60,7 +60,13 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
 
 # Actions IAM cannot scope to a resource: the only ones a statement may grant on "*".
 NO_RESOURCE_LEVEL_ACTIONS = frozenset(
-    {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets", "xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    {
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "dynamodb:ListStreams",
+    }
 )
 LOG_ACTIONS = frozenset({"logs:CreateLogStream", "logs:PutLogEvents"})
 # The conditions a deployment can be in: no Redis and no tracing (the default), and both.
