@@ -9,11 +9,11 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import boto3
 import pytest
 import requests
-from conftest import start_devstack
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +21,11 @@ BURST = 3
 
 
 @pytest.fixture(scope="module")
-def throttled_stack(tmp_path_factory):
+def throttled_stack(request, tmp_path_factory):
+    # tests/conftest.py as pytest loaded it: a bare `import conftest` may find another scope's.
+    root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
     # A burst of 3 and almost no refill: exactly the burst gets through.
-    stack = start_devstack(
+    stack = root_conftest.start_devstack(
         tmp_path_factory.mktemp("devstack-throttled"),
         extra_env={"LOCAL_THROTTLING_BURST_LIMIT": str(BURST), "LOCAL_THROTTLING_RATE_LIMIT": "0.001"},
     )
