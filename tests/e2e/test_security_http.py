@@ -208,3 +208,50 @@ def test_a_subject_holding_the_separator_cannot_reach_another_subjects_keys(devs
         assert response.headers["Content-Type"] == "application/problem+json"
     read = call("GET", "alice")
     assert (read.status_code, read.json()["value"]) == (200, {"by": "alice"})
+
+
+def _cors(response):
+    return [k for k in response.headers if k.lower().startswith("access-control-")]
+
+
+@pytest.mark.parametrize("attack", ["foreign-origin", "rebound-host"])
+def test_no_local_listener_serves_a_web_page(devstack, attack):
+    # What a page the developer opens could send to each listener of `make dev`: from its own origin, or
+    # from a name its attacker rebinds to 127.0.0.1 (same-origin then, so CORS would not even be asked).
+    key = f"web-page-{uuid.uuid4().hex}"
+    token = devstack.token("alice")
+    requests_by_listener = {
+        "gateway": ("PUT", f"{devstack.base_url}/state/{key}", {"Authorization": f"Bearer {token}"}),
+        "moto": ("GET", f"{devstack.moto_url}/moto-api/data.json", {}),
+        "issuer": ("GET", f"{devstack.issuer}/jwks.json", {}),
+    }
+    for listener, (method, url, headers) in requests_by_listener.items():
+        port = url.split("/")[2].rsplit(":", 1)[1]
+        if attack == "foreign-origin":
+            headers = {**headers, "Origin": "http://evil.example"}
+        else:
+            headers = {**headers, "Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        response = requests.request(method, url, headers=headers, json={"value": {"pwned": True}}, timeout=30)
+        assert response.status_code == 403, listener
+        assert _cors(response) == [], listener
+        assert "pwned" not in response.text, listener
+    # Nothing was written: the key does not exist for its rightful reader either.
+    answer = get(devstack, key, f"Bearer {token}")
+    assert answer.status_code == 404
+
+
+def test_local_listeners_send_no_cors_headers_to_this_machine(devstack):
+    token = devstack.token("alice")
+    origin = {"Origin": "http://127.0.0.1:8000"}
+    answers = [
+        get(devstack, f"no-cors-{uuid.uuid4().hex}", f"Bearer {token}", **origin),
+        requests.options(
+            f"{devstack.base_url}/state/k", headers={**origin, "Access-Control-Request-Method": "PUT"}, timeout=30
+        ),
+        requests.get(f"{devstack.issuer}/jwks.json", headers=origin, timeout=30),
+        requests.options(
+            f"{devstack.moto_url}/", headers={**origin, "Access-Control-Request-Method": "POST"}, timeout=30
+        ),
+    ]
+    assert [a.status_code for a in answers] == [404, 404, 200, 403]
+    assert [_cors(a) for a in answers] == [[], [], [], []]
