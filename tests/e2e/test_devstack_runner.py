@@ -73,3 +73,27 @@ def test_request_without_token_is_401_and_with_token_reaches_the_handler(devstac
     # The real authorizer accepted the dev issuer's token; the handler answered.
     assert response.status_code not in (401, 403, 500), response.text
     assert (devstack.log_dir / "access.log").exists()
+
+
+def test_a_crash_the_test_did_not_ask_for_is_reported(request: Any, tmp_path_factory: Any) -> None:
+    """Every stack's teardown fails on an unexpected 500 (conftest DevStack.stop): this proves the check
+    sees one. The function is killed after its write, which the stack was not told to expect."""
+    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "tests" / "conftest.py"))
+    stack = conftest.start_devstack(
+        tmp_path_factory.mktemp("unexpected-crash"),
+        {"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=kill*1"},
+    )
+    try:
+        response = requests.put(
+            f"{stack.base_url}/state/crash-check",
+            json={"value": 1},
+            headers={"Authorization": f"Bearer {stack.token()}"},
+            timeout=30,
+        )
+        assert response.status_code == 500
+    finally:
+        stack.stop(check_server_errors=False)
+    errors = stack.server_errors()
+    assert [record["integrationError"] for record in errors] == ["Runtime.ExitError"]
+    with pytest.raises(AssertionError, match="1 requests answered 500"):
+        stack.stop()
