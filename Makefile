@@ -68,7 +68,8 @@ checks: $(VENV_STAMP)
 	$(PY) scripts/layer_requirements.py --check
 	$(PY) scripts/openapi.py --check
 
-## verify: the long forms of the correctness checks (issue 7): all 25,200 cache interleavings, 100 history seeds
+## verify: the long forms of the correctness checks (issue 7): all 25,200 cache interleavings, 100 history seeds,
+##         5,000 schemathesis cases against the OpenAPI document
 .PHONY: verify
 verify: $(VENV_STAMP) redis-server
 	STATE_VERIFY=1 $(PY) -m pytest -m verify --timeout=3600 -s $(PYTEST_ARGS)

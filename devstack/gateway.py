@@ -86,8 +86,10 @@ def is_text_content_type(content_type: str | None) -> bool:
 
 
 def _message(status: int, message: str, **headers: str) -> web.Response:
-    # API Gateway's own error bodies: {"message": "..."} as application/json.
-    return web.json_response({"message": message}, status=status, headers=headers or None)
+    # API Gateway's own error bodies: {"message":"..."} as `application/json`, without a charset parameter
+    # (aiohttp's json_response would add one, and the OpenAPI document declares API Gateway's media type).
+    body = json.dumps({"message": message}, separators=(",", ":")).encode("utf-8")
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers or None)
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -245,7 +247,9 @@ class Gateway:
         # client_max_size above the payload limit: this gateway answers 413 itself,
         # with API Gateway's body, before aiohttp would.
         app = web.Application(client_max_size=MAX_PAYLOAD_BYTES + 1)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        # Every path reaches handle(), which routes as API Gateway does: `.` would not match a decoded
+        # newline (%0A), and aiohttp would answer its own text/plain 404.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
         return app
 
     async def start(self) -> None:

@@ -32,6 +32,8 @@ def document() -> dict[str, Any]:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
     from state_core.api import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE
+    from state_core.history import DEFAULT_PAGE, MAX_PAGE, MAX_REQUESTED_VERSION
+    from state_core.keys import KEY_PATTERN
     from state_core.models import PutStateRequest
 
     app = APIGatewayHttpResolver(enable_validation=True)
@@ -64,14 +66,20 @@ def document() -> dict[str, Any]:
         "name": "key",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$"},
+        "schema": {"type": "string", "pattern": f"^{KEY_PATTERN}$"},
     }
     for operation in path.values():
         operation["parameters"] = [key_parameter] + [
             p for p in operation.get("parameters", []) if p.get("name") != "key"
         ]
     path["get"]["parameters"].append(
-        {"name": "consistent", "in": "query", "required": False, "schema": {"type": "boolean"}}
+        {
+            "name": "consistent",
+            "in": "query",
+            "required": False,
+            "description": "true: read DynamoDB with a strongly consistent read, bypassing the cache.",
+            "schema": {"type": "boolean", "default": False},
+        }
     )
     # Issue 9: a version of the key, and the history listing's page size and cursor.
     path["get"]["parameters"].append(
@@ -80,7 +88,7 @@ def document() -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "Read this version (the current one from the state, older ones from the history).",
-            "schema": {"type": "integer", "minimum": 1},
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_REQUESTED_VERSION},
         }
     )
     history = schema["paths"]["/state/{key}/history"]["get"]
@@ -90,17 +98,45 @@ def document() -> dict[str, Any]:
             "name": "limit",
             "in": "query",
             "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
         },
         {
             "name": "cursor",
             "in": "query",
             "required": False,
-            "description": "The previous page's next_cursor (opaque, bound to the key).",
-            "schema": {"type": "string"},
+            "description": (
+                "The previous page's next_cursor (opaque, bound to the key); any other value is refused (400)."
+            ),
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
         },
     ]
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            # Powertools gives every response a JSON body; 204 and 304 have none.
+            for status in ("204", "304"):
+                if status in responses:
+                    responses[status].pop("content", None)
+            # Powertools adds its own 422 to every route it would validate; these handlers do not use its
+            # validation, so only the 422 an operation declares (a problem document) is real.
+            if _VALIDATION_ERROR_REF in json.dumps(responses.get("422", {})):
+                del responses["422"]
+    _drop_unreferenced_schemas(schema)
     return schema
+
+
+_VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"
+
+
+def _drop_unreferenced_schemas(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    while True:
+        text = json.dumps(schema)
+        unused = [name for name in components if f'"#/components/schemas/{name}"' not in text]
+        if not unused:
+            return
+        for name in unused:
+            del components[name]
 
 
 def main() -> int:

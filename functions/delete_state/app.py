@@ -15,8 +15,8 @@ router = APIGatewayHttpRouter()
     "/state/<key>",
     summary="Delete a key",
     responses={
-        204: {"description": "Deleted; the ETag names the tombstone's version"},
-        **api.ERROR_RESPONSES,
+        204: {"description": "Deleted; the ETag names the tombstone's version", "headers": api.ETAG_HEADER},
+        **api.error_responses(400, 403, 404, 412, 503),
     },
 )
 def delete_state(key: str):

@@ -17,8 +17,8 @@ router = APIGatewayHttpRouter()
     summary="Read a key's current state, or one of its versions",
     responses={
         200: api.ENVELOPE_RESPONSE,
-        304: {"description": "Not modified"},
-        **api.ERROR_RESPONSES,
+        304: {"description": "Not modified", "headers": api.ETAG_HEADER},
+        **api.error_responses(400, 403, 404, 503),
         410: api.GONE_RESPONSE,
     },
 )
@@ -28,18 +28,20 @@ def get_state(key: str):
     audit.note_action("get_version" if "version" in (event.query_string_parameters or {}) else "get")
     key = api.request_key(event)
     api.authorized_principal(event, READ, key)
+    # Both parsed before either is used: a malformed parameter is a 400 whichever read it would steer.
     version = requested_version(api.query_parameter(event, "version"))
+    consistent = api.consistent_read_requested(event)
     if version is not None:
         record, value = history_reader().version(key, version)
         return api.state_response(200, record, value)
-    view = state_manager().get(key, consistent=api.consistent_read_requested(event))
+    view = state_manager().get(key, consistent=consistent)
     return api.read_response(event, view)
 
 
 @router.get(
     "/state/<key>/history",
     summary="List a key's versions, newest first",
-    responses={200: api.HISTORY_RESPONSE, **api.ERROR_RESPONSES},
+    responses={200: api.HISTORY_RESPONSE, **api.error_responses(400, 403, 404, 503)},
 )
 def get_history(key: str):
     event = router.current_event

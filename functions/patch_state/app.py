@@ -14,7 +14,7 @@ router = APIGatewayHttpRouter()
 @router.patch(
     "/state/<key>",
     summary="Merge-patch a key's value (RFC 7396)",
-    responses={200: api.ENVELOPE_RESPONSE, **api.ERROR_RESPONSES},
+    responses={200: api.ENVELOPE_RESPONSE, **api.error_responses(400, 403, 404, 412, 413, 415, 422, 503)},
 )
 def patch_state(key: str):
     event = router.current_event

@@ -18,7 +18,7 @@ router = APIGatewayHttpRouter()
     responses={
         200: api.METADATA_RESPONSE,
         201: {**api.METADATA_RESPONSE, "description": "Created"},
-        **api.ERROR_RESPONSES,
+        **api.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
     },
 )
 def put_state(key: str):

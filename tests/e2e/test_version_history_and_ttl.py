@@ -19,6 +19,7 @@ from conftest import start_devstack
 from test_change_events import Inbox
 
 from devstack.resources import DUMMY_CREDENTIALS
+from state_core.history import encode_cursor
 
 pytestmark = pytest.mark.e2e
 
@@ -163,6 +164,28 @@ def test_a_bad_version_is_400(api, key, version):
     assert_problem(api.get(key, version=version), 400)
 
 
+@pytest.mark.parametrize("text", ["\u00b2", "\u0663", "+1", " 1", "1_0"])
+def test_a_version_or_limit_that_is_not_ascii_digits_is_400_not_500(api, key, text):
+    # "\u00b2".isdigit() is true and int("\u00b2") raises: both were 500s.
+    api.put(key, 1)
+    assert_problem(api.get(key, version=text), 400)
+    assert_problem(api.history(key, limit=text), 400)
+
+
+def test_a_malformed_consistent_is_400_also_beside_a_version(api, key):
+    api.put(key, 1)
+    assert_problem(api.get(key, version="1", consistent="maybe"), 400)
+    assert api.get(key, version="1", consistent="true").status_code == 200
+
+
+def test_a_cursor_continuing_after_version_1_is_an_empty_last_page(api, key):
+    for n in range(2):
+        api.put(key, n)
+    response = api.history(key, cursor=encode_cursor(key, 1))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"key": key, "versions": [], "next_cursor": None}
+
+
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "ten"])
 def test_a_bad_limit_is_400(api, key, limit):
     api.put(key, 1)
@@ -191,7 +214,14 @@ def test_reading_history_needs_state_read_on_the_key(devstack, api, key):
 
 
 # --------------------------------------------------------------------------------------------------- TTL
-@pytest.mark.parametrize("ttl", [0, -1, "2", 1.5, 10 * 365 * 24 * 3600 + 1])
+def test_a_ttl_written_as_a_whole_number_with_a_fraction_is_accepted(api, key):
+    # JSON Schema's integer, the OpenAPI document's type for ttl_seconds, includes 147499321.0.
+    response = api.put_body(key, {"value": 1, "ttl_seconds": 147499321.0})
+    assert response.status_code == 201, response.text
+    assert response.json()["expires_at"] is not None
+
+
+@pytest.mark.parametrize("ttl", [0, -1, "2", 1.5, True, 0.5, 10 * 365 * 24 * 3600 + 1.0])
 def test_a_ttl_outside_1_s_to_10_years_is_400(api, key, ttl):
     assert_problem(api.put_body(key, {"value": 1, "ttl_seconds": ttl}), 400)
     assert_problem(api.get(key), 404)

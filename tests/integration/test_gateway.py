@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import requests
@@ -103,6 +104,29 @@ def test_unmatched_route_is_api_gateways_404(gw: RunningGateway) -> None:
     response = requests.get(gw.url("/nope/a"), headers=ALLOW, timeout=10)
     assert response.status_code == 404
     assert response.json() == {"message": "Not Found"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [("/nope/a", ALLOW, 404), ("/echo/k", {}, 401), ("/echo/k", {"Authorization": "Bearer deny"}, 403)],
+    ids=["404", "401", "403"],
+)
+def test_the_gateways_own_answers_are_application_json_as_api_gateway_sends_them(
+    gw: RunningGateway, path: str, headers: dict[str, str], status: int
+) -> None:
+    # The OpenAPI document declares these bodies as application/json, API Gateway's media type, with no
+    # charset parameter, and API Gateway's compact body.
+    response = requests.get(gw.url(path), headers=headers, timeout=10)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.content == json.dumps({"message": response.json()["message"]}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("raw", ["%0A", "a%0Ab", "%1A%F3%B0%8B%AF", "%0D%0A"])
+def test_a_path_variable_with_encoded_control_characters_reaches_the_route(gw: RunningGateway, raw: str) -> None:
+    # API Gateway matches routes on the raw path: the decoded newline is the function's to refuse (400).
+    response = requests.get(gw.url(f"/echo/{raw}"), headers=ALLOW, timeout=10)
+    assert echo(response)["event"]["pathParameters"] == {"key": unquote(raw)}
 
 
 def test_path_variable_matches_exactly_one_segment(gw: RunningGateway) -> None:

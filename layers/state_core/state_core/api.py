@@ -31,7 +31,7 @@ from state_core.errors import (
 from state_core.history import HistoryPageModel
 from state_core.keys import validate_key
 from state_core.manager import Expectation, StateView
-from state_core.models import Problem, StateEnvelope, StateMetadata, StateRecord
+from state_core.models import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
 from state_core.observability import logger, metrics
 from state_core.policy import PolicyError
 
@@ -46,22 +46,62 @@ Model = TypeVar("Model", bound=BaseModel)
 # fixes ttl_seconds outside 1 s..10 years, or not an integer, at 400.
 _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
-_ETAG = re.compile(r'\s*(W/)?"(\d{1,18})"\s*\Z')
+# ASCII digits and whitespace only: `\d` and `\s` would match other scripts' digits and spaces.
+_ETAG = re.compile(r'[ \t]*(W/)?"([0-9]{1,18})"[ \t]*\Z')
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}}}
-    for status, description in {
-        400: "Invalid key, JSON, body or header",
-        403: "Not allowed for this key",
-        404: "Absent, deleted or expired",
-        412: "Precondition failed",
-        413: "Value or body too large",
-        415: "Unsupported media type",
-        422: "Body of the wrong shape",
-        503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
-    }.items()
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid key, JSON, body, header or query parameter",
+    401: "No bearer token (API Gateway)",
+    403: "Not allowed for this key; or the token was refused (API Gateway)",
+    404: "Absent, deleted or expired; or no such route (API Gateway)",
+    412: "Precondition failed",
+    413: "Value or body too large; or the request is over API Gateway's limits",
+    415: "Unsupported media type",
+    422: "Body of the wrong shape",
+    429: "Throttled by the API's stage limits (API Gateway); retry later",
+    503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
 }
-ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
+# What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
+_GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
+# What a function answers, as an RFC 9457 problem document.
+_SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of the error statuses an operation can answer, the gateway's included."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, *_GATEWAY_STATUSES}):
+        content: dict[str, Any] = {}
+        if status in _SERVICE_STATUSES:
+            content[PROBLEM_CONTENT_TYPE] = {"model": Problem}
+        if status in _GATEWAY_STATUSES:
+            content[JSON_CONTENT_TYPE] = {"model": GatewayMessage}
+        responses[status] = {"description": _ERROR_DESCRIPTIONS[status], "content": content}
+        if status == 503:
+            responses[status]["headers"] = RETRY_AFTER_HEADER
+    return responses
+
+
+# The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
+ETAG_HEADER = {
+    "ETag": {
+        "description": 'The version as a strong entity tag, e.g. "3".',
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    }
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+ENVELOPE_RESPONSE = {
+    "description": "The state",
+    "headers": ETAG_HEADER,
+    "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}},
+}
 GONE_RESPONSE = {
     "description": "The version existed but is beyond the history's retention",
     "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
@@ -72,6 +112,7 @@ HISTORY_RESPONSE = {
 }
 METADATA_RESPONSE = {
     "description": "The state's metadata",
+    "headers": ETAG_HEADER,
     "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
 }
 
@@ -246,7 +287,7 @@ def json_response(status: int, body: str) -> Response[str]:
 
 
 def consistent_read_requested(event: APIGatewayProxyEventV2) -> bool:
-    value = (event.query_string_parameters or {}).get("consistent")
+    value = query_parameter(event, "consistent")
     if value is None:
         return False
     if value not in ("true", "false"):

@@ -45,7 +45,7 @@ audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
 
 _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
 _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
-_ETAG = re.compile(r'\s*(?:W/)?"(\d{1,18})"\s*\Z')
+_ETAG = re.compile(r'[ \t]*(?:W/)?"([0-9]{1,18})"[ \t]*\Z')
 
 
 def begin() -> None:

@@ -35,12 +35,16 @@ from state_core.blobs import MARKER_PREFIX, BlobRef
 from state_core.codec import StoredValue
 from state_core.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.models import StateRecord
+from state_core.params import ascii_int
 from state_core.store import dynamodb_errors, record_of_item, value_of_item
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+# Sort keys hold 12 digits; `?version=` takes up to 15 (a version past the key's current one is a 404).
+MAX_HISTORY_VERSION = 10**12 - 1
+MAX_REQUESTED_VERSION = 10**15 - 1
 # How far the history may trail the state when a function died between its state write and its own
 # history write: the stream's lag (about a second; measured locally, README). Within this window after the
 # key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
@@ -203,11 +207,11 @@ def decode_cursor(key: str, cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         fmt, tag, version_text, check = text.split(":")
-        version = int(version_text)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("cursor is not a cursor this service issued") from None
+    version = ascii_int(version_text, low=1, high=MAX_HISTORY_VERSION)
     intact = check == _check(f"{fmt}:{tag}:{version_text}")
-    if not intact or fmt != _CURSOR_VERSION or version < 1 or not version_text.isdigit():
+    if not intact or fmt != _CURSOR_VERSION or version is None:
         raise BadRequest("cursor is not a cursor this service issued")
     if tag != _key_tag(key):
         raise BadRequest("cursor belongs to another key")
@@ -215,20 +219,23 @@ def decode_cursor(key: str, cursor: str) -> int:
 
 
 def page_limit(text: str | None) -> int:
+    """`?limit=N`: ASCII digits, 1 to MAX_PAGE."""
     if text is None:
         return DEFAULT_PAGE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    limit = ascii_int(text, low=1, high=MAX_PAGE)
+    if limit is None:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
-    return int(text)
+    return limit
 
 
 def requested_version(text: str | None) -> int | None:
-    """`?version=N`: a positive integer (no sign, no leading zeros beyond the number itself)."""
+    """`?version=N`: ASCII digits, 1 to MAX_REQUESTED_VERSION."""
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 15 or int(text) < 1:
-        raise BadRequest("version must be a positive integer")
-    return int(text)
+    version = ascii_int(text, low=1, high=MAX_REQUESTED_VERSION)
+    if version is None:
+        raise BadRequest(f"version must be an integer from 1 to {MAX_REQUESTED_VERSION}")
+    return version
 
 
 # -------------------------------------------------------------------------------------------------- store
@@ -273,7 +280,12 @@ class HistoryStore:
     def page(self, key: str, *, limit: int, before: int | None) -> tuple[list[HistoryEntry], bool]:
         """Up to `limit` versions older than `before` (all when None), newest first; and whether more follow.
         One item more than asked tells whether a next page exists, so the last page never comes back empty."""
-        upper = history_sort_key(before - 1) if before is not None else history_sort_key(10**12 - 1)
+        if before is not None and before <= 1:
+            # Nothing is older than version 1; asked anyway, DynamoDB refuses a BETWEEN whose low bound is
+            # above its high bound (a ValidationException, where moto answers an empty page).
+            return [], False
+        top = MAX_HISTORY_VERSION if before is None else min(before - 1, MAX_HISTORY_VERSION)
+        upper = history_sort_key(top)
         request: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :key AND sk BETWEEN :low AND :high",

@@ -59,7 +59,7 @@ def _read_limited(url: str, timeout: float, max_bytes: int) -> bytes:
         if response.status != 200:
             raise JwksUnavailable(f"HTTP {response.status} from {url}")
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise JwksUnavailable(f"{url} is over {max_bytes} bytes")
         body = response.read(max_bytes + 1)
     if len(body) > max_bytes:

@@ -8,7 +8,8 @@ from state_core.errors import InvalidKey
 
 MAX_KEY_LENGTH = 256
 # \Z rather than $: `$` also matches before a trailing newline, which would let "a\n" through.
-_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}\Z")
+KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}"
+_KEY = re.compile(KEY_PATTERN + r"\Z")
 # One segment of a key: the key alphabet without the separator.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 from state_core.blobs import BlobRef
 from state_core.codec import StoredValue
@@ -16,16 +16,25 @@ from state_core.codec import StoredValue
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 
+def _whole_number(value: Any) -> Any:
+    # JSON has one number type, and JSON Schema's "integer" is any number with a zero fractional part, so a
+    # client may well send 3600.0. Strings, bools and 1.5 still reach StrictInt and are refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+TtlSeconds = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS), BeforeValidator(_whole_number)]
+
+
 class PutStateRequest(BaseModel):
     """Body of `PUT /state/{key}`."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)  # only PUT validates it
 
     value: Any = Field(description="Any JSON value; its canonical form is at most 1 MiB.")
-    ttl_seconds: StrictInt | None = Field(
+    ttl_seconds: TtlSeconds | None = Field(
         default=None,
-        ge=1,
-        le=MAX_TTL_SECONDS,
         description="Expire the key this many seconds after the write.",
     )
 
@@ -60,6 +69,14 @@ class Problem(BaseModel):
     status: int
     detail: str
     current_version: int | None = Field(default=None, description="On 412: the key's current version.")
+
+
+class GatewayMessage(BaseModel):
+    """API Gateway's own answer (401, 403, 404, 413, 429), e.g. {"message": "Unauthorized"}."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    message: str
 
 
 def rfc3339(moment: datetime) -> str:

@@ -1,0 +1,21 @@
+"""Integers read from client input (query parameters, cursors, ETags).
+
+`str.isdigit()` and `int()` disagree (`"²".isdigit()` is true, `int("²")` raises; `int(" 5")`, `int("+5")`,
+`int("5_0")` and Arabic-Indic digits all succeed), so client text is matched against ASCII digits first and only
+then converted: a malformed value is a clear 400, never an exception past the handler.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ASCII only: `\d` would also match other scripts' digits, and `\Z` (unlike `$`) refuses a trailing newline.
+_DIGITS = re.compile(r"[0-9]{1,32}\Z")
+
+
+def ascii_int(text: str, *, low: int, high: int) -> int | None:
+    """`text` as an integer from `low` to `high` if it is only ASCII digits; None otherwise."""
+    if not isinstance(text, str) or _DIGITS.match(text) is None:
+        return None
+    number = int(text)
+    return number if low <= number <= high else None

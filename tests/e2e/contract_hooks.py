@@ -1,0 +1,34 @@
+"""Schemathesis hooks for tests/e2e/test_api_contract.py (loaded by the fuzzer, not by pytest).
+
+A history cursor is opaque: the document can give its alphabet and length, not which strings the service
+issued, so a schema-valid cursor the service never issued is rightly refused (400). In cases meant to be
+valid, a generated cursor is therefore replaced by a cursor the service issues for the case's key, at a
+version derived from the generated text; negative cases keep theirs, and must be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import unquote
+
+import schemathesis
+from schemathesis.core.parameters import ParameterLocation
+
+from state_core.history import encode_cursor
+
+HISTORY_PATH = "/state/{key}/history"
+
+
+@schemathesis.hook
+def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    if case.operation.path != HISTORY_PATH or not case.query or "cursor" not in case.query:
+        return case
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.QUERY):
+        return case
+    generated = str(case.query["cursor"])
+    # Versions 1..12 cover the first page, a continuation, and the empty page after version 1.
+    version = 1 + hashlib.sha256(generated.encode("utf-8", "surrogatepass")).digest()[0] % 12
+    # The path parameter may already be percent-encoded for the URL; the service sees it decoded.
+    key = unquote(str((case.path_parameters or {}).get("key", "")))
+    case.query["cursor"] = encode_cursor(key, version)
+    return case
