@@ -11,6 +11,8 @@ import jwt
 import pytest
 import requests
 
+from tests.stack import start_devstack
+
 pytestmark = pytest.mark.e2e
 
 
@@ -75,11 +77,10 @@ def test_request_without_token_is_401_and_with_token_reaches_the_handler(devstac
     assert (devstack.log_dir / "access.log").exists()
 
 
-def test_a_crash_the_test_did_not_ask_for_is_reported(request: Any, tmp_path_factory: Any) -> None:
+def test_a_crash_the_test_did_not_ask_for_is_reported(tmp_path_factory: Any) -> None:
     """Every stack's teardown fails on an unexpected 500 (conftest DevStack.stop): this proves the check
     sees one. The function is killed after its write, which the stack was not told to expect."""
-    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "tests" / "conftest.py"))
-    stack = conftest.start_devstack(
+    stack = start_devstack(
         tmp_path_factory.mktemp("unexpected-crash"),
         {"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=kill*1"},
     )

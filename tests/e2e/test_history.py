@@ -35,7 +35,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -45,6 +44,7 @@ import requests
 from devstack.event_tail import take_messages
 from devstack.redis_server import RedisServer
 from devstack.resources import DUMMY_CREDENTIALS
+from tests.stack import start_devstack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.verify]
 
@@ -124,16 +124,8 @@ class Findings:
     stale_after_fault: float = 0.0
 
 
-def root_conftest(config):
-    """tests/conftest.py as pytest loaded it (a bare `import conftest` finds whichever conftest comes first
-    on sys.path when several scopes run together)."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    return config.pluginmanager.get_plugin(str(path))
-
-
 @pytest.fixture(scope="module")
-def history_stack(request, tmp_path_factory):
-    start_devstack = root_conftest(request.config).start_devstack
+def history_stack(tmp_path_factory):
     redis_server = RedisServer().start()
     stack = start_devstack(
         tmp_path_factory.mktemp("history-stack"),

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 import requests
-from conftest import start_devstack
+
+from tests.stack import start_devstack
 
 pytestmark = pytest.mark.e2e
 

@@ -9,11 +9,12 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import boto3
 import pytest
 import requests
+
+from tests.stack import start_devstack
 
 pytestmark = pytest.mark.e2e
 
@@ -21,11 +22,9 @@ BURST = 3
 
 
 @pytest.fixture(scope="module")
-def throttled_stack(request, tmp_path_factory):
-    # tests/conftest.py as pytest loaded it: a bare `import conftest` may find another scope's.
-    root_conftest = request.config.pluginmanager.get_plugin(str(Path(__file__).resolve().parents[1] / "conftest.py"))
+def throttled_stack(tmp_path_factory):
     # A burst of 3 and almost no refill: exactly the burst gets through.
-    stack = root_conftest.start_devstack(
+    stack = start_devstack(
         tmp_path_factory.mktemp("devstack-throttled"),
         extra_env={"LOCAL_THROTTLING_BURST_LIMIT": str(BURST), "LOCAL_THROTTLING_RATE_LIMIT": "0.001"},
     )

@@ -15,11 +15,11 @@ from typing import Any
 import boto3
 import pytest
 import requests
-from conftest import start_devstack
 from test_change_events import Inbox
 
 from devstack.resources import DUMMY_CREDENTIALS
 from state_core.history import encode_cursor
+from tests.stack import start_devstack
 
 pytestmark = pytest.mark.e2e
 
