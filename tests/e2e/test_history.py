@@ -9,8 +9,9 @@ checked against the contract:
 - every read returns a version not older than the last write acknowledged before the read began;
 - a member added by an acknowledged PATCH is never lost: any later version descending from the same PUT
   still holds it (each PUT stamps its value with its own id, PATCHes add members named by theirs);
-- a write answered 503 (Retry-After required) or 4xx left nothing behind; a 500 is allowed only where a
-  failpoint killed the function (the gateway logs Runtime.ExitError), and is indeterminate;
+- a write answered 503 (Retry-After required) or 4xx left nothing behind, unless the 503 says its outcome
+  is unknown (indeterminate); a 500 is allowed only where a failpoint killed the function (the gateway
+  logs Runtime.ExitError), and is indeterminate;
 - every acknowledged version has its StateChanged event in `state-changes` (checked once, at the end).
 
 Faults: the stack's workers are armed (STATE_FAILPOINTS_SPEC) to throttle a burst of DynamoDB requests in
@@ -93,7 +94,8 @@ class Op:
     if_match: int | None = None
     value: Any = None  # what a GET or PATCH answered
     retry_after: str | None = None
-    detail: str = ""  # a problem's detail (tells a throttled 503 from a timed-out one)
+    problem: str = ""  # a problem's type (tells a 503 that wrote nothing from one whose outcome is unknown)
+    detail: str = ""
     request_id: str = ""
 
     @property
@@ -210,7 +212,8 @@ def run_client(stack, number: int, seed: int, keys: list[str], ops: list[Op], st
         op.request_id = response.headers.get("apigw-requestid", "")
         op.retry_after = response.headers.get("Retry-After")
         if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/problem"):
-            op.detail = response.json().get("detail", "")
+            document = response.json()
+            op.problem, op.detail = document.get("type", "").rpartition("/")[2], document.get("detail", "")
         etag = response.headers.get("ETag")
         if etag and response.status_code < 300:
             op.version = int(etag.strip('"'))
@@ -304,9 +307,9 @@ def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: F
             problems.append(f"{op.key}: {op.op_id} 503 without Retry-After")
         if op.status >= 500 and op.status != 503 and op.request_id not in killed:
             problems.append(f"{op.key}: {op.op_id} answered {op.status} without a killed function")
-        # A 503 because DynamoDB did not answer in time is indeterminate (the write may have landed before
-        # the timeout); a throttled 503, a lost PATCH and every 4xx wrote nothing.
-        if op.write and ((op.status == 503 and "in time" not in op.detail) or 400 <= op.status < 500):
+        # A 503 write-outcome-unknown is indeterminate (the write was sent and its answer lost); any other
+        # 503 (throttled, never sent, a lost PATCH) and every 4xx wrote nothing.
+        if op.write and ((op.status == 503 and op.problem != "write-outcome-unknown") or 400 <= op.status < 500):
             failed_ids[op.op_id] = f"{op.status} {op.detail}"
         if op.status not in (200, 201, 204, 404, 412, 503) and op.request_id not in killed:
             problems.append(f"{op.key}: {op.op_id} unexpected status {op.status}")

@@ -58,7 +58,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Value or body too large",
         415: "Unsupported media type",
         422: "Body of the wrong shape",
-        503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
+        503: (
+            "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
+            " or a write whose outcome is unknown (write-outcome-unknown): read the key, or retry with If-Match."
+            " See Retry-After"
+        ),
     }.items()
 }
 ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
