@@ -238,7 +238,9 @@ def install_dynamodb_faults(client: Any) -> None:
     """Let the `dynamodb_send` point answer a DynamoDB request in DynamoDB's place, before it is sent.
 
     botocore's retries (standard mode) see the injected answer as they would a real one, so the point is
-    hit once per attempt. Nothing reaches the table: an injected fault can never be a partial write."""
+    hit once per attempt. Nothing reaches the table: an injected fault can never be a partial write. (A
+    state write answered 5xx is not retried, and its client is told its outcome is unknown, as it must be
+    for a real 5xx.)"""
 
     def before_send(request: Any, **_: Any) -> Any:
         if not ENABLED:
