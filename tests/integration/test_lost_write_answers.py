@@ -159,3 +159,35 @@ def test_a_write_whose_answer_was_lost_succeeds_when_it_is_still_the_latest(b, l
     # Then A is acknowledged with version 2, exactly once (no retry), and the cache has it
     assert (len(lost.sent), result.record.version, result.created) == (1, 2, False)
     assert_latest(b, key, 2, {"by": "a"})
+
+
+def test_over_http_the_client_gets_a_503_write_outcome_unknown_with_retry_after(invoke, client, state_table, key):
+    # Given version 1 written through the PUT function; the functions' own DynamoDB client then loses the
+    # answer of its next write, which landed, while B writes after it
+    from conftest import http_event
+
+    from state_core import runtime
+
+    assert invoke("put_state", http_event("put", key, body={"value": {"v": 1}}))["statusCode"] == 201
+    b = StateManager(StateStore(client, state_table), clock=utc_now, metrics=NoMetrics())
+    lost = LostAnswer(meanwhile=lambda: b.put(key, {"by": "b"}, actor="b"))
+    functions_client = runtime.dynamodb_client()
+    functions_client.meta.events.register("before-send.dynamodb", lost)
+    try:
+        response = invoke("put_state", http_event("put", key, body={"value": {"by": "a"}}))
+    finally:
+        functions_client.meta.events.unregister("before-send.dynamodb", lost)
+
+    # Then the answer is the outcome-unknown problem with Retry-After, and B's write is the latest
+    assert response["statusCode"] == 503
+    assert int(response["headers"]["Retry-After"]) > 0
+    assert response["headers"]["Content-Type"] == "application/problem+json"
+    problem = json.loads(response["body"])
+    assert problem["type"] == "https://state.service/problems/write-outcome-unknown"
+    assert "If-Match" in problem["detail"]
+    current = invoke("get_state", http_event("get", key), None)
+    assert (current["statusCode"], json.loads(current["body"])["value"], current["headers"]["ETag"]) == (
+        200,
+        {"by": "b"},
+        '"3"',
+    )
