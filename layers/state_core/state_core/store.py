@@ -204,7 +204,8 @@ class StateStore:
         expires_at: float | None = None,
         keep_expiry: bool = False,
     ) -> WriteResult:
-        """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise.
+        """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise, and
+        OutcomeUnknown if it was sent but whether it landed cannot be told (see _update).
 
         No read happens first: the version increments server-side and the condition is the only guard.
         """
@@ -456,8 +457,12 @@ def may_have_applied(error: BaseException) -> bool:
     """Whether a failed state write may have been applied all the same (see _NEVER_SENT)."""
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
-        return not 400 <= status < 500 or error.response.get("Error", {}).get("Code") in _TIMEOUT_CODES
+        return _answer_leaves_it_unknown(status, error.response.get("Error", {}).get("Code"))
     return isinstance(error, ConnectionError | HTTPClientError) and not isinstance(error, _NEVER_SENT)
+
+
+def _answer_leaves_it_unknown(status: int, code: str | None) -> bool:
+    return not 400 <= status < 500 or code in _TIMEOUT_CODES
 
 
 def _retry_only_unapplied(
@@ -465,8 +470,8 @@ def _retry_only_unapplied(
 ) -> bool | None:
     """botocore's `needs-retry` for UpdateItem: False (no retry) unless the attempt was certainly not applied;
     None leaves the decision to the standard retries (throttling, connection failures, within 3 attempts).
-    botocore takes the first answer that is not None, and this handler, on the operation's own event, runs
-    before the standard one, registered for the whole service."""
+    botocore takes the first answer that is not None (False: no retry), and this handler, on the operation's
+    own event, runs before the standard one, registered for the whole service."""
     if caught_exception is not None:
         return False if may_have_applied(caught_exception) else None
     if response is None:
@@ -474,8 +479,8 @@ def _retry_only_unapplied(
     http_response, parsed = response
     if 200 <= http_response.status_code < 300:
         return False  # applied (botocore would retry a 2xx whose CRC32 does not match)
-    code = parsed.get("Error", {}).get("Code")
-    return False if not 400 <= http_response.status_code < 500 or code in _TIMEOUT_CODES else None
+    unknown = _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code"))
+    return False if unknown else None
 
 
 def retry_only_unapplied_writes(client: Any) -> None:
