@@ -15,13 +15,14 @@ checked against the contract:
 - every acknowledged version has its StateChanged event in `state-changes` (checked once, at the end).
 
 Faults: the stack's workers are armed (STATE_FAILPOINTS_SPEC) to throttle a burst of DynamoDB requests in
-each worker (botocore retries, then 503), to kill the function at each failpoint of the request path now
-and then, and to pause a PATCH that holds the key's lock and has read the item past the lock's lease, so
-that another writer takes the lock and writes first (the workers log each firing with the request id, and
-a check at the end asserts that each of these faults happened). Redis is owned by the test and, in the
-fault seeds, paused (SIGSTOP), made slower than the 50 ms timeout (short pauses), or stopped and restarted
-mid-run. Reads that begin less than `REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale
-(DESIGN §5: bounded by the stream repair and the breaker); they are counted, not failed.
+each worker (botocore retries, then 503), to lose the answers of a few requests the table applied, to kill
+the function at each failpoint of the request path now and then, and to pause a PATCH that holds the key's
+lock and has read the item past the lock's lease, so that another writer takes the lock and writes first
+(the workers log each firing with the request id, and a check at the end asserts that each of these
+faults happened). Redis is owned by the test and, in the fault seeds, paused (SIGSTOP), made slower than
+the 50 ms timeout (short pauses), or stopped and restarted mid-run. Reads that begin less than
+`REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale (DESIGN §5: bounded by the stream
+repair and the breaker); they are counted, not failed.
 
 20 seeds in make test, 100 in make verify (STATE_VERIFY=1).
 """
@@ -55,8 +56,10 @@ CLIENTS = 4
 OPS_PER_CLIENT = 25 if VERIFY else 12
 KEYS = 3
 # Per worker process: its 41st-43rd DynamoDB requests are throttled (all of botocore's attempts of one
-# call, so a client sees 503); and at every failpoint of the request path, 0.5% of the passes kill the
-# function there (between DynamoDB and the cache, holding a lock, between a read and its fill...).
+# call, so a client sees 503); the answers of two requests that reached the table are lost (a write is
+# then settled by reading it back, or answered 503 write-outcome-unknown); and at every failpoint of the
+# request path, 0.5% of the passes kill the function there (between DynamoDB and the cache, holding a
+# lock, between a read and its fill...).
 KILL_POINTS = (
     "after_db_write_before_cache",
     "after_fill_read_before_set",
@@ -72,6 +75,7 @@ PAUSE_PAST_LEASE = LOCK_LEASE_SECONDS + 0.4
 FAILPOINT_SPEC = ";".join(
     [
         "dynamodb_send=return(throttle)*3+40",
+        "dynamodb_answer=return(lost)*2+25",
         *(f"{point}=kill%0.5" for point in KILL_POINTS),
         f"after_patch_read=delay({PAUSE_PAST_LEASE})%5",
     ]
@@ -157,7 +161,8 @@ def history_stack(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ledger():
     """Every operation of every seed, for the event check at the end, and the Redis faults."""
-    counts = dict.fromkeys(("kills", "init_timeouts", "throttled", "excused", "seeds", "paused", "overtaken"), 0)
+    names = ("kills", "init_timeouts", "throttled", "unknown", "excused", "seeds", "paused", "overtaken")
+    counts = dict.fromkeys(names, 0)
     return {"ops": [], "events": set(), "faults": Faults(), "seconds": 0.0, "stale_after_fault": 0.0, **counts}
 
 
@@ -276,6 +281,16 @@ def paused_request_ids(stack) -> set[str]:
     return paused
 
 
+def lost_answers(stack) -> int:
+    """DynamoDB requests the table applied and whose answer the workers lost (each firing is logged)."""
+    lost = 0
+    for log in stack.log_dir.glob("*Function.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"failpoint fired"' in line and json.loads(line).get("failpoint") == "dynamodb_answer":
+                lost += 1
+    return lost
+
+
 def overtaken(paused_patch: Op, ops: list[Op]) -> list[Op]:
     """Writes on the paused PATCH's key that began after it and were acknowledged before it was (its pause
     is most of its time, so nearly always while it was paused)."""
@@ -382,6 +397,7 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collec
     ledger["kills"] += sum(killed.get(op.request_id) == "Runtime.ExitError" for op in ops)
     ledger["init_timeouts"] += sum(killed.get(op.request_id) == "Runtime.InitTimeout" for op in ops)
     ledger["throttled"] += sum(op.status == 503 for op in ops)
+    ledger["unknown"] += sum(op.problem == "write-outcome-unknown" for op in ops)
     ledger["excused"] += findings.excused_stale_reads
     ledger["stale_after_fault"] = max(ledger["stale_after_fault"], findings.stale_after_fault)
     paused_ids = paused_request_ids(history_stack)
@@ -396,18 +412,21 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collec
     assert not findings.problems, f"seed {seed}:\n" + "\n".join(findings.problems)
 
 
-def test_every_fault_happened(ledger):
-    """The checks above mean something only if the faults fired: a kill, a throttled 503, a lock holder
-    overtaken while paused past its lease, and (in the fault seeds) a Redis fault."""
+def test_every_fault_happened(ledger, history_stack):
+    """The checks above mean something only if the faults fired: a kill, a throttled 503, a lost answer, a
+    lock holder overtaken while paused past its lease, and (in the fault seeds) a Redis fault."""
     if ledger["seeds"] < len(SEEDS):
         pytest.skip("only some seeds were selected")
+    lost = lost_answers(history_stack)
     print(
-        f"\nfaults: {ledger['kills']} killed at a failpoint, {ledger['throttled']} answered 503, "
+        f"\nfaults: {ledger['kills']} killed at a failpoint, {ledger['throttled']} answered 503 "
+        f"({ledger['unknown']} write-outcome-unknown), {lost} DynamoDB answers lost, "
         f"{ledger['paused']} PATCHes paused past the lock's lease ({ledger['overtaken']} overtaken by another "
         f"writer meanwhile), {len(ledger['faults'].redis_windows)} Redis faults"
     )
     assert ledger["kills"] > 0
     assert ledger["throttled"] > 0
+    assert lost > 0
     assert ledger["overtaken"] > 0
     assert ledger["faults"].redis_windows
 
