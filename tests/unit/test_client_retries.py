@@ -20,7 +20,7 @@ from botocore.exceptions import (
 from devstack.resources import DUMMY_CREDENTIALS
 from state_core.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG, EVENTS_CONFIG
-from state_core.store import StateStore
+from state_core.store import AnswerLost, StateStore
 from tests.doubles import FailingService, utc_now
 
 pytestmark = pytest.mark.unit
@@ -118,3 +118,33 @@ def test_the_idempotent_writes_beside_the_state_item_keep_their_retries(monkeypa
     with pytest.raises(ClientError):
         client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": {"pk": {"S": "k"}}}}]})
     assert unavailable.operations == ["PutItem"] * 3 + ["BatchWriteItem"] * 3
+
+
+@pytest.mark.parametrize(
+    ("caught", "response"),
+    [
+        (ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), None),
+        (ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), None),
+        (None, ("http-503", {"Error": {"Code": "ServiceUnavailable"}})),
+        (None, ("http-200", {})),
+    ],
+)
+def test_the_write_hook_never_answers_botocores_retry_question(caught, response, monkeypatch):
+    """The Lambda runtime brings its own botocore, and older releases take any answer that is not None,
+    False included, as "retry after sleeping that long". So for a write that may have landed the hook must
+    not answer at all: it raises, whichever botocore asks."""
+    client, _ = dynamodb_meeting(FailingService(), monkeypatch)
+    if response is not None:
+        status = int(response[0].removeprefix("http-"))
+        response = (type("HttpResponse", (), {"status_code": status})(), response[1])
+    operation = client.meta.service_model.operation_model("UpdateItem")
+    with pytest.raises(AnswerLost):
+        client.meta.events.emit(
+            "needs-retry.dynamodb.UpdateItem",
+            response=response,
+            endpoint=None,
+            operation=operation,
+            attempts=1,
+            caught_exception=caught,
+            request_dict={},
+        )

@@ -401,8 +401,8 @@ class StateStore:
                         # On failure DynamoDB hands back the current item, so callers need not read again.
                         ReturnValuesOnConditionCheckFailure="ALL_OLD",
                     )
-                except (ClientError, ConnectionError, HTTPClientError) as exc:
-                    if not may_have_applied(exc):
+                except (AnswerLost, ClientError, ConnectionError, HTTPClientError) as exc:
+                    if not isinstance(exc, AnswerLost) and not may_have_applied(exc):
                         raise
                     landed = self._current_if_written_by(key, own_write_id)
                     if landed is None:
@@ -465,22 +465,37 @@ def _answer_leaves_it_unknown(status: int, code: str | None) -> bool:
     return not 400 <= status < 500 or code in _TIMEOUT_CODES
 
 
+class AnswerLost(Exception):
+    """Raised from botocore's retry step for a state write that may have been applied: it stops the retry
+    there, and _update settles the outcome. `error` is the failure botocore saw (None: a 2xx it rejected)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__("the answer to a state write was lost")
+        self.error = error
+
+
 def _retry_only_unapplied(
-    caught_exception: BaseException | None = None, response: tuple[Any, dict[str, Any]] | None = None, **_: Any
-) -> bool | None:
-    """botocore's `needs-retry` for UpdateItem: False (no retry) unless the attempt was certainly not applied;
-    None leaves the decision to the standard retries (throttling, connection failures, within 3 attempts).
-    botocore takes the first answer that is not None (False: no retry), and this handler, on the operation's
-    own event, runs before the standard one, registered for the whole service."""
+    caught_exception: BaseException | None = None,
+    response: tuple[Any, dict[str, Any]] | None = None,
+    operation: Any = None,
+    **_: Any,
+) -> None:
+    """botocore's `needs-retry` for UpdateItem: raises AnswerLost unless the attempt was certainly not applied;
+    returning None leaves the decision to the standard retries (throttling, connection failures, within 3
+    attempts). It raises rather than answering False: older botocore releases read any answer that is
+    not None, False included, as "retry after sleeping that long", and the Lambda runtime brings its own
+    botocore. It runs before the standard handler, which is registered for the whole service."""
     if caught_exception is not None:
-        return False if may_have_applied(caught_exception) else None
+        if may_have_applied(caught_exception):
+            raise AnswerLost(caught_exception)
+        return
     if response is None:
-        return None
+        return
     http_response, parsed = response
     if 200 <= http_response.status_code < 300:
-        return False  # applied (botocore would retry a 2xx whose CRC32 does not match)
-    unknown = _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code"))
-    return False if unknown else None
+        raise AnswerLost(None)  # applied (botocore would retry a 2xx whose CRC32 does not match)
+    if _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code")):
+        raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))
 
 
 def retry_only_unapplied_writes(client: Any) -> None:
