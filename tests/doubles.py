@@ -1,6 +1,6 @@
 """Test doubles for the collaborators the core takes by injection (a metrics sink, a clock), shared by the
 tests (`from tests.doubles import Clock, NoMetrics, RecordedMetrics, utc_now`), and an AWS service that
-fails on demand (FailingService)."""
+fails on demand (FailingService) or applies a request and loses its answer (LostAnswer)."""
 
 from __future__ import annotations
 
@@ -57,23 +57,69 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
+def operation_of(request: Any) -> str:
+    """The operation of a botocore request to a JSON protocol service (DynamoDB: "UpdateItem", ...)."""
+    target = request.headers.get("X-Amz-Target", b"")
+    return (target.decode() if isinstance(target, bytes) else str(target)).rpartition(".")[2]
+
+
 class FailingService:
     """A botocore `before-send` hook that answers every request itself, with `status` and the error `code`,
-    after `delay` seconds, counting the attempts: register it as `before-send.<service>` on a client.
+    after `delay` seconds, counting the attempts (and each one's operation, in `operations`): register it
+    as `before-send.<service>` on a client. With `raises` (a botocore exception class such as
+    ReadTimeoutError or ConnectTimeoutError) the attempt fails with it instead, as a network fault would.
     Nothing reaches the service, so an injected failure can never be a partial write."""
 
-    def __init__(self, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0) -> None:
-        self.status, self.code, self.delay = status, code, delay
+    def __init__(
+        self, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0, raises: type | None = None
+    ) -> None:
+        self.status, self.code, self.delay, self.raises = status, code, delay, raises
         self.attempts = 0
+        self.operations: list[str] = []
 
     def __call__(self, request: Any, **_: Any) -> Any:
         from botocore.awsrequest import AWSResponse
 
         self.attempts += 1
+        self.operations.append(operation_of(request))
         if self.delay:
             time.sleep(self.delay)
+        if self.raises is not None:
+            raise self.raises(endpoint_url=request.url)
         body = json.dumps({"__type": self.code, "message": "injected"}).encode()
         return AWSResponse(request.url, self.status, {"Content-Type": "application/x-amz-json-1.0"}, _Body(body))
+
+
+class LostAnswer:
+    """A botocore `before-send` hook for DynamoDB that lets the table apply a request and loses the answer:
+    the first `count` requests of `operation` it sends itself, then runs `meanwhile` (say, another client's
+    write, acknowledged before this caller hears anything), then fails the attempt with ReadTimeoutError,
+    as an answer that never came. Other requests pass. It stands in for the network, not for DynamoDB:
+    the table (moto) really applies the request. `sent` holds every request body of `operation`."""
+
+    def __init__(self, operation: str = "UpdateItem", meanwhile: Any = None, count: int = 1) -> None:
+        self.operation, self.meanwhile, self.count = operation, meanwhile, count
+        self.sent: list[dict[str, Any]] = []
+        self.lost = 0
+
+    def __call__(self, request: Any, **_: Any) -> Any:
+        from botocore.exceptions import ReadTimeoutError
+        from botocore.httpsession import URLLib3Session
+
+        if operation_of(request) != self.operation:
+            return None
+        self.sent.append(json.loads(request.body))
+        if self.lost >= self.count:
+            return None
+        self.lost += 1
+        session = URLLib3Session()
+        try:
+            session.send(request)
+        finally:
+            session.close()
+        if self.meanwhile is not None:
+            self.meanwhile()
+        raise ReadTimeoutError(endpoint_url=request.url)
 
 
 class _Body:

@@ -9,18 +9,20 @@ checked against the contract:
 - every read returns a version not older than the last write acknowledged before the read began;
 - a member added by an acknowledged PATCH is never lost: any later version descending from the same PUT
   still holds it (each PUT stamps its value with its own id, PATCHes add members named by theirs);
-- a write answered 503 (Retry-After required) or 4xx left nothing behind; a 500 is allowed only where a
-  failpoint killed the function (the gateway logs Runtime.ExitError), and is indeterminate;
+- a write answered 503 (Retry-After required) or 4xx left nothing behind, unless the 503 says its outcome
+  is unknown (indeterminate); a 500 is allowed only where a failpoint killed the function (the gateway
+  logs Runtime.ExitError), and is indeterminate;
 - every acknowledged version has its StateChanged event in `state-changes` (checked once, at the end).
 
 Faults: the stack's workers are armed (STATE_FAILPOINTS_SPEC) to throttle a burst of DynamoDB requests in
-each worker (botocore retries, then 503), to kill the function at each failpoint of the request path now
-and then, and to pause a PATCH that holds the key's lock and has read the item past the lock's lease, so
-that another writer takes the lock and writes first (the workers log each firing with the request id, and
-a check at the end asserts that each of these faults happened). Redis is owned by the test and, in the
-fault seeds, paused (SIGSTOP), made slower than the 50 ms timeout (short pauses), or stopped and restarted
-mid-run. Reads that begin less than `REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale
-(DESIGN §5: bounded by the stream repair and the breaker); they are counted, not failed.
+each worker (botocore retries, then 503), to lose the answers of a few requests the table applied, to kill
+the function at each failpoint of the request path now and then, and to pause a PATCH that holds the key's
+lock and has read the item past the lock's lease, so that another writer takes the lock and writes first
+(the workers log each firing with the request id, and a check at the end asserts that each of these
+faults happened). Redis is owned by the test and, in the fault seeds, paused (SIGSTOP), made slower than
+the 50 ms timeout (short pauses), or stopped and restarted mid-run. Reads that begin less than
+`REDIS_FAULT_GRACE` seconds after a Redis fault ended may be stale (DESIGN §5: bounded by the stream
+repair and the breaker); they are counted, not failed.
 
 20 seeds in make test, 100 in make verify (STATE_VERIFY=1).
 """
@@ -54,8 +56,10 @@ CLIENTS = 4
 OPS_PER_CLIENT = 25 if VERIFY else 12
 KEYS = 3
 # Per worker process: its 41st-43rd DynamoDB requests are throttled (all of botocore's attempts of one
-# call, so a client sees 503); and at every failpoint of the request path, 0.5% of the passes kill the
-# function there (between DynamoDB and the cache, holding a lock, between a read and its fill...).
+# call, so a client sees 503); the answers of two requests that reached the table are lost (a write is
+# then settled by reading it back, or answered 503 write-outcome-unknown); and at every failpoint of the
+# request path, 0.5% of the passes kill the function there (between DynamoDB and the cache, holding a
+# lock, between a read and its fill...).
 KILL_POINTS = (
     "after_db_write_before_cache",
     "after_fill_read_before_set",
@@ -71,6 +75,7 @@ PAUSE_PAST_LEASE = LOCK_LEASE_SECONDS + 0.4
 FAILPOINT_SPEC = ";".join(
     [
         "dynamodb_send=return(throttle)*3+40",
+        "dynamodb_answer=return(lost)*2+25",
         *(f"{point}=kill%0.5" for point in KILL_POINTS),
         f"after_patch_read=delay({PAUSE_PAST_LEASE})%5",
     ]
@@ -93,7 +98,8 @@ class Op:
     if_match: int | None = None
     value: Any = None  # what a GET or PATCH answered
     retry_after: str | None = None
-    detail: str = ""  # a problem's detail (tells a throttled 503 from a timed-out one)
+    problem: str = ""  # a problem's type (tells a 503 that wrote nothing from one whose outcome is unknown)
+    detail: str = ""
     request_id: str = ""
 
     @property
@@ -148,7 +154,8 @@ def history_stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ledger():
     """Every operation of every seed, for the event check at the end, and the Redis faults."""
-    counts = dict.fromkeys(("kills", "init_timeouts", "throttled", "excused", "seeds", "paused", "overtaken"), 0)
+    names = ("kills", "init_timeouts", "throttled", "unknown", "excused", "seeds", "paused", "overtaken")
+    counts = dict.fromkeys(names, 0)
     return {"ops": [], "events": set(), "faults": Faults(), "seconds": 0.0, "stale_after_fault": 0.0, **counts}
 
 
@@ -203,7 +210,8 @@ def run_client(stack, number: int, seed: int, keys: list[str], ops: list[Op], st
         op.request_id = response.headers.get("apigw-requestid", "")
         op.retry_after = response.headers.get("Retry-After")
         if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/problem"):
-            op.detail = response.json().get("detail", "")
+            document = response.json()
+            op.problem, op.detail = document.get("type", "").rpartition("/")[2], document.get("detail", "")
         etag = response.headers.get("ETag")
         if etag and response.status_code < 300:
             op.version = int(etag.strip('"'))
@@ -266,6 +274,16 @@ def paused_request_ids(stack) -> set[str]:
     return paused
 
 
+def lost_answers(stack) -> int:
+    """DynamoDB requests the table applied and whose answer the workers lost (each firing is logged)."""
+    lost = 0
+    for log in stack.log_dir.glob("*Function.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"failpoint fired"' in line and json.loads(line).get("failpoint") == "dynamodb_answer":
+                lost += 1
+    return lost
+
+
 def overtaken(paused_patch: Op, ops: list[Op]) -> list[Op]:
     """Writes on the paused PATCH's key that began after it and were acknowledged before it was (its pause
     is most of its time, so nearly always while it was paused)."""
@@ -297,9 +315,9 @@ def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: F
             problems.append(f"{op.key}: {op.op_id} 503 without Retry-After")
         if op.status >= 500 and op.status != 503 and op.request_id not in killed:
             problems.append(f"{op.key}: {op.op_id} answered {op.status} without a killed function")
-        # A 503 because DynamoDB did not answer in time is indeterminate (the write may have landed before
-        # the timeout); a throttled 503, a lost PATCH and every 4xx wrote nothing.
-        if op.write and ((op.status == 503 and "in time" not in op.detail) or 400 <= op.status < 500):
+        # A 503 write-outcome-unknown is indeterminate (the write was sent and its answer lost); any other
+        # 503 (throttled, never sent, a lost PATCH) and every 4xx wrote nothing.
+        if op.write and ((op.status == 503 and op.problem != "write-outcome-unknown") or 400 <= op.status < 500):
             failed_ids[op.op_id] = f"{op.status} {op.detail}"
         if op.status not in (200, 201, 204, 404, 412, 503) and op.request_id not in killed:
             problems.append(f"{op.key}: {op.op_id} unexpected status {op.status}")
@@ -372,6 +390,7 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collec
     ledger["kills"] += sum(killed.get(op.request_id) == "Runtime.ExitError" for op in ops)
     ledger["init_timeouts"] += sum(killed.get(op.request_id) == "Runtime.InitTimeout" for op in ops)
     ledger["throttled"] += sum(op.status == 503 for op in ops)
+    ledger["unknown"] += sum(op.problem == "write-outcome-unknown" for op in ops)
     ledger["excused"] += findings.excused_stale_reads
     ledger["stale_after_fault"] = max(ledger["stale_after_fault"], findings.stale_after_fault)
     paused_ids = paused_request_ids(history_stack)
@@ -386,18 +405,21 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collec
     assert not findings.problems, f"seed {seed}:\n" + "\n".join(findings.problems)
 
 
-def test_every_fault_happened(ledger):
-    """The checks above mean something only if the faults fired: a kill, a throttled 503, a lock holder
-    overtaken while paused past its lease, and (in the fault seeds) a Redis fault."""
+def test_every_fault_happened(ledger, history_stack):
+    """The checks above mean something only if the faults fired: a kill, a throttled 503, a lost answer, a
+    lock holder overtaken while paused past its lease, and (in the fault seeds) a Redis fault."""
     if ledger["seeds"] < len(SEEDS):
         pytest.skip("only some seeds were selected")
+    lost = lost_answers(history_stack)
     print(
-        f"\nfaults: {ledger['kills']} killed at a failpoint, {ledger['throttled']} answered 503, "
+        f"\nfaults: {ledger['kills']} killed at a failpoint, {ledger['throttled']} answered 503 "
+        f"({ledger['unknown']} write-outcome-unknown), {lost} DynamoDB answers lost, "
         f"{ledger['paused']} PATCHes paused past the lock's lease ({ledger['overtaken']} overtaken by another "
         f"writer meanwhile), {len(ledger['faults'].redis_windows)} Redis faults"
     )
     assert ledger["kills"] > 0
     assert ledger["throttled"] > 0
+    assert lost > 0
     assert ledger["overtaken"] > 0
     assert ledger["faults"].redis_windows
 

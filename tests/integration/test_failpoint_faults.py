@@ -1,6 +1,6 @@
 """Faults at failpoints, in-process against the real store (moto server) and a real redis-server (issue 7):
 a lock holder paused past its lease, a function that dies between DynamoDB and the cache, DynamoDB
-throttling every attempt."""
+throttling every attempt, an answer lost after the table applied the request."""
 
 from __future__ import annotations
 
@@ -125,6 +125,26 @@ def test_dynamodb_throttling_every_attempt_is_a_503_with_retry_after_and_writes_
     assert attempts >= 6
     view = manager.get(key, consistent=True)
     assert (view.record.version, json.loads(view.canonical_value)) == (1, {"v": 1})
+
+
+def test_a_lost_answer_is_applied_by_the_table_and_a_write_is_then_settled_by_reading_it_back(
+    armed, redis_server, state_table, key
+):
+    # Given a client whose next DynamoDB request reaches the table but whose answer is lost
+    client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    failpoints.install_dynamodb_faults(client)
+    manager, _ = build(redis_server.url, state_table, client=client)
+    manager.put(key, {"v": 1}, actor="t")
+    failpoints.arm("dynamodb_answer", "return", "lost", count=1)
+
+    # When a PUT's answer is lost: nobody wrote since, so reading the item back finds the write
+    result = manager.put(key, {"v": 2}, actor="t")
+
+    # Then it is acknowledged once, as version 2 (not sent again as version 3)
+    assert failpoints.fired("dynamodb_answer") == 1
+    assert result.record.version == 2
+    view = manager.get(key, consistent=True)
+    assert (view.record.version, json.loads(view.canonical_value)) == (2, {"v": 2})
 
 
 def test_a_write_through_replayed_after_the_newer_entry_is_gone_never_serves_an_older_version(

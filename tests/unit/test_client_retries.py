@@ -1,17 +1,27 @@
 """The AWS clients' retry budgets, by behaviour: how many requests one failing call really sends.
 
 botocore reads a bare `max_attempts` as retries after the first; both configs use `total_max_attempts`
-so that the number written is the number sent (issue 7 found the DynamoDB one sending 4)."""
+so that the number written is the number sent (issue 7 found the DynamoDB one sending 4). A state write
+(the conditional UpdateItem) is the exception: it is sent again only when the failure proves it was not
+applied."""
 
 from __future__ import annotations
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from devstack.resources import DUMMY_CREDENTIALS
+from state_core.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG, EVENTS_CONFIG
-from tests.doubles import FailingService
+from state_core.store import AnswerLost, StateStore
+from tests.doubles import FailingService, utc_now
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +49,102 @@ def test_a_failing_call_is_sent_three_times(service, config, call, monkeypatch):
     with pytest.raises(ClientError):
         call(client)
     assert unavailable.attempts == 3
+
+
+def dynamodb_meeting(fault, monkeypatch):
+    """A DynamoDB client as the functions configure it, whose every request meets `fault`, and a StateStore
+    on it (which sets the client's retries of state writes)."""
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    client = boto3.client(
+        "dynamodb",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        **DUMMY_CREDENTIALS,
+        config=DYNAMODB_CONFIG,
+    )
+    client.meta.events.register("before-send.dynamodb", fault)
+    return client, StateStore(client, "t")
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        FailingService(400, "ThrottlingException"),
+        FailingService(400, "ProvisionedThroughputExceededException"),
+        FailingService(400, "RequestLimitExceeded"),
+        FailingService(raises=ConnectTimeoutError),
+        FailingService(raises=EndpointConnectionError),
+    ],
+    ids=["throttled", "provisioned", "request-limit", "connect-timeout", "no-connection"],
+)
+def test_a_state_write_refused_or_never_sent_is_retried_three_times_then_503(fault, monkeypatch):
+    # Given DynamoDB refusing every write before applying it, or no connection at all
+    _, store = dynamodb_meeting(fault, monkeypatch)
+    # When a write is made, botocore retries it (nothing was applied), then the client is told to retry
+    with pytest.raises(ServiceUnavailable) as busy:
+        store.delete("k", actor="a", now=utc_now(), version=None)
+    assert not isinstance(busy.value, OutcomeUnknown)
+    assert fault.operations == ["UpdateItem"] * 3
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        FailingService(500, "InternalServerError"),
+        FailingService(503, "ServiceUnavailable"),
+        FailingService(raises=ReadTimeoutError),
+        FailingService(raises=ConnectionClosedError),
+    ],
+    ids=["internal-error", "unavailable", "read-timeout", "connection-closed"],
+)
+def test_a_state_write_whose_outcome_is_unknown_is_sent_once(fault, monkeypatch):
+    # Given a write that reaches DynamoDB, but whose answer is an error or never comes
+    _, store = dynamodb_meeting(fault, monkeypatch)
+    # When it fails, it is not sent again (it may have been applied): the read back fails too, so the
+    # client is told the outcome is unknown
+    with pytest.raises(OutcomeUnknown):
+        store.delete("k", actor="a", now=utc_now(), version=None)
+    assert fault.operations.count("UpdateItem") == 1
+    assert fault.operations.count("GetItem") == 3
+
+
+def test_the_idempotent_writes_beside_the_state_item_keep_their_retries(monkeypatch):
+    # Given the client a StateStore writes with, answering 503 to everything
+    unavailable = FailingService()
+    client, _ = dynamodb_meeting(unavailable, monkeypatch)
+    # When a history item is put (idempotent: the same item each time), botocore still retries it
+    with pytest.raises(ClientError):
+        client.put_item(TableName="t", Item={"pk": {"S": "k"}, "sk": {"S": "v#1"}})
+    with pytest.raises(ClientError):
+        client.batch_write_item(RequestItems={"t": [{"DeleteRequest": {"Key": {"pk": {"S": "k"}}}}]})
+    assert unavailable.operations == ["PutItem"] * 3 + ["BatchWriteItem"] * 3
+
+
+@pytest.mark.parametrize(
+    ("caught", "response"),
+    [
+        (ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), None),
+        (ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), None),
+        (None, ("http-503", {"Error": {"Code": "ServiceUnavailable"}})),
+        (None, ("http-200", {})),
+    ],
+)
+def test_the_write_hook_never_answers_botocores_retry_question(caught, response, monkeypatch):
+    """The Lambda runtime brings its own botocore, and older releases take any answer that is not None,
+    False included, as "retry after sleeping that long". So for a write that may have landed the hook must
+    not answer at all: it raises, whichever botocore asks."""
+    client, _ = dynamodb_meeting(FailingService(), monkeypatch)
+    if response is not None:
+        status = int(response[0].removeprefix("http-"))
+        response = (type("HttpResponse", (), {"status_code": status})(), response[1])
+    operation = client.meta.service_model.operation_model("UpdateItem")
+    with pytest.raises(AnswerLost):
+        client.meta.events.emit(
+            "needs-retry.dynamodb.UpdateItem",
+            response=response,
+            endpoint=None,
+            operation=operation,
+            attempts=1,
+            caught_exception=caught,
+            request_dict={},
+        )

@@ -135,7 +135,7 @@ def test_disarming_everything_clears_the_flag(enabled):
 
 def test_every_named_point_is_called_somewhere_in_the_core():
     source = "\n".join(p.read_text() for p in CORE.glob("*.py"))
-    called = set(re.findall(r'failpoints\.hit\("([a-z_]+)"', source)) | {"dynamodb_send"}
+    called = set(re.findall(r'failpoints\.hit\("([a-z_]+)"', source)) | {"dynamodb_send", "dynamodb_answer"}
     assert called == set(failpoints.POINTS)
 
 

@@ -59,7 +59,11 @@ _ERROR_DESCRIPTIONS = {
     415: "Unsupported media type",
     422: "Body of the wrong shape",
     429: "Throttled by the API's stage limits (API Gateway); retry later",
-    503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
+    503: (
+        "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
+        " or a write whose outcome is unknown (write-outcome-unknown): read the key, or retry with If-Match."
+        " See Retry-After"
+    ),
 }
 # What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
 _GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})

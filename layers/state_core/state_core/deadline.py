@@ -4,8 +4,9 @@ before the function's timeout.
 botocore bounds one attempt (connect 1 s + read 2 s) and makes up to 3 with backoff, so one call can take
 about 12 s and a PATCH makes two, against a 10 s function timeout. A function stopped by its timeout gives
 the client a bare 500 and no hint that its write may have landed. With the budget, the call instead fails
-with OutOfTime while there is still time to answer, which the store turns into 503 with Retry-After
-("did not answer in time": as after any timeout, an earlier attempt may have landed).
+with OutOfTime while there is still time to answer, which the store turns into 503 with Retry-After.
+The refused attempt was never sent, and a state write is retried only after attempts that were not
+applied (store.py), so such a 503 means the write was not applied.
 
 The budget lives in a context variable set per invocation (observability.lambda_entry); outside one (the
 stream functions, tests that call the core directly) nothing is checked.

@@ -70,6 +70,14 @@ class ServiceUnavailable(StateError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class OutcomeUnknown(ServiceUnavailable):
+    """A write was sent but no answer came back (timeout, dropped connection, 5xx): it may have landed, and
+    a newer write may already have replaced it. Never retried by the service; the client reads the key,
+    or retries with If-Match (If-None-Match: * for a create), which cannot apply twice."""
+
+    title, slug = "Write outcome unknown", "write-outcome-unknown"
+
+
 class Gone(StateError):
     """A version that existed but has left the history's retention (issue 9)."""
 

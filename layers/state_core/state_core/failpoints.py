@@ -19,8 +19,8 @@ An observer set by `arm_from_environ` hears each firing before its action runs (
 log it with the request's correlation id, so a test can tell which request was paused or killed where).
 
 `STATE_FAILPOINTS_SPEC` arms points in a worker process at start:
-`name=action[(arg)][*count][%percent][;name=...]`, e.g. `after_db_write_before_cache=kill*1` or
-`dynamodb_send=return(throttle)%20`.
+`name=action[(arg)][*count][%percent][;name=...]`, e.g. `after_db_write_before_cache=kill*1`,
+`dynamodb_send=return(throttle)%20` or `dynamodb_answer=return(lost)*2+30`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ POINTS = frozenset(
         "before_lock_release",  # patch: written (or failed), lock not yet released
         "after_patch_read",  # patch: version read, merged write not yet sent
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
+        "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost
     }
 )
 ACTIONS = frozenset({"pause", "delay", "raise", "kill", "return", "call"})
@@ -235,16 +236,23 @@ _DYNAMODB_FAULTS = {
 
 
 def install_dynamodb_faults(client: Any) -> None:
-    """Let the `dynamodb_send` point answer a DynamoDB request in DynamoDB's place, before it is sent.
+    """Let the `dynamodb_send` point answer a DynamoDB request in DynamoDB's place, before it is sent, and
+    the `dynamodb_answer` point lose the answer of a request the table has applied.
 
     botocore's retries (standard mode) see the injected answer as they would a real one, so the point is
-    hit once per attempt. Nothing reaches the table: an injected fault can never be a partial write."""
+    hit once per attempt. At `dynamodb_send` nothing reaches the table: an injected fault can never be a
+    partial write. (A state write answered 5xx is not retried, and its client is told its outcome is
+    unknown, as it must be for a real 5xx.) `dynamodb_answer=return(lost)` sends the request itself, so the
+    table applies it, then fails the attempt with a read timeout, as an answer that never came."""
 
     def before_send(request: Any, **_: Any) -> Any:
         if not ENABLED:
             return None
-        fault = hit("dynamodb_send", operation=request.headers.get("X-Amz-Target", b""))
+        operation = request.headers.get("X-Amz-Target", b"")
+        fault = hit("dynamodb_send", operation=operation)
         if fault is None:
+            if hit("dynamodb_answer", operation=operation) == "lost":
+                _apply_and_lose_the_answer(request)
             return None
         from botocore.awsrequest import AWSResponse
 
@@ -253,6 +261,18 @@ def install_dynamodb_faults(client: Any) -> None:
         return AWSResponse(request.url, status, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
 
     client.meta.events.register("before-send.dynamodb", before_send)
+
+
+def _apply_and_lose_the_answer(request: Any) -> None:
+    from botocore.exceptions import ReadTimeoutError
+    from botocore.httpsession import URLLib3Session
+
+    session = URLLib3Session()
+    try:
+        session.send(request)
+    finally:
+        session.close()
+    raise ReadTimeoutError(endpoint_url=request.url)
 
 
 class _Raw:

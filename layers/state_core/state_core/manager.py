@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 from state_core import failpoints
 from state_core.cache import CacheEntry
 from state_core.codec import StoredValue, canonical_json, check_depth, check_value_size
-from state_core.errors import NotFound, PreconditionFailed, ServiceUnavailable
+from state_core.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
 from state_core.merge_patch import apply_merge_patch
 from state_core.metrics import MetricsSink
 from state_core.models import StateRecord
@@ -335,6 +335,11 @@ class StateManager:
             tombstone = self._store.expire(key, version=current.version, expires_at=current.expires_at, now=now)
         except ConditionFailed:
             return  # already expired (or rewritten) by someone else
+        except OutcomeUnknown:
+            # Whether it landed or not, the caller's next step holds: a PUT's next conditional write sees
+            # which, and a write that lands over it is what the client asked for; if it landed, the stream
+            # records its history and event, and repairs the cache.
+            return
         self._metrics.add_metric(name="Expiries", unit="Count", value=1)
         self._record_history(tombstone, "expired")
         self._cache_write(CacheEntry(tombstone))

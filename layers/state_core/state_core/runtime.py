@@ -24,6 +24,8 @@ from state_core.store import StateStore
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
 # fail fast, let standard-mode retries (with their own backoff and retry quota) absorb blips, then 503.
+# Reads and the idempotent puts (history, blobs) retry any transient failure; the state item's conditional
+# write retries only failures that prove it was not applied (StateStore installs that hook on the client).
 # `total_max_attempts` counts the first attempt; botocore reads a bare `max_attempts` as retries after it
 # (3 meant 4 attempts and up to 3 s more of backoff; issue 7's throttling test pins this at 3).
 DYNAMODB_CONFIG = Config(

@@ -19,13 +19,20 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+)
 
 from state_core.auth import SYSTEM_ACTOR_PREFIX
 from state_core.blobs import BlobRef, BlobStore
 from state_core.codec import StoredValue
 from state_core.deadline import OutOfTime
-from state_core.errors import ServiceUnavailable
+from state_core.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.models import StateRecord, rfc3339
 
 STATE_SORT_KEY = "state"
@@ -45,6 +52,17 @@ _UNAVAILABLE_CODES = frozenset(
         "TransactionInProgressException",
     }
 )
+
+# A sent conditional write that gets no clear answer may have been applied, and another write may have come
+# after it; a retry would then apply it a second time (over the newer write) or fail its condition (412 for a
+# write that landed). So a state write is retried only after a failure that proves it was not applied:
+# - never sent: no connection was made, or the time budget refused the attempt;
+# - refused: any 4xx answer (throttled, condition failed, invalid), except the timeout codes below.
+# Anything else (read timeout, connection dropped after sending, 5xx, a 2xx whose checksum botocore rejects)
+# leaves the outcome unknown.
+_NEVER_SENT = (ConnectTimeoutError, EndpointConnectionError, OutOfTime)
+_TIMEOUT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+_RETRY_HOOK_ID = "state-core-retry-only-unapplied-writes"
 
 _NAMES = {
     "#pk": "pk",
@@ -151,6 +169,7 @@ class StateStore:
         self._client = client
         self._table = table_name
         self.blobs = BlobStore(client, table_name)
+        retry_only_unapplied_writes(client)
 
     def get(self, key: str) -> StateRecord | None:
         """Strongly consistent read of the key's item (tombstones included), with its value loaded."""
@@ -186,7 +205,8 @@ class StateStore:
         expires_at: float | None = None,
         keep_expiry: bool = False,
     ) -> WriteResult:
-        """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise.
+        """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise, and
+        OutcomeUnknown if it was sent but whether it landed cannot be told (see _update).
 
         No read happens first: the version increments server-side and the condition is the only guard.
         """
@@ -248,6 +268,8 @@ class StateStore:
                 values=values,
             )
         except ConditionFailed:
+            # Refused, so the blob is nobody's. Not after OutcomeUnknown: the write may have landed, and then
+            # its version refers to the blob; if it did not, the blob's marker lets the collector take it.
             if blob is not None:
                 self._discard(key, blob)
             raise
@@ -357,27 +379,40 @@ class StateStore:
                 return "#version = :expected_version"
 
     def _update(self, key: str, *, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
-        # botocore retries a request whose answer timed out. Had DynamoDB applied the first attempt, the
-        # retry would apply it again (an unconditional PUT: a second version) or fail its own condition (a
-        # 412 for a write that landed). Every write carries a fresh write id, so a retry that finds its own
-        # id has already succeeded: it is refused here and answered from the item DynamoDB returns.
+        """The conditional UpdateItem of the state item: its new image, ConditionFailed, or OutcomeUnknown
+        when it was sent and no clear answer came back (botocore does not retry it then: see the hook)."""
         own_write_id = values[":write_id"]["S"]
-        # Every condition is an AND chain of parenthesized parts (DynamoDB refuses redundant parentheses).
+        # The write id guard: a retry that finds its own write id on the item has already succeeded, and is
+        # answered from the item DynamoDB returns. Retries follow only attempts that were not applied, so it
+        # should never fire; it stays as a cheap net should a failure ever be misjudged as not applied.
+        # (Every condition is an AND chain of parenthesized parts: DynamoDB refuses redundant parentheses.)
         condition = f"{condition} AND (attribute_not_exists(#write_id) OR #write_id <> :write_id)"
         names = {name: attr for name, attr in _NAMES.items() if name in update or name in condition}
         try:
             with dynamodb_errors():
-                return self._client.update_item(
-                    TableName=self._table,
-                    Key=self._item_key(key),
-                    UpdateExpression=update,
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                    ReturnValues="ALL_NEW",
-                    # On failure DynamoDB hands back the current item, so callers need not read again.
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
+                try:
+                    return self._client.update_item(
+                        TableName=self._table,
+                        Key=self._item_key(key),
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeNames=names,
+                        ExpressionAttributeValues=values,
+                        ReturnValues="ALL_NEW",
+                        # On failure DynamoDB hands back the current item, so callers need not read again.
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                except (AnswerLost, ClientError, ConnectionError, HTTPClientError) as exc:
+                    if not isinstance(exc, AnswerLost) and not may_have_applied(exc):
+                        raise
+                    landed = self._current_if_written_by(key, own_write_id)
+                    if landed is None:
+                        raise OutcomeUnknown(
+                            "the write was sent but its answer was lost: it may or may not have been applied, and"
+                            " may since have been replaced; read the key, or retry with If-Match (If-None-Match: *"
+                            " to create)"
+                        ) from exc
+                    return {"Attributes": landed}
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
@@ -386,6 +421,18 @@ class StateStore:
                 return {"Attributes": item}
             # A large value's blob is not loaded here: most callers need only the version.
             raise ConditionFailed(None if item is None else record_of_item(item)) from exc
+
+    def _current_if_written_by(self, key: str, write_id: str) -> dict[str, Any] | None:
+        """The state item (without its value) if the write `write_id` made it, else None: after a write whose
+        answer was lost, the common case (nobody wrote since) is settled by one read. Another write id proves
+        nothing (ours may have landed before it), nor does a failed read."""
+        try:
+            item = self.head(key)
+        except (ServiceUnavailable, ClientError, BotoCoreError):
+            return None
+        if item is None or item.get("write_id", {}).get("S") != write_id:
+            return None
+        return item
 
     @staticmethod
     def _item_key(key: str) -> dict[str, Any]:
@@ -402,9 +449,61 @@ def dynamodb_errors() -> Iterator[None]:
             raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
         raise
     except (ConnectionError, HTTPClientError, OutOfTime) as exc:
-        # OutOfTime: an earlier attempt may have timed out after DynamoDB applied it, so this is as
-        # indeterminate as a timeout (a retried write is recognized by its write id).
+        # A state write whose outcome is unknown never gets here (StateStore._update: OutcomeUnknown), so for
+        # a write this means not applied: never sent, or refused before an attempt the budget stopped.
         raise ServiceUnavailable("the state table did not answer in time; retry shortly") from exc
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """Whether a failed state write may have been applied all the same (see _NEVER_SENT)."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+        return _answer_leaves_it_unknown(status, error.response.get("Error", {}).get("Code"))
+    return isinstance(error, ConnectionError | HTTPClientError) and not isinstance(error, _NEVER_SENT)
+
+
+def _answer_leaves_it_unknown(status: int, code: str | None) -> bool:
+    return not 400 <= status < 500 or code in _TIMEOUT_CODES
+
+
+class AnswerLost(Exception):
+    """Raised from botocore's retry step for a state write that may have been applied: it stops the retry
+    there, and _update settles the outcome. `error` is the failure botocore saw (None: a 2xx it rejected)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__("the answer to a state write was lost")
+        self.error = error
+
+
+def _retry_only_unapplied(
+    caught_exception: BaseException | None = None,
+    response: tuple[Any, dict[str, Any]] | None = None,
+    operation: Any = None,
+    **_: Any,
+) -> None:
+    """botocore's `needs-retry` for UpdateItem: raises AnswerLost unless the attempt was certainly not applied;
+    returning None leaves the decision to the standard retries (throttling, connection failures, within 3
+    attempts). It raises rather than answering False: older botocore releases read any answer that is
+    not None, False included, as "retry after sleeping that long", and the Lambda runtime brings its own
+    botocore. It runs before the standard handler, which is registered for the whole service."""
+    if caught_exception is not None:
+        if may_have_applied(caught_exception):
+            raise AnswerLost(caught_exception)
+        return
+    if response is None:
+        return
+    http_response, parsed = response
+    if 200 <= http_response.status_code < 300:
+        raise AnswerLost(None)  # applied (botocore would retry a 2xx whose CRC32 does not match)
+    if _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code")):
+        raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))
+
+
+def retry_only_unapplied_writes(client: Any) -> None:
+    """Stop botocore retrying an UpdateItem of `client` that may have been applied (once per client)."""
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        events.register_first("needs-retry.dynamodb.UpdateItem", _retry_only_unapplied, unique_id=_RETRY_HOOK_ID)
 
 
 def value_of_item(item: Mapping[str, Any]) -> tuple[StoredValue | None, BlobRef | None]:
