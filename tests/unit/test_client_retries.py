@@ -7,6 +7,8 @@ applied."""
 
 from __future__ import annotations
 
+import zlib
+
 import boto3
 import pytest
 from botocore.exceptions import (
@@ -120,31 +122,50 @@ def test_the_idempotent_writes_beside_the_state_item_keep_their_retries(monkeypa
     assert unavailable.operations == ["PutItem"] * 3 + ["BatchWriteItem"] * 3
 
 
+class _Answer:
+    """An HTTP answer as botocore hands it to needs-retry."""
+
+    def __init__(self, status_code: int, content: bytes = b"{}", crc32: str | None = None) -> None:
+        self.status_code, self.content = status_code, content
+        self.headers = {} if crc32 is None else {"x-amz-crc32": crc32}
+
+
+def _ask_whether_to_retry(client, caught=None, response=None):
+    operation = client.meta.service_model.operation_model("UpdateItem")
+    return client.meta.events.emit(
+        "needs-retry.dynamodb.UpdateItem",
+        response=response,
+        endpoint=None,
+        operation=operation,
+        attempts=1,
+        caught_exception=caught,
+        request_dict={"context": {}},
+    )
+
+
 @pytest.mark.parametrize(
     ("caught", "response"),
     [
         (ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), None),
         (ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), None),
-        (None, ("http-503", {"Error": {"Code": "ServiceUnavailable"}})),
-        (None, ("http-200", {})),
+        (None, (_Answer(503), {"Error": {"Code": "ServiceUnavailable"}})),
+        (None, (_Answer(200, b"{}", crc32="1"), {})),  # landed, but botocore would resend it
     ],
+    ids=["read-timeout", "connection-closed", "5xx", "2xx-crc-mismatch"],
 )
 def test_the_write_hook_never_answers_botocores_retry_question(caught, response, monkeypatch):
     """The Lambda runtime brings its own botocore, and older releases take any answer that is not None,
     False included, as "retry after sleeping that long". So for a write that may have landed the hook must
     not answer at all: it raises, whichever botocore asks."""
     client, _ = dynamodb_meeting(FailingService(), monkeypatch)
-    if response is not None:
-        status = int(response[0].removeprefix("http-"))
-        response = (type("HttpResponse", (), {"status_code": status})(), response[1])
-    operation = client.meta.service_model.operation_model("UpdateItem")
     with pytest.raises(AnswerLost):
-        client.meta.events.emit(
-            "needs-retry.dynamodb.UpdateItem",
-            response=response,
-            endpoint=None,
-            operation=operation,
-            attempts=1,
-            caught_exception=caught,
-            request_dict={},
-        )
+        _ask_whether_to_retry(client, caught, response)
+
+
+def test_the_write_hook_lets_a_plain_success_through(monkeypatch):
+    # botocore asks after every answer, successes included: a 2xx whose checksum holds is no loss.
+    client, _ = dynamodb_meeting(FailingService(), monkeypatch)
+    body = b'{"Attributes":{}}'
+    for answer in (_Answer(200, body), _Answer(200, body, crc32=str(zlib.crc32(body) & 0xFFFFFFFF))):
+        replies = _ask_whether_to_retry(client, response=(answer, {}))
+        assert all(reply is None for _, reply in replies)

@@ -12,6 +12,7 @@ goes on counting, and drops value, created_at, incarnation and expires_at.
 from __future__ import annotations
 
 import secrets
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -494,7 +495,12 @@ def _retry_only_unapplied(
         return
     http_response, parsed = response
     if 200 <= http_response.status_code < 300:
-        raise AnswerLost(None)  # applied (botocore would retry a 2xx whose CRC32 does not match)
+        # Applied. botocore asks after every answer, and retries a 2xx only when its CRC32 does not match
+        # the body: a write that landed, so its retry must be stopped too.
+        expected = http_response.headers.get("x-amz-crc32")
+        if expected is not None and str(zlib.crc32(http_response.content) & 0xFFFFFFFF) != expected:
+            raise AnswerLost(None)
+        return
     if _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code")):
         raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))
 
