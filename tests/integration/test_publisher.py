@@ -19,7 +19,7 @@ from state_core.events import Operation, event_id
 from state_core.manager import StateManager
 from state_core.publisher import ChangePublisher, PublishPolicy
 from state_core.store import StateStore
-from tests.doubles import RecordedMetrics, utc_now
+from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +246,12 @@ def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_
     from state_core.cache import RedisStateCache
     from state_core.redis_link import RedisLink, connect
 
-    link = RedisLink(connect(redis_server.url, password=None, timeout_seconds=0.5), CircuitBreaker(5), lambda: None)
+    link = RedisLink(
+        connect(redis_server.url, password=None, timeout_seconds=0.5),
+        CircuitBreaker(5),
+        lambda: None,
+        signing_key=SIGNING_KEY,
+    )
     cache = RedisStateCache(link, RecordedMetrics(), clock=utc_now)
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")

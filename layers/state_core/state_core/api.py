@@ -19,6 +19,7 @@ from state_core.auth import Principal, authorize
 from state_core.codec import MAX_BODY_BYTES, check_body_size
 from state_core.errors import (
     BadRequest,
+    CorruptStoredValue,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -58,7 +59,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Value or body too large",
         415: "Unsupported media type",
         422: "Body of the wrong shape",
-        503: "DynamoDB slow or unavailable, or PATCH lost its retries; see Retry-After",
+        503: "DynamoDB slow or unavailable, PATCH lost its retries, or the stored value is unreadable; see Retry-After",
     }.items()
 }
 ENVELOPE_RESPONSE = {"description": "The state", "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}}}
@@ -106,6 +107,10 @@ def build_resolver(router: APIGatewayHttpRouter) -> APIGatewayHttpResolver:
 
     @app.exception_handler(StateError)  # type: ignore[untyped-decorator]
     def _state_error(error: StateError) -> Response[str]:
+        if isinstance(error, CorruptStoredValue):
+            # Stored data failed its checks: an operator has to look (restore or rewrite the key).
+            logger.error("stored value unreadable", extra={"reason": error.detail})
+            metrics.add_metric(name="CorruptStoredValues", unit="Count", value=1)
         logger.info("request refused", extra={"status": error.status, "reason": error.slug})
         return problem(error)
 
