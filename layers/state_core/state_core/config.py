@@ -5,10 +5,8 @@ The domain core never reads the environment; `runtime.py` parses these models an
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +14,8 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 
 
 def _is_loopback(host: str | None) -> bool:
+    import ipaddress  # only where Redis is configured: every function (the authorizer too) imports this module
+
     if host is None:
         return False
     if host.lower() == "localhost":
@@ -66,6 +66,8 @@ class ServiceSettings(_Settings):
     def _redis_is_trusted_only_over_a_safe_link(self) -> ServiceSettings:
         if not self.redis_url:
             return self
+        from urllib.parse import urlsplit
+
         parts = urlsplit(self.redis_url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError("STATE_REDIS_URL must be a redis:// or rediss:// URL")
