@@ -9,7 +9,7 @@ routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
-token kept in the emulator's Secrets Manager; `none`: no Redis),
+token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
 LOG_LEVEL, LOCAL_MAX_CONCURRENCY, STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
 devstack/ttl_sweeper.py, since moto never expires items).
 """
@@ -24,6 +24,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 def _env_int(name: str, default: int) -> int:
@@ -67,6 +68,18 @@ async def run() -> None:
         redis_auth_secret_arn = ""
         if redis_url == "none":
             redis_url = ""
+        elif urlsplit(redis_url).password is not None:
+            # As deployed, the functions never see a password in their environment: it goes into moto's
+            # Secrets Manager, and the URL (also what is printed below) goes without it.
+            parts = urlsplit(redis_url)
+            redis_auth_secret_arn = await asyncio.to_thread(
+                ensure_secret,
+                client("secretsmanager", endpoint_url),
+                f"{STACK_NAME}-redis-auth",
+                value=_auth_secret(parts.username, unquote(parts.password or "")),
+            )
+            host = parts.netloc.rsplit("@", 1)[1]
+            redis_url = urlunsplit(parts._replace(netloc=host))
         elif not redis_url:
             # As deployed: an AUTH token in Secrets Manager (moto's), which the functions read by ARN.
             token = secrets.token_urlsafe(32)
@@ -165,6 +178,13 @@ async def run() -> None:
             await asyncio.to_thread(moto.stop)
         if redis is not None:
             await asyncio.to_thread(redis.stop)
+
+
+def _auth_secret(username: str | None, password: str) -> str:
+    """The secret's value as the functions read it: the token, or JSON naming an ACL user."""
+    import json
+
+    return json.dumps({"username": unquote(username), "password": password}) if username else password
 
 
 def _parameters(
