@@ -11,7 +11,8 @@ Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
 token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
 LOG_LEVEL, LOCAL_MAX_CONCURRENCY, STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
-devstack/ttl_sweeper.py, since moto never expires items).
+devstack/ttl_sweeper.py, since moto never expires items), LOCAL_THROTTLING_BURST_LIMIT and
+LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default).
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ async def run() -> None:
             if "." not in logical_id:
                 print(f"resource      {logical_id} = {name}")
         print(f"logs          {log_dir}")
+        if gateway.throttling is not None:
+            burst, rate = gateway.throttling
+            print(f"throttling    {burst} burst, {rate:g}/s per route (429 beyond)")
         for route in gateway.routes:
             print(f"route         {route.route_key} -> {route.function}")
         if issuer is not None:

@@ -1,10 +1,13 @@
 """API Gateway HTTP API, locally, on aiohttp.
 
 Reproduces what a client of the deployed API can notice (DESIGN §8): route
-matching and its 404, the Lambda REQUEST authorizer (payload 2.0, simple
-responses) with its 401/403/500 answers and its result cache keyed by the
-identity header, payload format 2.0 events and responses, base64 bodies for
-non-text content types, the request-size limits and the 30 s integration timeout.
+matching and its 404, the stage's throttling (429 per route, before the
+authorizer), the Lambda REQUEST authorizer (payload 2.0, simple responses) with
+its 401/403/500 answers and its result cache keyed by the identity header,
+payload format 2.0 events and responses, base64 bodies for non-text content
+types, the request-size limits and the 30 s integration timeout. Like API Gateway
+without a CORS configuration it sends no CORS headers (OPTIONS matches no route:
+404), and it answers only requests from this machine (devstack/loopback.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
+from devstack.loopback import refusal
 from devstack.template import ACCOUNT_ID, REGION, AuthorizerSpec, Route, StateTemplate
 from devstack.workers import InvokeResult, WorkerConfig, WorkerPool, max_concurrency_from_env
 
@@ -34,6 +38,10 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 # "Maximum integration timeout: 30 seconds"; past it API Gateway answers 503.
 INTEGRATION_TIMEOUT_SECONDS = 30.0
 
+# The stage's default route throttling, overridden for a test (a low burst) or a load run (a high one).
+THROTTLING_BURST_ENV = "LOCAL_THROTTLING_BURST_LIMIT"
+THROTTLING_RATE_ENV = "LOCAL_THROTTLING_RATE_LIMIT"
+
 API_ID = "local"
 STAGE = "$default"
 
@@ -42,6 +50,7 @@ STAGE = "$default"
 ACCESS_LOG_FIELDS = (
     "requestId",
     "sourceIp",
+    "subject",
     "requestTime",
     "httpMethod",
     "path",
@@ -130,6 +139,47 @@ class Router:
         return None
 
 
+# --- throttling ---------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """API Gateway's throttling of a route: a bucket holding up to ``burst`` requests, refilled at ``rate``
+    a second; a request takes one or is answered 429. Hand-written because the point is API Gateway's
+    semantics (burst 0 refuses everything), not a general rate limiter."""
+
+    def __init__(self, burst: int, rate: float, clock: Any = time.monotonic) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def throttling_from_env(default: tuple[int, float] | None) -> tuple[int, float] | None:
+    """The template's (burst, rate) with either half replaced from the environment."""
+    burst_text, rate_text = os.environ.get(THROTTLING_BURST_ENV), os.environ.get(THROTTLING_RATE_ENV)
+    if not burst_text and not rate_text:
+        return default
+    if default is None:
+        if not (burst_text and rate_text):
+            raise ValueError(f"set both {THROTTLING_BURST_ENV} and {THROTTLING_RATE_ENV}: the template sets none")
+        default = (0, 0.0)
+    burst = int(burst_text) if burst_text else default[0]
+    rate = float(rate_text) if rate_text else default[1]
+    if burst < 0 or rate < 0:
+        raise ValueError("throttling limits cannot be negative")
+    return burst, rate
+
+
 # --- the gateway --------------------------------------------------------------------------------
 
 
@@ -144,6 +194,7 @@ class _CachedDecision:
 class GatewayStats:
     authorizer_invocations: int = 0
     integration_invocations: int = 0
+    throttled: int = 0
 
 
 @dataclass
@@ -159,6 +210,8 @@ class Gateway:
     port: int = 3000
     max_concurrency: int | None = None
     integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS
+    # (burst, rate) for every route; None: the environment's, else the template's stage settings.
+    throttling: tuple[int, float] | None = None
     pools: dict[str, WorkerPool] = field(default_factory=dict)
     stats: GatewayStats = field(default_factory=GatewayStats)
 
@@ -169,6 +222,9 @@ class Gateway:
         self.router = Router(self.routes)
         self.authorizers: dict[str, AuthorizerSpec] = self.template.authorizers()
         self._auth_cache: dict[tuple[str, tuple[str, ...]], _CachedDecision] = {}
+        if self.throttling is None:
+            self.throttling = throttling_from_env(self.template.stage_throttling())
+        self._buckets: dict[str, TokenBucket] = {}
         self._runner: web.AppRunner | None = None
         self._access_log = (self.log_dir / "access.log").open("a", buffering=1, encoding="utf-8")
         concurrency = self.max_concurrency or max_concurrency_from_env()
@@ -251,6 +307,14 @@ class Gateway:
     async def _handle(
         self, request: web.Request, request_id: str, started: float, log: dict[str, Any]
     ) -> web.StreamResponse:
+        refused = refusal(
+            request.headers.get("Host"), request.headers.get("Origin"), request.method, self.port, preflight=True
+        )
+        if refused is not None:
+            # Only this machine: a web page the developer opens must not reach the local stack, not even
+            # through DNS rebinding (devstack/loopback.py). API Gateway's own 403 body.
+            log["error"] = f"Forbidden: {refused}"
+            return _message(403, "Forbidden")
         if _header_bytes(request) > MAX_HEADER_BYTES:
             # API Gateway refuses the request before routing. Its documented answer
             # for an oversized request (gateway response REQUEST_TOO_LARGE) is 413.
@@ -268,6 +332,16 @@ class Gateway:
             return _message(404, "Not Found")
         route, path_parameters = matched
         log["routeKey"] = route.route_key
+        if self.throttling is not None:
+            # Per route, as the stage's default route settings apply, and before the authorizer: a flood of
+            # new tokens costs no authorizer invocation beyond the limit.
+            bucket = self._buckets.get(route.route_key)
+            if bucket is None:
+                bucket = self._buckets[route.route_key] = TokenBucket(*self.throttling)
+            if not bucket.take():
+                self.stats.throttled += 1
+                log["error"] = "Too Many Requests"
+                return _message(429, "Too Many Requests")
 
         body = await _read_body(request)
         if body is None:
@@ -287,6 +361,9 @@ class Gateway:
                 return decision
             authorizer_context = decision
             event["requestContext"]["authorizer"] = {"lambda": authorizer_context}
+            # `$context.authorizer.sub`: who made the request, once the authorizer allowed it.
+            if isinstance(authorizer_context, dict) and isinstance(authorizer_context.get("sub"), str):
+                log["subject"] = authorizer_context["sub"]
 
         pool = self.pools[route.function]
         self.stats.integration_invocations += 1

@@ -6,6 +6,10 @@ of the whole table over writes that other threads made meanwhile (acknowledged
 writes vanish). DynamoDB itself gives neither anomaly, so the local stack wraps
 moto's WSGI app in a lock held for the whole request, including producing and
 closing the response body (DESIGN §8). Throughput is not the point of the emulator.
+
+moto's own server answers any web page's cross-origin request (it enables CORS for every origin), so a
+page the developer opens could read or reset the local data: this one answers only this machine
+(devstack/loopback.py) and sends no CORS headers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from devstack.loopback import LoopbackOnlyMiddleware
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -94,9 +100,8 @@ class SerializedMotoServer:
         # werkzeug logs every emulator request at INFO: noise next to the functions' logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-        self._server = make_server(
-            self._host, self._port, build_app(), threaded=True, request_handler=MotoRequestHandler
-        )
+        app = LoopbackOnlyMiddleware(build_app(), port=lambda: self.port)
+        self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
         self._thread.start()
         return self

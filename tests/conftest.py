@@ -5,6 +5,7 @@ Fixture names here are imported by other test modules: keep them stable.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -140,10 +141,28 @@ class DevStack:
     state_dir: Path
     table_name: str
     output: list[str] = field(default_factory=list)
+    # Integration errors a test provokes on purpose (a failpoint killing the function, an init timeout):
+    # a 500 with one of these is the test's doing; any other 500 is a defect (see server_errors).
+    expected_crashes: tuple[str, ...] = ()
 
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def access_log(self) -> list[dict[str, Any]]:
+        path = self.log_dir / "access.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def server_errors(self) -> list[dict[str, Any]]:
+        """Requests answered 500 (a crash, an unhandled error, a malformed response) other than the crashes
+        the test provoked. 503 is not among them: it is the service's answer to a slow dependency."""
+        return [
+            record
+            for record in self.access_log()
+            if record.get("status") == 500 and record.get("integrationError") not in self.expected_crashes
+        ]
 
     def token(self, sub: str = "alice", scope: str = "state:read state:write", **kw: Any) -> str:
         from devstack.token import mint
@@ -152,7 +171,17 @@ class DevStack:
         kw.setdefault("state_dir", self.state_dir)
         return mint(sub, scope, **kw)
 
-    def stop(self) -> None:
+    def stop(self, *, check_server_errors: bool = True) -> None:
+        """Stop the stack; then fail if any request it served answered 500 unexpectedly: no input, however
+        hostile, may make the service crash, so every e2e test doubles as a check of that."""
+        self._stop_process()
+        if check_server_errors:
+            errors = self.server_errors()
+            assert not errors, f"{len(errors)} requests answered 500:\n" + "\n".join(
+                json.dumps(record) for record in errors[:20]
+            )
+
+    def _stop_process(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -162,8 +191,11 @@ class DevStack:
                 self.process.wait(timeout=5)
 
 
-def start_devstack(state_dir: Path, extra_env: dict[str, str] | None = None) -> DevStack:
-    """Run ``python -m devstack`` on free ports and wait for ``devstack ready``."""
+def start_devstack(
+    state_dir: Path, extra_env: dict[str, str] | None = None, *, expected_crashes: tuple[str, ...] = ()
+) -> DevStack:
+    """Run ``python -m devstack`` on free ports and wait for ``devstack ready``. `expected_crashes`: the
+    integration errors the test provokes on purpose (DevStack.server_errors)."""
     port, moto_port, oidc_port, redis_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "STATE_OIDC_ISSUER", "REDIS_URL")}
     env.update(
@@ -193,6 +225,7 @@ def start_devstack(state_dir: Path, extra_env: dict[str, str] | None = None) -> 
         issuer=env.get("STATE_OIDC_ISSUER") or f"http://127.0.0.1:{oidc_port}",
         state_dir=state_dir,
         table_name="state-service-local-StateTable",
+        expected_crashes=expected_crashes,
     )
     ready = threading.Event()
 
@@ -207,7 +240,7 @@ def start_devstack(state_dir: Path, extra_env: dict[str, str] | None = None) -> 
     deadline = time.monotonic() + DEVSTACK_START_TIMEOUT
     while not ready.wait(0.1):
         if process.poll() is not None or time.monotonic() > deadline:
-            stack.stop()
+            stack.stop(check_server_errors=False)
             time.sleep(0.2)
             output = "\n".join(stack.output)
             pytest.fail(f"python -m devstack did not become ready:\n{output}", pytrace=False)

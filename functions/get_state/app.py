@@ -3,7 +3,7 @@ GET /state/{key}/history: list its versions (issue 9). Both are reads with `stat
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from state_core import api
+from state_core import api, audit
 from state_core.auth import READ
 from state_core.history import page_limit, requested_version
 from state_core.observability import lambda_entry
@@ -24,6 +24,8 @@ router = APIGatewayHttpRouter()
 )
 def get_state(key: str):
     event = router.current_event
+    # Noted first, so that a request refused for its key or version is still told apart in the audit.
+    audit.note_action("get_version" if "version" in (event.query_string_parameters or {}) else "get")
     key = api.request_key(event)
     api.authorized_principal(event, READ, key)
     version = requested_version(api.query_parameter(event, "version"))
@@ -41,6 +43,7 @@ def get_state(key: str):
 )
 def get_history(key: str):
     event = router.current_event
+    audit.note_action("list_history")
     key = api.request_key(event)
     api.authorized_principal(event, READ, key)
     limit = page_limit(api.query_parameter(event, "limit"))

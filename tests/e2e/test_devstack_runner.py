@@ -111,17 +111,19 @@ def test_the_stacks_redis_wants_the_token_the_functions_read_from_secrets_manage
     assert _cached_fields(redis.Redis.from_url(url, password=token), key) == {b"v", b"m", b"d", b"s"}
 
 
-def test_a_password_in_redis_url_goes_to_secrets_manager_not_to_the_functions(tmp_path_factory: Any) -> None:
+def test_a_password_in_redis_url_goes_to_secrets_manager_not_to_the_functions(
+    request: Any, tmp_path_factory: Any
+) -> None:
     import secrets
 
     import redis
 
     from devstack.redis_server import RedisServer
-    from tests.conftest import start_devstack
 
+    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "tests" / "conftest.py"))
     password = secrets.token_urlsafe(24)
     with RedisServer(password=password) as server:
-        stack = start_devstack(
+        stack = conftest.start_devstack(
             tmp_path_factory.mktemp("devstack-redis-password"),
             extra_env={"REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"},
         )
@@ -136,3 +138,27 @@ def test_a_password_in_redis_url_goes_to_secrets_manager_not_to_the_functions(tm
             stack.stop()
         logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
         assert password not in logs
+
+
+def test_a_crash_the_test_did_not_ask_for_is_reported(request: Any, tmp_path_factory: Any) -> None:
+    """Every stack's teardown fails on an unexpected 500 (conftest DevStack.stop): this proves the check
+    sees one. The function is killed after its write, which the stack was not told to expect."""
+    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "tests" / "conftest.py"))
+    stack = conftest.start_devstack(
+        tmp_path_factory.mktemp("unexpected-crash"),
+        {"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=kill*1"},
+    )
+    try:
+        response = requests.put(
+            f"{stack.base_url}/state/crash-check",
+            json={"value": 1},
+            headers={"Authorization": f"Bearer {stack.token()}"},
+            timeout=30,
+        )
+        assert response.status_code == 500
+    finally:
+        stack.stop(check_server_errors=False)
+    errors = stack.server_errors()
+    assert [record["integrationError"] for record in errors] == ["Runtime.ExitError"]
+    with pytest.raises(AssertionError, match="1 requests answered 500"):
+        stack.stop()

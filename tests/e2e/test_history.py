@@ -143,6 +143,7 @@ def history_stack(request, tmp_path_factory):
             "STATE_FAILPOINTS": "1",
             "STATE_FAILPOINTS_SPEC": FAILPOINT_SPEC,
         },
+        expected_crashes=INDETERMINATE_ERRORS,
     )
     stack.redis = redis_server
     try:

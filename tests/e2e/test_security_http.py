@@ -82,6 +82,8 @@ def forged_tokens(devstack, dev_key, attacker):
         "jku-to-attacker": sign(jku_key, claims, jku=f"{attacker.base_url}/jwks.json"),
         "jwe": ".".join(b64url(part) for part in (b'{"alg":"RSA-OAEP","enc":"A256GCM"}', b"k", b"iv", b"ct", b"tag")),
         "unknown-kid": sign(rsa_key(), claims),
+        "cognito-id-token": devstack.token("mallory", extra_claims={"token_use": "id"}),
+        "keycloak-id-token": devstack.token("mallory", extra_claims={"typ": "ID"}),
     }
 
 
@@ -131,6 +133,19 @@ def test_the_access_log_has_exactly_the_template_format_fields(devstack, state_t
     assert "Authorization" not in json.dumps(record)
 
 
+def test_the_access_log_names_the_subject_of_allowed_requests_only(devstack):
+    token = devstack.token("alice-logged", scope="state:read")
+    for _ in range(2):  # the second answer comes from the authorizer cache
+        response = get(devstack, f"user:{uuid.uuid4().hex}", f"Bearer {token}")
+        assert response.status_code == 404
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "alice-logged"
+    refused = devstack.token("mallory-logged", audience="someone-else")
+    for authorization in (None, f"Bearer {refused}", f"Bearer {refused}"):
+        response = get(devstack, "user:1", authorization)
+        assert response.status_code in (401, 403)
+        assert access_record(devstack, response.headers["apigw-requestid"])["subject"] == "-"
+
+
 def test_a_read_only_token_cannot_write_and_the_denial_is_audited(devstack):
     key = f"user:alice:{uuid.uuid4().hex}"
     token = devstack.token("alice", scope="state:read")
@@ -171,3 +186,72 @@ def test_a_subject_pattern_grants_only_the_callers_keys(devstack):
     token = devstack.token("alice", scope="state:read:user:${sub}:*")
     assert get(devstack, f"user:alice:{uuid.uuid4().hex}", f"Bearer {token}").status_code == 404
     assert get(devstack, "user:bob:prefs", f"Bearer {token}").status_code == 403
+
+
+def test_a_subject_holding_the_separator_cannot_reach_another_subjects_keys(devstack):
+    key = "user:alice:settings:theme"
+
+    def call(method, sub):
+        token = devstack.token(sub, scope="", roles=["state-self-service"])
+        return requests.request(
+            method,
+            f"{devstack.base_url}/state/{key}",
+            data=json.dumps({"value": {"by": sub}}) if method == "PUT" else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+
+    assert call("PUT", "alice").status_code in (200, 201)
+    for method in ("PUT", "GET"):
+        response = call(method, "alice:settings")
+        assert response.status_code == 403, method
+        assert response.headers["Content-Type"] == "application/problem+json"
+    read = call("GET", "alice")
+    assert (read.status_code, read.json()["value"]) == (200, {"by": "alice"})
+
+
+def _cors(response):
+    return [k for k in response.headers if k.lower().startswith("access-control-")]
+
+
+@pytest.mark.parametrize("attack", ["foreign-origin", "rebound-host"])
+def test_no_local_listener_serves_a_web_page(devstack, attack):
+    # What a page the developer opens could send to each listener of `make dev`: from its own origin, or
+    # from a name its attacker rebinds to 127.0.0.1 (same-origin then, so CORS would not even be asked).
+    key = f"web-page-{uuid.uuid4().hex}"
+    token = devstack.token("alice")
+    requests_by_listener = {
+        "gateway": ("PUT", f"{devstack.base_url}/state/{key}", {"Authorization": f"Bearer {token}"}),
+        "moto": ("GET", f"{devstack.moto_url}/moto-api/data.json", {}),
+        "issuer": ("GET", f"{devstack.issuer}/jwks.json", {}),
+    }
+    for listener, (method, url, headers) in requests_by_listener.items():
+        port = url.split("/")[2].rsplit(":", 1)[1]
+        if attack == "foreign-origin":
+            headers = {**headers, "Origin": "http://evil.example"}
+        else:
+            headers = {**headers, "Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        response = requests.request(method, url, headers=headers, json={"value": {"pwned": True}}, timeout=30)
+        assert response.status_code == 403, listener
+        assert _cors(response) == [], listener
+        assert "pwned" not in response.text, listener
+    # Nothing was written: the key does not exist for its rightful reader either.
+    answer = get(devstack, key, f"Bearer {token}")
+    assert answer.status_code == 404
+
+
+def test_local_listeners_send_no_cors_headers_to_this_machine(devstack):
+    token = devstack.token("alice")
+    origin = {"Origin": "http://127.0.0.1:8000"}
+    answers = [
+        get(devstack, f"no-cors-{uuid.uuid4().hex}", f"Bearer {token}", **origin),
+        requests.options(
+            f"{devstack.base_url}/state/k", headers={**origin, "Access-Control-Request-Method": "PUT"}, timeout=30
+        ),
+        requests.get(f"{devstack.issuer}/jwks.json", headers=origin, timeout=30),
+        requests.options(
+            f"{devstack.moto_url}/", headers={**origin, "Access-Control-Request-Method": "POST"}, timeout=30
+        ),
+    ]
+    assert [a.status_code for a in answers] == [404, 404, 200, 403]
+    assert [_cors(a) for a in answers] == [[], [], [], []]

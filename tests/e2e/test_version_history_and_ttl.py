@@ -260,6 +260,7 @@ def crashing_stack(tmp_path_factory):
     stack = start_devstack(
         tmp_path_factory.mktemp("crash-stack"),
         {"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=kill*1"},
+        expected_crashes=("Runtime.ExitError",),
     )
     try:
         yield stack

@@ -23,8 +23,17 @@ from typing import Any
 import pytest
 import requests
 
-from devstack.gateway import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, Gateway
+from devstack.gateway import (
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    THROTTLING_BURST_ENV,
+    THROTTLING_RATE_ENV,
+    Gateway,
+    TokenBucket,
+    throttling_from_env,
+)
 from devstack.template import load_template
+from tests.jwt_support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +57,10 @@ class RunningGateway:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    state_dir = tmp_path_factory.mktemp("gateway-state")
+    yield from running_gateway(tmp_path_factory.mktemp("gateway-state"))
+
+
+def running_gateway(state_dir: Path, **settings: Any) -> Iterator[RunningGateway]:
     template = load_template(FIXTURE)
     gateway = Gateway(
         template=template,
@@ -57,6 +69,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
         port=0,
         max_concurrency=4,
         integration_timeout=30.0,
+        **settings,
     )
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -178,7 +191,7 @@ def test_event_has_api_gateways_payload_2_0_fields(gw: RunningGateway) -> None:
     assert context["http"]["path"] == "/echo/user%3A123"
     assert context["http"]["sourceIp"] == "127.0.0.1"
     assert context["accountId"] == "000000000000"
-    assert context["authorizer"]["lambda"]["sub"] == "allow-alice"
+    assert context["authorizer"]["lambda"]["sub"] == "alice"
     assert isinstance(context["timeEpoch"], int)
     assert response.headers["apigw-requestid"] == context["requestId"]
     # And the function ran with its template environment and a Lambda-like context.
@@ -202,8 +215,8 @@ def test_request_ids_are_unique(gw: RunningGateway) -> None:
 def test_repeated_headers_are_comma_joined(gw: RunningGateway) -> None:
     with socket.create_connection(("127.0.0.1", gw.gateway.port), timeout=10) as sock:
         sock.sendall(
-            b"GET /echo/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer allow-alice\r\n"
-            b"X-Rep: a\r\nX-Rep: b\r\nConnection: close\r\n\r\n"
+            f"GET /echo/k HTTP/1.1\r\nHost: 127.0.0.1:{gw.gateway.port}\r\n".encode()
+            + b"Authorization: Bearer allow-alice\r\nX-Rep: a\r\nX-Rep: b\r\nConnection: close\r\n\r\n"
         )
         raw = _read_all(sock)
     body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
@@ -268,8 +281,9 @@ def test_declared_payload_over_10_mb_is_refused_without_reading_it(gw: RunningGa
     with socket.create_connection(("127.0.0.1", gw.gateway.port), timeout=10) as sock:
         # Only the headers are sent: an answer proves the body was never waited for.
         sock.sendall(
-            b"PUT /echo/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer allow-alice\r\n"
-            b"Content-Type: application/json\r\n" + f"Content-Length: {MAX_PAYLOAD_BYTES + 1}\r\n\r\n".encode()
+            f"PUT /echo/k HTTP/1.1\r\nHost: 127.0.0.1:{gw.gateway.port}\r\n".encode()
+            + b"Authorization: Bearer allow-alice\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_PAYLOAD_BYTES + 1}\r\n\r\n".encode()
         )
         raw = _read_all(sock)
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -366,6 +380,7 @@ def test_access_log_has_one_json_line_per_request_without_secrets(gw: RunningGat
     assert {"requestId", "routeKey", "status", "sourceIp"} <= set(lines[-1])
     assert lines[-1]["status"] == 500
     assert "authorizerError" in lines[-1]
+    assert (lines[-2]["subject"], lines[-1]["subject"]) == ("secret-token", "-")
     assert "allow-secret-token" not in text
 
 
@@ -376,3 +391,122 @@ def _read_all(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+# --- only this machine, no CORS -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Host": "evil.example:{port}"},
+        {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"},
+        {"Host": "127.0.0.1:1"},
+    ],
+    ids=["foreign-origin", "rebound-host", "rebound-host-same-origin", "other-port"],
+)
+def test_web_pages_are_refused_before_the_authorizer(gw: RunningGateway, headers: dict[str, str]) -> None:
+    headers = {k: v.format(port=gw.gateway.port) for k, v in {**ALLOW, **headers}.items()}
+    before = (gw.gateway.stats.authorizer_invocations, gw.gateway.stats.integration_invocations)
+    response = requests.put(gw.url("/echo/web-page"), headers=headers, json={"value": 1}, timeout=10)
+    assert response.status_code == 403
+    assert response.json() == {"message": "Forbidden"}
+    assert not [k for k in response.headers if k.lower().startswith("access-control-")]
+    assert (gw.gateway.stats.authorizer_invocations, gw.gateway.stats.integration_invocations) == before
+
+
+def test_no_cors_like_api_gateway_without_a_cors_configuration(gw: RunningGateway) -> None:
+    # A preflight matches no route (there is no OPTIONS route): 404, and no grant.
+    preflight = requests.options(
+        gw.url("/echo/k"),
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "PUT"},
+        timeout=10,
+    )
+    assert preflight.status_code == 404
+    assert preflight.json() == {"message": "Not Found"}
+    # A page served from this machine is answered, without CORS headers.
+    response = requests.get(gw.url("/echo/k"), headers={**ALLOW, "Origin": "http://localhost:5173"}, timeout=10)
+    assert response.status_code == 200
+    for answer in (preflight, response):
+        assert not [k for k in answer.headers if k.lower().startswith("access-control-")]
+
+
+# --- throttling ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def throttled_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    # A burst of 3, refilled at one request every 4 s: the test decides what gets through.
+    yield from running_gateway(tmp_path_factory.mktemp("throttled-gateway-state"), throttling=(3, 0.25))
+
+
+def test_a_burst_over_the_limit_is_429_before_the_authorizer(throttled_gw: RunningGateway) -> None:
+    gateway = throttled_gw.gateway
+    stats = gateway.stats
+    before = (stats.authorizer_invocations, stats.integration_invocations, stats.throttled)
+
+    def put(i: int) -> requests.Response:
+        # A new token each time: every request that got through would invoke the authorizer.
+        headers = {"Authorization": f"Bearer allow-flood-{i}-{time.monotonic_ns()}"}
+        return requests.put(throttled_gw.url(f"/echo/flood-{i}"), headers=headers, json={"value": i}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(put, range(12)))
+
+    passed = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(passed) + len(refused) == len(answers)
+    assert 3 <= len(passed) <= 4  # the burst, and at most one token refilled meanwhile
+    for answer in refused:
+        assert answer.json() == {"message": "Too Many Requests"}
+        assert answer.headers["Content-Type"].startswith("application/json")
+    # Neither the authorizer nor the function ran for a refused request.
+    after = (stats.authorizer_invocations, stats.integration_invocations, stats.throttled)
+    assert after == (before[0] + len(passed), before[1] + len(passed), before[2] + len(refused))
+    records = [json.loads(line) for line in (throttled_gw.state_dir / "logs" / "access.log").read_text().splitlines()]
+    throttled = [r for r in records if r["status"] == 429]
+    assert len(throttled) == len(refused)
+    assert {(r["routeKey"], r["error"], r["authorizerError"]) for r in throttled} == {
+        ("PUT /echo/{key}", "Too Many Requests", "-")
+    }
+
+
+def test_every_route_has_its_own_bucket_and_it_refills_at_the_rate(throttled_gw: RunningGateway) -> None:
+    put = lambda: requests.put(throttled_gw.url("/echo/refill"), headers=ALLOW, json={}, timeout=30)  # noqa: E731
+    while put().status_code == 200:  # empty the PUT route's bucket (the previous test may have)
+        pass
+    # Another route is not throttled by the PUT route's traffic.
+    assert requests.get(throttled_gw.url("/echo/other"), headers=ALLOW, timeout=30).status_code == 200
+    assert put().status_code == 429
+    time.sleep(4.2)  # one request's worth at 0.25 a second
+    assert put().status_code == 200
+    assert put().status_code == 429
+
+
+def test_the_token_bucket_follows_api_gateways_limits() -> None:
+    now = [0.0]
+    bucket = TokenBucket(burst=2, rate=10.0, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] += 0.1  # one token back
+    assert [bucket.take() for _ in range(2)] == [True, False]
+    now[0] += 60  # never more than the burst
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    # A burst limit of 0 refuses everything, whatever the rate.
+    closed = TokenBucket(burst=0, rate=1000.0, clock=lambda: now[0])
+    now[0] += 60
+    assert not closed.take()
+
+
+def test_throttling_comes_from_the_template_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(THROTTLING_BURST_ENV, raising=False)
+    monkeypatch.delenv(THROTTLING_RATE_ENV, raising=False)
+    state = load_template(REPO_ROOT / "template.yaml")
+    assert throttling_from_env(state.stage_throttling()) == (1000, 500.0)
+    assert throttling_from_env(load_template(FIXTURE).stage_throttling()) is None
+    monkeypatch.setenv(THROTTLING_BURST_ENV, "5")
+    assert throttling_from_env(state.stage_throttling()) == (5, 500.0)
+    monkeypatch.setenv(THROTTLING_RATE_ENV, "0.5")
+    assert throttling_from_env(None) == (5, 0.5)

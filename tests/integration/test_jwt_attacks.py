@@ -275,6 +275,81 @@ def test_typ_is_checked_when_one_is_required(configure, issuer_key, claims, typ,
     assert authz.allows(sign(issuer_key, claims(), typ=typ)) is allowed
 
 
+# -- the kind of token: access tokens only -------------------------------------------------------------
+
+# Each way a token says it is an ID token: refused by default, accepted with STATE_OIDC_ACCEPT_ID_TOKENS.
+ID_TOKEN_SHAPES = {
+    "cognito-token_use": ({"token_use": "id"}, {}),
+    "keycloak-payload-typ": ({"typ": "ID"}, {}),
+    "at_hash": ({"at_hash": "HK6E_P6Dh8Y93mRNtsDB1Q"}, {}),
+    "c_hash": ({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}, {}),
+    "jose-typ": ({}, {"typ": "id_token+jwt"}),
+    "jose-typ-media-type": ({}, {"typ": "application/id_token+jwt"}),
+}
+# Tokens that say they are neither an access token nor an ID token: refused whatever the opt-out.
+OTHER_TOKEN_SHAPES = {
+    "cognito-refresh": ({"token_use": "refresh"}, {}),
+    "token_use-null": ({"token_use": None}, {}),
+    "token_use-number": ({"token_use": 1}, {}),
+    "keycloak-refresh": ({"typ": "Refresh"}, {}),
+    "keycloak-offline": ({"typ": "Offline"}, {}),
+    "keycloak-logout": ({"typ": "Logout"}, {}),
+    "typ-not-a-string": ({"typ": ["Bearer"]}, {}),
+    "logout-token": ({"events": {"http://schemas.openid.net/event/backchannel-logout": {}}}, {"typ": "logout+jwt"}),
+    "security-event": ({}, {"typ": "secevent+jwt"}),
+    "introspection-response": ({}, {"typ": "token-introspection+jwt"}),
+    "dpop-proof": ({}, {"typ": "dpop+jwt"}),
+}
+# What access tokens look like (Cognito, Keycloak, RFC 9068, Okta and Cognito without typ).
+ACCESS_TOKEN_SHAPES = {
+    "cognito-access": ({"token_use": "access"}, {"typ": ABSENT}),
+    "keycloak-bearer": ({"typ": "Bearer"}, {"typ": "JWT"}),
+    "rfc9068": ({}, {"typ": "at+jwt"}),
+    "rfc9068-media-type": ({}, {"typ": "application/at+jwt"}),
+    "plain-jwt": ({}, {"typ": "jwt"}),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ID_TOKEN_SHAPES))
+def test_id_tokens_are_denied_by_default_and_accepted_when_configured(configure, issuer_key, claims, shape):
+    extra_claims, headers = ID_TOKEN_SHAPES[shape]
+    token = sign(issuer_key, claims(**extra_claims), **headers)
+    assert configure().token(token) == DENY
+    assert configure(STATE_OIDC_ACCEPT_ID_TOKENS="false").token(token) == DENY
+    assert configure(STATE_OIDC_ACCEPT_ID_TOKENS="true").allows(token)
+
+
+@pytest.mark.parametrize("shape", sorted(OTHER_TOKEN_SHAPES))
+@pytest.mark.parametrize("accept_id_tokens", ["false", "true"])
+def test_refresh_logout_and_other_kinds_of_token_are_always_denied(
+    configure, issuer_key, claims, shape, accept_id_tokens
+):
+    extra_claims, headers = OTHER_TOKEN_SHAPES[shape]
+    authz = configure(STATE_OIDC_ACCEPT_ID_TOKENS=accept_id_tokens)
+    assert authz.token(sign(issuer_key, claims(**extra_claims), **headers)) == DENY
+
+
+@pytest.mark.parametrize("shape", sorted(ACCESS_TOKEN_SHAPES))
+def test_access_tokens_are_allowed(authz, issuer_key, claims, shape):
+    extra_claims, headers = ACCESS_TOKEN_SHAPES[shape]
+    assert authz.allows(sign(issuer_key, claims(**extra_claims), **headers))
+
+
+def test_a_cognito_id_token_for_our_app_client_is_denied(configure, issuer_key, claims):
+    # The pool's ID token names the app client in `aud`: with the audience set to that client id (a
+    # misconfiguration, since access tokens carry it in `client_id`), only its kind keeps it out.
+    authz = configure(STATE_OIDC_AUDIENCE="4b1v2c3d4e5f6g7h8i9j0k", STATE_OIDC_ROLES_CLAIM="cognito:groups")
+    id_token = claims(
+        aud="4b1v2c3d4e5f6g7h8i9j0k",
+        token_use="id",
+        at_hash="HK6E_P6Dh8Y93mRNtsDB1Q",
+        email="alice@example.com",
+        **{"cognito:username": "alice", "cognito:groups": ["state-admin"]},
+        scope=ABSENT,
+    )
+    assert authz.token(sign(issuer_key, id_token, typ=ABSENT)) == DENY
+
+
 # -- time claims --------------------------------------------------------------------------------------
 
 
@@ -378,6 +453,31 @@ def test_configured_required_claims_are_enforced(configure, issuer_key, claims):
 @pytest.mark.parametrize("sub", ["", 42, ["alice"], None, "x" * 1025])
 def test_a_subject_that_is_not_a_string_is_denied(authz, issuer_key, claims, sub):
     assert authz.token(sign(issuer_key, claims(sub=sub))) == DENY
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [
+        'alice","status":"200',  # would forge fields of the access log, which API Gateway fills in unescaped
+        "alice\\admin",
+        "alice\nERROR forged line",
+        "alice\x00",
+        "alice\x7f",
+        "alice\u2028x",
+        "system:ttl",  # the service's own actor for expiries (history and events)
+        "system:anything",
+    ],
+)
+def test_a_subject_that_cannot_be_logged_verbatim_or_is_the_services_own_is_denied(authz, issuer_key, claims, sub):
+    assert authz.token(sign(issuer_key, claims(sub=sub))) == DENY
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["alice:settings", "f:3b1e0c5a:alice", "alice@example.com", "auth0|64f0c0ffee", "José", "a b", "ali*", "System:x"],
+)
+def test_subjects_that_only_get_no_sub_grants_are_still_allowed(authz, issuer_key, claims, sub):
+    assert authz.token(sign(issuer_key, claims(sub=sub)))["context"]["sub"] == sub
 
 
 @pytest.mark.parametrize(("claim", "value"), [("scope", 7), ("scope", ["state:read state:write"]), ("roles", "admin")])

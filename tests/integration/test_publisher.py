@@ -118,7 +118,9 @@ def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
     return found
 
 
-def publisher(aws: dict[str, Any], events_client: Any, *, cache: Any = None, log: Log | None = None) -> ChangePublisher:
+def publisher(
+    aws: dict[str, Any], events_client: Any, *, cache: Any = None, log: Log | None = None, **more: Any
+) -> ChangePublisher:
     return ChangePublisher(
         events_client,
         bus_name=aws["bus"],
@@ -129,7 +131,19 @@ def publisher(aws: dict[str, Any], events_client: Any, *, cache: Any = None, log
         log=log or Log(),
         policy=PublishPolicy(max_attempts=3, base_backoff_seconds=0.01, max_backoff_seconds=0.02),
         sleep=lambda _seconds: None,
+        **more,
     )
+
+
+def up_to(records: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+    """The records of one key until its `version`: a batch of a stream that lags behind the table."""
+    batch = []
+    for record in records:
+        new = record["dynamodb"].get("NewImage") or {}
+        if "version" in new and int(new["version"]["N"]) > version:
+            break
+        batch.append(record)
+    return batch
 
 
 def test_only_the_refused_entries_are_retried_in_version_order(aws, manager, state_table):
@@ -241,9 +255,9 @@ def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, st
     assert aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("KeyCount") == 0
 
 
-def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_table, redis_server):
+def redis_cache(redis_server: Any, **policy: Any) -> Any:
     from state_core.breaker import CircuitBreaker
-    from state_core.cache import RedisStateCache
+    from state_core.cache import CachePolicy, RedisStateCache
     from state_core.redis_link import RedisLink, connect
 
     link = RedisLink(
@@ -252,19 +266,263 @@ def test_the_stream_repairs_a_cache_the_write_never_updated(aws, manager, state_
         lambda: None,
         signing_key=SIGNING_KEY,
     )
-    cache = RedisStateCache(link, RecordedMetrics(), clock=utc_now)
+    return RedisStateCache(link, RecordedMetrics(), clock=utc_now, policy=CachePolicy(**policy))
+
+
+def cached_manager(state_table: str, cache: Any) -> StateManager:
+    """The request path with the cache: reads hit it, misses fill it, writes write through."""
+    store = StateStore(boto3.client("dynamodb", region_name=REGION), state_table)
+    return StateManager(store, cache=cache, clock=utc_now, metrics=RecordedMetrics())
+
+
+def test_the_stream_fences_out_a_cached_version_the_write_never_replaced(aws, manager, state_table, redis_server):
+    # Given a cache holding version 1, and version 2 written by a function whose cache update never happened
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"v": 1}, actor="alice")
+    assert json.loads(reader.get(key).canonical_value) == {"v": 1}
+    manager.put(key, {"v": 2}, actor="alice")
+
+    # When the stream's batch is published
+    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+
+    # Then the cache holds version 2 as a fence (no value), so the next read fills version 2 from DynamoDB
+    entry = cache.get(key)
+    assert entry is not None
+    assert (entry.version, entry.record.value) == (2, None)
+    assert json.loads(reader.get(key).canonical_value) == {"v": 2}
+    filled = cache.get(key)
+    assert filled is not None
+    assert filled.record.value is not None
+    assert json.loads(filled.record.value.canonical()) == {"v": 2}
+
+
+def test_a_lagging_record_never_brings_an_older_value_back_into_an_empty_cache(aws, manager, state_table, redis_server):
+    # Given version 2 in the table and its cache entry gone (evicted, or Redis restarted)
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")
     manager.put(key, {"v": 2}, actor="alice")
     assert cache.get(key) is None
 
-    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+    # When the stream, lagging, publishes a batch that ends at version 1
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
 
-    entry = cache.get(key)
-    assert entry is not None
-    assert entry.version == 2
-    assert entry.record.value is not None
-    assert json.loads(entry.record.value.canonical()) == {"v": 2}
+    # Then a read still answers version 2: the acknowledged write is never hidden
+    view = reader.get(key)
+    assert (view.record.version, json.loads(view.canonical_value)) == (2, {"v": 2})
+
+
+def test_a_lagging_delete_never_hides_the_re_created_key(aws, manager, state_table, redis_server):
+    # Given a key written, deleted and written again, none of it in the cache
+    cache = redis_cache(redis_server)
+    reader = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, "first", actor="alice")
+    manager.delete(key, actor="alice")
+    manager.put(key, "again", actor="alice")
+
+    # When the stream, lagging, publishes a batch that ends at the delete (version 2)
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 2))
+
+    # Then a read answers the re-created version 3, not 404
+    view = reader.get(key)
+    assert (view.record.version, view.canonical_value) == (3, b'"again"')
+
+
+def test_a_lagging_record_never_outlives_a_short_lived_newer_entry(aws, state_table, redis_server):
+    import time
+
+    from state_core.errors import NotFound
+
+    # Given version 1 and then version 2 with ttl_seconds=1, both written through the cache: version 2's
+    # entry lives only past the key's expiry by the run margin (30 s deployed, 0.2 s here to keep it short)
+    cache = redis_cache(redis_server, longest_run_seconds=0.2)
+    writer = cached_manager(state_table, cache)
+    key = f"pub:{uuid.uuid4().hex}"
+    writer.put(key, {"v": 1}, actor="alice")
+    writer.put(key, {"v": 2}, actor="alice", ttl_seconds=1)
+    deadline = time.monotonic() + 5
+    while cache.get(key) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cache.get(key) is None
+
+    # When the stream, lagging past that entry's lifetime, publishes a batch that ends at version 1
+    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
+
+    # Then a read answers what the table holds (version 2, expired: 404), never version 1's value
+    with pytest.raises(NotFound):
+        writer.get(key)
+
+
+# ---------------------------------------------------------------------------------------------- blob collection
+# A blob-backed value: random base64 compresses to ~3/4, past the 350,000 bytes kept inside the state item.
+LARGE = 600_000
+
+
+def large_value() -> str:
+    import base64
+    import os
+
+    return base64.b64encode(os.urandom(LARGE * 3 // 4)).decode()
+
+
+def collecting_publisher(aws: dict[str, Any], state_table: str, *, lag_seconds: float) -> ChangePublisher:
+    """The deployed publisher's blob collection and history, in a run `lag_seconds` behind the stream."""
+    from datetime import timedelta
+
+    from state_core.history import HistoryStore
+    from state_core.lifecycle import StreamLifecycle
+
+    client = boto3.client("dynamodb", region_name=REGION)
+    store = StateStore(client, state_table)
+    history = HistoryStore(client, state_table, retention_seconds=90 * 86_400)
+    lifecycle = StreamLifecycle(client, state_table, history=history, states=store, blobs=store.blobs, clock=utc_now)
+    return publisher(
+        aws,
+        aws["events"],
+        blobs=store.blobs,
+        lifecycle=lifecycle,
+        clock=lambda: utc_now() + timedelta(seconds=lag_seconds),
+    )
+
+
+def history_managers(state_table: str, broken_metrics: RecordedMetrics) -> tuple[StateManager, StateManager]:
+    """Two request paths with history: one whose history writes land, one whose history writes fail."""
+    from botocore.config import Config
+
+    from state_core.history import HistoryStore
+    from tests.doubles import FailingService
+
+    client = boto3.client("dynamodb", region_name=REGION)
+    store = StateStore(client, state_table)
+    broken_client = boto3.client("dynamodb", region_name=REGION, config=Config(retries={"max_attempts": 1}))
+    broken_client.meta.events.register("before-send.dynamodb", FailingService(500, "InternalServerError"))
+    retention = 90 * 86_400
+    working = StateManager(
+        store,
+        history=HistoryStore(client, state_table, retention_seconds=retention),
+        clock=utc_now,
+        metrics=RecordedMetrics(),
+    )
+    broken = StateManager(
+        store,
+        history=HistoryStore(broken_client, state_table, retention_seconds=retention),
+        clock=utc_now,
+        metrics=broken_metrics,
+    )
+    return working, broken
+
+
+def chunks_exist(state_table: str, blob: Any) -> bool:
+    return StateStore(boto3.client("dynamodb", region_name=REGION), state_table).blobs.load(blob) is not None
+
+
+def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, state_table):
+    # Given version 1 (a blob) and version 2 (a blob) whose request-path history write failed
+    broken_metrics = RecordedMetrics()
+    working, broken = history_managers(state_table, broken_metrics)
+    key = f"blob:{uuid.uuid4().hex}"
+    working.put(key, large_value(), actor="alice")
+    second = large_value()
+    written = broken.put(key, second, actor="alice")
+    assert written.record.blob is not None
+    assert broken_metrics.count("HistoryWriteErrors") == 1
+
+    # When the stream, lagging past the write grace, publishes a batch that ends at version 1
+    batch = up_to(stream_records(state_table, {key}), 1)
+    collecting_publisher(aws, state_table, lag_seconds=301).publish(batch)
+
+    # Then version 2 still reads back, its chunks all there
+    assert chunks_exist(state_table, written.record.blob)
+    assert json.loads(working.get(key).canonical_value) == second
+
+
+def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws, state_table):
+    from datetime import timedelta
+
+    from state_core.codec import StoredValue
+    from state_core.store import new_write_id
+
+    # Given a write that died between its blob and its state item more than the grace before a later write
+    working, _ = history_managers(state_table, RecordedMetrics())
+    key = f"blob:{uuid.uuid4().hex}"
+    client = boto3.client("dynamodb", region_name=REGION)
+    blobs = StateStore(client, state_table).blobs
+    stored = StoredValue.encode(json.dumps(large_value()).encode())
+    died = blobs.put(key, new_write_id(), stored, utc_now() - timedelta(seconds=301))
+    working.put(key, "small", actor="alice")
+
+    # When the stream publishes that write, without any lag
+    collecting_publisher(aws, state_table, lag_seconds=0).publish(stream_records(state_table, {key}))
+
+    # Then the dead write's blob is gone: chunks and marker
+    assert blobs.load(died) is None
+    markers = client.query(
+        TableName=state_table,
+        KeyConditionExpression="pk = :k AND begins_with(sk, :p)",
+        ExpressionAttributeValues={":k": {"S": key}, ":p": {"S": "blob#"}},
+        ConsistentRead=True,
+    )["Items"]
+    assert markers == []
+
+
+def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
+    from state_core.history import HistoryReader, HistoryStore
+
+    # Given version 1 (a blob), version 2 (a blob) whose request-path history write failed, and version 3
+    broken_metrics = RecordedMetrics()
+    working, broken = history_managers(state_table, broken_metrics)
+    key = f"blob:{uuid.uuid4().hex}"
+    working.put(key, large_value(), actor="alice")
+    second = large_value()
+    written = broken.put(key, second, actor="alice")
+    assert broken_metrics.count("HistoryWriteErrors") == 1
+    working.put(key, "small", actor="alice")
+
+    # When the stream, lagging past the write grace, publishes a batch that ends at version 1, then the rest
+    records = stream_records(state_table, {key})
+    lagging = collecting_publisher(aws, state_table, lag_seconds=301)
+    first = up_to(records, 1)
+    lagging.publish(first)
+    assert chunks_exist(state_table, written.record.blob)
+    lagging.publish(records[len(first) :])
+
+    # Then version 2, now in the history, reads back
+    client = boto3.client("dynamodb", region_name=REGION)
+    reader = HistoryReader(
+        StateStore(client, state_table), HistoryStore(client, state_table, retention_seconds=90 * 86_400), clock=utc_now
+    )
+    assert json.loads(reader.version(key, 2)[1]) == second
+
+
+def test_the_sweep_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
+    from datetime import timedelta
+
+    from state_core.blobs import WRITE_GRACE_SECONDS, BlobStore
+    from state_core.history import HistoryReader, HistoryStore
+
+    # Given version 1 (a blob) whose request-path history write failed, replaced by version 2
+    broken_metrics = RecordedMetrics()
+    _, broken = history_managers(state_table, broken_metrics)
+    key = f"blob:{uuid.uuid4().hex}"
+    first = large_value()
+    broken.put(key, first, actor="alice")
+    broken.put(key, "small", actor="alice")
+    assert broken_metrics.count("HistoryWriteErrors") == 2
+
+    # When the sweep runs once any write would have finished, with the stream still behind
+    client = boto3.client("dynamodb", region_name=REGION)
+    BlobStore(client, state_table).sweep(utc_now() + timedelta(seconds=WRITE_GRACE_SECONDS + 1))
+
+    # Then the stream, catching up, records version 1, which reads back
+    collecting_publisher(aws, state_table, lag_seconds=0).publish(stream_records(state_table, {key}))
+    reader = HistoryReader(
+        StateStore(client, state_table), HistoryStore(client, state_table, retention_seconds=90 * 86_400), clock=utc_now
+    )
+    assert json.loads(reader.version(key, 1)[1]) == first
 
 
 def test_the_replay_sends_only_this_stacks_state_changed_entries_and_reads_bounded_failure_records(

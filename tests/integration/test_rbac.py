@@ -108,6 +108,35 @@ def test_a_subject_that_is_not_a_key_fragment_grants_nothing(invoke):
     assert status(call(invoke, "get", "user:auth0:prefs", scopes=scopes, sub="auth0|prefs")) == 403
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "alice:settings",  # would cover user:alice:settings:*, which is alice's
+        "f:3b1e0c5a-7d1f-4c39-9f0e-2a4c6b8d0e11:alice",  # a Keycloak federated subject
+        "alice@example.com",
+        "ali*",
+    ],
+)
+def test_a_subject_that_is_not_one_key_segment_gets_nothing_from_the_self_service_role(invoke, sub):
+    key = f"user:alice:settings:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, roles=["state-self-service"], sub="alice")) == 201
+    assert status(call(invoke, "put", key, roles=["state-self-service"], sub=sub)) == 403
+    assert status(call(invoke, "get", key, roles=["state-self-service"], sub=sub)) == 403
+    # Nor its "own" keys: 403, or 400 where the subject cannot even be part of a key.
+    own = f"user:{sub}:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", own, roles=["state-self-service"], sub=sub)) in (400, 403)
+    assert status(call(invoke, "get", own, roles=["state-self-service"], sub=sub)) in (400, 403)
+    assert status(call(invoke, "get", key, roles=["state-self-service"], sub="alice")) == 200
+
+
+def test_a_token_scope_whose_sub_does_not_end_its_segment_grants_nothing(invoke):
+    key = f"user:alice:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, scopes="state:write")) == 201
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}*", sub="ali")) == 403
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}*", sub="alice")) == 403
+    assert status(call(invoke, "get", key, scopes="state:read:user:${sub}:*", sub="alice")) == 200
+
+
 def test_an_exact_grant_covers_one_key(invoke):
     key = f"cfg:{uuid.uuid4().hex}"
     assert status(call(invoke, "put", key, scopes=f"state:write:{key}")) == 201
@@ -143,6 +172,7 @@ BROKEN_POLICIES = {
     "unknown-member": json.dumps({"version": 1, "roles": {}, "allow_all": True}),
     "wrong-version": json.dumps({"version": 2, "roles": {}}),
     "grants-not-a-list": json.dumps({"version": 1, "roles": {"r": "state:read"}}),
+    "sub-not-ending-its-segment": json.dumps({"version": 1, "roles": {"r": ["state:read:user:${sub}*"]}}),
 }
 
 
@@ -225,6 +255,44 @@ def test_a_request_without_authorizer_context_is_audited_as_denied(invoke, audit
     call(invoke, "get", "user:1", authorizer=False)
     record = json.loads(audit_records.lines[-1])["audit"]
     assert (record["decision"], record["status"], record["subject"]) == ("deny", 401, None)
+
+
+def _history_event(key, **kwargs):
+    event = http_event("get", key, **kwargs)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = f"/state/{key}/history"
+    event["routeKey"] = event["requestContext"]["routeKey"] = "GET /state/{key}/history"
+    return event
+
+
+def test_reading_the_state_an_old_version_and_the_history_are_audited_as_distinct_actions(invoke, audit_records):
+    key = f"user:alice:{uuid.uuid4().hex}"
+    assert status(call(invoke, "put", key, scopes="state:write")) == 201
+    requests = {
+        "current": http_event("get", key, scopes="state:read"),
+        "version": http_event("get", key, scopes="state:read", query={"version": "1"}),
+        "history": _history_event(key, scopes="state:read"),
+        "history-denied": _history_event(key, scopes="state:read:other:*"),
+        "bad-version": http_event("get", key, scopes="state:read", query={"version": "x"}),
+    }
+    seen = {}
+    for name, event in requests.items():
+        response = invoke("get_state", event)
+        record = json.loads(audit_records.lines[-1])["audit"]
+        assert record["request_id"] == event["requestContext"]["requestId"]
+        seen[name] = (
+            record["action"],
+            record["permission"],
+            record["decision"],
+            record["status"],
+            response["statusCode"],
+        )
+    assert seen == {
+        "current": ("get", "state:read", "allow", 200, 200),
+        "version": ("get_version", "state:read", "allow", 200, 200),
+        "history": ("list_history", "state:read", "allow", 200, 200),
+        "history-denied": ("list_history", "state:read", "deny", 403, 403),
+        "bad-version": ("get_version", "state:read", "allow", 400, 400),
+    }
 
 
 def test_the_audit_log_is_written_whatever_the_service_log_level(invoke, audit_records):

@@ -158,6 +158,28 @@ def test_a_ttl_removal_and_a_keys_only_image_publish_nothing():
     assert keys_only.event is None
 
 
+def test_a_change_carries_its_stream_record_s_time_in_both_formats():
+    from datetime import UTC, datetime
+
+    lambda_format = stream_record(state_image("k", 1, 1))
+    lambda_format["dynamodb"]["ApproximateCreationDateTime"] = 1_796_000_000  # Lambda: epoch seconds
+    boto3_format = stream_record(state_image("k", 1, 1))
+    boto3_format["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromtimestamp(1_796_000_000, UTC)
+    removal = stream_record(None, state_image("k", 1, 1))
+    removal["dynamodb"]["ApproximateCreationDateTime"] = 1_796_000_000.5
+
+    times = [build_change(r, position=0, bus_name=BUS) for r in (lambda_format, boto3_format, removal)]
+
+    assert [c.recorded_at.timestamp() if c and c.recorded_at else None for c in times] == [
+        1_796_000_000,
+        1_796_000_000,
+        1_796_000_000.5,
+    ]
+    untimed = build_change(stream_record(state_image("k", 1, 1)), position=0, bus_name=BUS)
+    assert untimed is not None
+    assert untimed.recorded_at is None
+
+
 def test_the_value_is_the_stored_canonical_json_unchanged():
     value = {"n": 1.5, "big": 12345678901234567890, "s": "\u2028"}
     stored = zlib.compress(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

@@ -59,6 +59,70 @@ def test_subject_that_is_no_key_fragment_grants_nothing():
     assert not p.allows(WRITE, "user:a b:x")
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "alice",  # a Cognito username
+        "a1b2c3d4-0000-4000-8000-000000000001",  # Cognito's sub, Keycloak's sub (UUIDs)
+        "00u1alice",  # Okta's uid
+        "alice.smith_2",
+        "a" * 256,
+    ],
+)
+def test_a_subject_that_is_one_key_segment_gets_its_sub_grants(sub):
+    p = principal("state:write:user:${sub}:* state:read:team:${sub}", sub=sub)
+    assert p.allows(WRITE, f"user:{sub}:prefs")
+    assert p.allows(READ, f"team:{sub}")
+
+
+@pytest.mark.parametrize(
+    ("sub", "victims_key"),
+    [
+        ("alice:settings", "user:alice:settings:theme"),  # the separator: alice's own key
+        ("f:3b1e0c5a-7d1f-4c39-9f0e-2a4c6b8d0e11:alice", "user:f:3b1e0c5a-7d1f-4c39-9f0e-2a4c6b8d0e11:alice:x"),
+        ("alice@example.com", "user:alice@example.com:x"),  # an e-mail (a Cognito username may be one)
+        ("*", "user:*:x"),
+        ("ali*", "user:ali*:x"),
+        ("", "user::x"),
+        ("a" * 257, f"user:{'a' * 257}:x"),
+        ("auth0|64f0c0ffee", "user:auth0|64f0c0ffee:x"),
+        ("alice\n", "user:alice\n:x"),
+        ("ålice", "user:ålice:x"),
+    ],
+)
+def test_a_subject_that_is_not_one_key_segment_gets_nothing_from_sub_grants(sub, victims_key):
+    p = principal("state:write:user:${sub}:* state:read:user:${sub}:* state:read:user:${sub}", sub=sub)
+    for key in (victims_key, f"user:{sub}", "user:alice:settings:theme", "user:alice:x"):
+        assert not p.allows(WRITE, key)
+        assert not p.allows(READ, key)
+
+
+def test_a_subject_holding_the_separator_cannot_reach_into_another_subjects_keys():
+    alice = principal("state:write:user:${sub}:*", sub="alice")
+    widened = principal("state:write:user:${sub}:*", sub="alice:settings")
+    assert alice.allows(WRITE, "user:alice:settings:theme")
+    assert not widened.allows(WRITE, "user:alice:settings:theme")
+
+
+@pytest.mark.parametrize(
+    ("scope", "key"),
+    [
+        ("state:read:user:${sub}*", "user:alice:x"),  # subject `ali` would have been a prefix of `alice`
+        ("state:read:user:${sub}x:*", "user:alix:x"),
+        ("state:read:user:${sub}.*", "user:ali.x"),
+        ("state:read:a*b", "a*b"),
+        ("state:read:", ""),
+        ("state:read:user:*:x", "user:*:x"),
+        ("state:read:user/*", "user/x"),
+        ("state:readx", "user:x"),
+    ],
+)
+def test_a_token_scope_that_is_no_well_formed_grant_grants_nothing(scope, key):
+    p = principal(scope, sub="ali")
+    assert p.patterns_for(READ) == []
+    assert not p.allows(READ, key)
+
+
 def test_principal_comes_from_the_authorizer_context():
     p = Principal.from_authorizer_context({"sub": "alice", "scopes": "state:read state:write", "roles": '["ops"]'})
     assert p.subject == "alice"

@@ -15,7 +15,17 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
-    "grant", ["state:read", "state:write", "state:read:*", "state:write:user:*", "state:read:user:${sub}:*"]
+    "grant",
+    [
+        "state:read",
+        "state:write",
+        "state:read:*",
+        "state:write:user:*",
+        "state:read:user:${sub}:*",
+        "state:read:user:${sub}",
+        "state:read:${sub}:${sub}:*",
+        "state:read:x${sub}:*",
+    ],
 )
 def test_well_formed_grants_are_accepted(grant):
     assert parse_role_policy({"version": 1, "roles": {"r": [grant]}}).roles["r"] == (grant,)
@@ -23,7 +33,20 @@ def test_well_formed_grants_are_accepted(grant):
 
 @pytest.mark.parametrize(
     "grant",
-    ["state:read:", "state:readx", "state:read:us er", "state:read:a*b", "state:read:${user}", "state:*", "read"],
+    [
+        "state:read:",
+        "state:readx",
+        "state:read:us er",
+        "state:read:a*b",
+        "state:read:${user}",
+        "state:*",
+        "read",
+        # `${sub}` must end its segment, or a subject could be a prefix of another's (`ali` of `alice`).
+        "state:read:user:${sub}*",
+        "state:write:user:${sub}-x:*",
+        "state:read:user:${sub}.${sub}",
+        "state:read:user:${sub}${sub}",
+    ],
 )
 def test_malformed_grants_make_the_policy_invalid(grant):
     with pytest.raises(PolicyError):

@@ -1,5 +1,5 @@
 """Template invariants for issue 4: the access log (fields shared with the local gateway), the audit log
-group, and the authorizer's issuer configuration."""
+group, and the authorizer's issuer configuration; the functions' roles (least privilege)."""
 
 import json
 
@@ -25,6 +25,12 @@ def test_the_gateway_writes_the_fields_of_the_templates_access_log_format(templa
     assert settings["DestinationArn"] == {"Fn::GetAtt": ["AuditLogGroup", "Arn"]}
 
 
+def test_the_access_log_names_the_caller_the_authorizer_allowed(template):
+    fields = json.loads(template.resources["StateApi"]["Properties"]["AccessLogSettings"]["Format"])
+    # The Lambda authorizer's simple-response context member `sub` (tokens.VerifiedToken).
+    assert fields["subject"] == "$context.authorizer.sub"
+
+
 def test_the_audit_log_group_has_retention_and_outlives_the_stack(template):
     group = template.resources["AuditLogGroup"]
     assert group["Type"] == "AWS::Logs::LogGroup"
@@ -43,6 +49,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
     settings = AuthorizerSettings.from_environ({**environment, "STATE_OIDC_ISSUER": "https://issuer.example.com"})
     assert settings.algorithms == ("RS256", "ES256")
     assert settings.max_lifetime_seconds == 3600
+    assert settings.accept_id_tokens is False
     for name in (
         "STATE_OIDC_AUDIENCE_CLAIM",
         "STATE_OIDC_SCOPE_CLAIM",
@@ -51,6 +58,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
         "STATE_OIDC_ROLES_CLAIM",
         "STATE_OIDC_ALGORITHMS",
         "STATE_OIDC_REQUIRED_TYP",
+        "STATE_OIDC_ACCEPT_ID_TOKENS",
         "STATE_OIDC_MAX_LIFETIME_SECONDS",
     ):
         assert name in environment
@@ -152,3 +160,175 @@ def test_the_signing_key_is_generated_by_the_stack_and_reachable_from_the_vpc(te
     endpoint = template.resources["SecretsManagerInterfaceEndpoint"]
     assert endpoint["Condition"] == "CreatePublisherEndpoints"
     assert endpoint["Properties"]["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.secretsmanager"}
+
+
+# --- least privilege of the functions' roles --------------------------------------------------------
+
+# Actions IAM cannot scope to a resource: the only ones a statement may grant on "*".
+NO_RESOURCE_LEVEL_ACTIONS = frozenset(
+    {
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "dynamodb:ListStreams",
+    }
+)
+LOG_ACTIONS = frozenset({"logs:CreateLogStream", "logs:PutLogEvents"})
+# The conditions a deployment can be in: no Redis and no tracing (the default), and both.
+DEPLOYMENTS = {
+    "default": {},
+    "redis-and-tracing": {
+        "RedisEndpoint": "rediss://redis.example:6379",
+        "RedisSubnetIds": "subnet-0a,subnet-0b",
+        "RedisSecurityGroupIds": "sg-0c",
+        "RedisVpcId": "vpc-0d",
+        "RedisRouteTableIds": "rtb-0e",
+        "EnableTracing": "true",
+    },
+}
+
+
+def _loaded(parameters):
+    from devstack.template import load_template
+
+    return load_template(REPO_ROOT / "template.yaml", parameters=parameters)
+
+
+def _function_roles(template):
+    """{function: (role logical id, log group logical id)} from the raw template."""
+    found = {}
+    for function_id in template.function_ids():
+        properties = template.resources[function_id]["Properties"]
+        role = properties["Role"]
+        assert isinstance(role, dict), f"{function_id}: a Role of the template"
+        assert set(role) == {"Fn::GetAtt"}, f"{function_id}: a Role of the template"
+        group = properties["LoggingConfig"]["LogGroup"]
+        found[function_id] = (role["Fn::GetAtt"][0], group["Ref"])
+    return found
+
+
+def _statements(template, role_id):
+    for policy in template.properties(role_id).get("Policies", []):
+        statements = policy["PolicyDocument"]["Statement"]
+        yield from (statements if isinstance(statements, list) else [statements])
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_every_function_has_a_role_and_a_log_group_of_its_own(template):
+    roles = _function_roles(template)
+    assert len({role for role, _ in roles.values()}) == len(roles)
+    assert len({group for _, group in roles.values()}) == len(roles)
+    for role, group in roles.values():
+        assert template.resources[role]["Type"] == "AWS::IAM::Role"
+        assert template.resources[group]["Type"] == "AWS::Logs::LogGroup"
+        assert template.resources[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_no_function_role_has_a_managed_policy(template):
+    # AWSLambdaVPCAccessExecutionRole and AWSLambdaBasicExecutionRole grant logs on every group.
+    for role, _ in _function_roles(template).values():
+        properties = template.resources[role]["Properties"]
+        assert "ManagedPolicyArns" not in properties, role
+        assert "PermissionsBoundary" not in properties, role
+
+
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_function_roles_grant_logs_only_on_their_own_group_and_nothing_wide(deployment):
+    template = _loaded(DEPLOYMENTS[deployment])
+    groups = set(template.resources_of_type("AWS::Logs::LogGroup"))
+    assert "AuditLogGroup" in groups
+    for function_id, (role, own_group) in _function_roles(template).items():
+        own_arn = template.resolve({"Fn::GetAtt": [own_group, "Arn"]})
+        other_arns = {template.resolve({"Fn::GetAtt": [g, "Arn"]}) for g in groups - {own_group}}
+        for statement in _statements(template, role):
+            actions = _as_list(statement["Action"])
+            resources = _as_list(statement["Resource"])
+            context = f"{function_id}: {statement}"
+            assert statement["Effect"] == "Allow", context
+            assert "NotAction" not in statement, context
+            assert "NotResource" not in statement, context
+            for action in actions:
+                assert "*" not in action, context
+                if action.startswith("logs:"):
+                    assert action in LOG_ACTIONS, context
+                    assert resources == [own_arn], context
+            assert not other_arns & set(resources), context
+            if "*" in resources:
+                assert set(actions) <= NO_RESOURCE_LEVEL_ACTIONS, context
+            for resource in resources:
+                # Wildcards only after a resource type of this account and region (never a bare service).
+                if resource != "*" and "*" in resource:
+                    assert resource.endswith("/*"), context
+
+
+def test_network_interface_and_tracing_permissions_only_when_used():
+    for function_id, (role, _) in _function_roles(_loaded({})).items():
+        actions = {a for s in _statements(_loaded({}), role) for a in _as_list(s["Action"])}
+        assert not any(a.startswith(("ec2:", "xray:")) for a in actions), function_id
+
+    template = _loaded(DEPLOYMENTS["redis-and-tracing"])
+    in_vpc = {lid for lid in template.function_ids() if "VpcConfig" in template.properties(lid)}
+    assert in_vpc == {lid for lid in template.function_ids() if lid != "AuthorizerFunction"}
+    for function_id, (role, _) in _function_roles(template).items():
+        statements = list(_statements(template, role))
+        actions = {a for s in statements for a in _as_list(s["Action"])}
+        assert {"xray:PutTraceSegments", "xray:PutTelemetryRecords"} <= actions, function_id
+        if function_id not in in_vpc:
+            assert not any(a.startswith("ec2:") for a in actions), function_id
+            continue
+        create = [s for s in statements if "ec2:CreateNetworkInterface" in _as_list(s["Action"])]
+        by_type = {r.rsplit(":", 1)[-1].split("/")[0]: s for s in create for r in _as_list(s["Resource"])}
+        assert set(by_type) == {"subnet", "security-group", "network-interface"}, function_id
+        assert by_type["subnet"]["Condition"] == {"StringEquals": {"ec2:SubnetID": ["subnet-0a", "subnet-0b"]}}
+        assert by_type["security-group"]["Condition"] == {"StringEquals": {"ec2:SecurityGroupID": ["sg-0c"]}}
+        for statement in statements:
+            for resource in _as_list(statement["Resource"]):
+                if resource.startswith("arn:aws:ec2:"):
+                    assert resource.startswith("arn:aws:ec2:us-east-1:000000000000:"), resource
+
+
+def test_resource_policies_allow_only_a_service_for_one_source():
+    template = _loaded({})
+    policies = {
+        **template.resources_of_type("AWS::SQS::QueuePolicy"),
+        **template.resources_of_type("AWS::S3::BucketPolicy"),
+    }
+    assert policies
+    for logical_id in policies:
+        for statement in _as_list(template.properties(logical_id)["PolicyDocument"]["Statement"]):
+            if statement["Effect"] == "Deny":
+                continue
+            assert set(statement["Principal"]) == {"Service"}, logical_id
+            assert "aws:SourceArn" in statement["Condition"].get("ArnEquals", {}), logical_id
+
+
+TOOLS_PYTHON = REPO_ROOT / ".venv-tools" / "bin" / "python"
+
+
+@pytest.mark.skipif(not TOOLS_PYTHON.exists(), reason="SAM CLI not installed (make tools)")
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_the_sam_transform_adds_no_role_and_no_managed_policy(template, deployment):
+    import subprocess
+
+    completed = subprocess.run(
+        [str(TOOLS_PYTHON), str(REPO_ROOT / "scripts" / "sam_transform.py"), str(REPO_ROOT / "template.yaml"),
+         json.dumps(DEPLOYMENTS[deployment])],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    resources = json.loads(completed.stdout)["Resources"]
+    roles = {lid for lid, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+    assert roles == {role for role, _ in _function_roles(template).values()}
+    for lid in roles:
+        assert "ManagedPolicyArns" not in resources[lid]["Properties"], lid
+        assert resources[lid]["Properties"] == template.raw["Resources"][lid]["Properties"], lid
+    for lid, resource in resources.items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            assert resource["Properties"]["Role"]["Fn::GetAtt"][0] in roles, lid
+        if resource["Type"] == "AWS::Lambda::Permission":
+            # Invocations only from this API (its routes, or its authorizers).
+            source = resource["Properties"]["SourceArn"]["Fn::Sub"]
+            assert source[1]["__ApiId__"] == {"Ref": "StateApi"}, lid

@@ -82,6 +82,20 @@ def policy_statements(policy_documents: list[Any]) -> list[dict[str, Any]]:
     return statements
 
 
+def role_policy_documents(role_id: str) -> list[Any]:
+    """The role's inline policy documents, both branches of a conditional one (``!If [Condition, policy,
+    !Ref AWS::NoValue]``) included."""
+    documents: list[Any] = []
+    pending = list(props(role_id).get("Policies") or [])
+    while pending:
+        policy = pending.pop(0)
+        if isinstance(policy, dict) and "Fn::If" in policy:
+            pending += [branch for branch in policy["Fn::If"][1:] if branch != {"Ref": "AWS::NoValue"}]
+        else:
+            documents.append(policy["PolicyDocument"])
+    return documents
+
+
 def function_statements(function_id: str) -> list[dict[str, Any]]:
     """Every IAM statement the function's role grants: its explicit role's inline
     policies plus any SAM ``Policies`` statements on the function itself."""
@@ -91,7 +105,7 @@ def function_statements(function_id: str) -> list[dict[str, Any]]:
     role = props(function_id).get("Role")
     if isinstance(role, dict) and "Fn::GetAtt" in role:
         role_id = role["Fn::GetAtt"][0]
-        documents += [policy["PolicyDocument"] for policy in props(role_id).get("Policies") or []]
+        documents += role_policy_documents(role_id)
     return policy_statements(documents)
 
 
@@ -99,7 +113,7 @@ def all_statements() -> list[dict[str, Any]]:
     statements: list[dict[str, Any]] = []
     for lid, res in RESOURCES.items():
         if res["Type"] == "AWS::IAM::Role":
-            statements += policy_statements([p["PolicyDocument"] for p in props(lid).get("Policies") or []])
+            statements += policy_statements(role_policy_documents(lid))
         elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             statements += policy_statements([props(lid)["PolicyDocument"]])
         elif res["Type"] == "AWS::Serverless::Function":
@@ -210,7 +224,10 @@ def test_each_state_function_gets_only_its_table_actions_on_the_table(function_i
 def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id):
     for statement in function_statements(function_id):
         actions = set(as_list(statement["Action"]))
-        if actions <= STREAM_ACTIONS:
+        if actions == {"dynamodb:ListStreams"}:
+            # It has no resource-level permissions (it lists stream ARNs, nothing of their records).
+            assert as_list(statement["Resource"]) == ["*"]
+        elif actions <= STREAM_ACTIONS:
             assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/stream/*"}]
         elif any(action.startswith("dynamodb:") for action in actions):
             assert as_list(statement["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
@@ -304,6 +321,52 @@ def test_the_authorizer_cache_is_keyed_by_the_token_and_lives_at_most_60_seconds
     assert authorizer["EnableSimpleResponses"] is True
 
 
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_the_stage_throttles_every_route_with_parameterised_limits():
+    settings = props("StateApi")["DefaultRouteSettings"]
+    parameters = TEMPLATE["Parameters"]
+
+    assert settings == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+    assert (parameters["ApiThrottlingBurstLimit"]["Default"], parameters["ApiThrottlingRateLimit"]["Default"]) == (
+        1000,
+        500,
+    )
+
+
+def reserved_concurrency(function_id: str, **parameters: str) -> Any:
+    from devstack.template import NO_VALUE, load_template
+
+    value = props(function_id).get("ReservedConcurrentExecutions", GLOBAL_FUNCTION.get("ReservedConcurrentExecutions"))
+    resolved = load_template(REPO_ROOT / "template.yaml", parameters=parameters).resolve(value)
+    return None if resolved is NO_VALUE else resolved
+
+
+RESERVATION_PARAMETERS = {
+    **dict.fromkeys(STATE_FUNCTIONS, "StateFunctionReservedConcurrency"),
+    AUTHORIZER_FUNCTION: "AuthorizerReservedConcurrency",
+    PUBLISHER_FUNCTION: "PublisherReservedConcurrency",
+}
+
+
+@pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
+def test_reserved_concurrency_is_a_parameter_whose_default_reserves_nothing(function_id):
+    parameter = RESERVATION_PARAMETERS[function_id]
+
+    # Lambda reads a reservation of 0 as "never run": 0 must mean no ReservedConcurrentExecutions at all.
+    assert TEMPLATE["Parameters"][parameter]["Default"] == 0
+    assert reserved_concurrency(function_id) is None
+    assert reserved_concurrency(function_id, **{parameter: "0"}) is None
+    assert reserved_concurrency(function_id, **{parameter: "25"}) == "25"
+    # Each function's reservation is its own parameter's: a flood of tokens cannot take the state functions'.
+    for other in set(RESERVATION_PARAMETERS.values()) - {parameter}:
+        assert reserved_concurrency(function_id, **{other: "25"}) is None
+
+
 # --- sample events ------------------------------------------------------------------------------
 
 
@@ -380,6 +443,7 @@ def test_the_publisher_gets_exactly_what_it_sends_to():
     assert by_action["events:PutEvents"] == {"Fn::GetAtt": ["StateEventBus", "Arn"]}
     assert by_action["sqs:SendMessage"] == {"Fn::GetAtt": ["PublishChangesDeadLetterQueue", "Arn"]}
     assert by_action["s3:PutObject"] == {"Fn::Sub": "${StreamFailureBucket.Arn}/*"}
+    assert by_action["s3:ListBucket"] == {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
     assert set(by_action) >= STREAM_ACTIONS
     # On the table itself only what collecting unreferenced value blobs needs (blobs.py), and history
     # items, expiry markers and expiries (lifecycle.py, issue 9). Never a Scan.

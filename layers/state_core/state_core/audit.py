@@ -5,8 +5,10 @@ from diagnostics by one field (`{ $.service = "state-service-audit" }` in a subs
 the record itself is the `audit` member, e.g. `{ $.audit.decision = "deny" }`)
 and are written whatever the functions' log level. `observability.lambda_entry` emits the record after
 the handler answered: it sees the event (who, which key) and the response (status, ETag = version); the
-handler's authorization step notes its decision here. A record never holds a value or a token: only the
-subject, the action, the key, the decision, the status and the version.
+handler's authorization step notes its decision here, and a handler that serves more than one kind of
+request under one operation (`get`: the current state, an old version, the history) notes which one.
+A record never holds a value or a token: only the subject, the action, the key, the decision, the status
+and the version.
 
 Requests that API Gateway answers itself (no token, rejected or cached-rejected token, unmatched route)
 never reach a handler; the HTTP API's access log (template.yaml, `StateApi` AccessLogSettings) covers them.
@@ -25,8 +27,16 @@ from state_core.errors import InvalidKey
 from state_core.keys import validate_key
 
 AUDIT_SERVICE = "state-service-audit"
-# The permission each audited operation needs; operations not listed here (the authorizer) are not audited.
-PERMISSIONS = {"get": "state:read", "put": "state:write", "patch": "state:write", "delete": "state:write"}
+# The permission each audited action needs; operations not listed here (the authorizer) are not audited.
+PERMISSIONS = {
+    "get": "state:read",
+    "get_version": "state:read",
+    "list_history": "state:read",
+    "put": "state:write",
+    "patch": "state:write",
+    "delete": "state:write",
+}
+Action = Literal["get", "get_version", "list_history", "put", "patch", "delete"]
 
 Decision = Literal["allow", "deny"]
 
@@ -34,12 +44,19 @@ Decision = Literal["allow", "deny"]
 audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
 
 _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
+_action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
 _ETAG = re.compile(r'\s*(?:W/)?"(\d{1,18})"\s*\Z')
 
 
 def begin() -> None:
-    """Start a request: no decision yet."""
+    """Start a request: no decision yet, and the action is the operation's until a handler says otherwise."""
     _decision.set(None)
+    _action.set(None)
+
+
+def note_action(action: Action) -> None:
+    """What this request does, when its operation covers more than one action (`get_version` under `get`)."""
+    _action.set(action)
 
 
 def note_decision(decision: Decision) -> None:
@@ -71,6 +88,7 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
     raw_key = (event.get("pathParameters") or {}).get("key")
     if status is None and isinstance(response, dict) and isinstance(response.get("statusCode"), int):
         status = response["statusCode"]
+    action = _action.get() or operation
     decision = _decision.get()
     if decision is None and status in (401, 403):
         decision = "deny"  # refused before the decision was noted (no authorizer context)
@@ -78,8 +96,8 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "request_id": context.get("requestId"),
         "subject": subject if isinstance(subject, str) else None,
-        "action": operation,
-        "permission": PERMISSIONS.get(operation),
+        "action": action,
+        "permission": PERMISSIONS.get(action),
         # Only a valid key is written: an invalid one (400 before any I/O) could be anything.
         "key": _valid_key(raw_key),
         "decision": decision,

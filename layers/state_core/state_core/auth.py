@@ -3,26 +3,35 @@ context, and RBAC by permission and key pattern, enforced on the validated key.
 
 A grant is a scope `state:read` / `state:write` (every key) or `state:read:<pattern>` /
 `state:write:<pattern>`, where a pattern is an exact key or a prefix ending in `*`, and `${sub}` stands for
-the caller's subject. A subject that cannot appear in a key expands to nothing, so it grants nothing.
-Grants come from the token's scopes and from its roles, mapped by the role policy (`policy.py`).
+the caller's subject as one whole segment: followed by `:` or the end of the pattern. A subject that is not
+one key segment (empty, too long, holding `:`, `*` or any character a key cannot hold) expands to nothing,
+so a `${sub}` grant grants it nothing; one subject's keys can then never be a prefix of another's.
+Grants come from the token's scopes and from its roles, mapped by the role policy (`policy.py`); both
+must have the grammar below, or they grant nothing (the policy refuses to load).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from state_core.errors import Forbidden, Unauthenticated
-from state_core.keys import is_key_fragment
+from state_core.keys import is_key_segment
 
 if TYPE_CHECKING:
     from state_core.policy import RolePolicy
 
 READ = "state:read"
 WRITE = "state:write"
+# Actors the service itself writes as (`system:ttl` for expiries); no caller's subject may start with it.
+SYSTEM_ACTOR_PREFIX = "system:"
 _SUB = "${sub}"
+# A grant: key characters and `${sub}` (only before `:` or at the end, so `user:${sub}*` is no grant),
+# optionally ending in `*`; or `*` alone.
+GRANT = re.compile(r"state:(read|write)(:((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +62,12 @@ class Principal:
         return self.scopes | policy.grants_for(self.roles) if policy is not None else self.scopes
 
     def patterns_for(self, permission: str, policy: RolePolicy | None = None) -> list[str]:
-        """The key patterns this principal holds `permission` on ("*" for every key)."""
+        """The key patterns this principal holds `permission` on ("*" for every key). A token's scope that
+        is not a well-formed grant (`state:read:user:${sub}*`, `state:read:a*b`) holds nothing."""
         patterns = []
         for scope in self.grants(policy):
+            if not GRANT.match(scope):
+                continue
             if scope == permission:
                 patterns.append("*")
             elif scope.startswith(permission + ":"):
@@ -68,7 +80,7 @@ class Principal:
 
 def _matches(pattern: str, key: str, subject: str) -> bool:
     if _SUB in pattern:
-        if not is_key_fragment(subject):
+        if not is_key_segment(subject):
             return False
         pattern = pattern.replace(_SUB, subject)
     if pattern.endswith("*"):

@@ -12,8 +12,12 @@ A blob is removed only when nothing retained refers to it: neither the state ite
 exists, and from then on the blob goes when the last of its referrers does (lifecycle.py: the history
 item's TTL removal while the state no longer uses it, or the state moving on after the history item left).
 `collect` removes the blobs of unclaimed markers, i.e. of writes that died between their chunks and their
-state item, once they are older than any write can take, and never one a history item still names.
-The marker's `ttl` is DynamoDB's own backstop for markers.
+state item, once they are older than any write can take, and never one the state item or a history item
+names (both read strongly consistently at collection time). "Older" is measured against a time by which
+every write that landed has been claimed: the stream record being processed (records of a key arrive in
+order, so every version before it is in the history), or, for the sweep, the stream's retention ago; never
+the wall clock alone, which runs ahead of a lagging stream. The marker's `ttl` is DynamoDB's own backstop
+for markers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from state_core.codec import StoredValue
@@ -35,6 +39,11 @@ MARKER_PREFIX = "blob#"
 CHUNK_SORT_KEY = "chunk"
 # A write older than this has finished or died: no function runs longer (template Timeout is 10 s).
 WRITE_GRACE_SECONDS = 300
+# How far the sweep stays behind the wall clock: DynamoDB keeps a stream record 24 h, so a write that
+# landed longer ago has been through the publisher (history item written, marker claimed) or its record
+# was handed to the on-failure destination. Any less, and a lagging stream's unrecorded (but replaced)
+# version would lose its blob before its history item names it.
+SWEEP_LAG_SECONDS = 24 * 3600
 MARKER_TTL_SECONDS = 7 * 24 * 3600
 _BATCH_ATTEMPTS = 8
 
@@ -124,10 +133,14 @@ class BlobStore:
             requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}, "sk": {"S": MARKER_PREFIX + ref.write_id}}}})
         self._batch_write(requests)
 
-    def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]:
-        """Remove the key's blobs that are not in `keep` and older than any write in flight; returns
-        their write ids. Called when the key's state item changes, and by the sweep."""
-        cutoff = int(now.timestamp()) - WRITE_GRACE_SECONDS
+    def collect(self, key: str, *, as_of: datetime) -> list[str]:
+        """Remove the key's unclaimed blobs whose marker is more than WRITE_GRACE_SECONDS older than `as_of`
+        and that neither the state item nor a retained history item names; returns their write ids.
+
+        `as_of` must be a time by which every write of the key that landed has been claimed (the stream
+        record being processed, or the sweep's lagging time), so that an old marker can only be a write
+        that died. The current state is read here, consistently: a caller's view of it may be stale."""
+        cutoff = int(as_of.timestamp()) - WRITE_GRACE_SECONDS
         stale: list[tuple[str, int]] = []
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -139,17 +152,27 @@ class BlobStore:
             page = self._client.query(**request)
             for item in page.get("Items", []):
                 write_id = item["sk"]["S"][len(MARKER_PREFIX) :]
-                if write_id not in keep and int(item["created_epoch"]["N"]) <= cutoff:
+                if int(item["created_epoch"]["N"]) <= cutoff:
                     stale.append((write_id, int(item["chunks"]["N"])))
             if "LastEvaluatedKey" not in page:
                 break
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         if stale:
-            # A claimed blob has no marker; this only guards a marker whose claim did not happen yet.
-            named = self._history_blob_ids(key)
+            # Read after the markers: a write that lands after these reads has a marker younger than the cutoff.
+            named = self._state_blob_ids(key) | self._history_blob_ids(key)
             stale = [(write_id, chunks) for write_id, chunks in stale if write_id not in named]
         self.delete(key, [BlobRef(write_id, chunks, "") for write_id, chunks in stale])
         return [write_id for write_id, _ in stale]
+
+    def _state_blob_ids(self, key: str) -> set[str]:
+        """The blob the key's state item refers to, if any (strongly consistent)."""
+        state = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": key}, "sk": {"S": "state"}},
+            ConsistentRead=True,
+            ProjectionExpression="blob_id",
+        ).get("Item", {})
+        return {state["blob_id"]["S"]} if "blob_id" in state else set()
 
     def _history_blob_ids(self, key: str) -> set[str]:
         """The blobs the key's retained history items refer to (history.py: sk = v#<version>)."""
@@ -172,8 +195,10 @@ class BlobStore:
 
     def sweep(self, now: datetime) -> list[str]:
         """The backstop for blobs the stream did not collect (a write that died between its chunks and its
-        state item, on a key never written again): every key with a marker is collected against its state
-        item. A Scan reads the whole table, so this runs rarely (`make sweep-blobs`, or on a schedule)."""
+        state item, on a key never written again): every key with a marker is collected as of
+        SWEEP_LAG_SECONDS before `now`. A Scan reads the whole table, so this runs rarely (`make
+        sweep-blobs`, or on a schedule)."""
+        as_of = now - timedelta(seconds=SWEEP_LAG_SECONDS)
         owners: set[str] = set()
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -189,14 +214,7 @@ class BlobStore:
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         collected: list[str] = []
         for key in sorted(owners):
-            state = self._client.get_item(
-                TableName=self._table,
-                Key={"pk": {"S": key}, "sk": {"S": "state"}},
-                ConsistentRead=True,
-                ProjectionExpression="blob_id",
-            ).get("Item", {})
-            keep = {state["blob_id"]["S"]} if "blob_id" in state else set()
-            collected += self.collect(key, keep=keep, now=now)
+            collected += self.collect(key, as_of=as_of)
         return collected
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:

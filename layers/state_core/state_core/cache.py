@@ -13,8 +13,8 @@ the stream) goes through one Lua step that stores the entry only if its version 
 one, so a slow writer can never put an older version over a newer one.
 
 Redis trouble never fails a request: every error or timeout is counted, opens the breaker and reads as a
-miss. A cache write that failed is kept in memory and replayed (it is versioned, so replaying is always
-safe) once Redis answers again; across containers the stream publisher repairs the same way.
+miss. A cache write that failed is kept in memory and replayed once Redis answers again, as a fence (its
+version without its value, CacheEntry.fence); across containers the stream publisher repairs the same way.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 
 # Stores ARGV[2..] over KEYS[1] only if ARGV[1] is newer than the cached version. Equal versions are a
 # no-op, so a fill racing the write-through of the same version changes nothing; except that the same
-# version with its value may fill a valueless fence (a replayed write, see _replay_pending). Something
-# that is not one of our hashes (another type, a version that is not a number) is replaced rather than
-# raising: a script error would open the breaker and cost the container its cache for a window.
+# version with its value may fill a valueless fence (CacheEntry.fence: a replayed write, the stream's repair).
+# Something that is not one of our hashes (another type, a version that is not a number) is replaced rather
+# than raising: a script error would open the breaker and cost the container its cache for a window.
 _WRITE_IF_NEWER = """
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   local cached = tonumber(redis.call('HGET', KEYS[1], 'v'))
@@ -111,6 +111,14 @@ class CacheEntry:
     def absent(cls, key: str, now: datetime) -> CacheEntry:
         """A key DynamoDB does not hold at all: a tombstone at version 0, so any write supersedes it."""
         return cls(StateRecord(key, 0, True, None, None, rfc3339(now), "", None))
+
+    def fence(self) -> CacheEntry:
+        """This version without its value or tombstone, which readers take as a miss (they fill the current
+        state from DynamoDB; the same version with its value may fill it). What a write that may land long
+        after it was made stores (a replayed write, the stream's repair): newer entries may be gone by then
+        (a restart, an eviction, their expiry), and with its value it would serve an old version to every
+        container. As a fence it still keeps older versions out."""
+        return CacheEntry(replace(self.record, deleted=False, value=None))
 
     def is_usable(self) -> bool:
         """False for a live version too large to cache, which readers treat as a miss."""
@@ -317,7 +325,7 @@ class RedisStateCache:
             pending, self._pending = self._pending, {}
         for position, entry in enumerate(pending.values()):
             try:
-                self._store(_fence_only(entry))
+                self._store(entry.fence())
             except Exception:
                 for unsent in list(pending.values())[position:]:
                     self._remember(unsent)
@@ -328,12 +336,3 @@ class RedisStateCache:
             known = self._pending.get(entry.record.key)
             if known is None or known.version < entry.version:
                 self._pending[entry.record.key] = entry
-
-
-def _fence_only(entry: CacheEntry) -> CacheEntry:
-    """What a queued write replays: its version without its value or tombstone, which readers take as a
-    miss. A replay can land long after the write (once Redis and the breaker let it), when newer entries
-    may be gone (a restart, an eviction, their expiry): with its value it would then serve an old version
-    to every container (issue 7's history checker found this). As a fence it still keeps older versions
-    out, and the next read fills the current version from DynamoDB (the same version may fill it)."""
-    return CacheEntry(replace(entry.record, deleted=False, value=None))

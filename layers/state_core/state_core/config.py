@@ -110,8 +110,11 @@ class AuthorizerSettings(_Settings):
     leeway_seconds: int = Field(default=30, ge=0, le=60, validation_alias="STATE_OIDC_LEEWAY_SECONDS")
     # Asymmetric algorithms only: `none` and HMAC (which a public key could "sign") can never be configured.
     algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), validation_alias="STATE_OIDC_ALGORITHMS")
-    # e.g. `at+jwt` (RFC 9068); empty accepts any typ except nested tokens.
+    # e.g. `at+jwt` (RFC 9068); empty accepts no typ, `JWT` or `at+jwt` (tokens.py).
     required_typ: str = Field(default="", validation_alias="STATE_OIDC_REQUIRED_TYP")
+    # ID tokens (Cognito `token_use: id`, Keycloak `typ: ID`, `at_hash`) are refused unless this is true:
+    # an ID token's audience is the client that signed the user in, not this API.
+    accept_id_tokens: bool = Field(default=False, validation_alias="STATE_OIDC_ACCEPT_ID_TOKENS")
     # exp - iat; a stolen long-lived token is refused even if signed.
     max_lifetime_seconds: int = Field(
         default=3600, ge=60, le=86_400, validation_alias="STATE_OIDC_MAX_LIFETIME_SECONDS"

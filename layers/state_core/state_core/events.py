@@ -14,6 +14,8 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -109,6 +111,9 @@ class StreamChange:
     event: ChangeEvent | None
     # The blob of the version this change replaced, which nothing refers to any more (blobs.py).
     replaced_blob: BlobRef | None = None
+    # When DynamoDB wrote the record (its ApproximateCreationDateTime): blob collection ages markers by
+    # it, not by the publisher's clock, so a lagging stream never makes a newer write look abandoned.
+    recorded_at: datetime | None = None
 
 
 def image(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +133,19 @@ def _attribute(value: Mapping[str, Any]) -> dict[str, Any]:
     if "L" in value:
         return {"L": [_attribute(v) for v in value["L"]]}
     return dict(value)
+
+
+def recorded_at(record: Mapping[str, Any]) -> datetime | None:
+    """The record's `ApproximateCreationDateTime`: epoch seconds in Lambda's event (a number), a datetime
+    in a boto3 GetRecords response; None when absent."""
+    raw = (record.get("dynamodb") or {}).get("ApproximateCreationDateTime")
+    if raw is None:
+        return None
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)
+    if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal | str):
+        raise TypeError(f"ApproximateCreationDateTime is not a time: {raw!r}")
+    return datetime.fromtimestamp(float(raw), UTC)
 
 
 def is_state_record(record: Mapping[str, Any]) -> bool:
@@ -170,15 +188,16 @@ def build_change(
         return None
     ddb = stream_record["dynamodb"]
     sequence_number = str(ddb["SequenceNumber"])
+    when = recorded_at(stream_record)
     if "NewImage" not in ddb:
         # REMOVE: only DynamoDB's TTL cleanup deletes state items, long after the expiry was decided
         # and published (DESIGN §3); it is not a change of state.
-        return StreamChange(sequence_number, None, None)
+        return StreamChange(sequence_number, None, None, recorded_at=when)
     new = image(ddb["NewImage"])
     if "version" not in new:
         # Not a state: every write sets the version atomically with the rest. (moto's UpdateItem of a
         # new item streams a keys-only INSERT before the real one; DynamoDB never does.)
-        return StreamChange(sequence_number, None, None)
+        return StreamChange(sequence_number, None, None, recorded_at=when)
     old = image(ddb["OldImage"]) if "OldImage" in ddb else None
     if old is not None and "version" not in old:
         old = None
@@ -200,7 +219,11 @@ def build_change(
     if replaced is not None and record.blob is not None and replaced.write_id == record.blob.write_id:
         replaced = None
     return StreamChange(
-        sequence_number, record, ChangeEvent(sequence_number, position, detail, entry), replaced_blob=replaced
+        sequence_number,
+        record,
+        ChangeEvent(sequence_number, position, detail, entry),
+        replaced_blob=replaced,
+        recorded_at=when,
     )
 
 

@@ -9,6 +9,8 @@ from state_core.errors import InvalidKey
 MAX_KEY_LENGTH = 256
 # \Z rather than $: `$` also matches before a trailing newline, which would let "a\n" through.
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}\Z")
+# One segment of a key: the key alphabet without the separator.
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def validate_key(key: str) -> str:
@@ -18,6 +20,10 @@ def validate_key(key: str) -> str:
     return key
 
 
-def is_key_fragment(text: str) -> bool:
-    """True if `text` may appear inside a key (used to expand `${sub}` in key patterns)."""
-    return bool(text) and len(text) <= MAX_KEY_LENGTH and re.fullmatch(r"[A-Za-z0-9_.:-]+", text) is not None
+def is_key_segment(text: str) -> bool:
+    """True if `text` can stand for `${sub}` in a key pattern: key characters other than the separator `:`.
+
+    A subject holding `:` would reach into another subject's namespace (`alice:settings` expanded into
+    `user:${sub}:*` covers `user:alice:settings:theme`, a key of `alice`), so such a subject gets nothing
+    from a `${sub}` grant rather than an escaped one."""
+    return len(text) <= MAX_KEY_LENGTH and _SEGMENT.fullmatch(text) is not None

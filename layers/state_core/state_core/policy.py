@@ -8,7 +8,8 @@ A JSON file, by default `policy.json` shipped in this package, else the file `ST
                "self-service": ["state:read:user:${sub}:*", "state:write:user:${sub}:*"]}}
 
 Each grant has the grammar of a scope: `state:read` / `state:write`, optionally narrowed to a key pattern
-(an exact key, or a prefix ending in `*`, `${sub}` standing for the caller's subject). The file is checked
+(an exact key, or a prefix ending in `*`, `${sub}` standing for the caller's subject and followed by `:` or
+the end of the pattern, as in `auth.py`). The file is checked
 completely at load; anything unexpected (an unknown member, a misspelt permission, a pattern no key could
 match) makes it invalid, and an invalid policy fails closed: every request is refused.
 """
@@ -16,17 +17,16 @@ match) makes it invalid, and an invalid policy fails closed: every request is re
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from state_core.auth import GRANT
+
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
 MAX_POLICY_BYTES = 1_000_000
-# A key pattern: key characters and `${sub}`, optionally ending in `*` (DESIGN §3 keys, §4 patterns).
-_GRANT = re.compile(r"state:(read|write)(:((?:[A-Za-z0-9_.:-]|\$\{sub\})+\*?|\*))?\Z")
 
 
 class PolicyError(Exception):
@@ -48,8 +48,11 @@ class RolePolicy(BaseModel):
             if not role:
                 raise ValueError("a role name is empty")
             for grant in grants:
-                if not _GRANT.match(grant):
-                    raise ValueError(f"role {role}: {grant!r} is not state:read|state:write[:<key pattern>]")
+                if not GRANT.match(grant):
+                    raise ValueError(
+                        f"role {role}: {grant!r} is not state:read|state:write[:<key pattern>]"
+                        " (${sub} only before ':' or at the end)"
+                    )
         return roles
 
     def grants_for(self, roles: Iterable[str]) -> frozenset[str]:

@@ -2,8 +2,10 @@
 
 For one batch of stream records it:
 
-1. repairs the Redis cache with every record's new state through the one write-if-newer step, best effort
-   (first, so a consumer reacting to an event already reads the new version from the cache);
+1. repairs the Redis cache, best effort: every record's version goes in as a fence (no value), through the
+   one write-if-newer step, so older versions are kept out and readers fill the current state from
+   DynamoDB. Never the record's value: the record may be older than the table, and once a newer entry is
+   gone from the cache (its lifetime, an eviction, a restart) write-if-newer has nothing to compare with;
 2. sends the events with PutEvents, in stream order (version order per key), batched by count and size;
    `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in
    version order, with bounded attempts and jittered backoff;
@@ -36,7 +38,6 @@ from state_core.events import (
     build_change,
 )
 from state_core.metrics import MetricsSink
-from state_core.models import StateRecord
 
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
 DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"
@@ -58,7 +59,7 @@ class BlobCollector(Protocol):
     """blobs.BlobStore's cleanup side."""
 
     def delete(self, key: str, refs: Iterable[BlobRef]) -> None: ...
-    def collect(self, key: str, *, keep: set[str], now: datetime) -> list[str]: ...
+    def collect(self, key: str, *, as_of: datetime) -> list[str]: ...
 
 
 class Lifecycle(Protocol):
@@ -178,8 +179,10 @@ class ChangePublisher:
         )
 
     def repair_cache(self, changes: Iterable[StreamChange]) -> None:
-        """Every change's new state through write-if-newer: a write whose own cache update failed (Redis
-        blip, function died after the DynamoDB write) still converges. Never fails the batch."""
+        """Every change's version as a fence through write-if-newer: a write whose own cache update failed
+        (Redis blip, function died after the DynamoDB write) can no longer be hidden by an older cached
+        entry. A fence, not the value: a lagging record installed with its value would be served as
+        current once the newer entry is gone. Never fails the batch."""
         if self._cache is None:
             return
         from state_core.cache import CacheEntry
@@ -189,7 +192,7 @@ class ChangePublisher:
             if change.record is None:
                 continue
             try:
-                if self._cache.write_if_newer(CacheEntry(change.record)):
+                if self._cache.write_if_newer(CacheEntry(change.record).fence()):
                     repaired += 1
             except Exception as exc:
                 self._log.warning("cache repair failed", key=change.record.key, error=type(exc).__name__)
@@ -200,16 +203,17 @@ class ChangePublisher:
     def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
         """Remove value blobs nothing refers to any more: the one each change replaced (with history, only
         if the replaced version's history item is already gone: lifecycle.py), and any unclaimed blob of
-        the key its state does not name (writes that died between their chunks and their state item),
-        once older than any write in flight. Best effort: `make sweep-blobs` is the backstop."""
+        the key that neither its current state nor its history names (writes that died between their
+        chunks and their state item), aged by the stream record's time. Best effort: `make sweep-blobs`
+        is the backstop."""
         blobs = self._blobs
         if blobs is None:
             return
-        latest: dict[str, StateRecord] = {}
+        latest: dict[str, StreamChange] = {}
         for change in changes:
             if change.record is None:
                 continue
-            latest[change.record.key] = change.record
+            latest[change.record.key] = change
             if change.replaced_blob is not None:
                 with self._cleanup_guard():
                     if self._lifecycle is None:
@@ -218,10 +222,15 @@ class ChangePublisher:
                         # History items refer to blobs too: the replaced one may still be retained.
                         previous = change.event.detail.previous_version if change.event is not None else None
                         self._lifecycle.release_replaced(change.record.key, previous, change.replaced_blob)
-        now = self._clock()
-        for key, record in latest.items():
+        for key, change in latest.items():
+            if change.recorded_at is None:
+                continue  # without the record's time an abandoned write cannot be told from a recent one
+            # The record's time, not the clock: every write of the key up to the record has been claimed by
+            # now (stream order), while writes after it may not be, however far the stream lags behind. The
+            # clock only caps it, should DynamoDB's clock run ahead of the writers'.
+            as_of = min(change.recorded_at, self._clock())
             with self._cleanup_guard():
-                blobs.collect(key, keep={record.blob.write_id} if record.blob is not None else set(), now=now)
+                blobs.collect(key, as_of=as_of)
 
     @contextmanager
     def _cleanup_guard(self) -> Iterator[None]:

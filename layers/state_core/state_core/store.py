@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from state_core.auth import SYSTEM_ACTOR_PREFIX
 from state_core.blobs import BlobRef, BlobStore
 from state_core.codec import StoredValue
 from state_core.deadline import OutOfTime
@@ -79,7 +80,7 @@ _EXPIRABLE = (
 
 
 # Who an expiry is attributed to (the event's and the history's actor).
-EXPIRY_ACTOR = "system:ttl"
+EXPIRY_ACTOR = f"{SYSTEM_ACTOR_PREFIX}ttl"
 _HEAD_NAMES = {
     f"#{name}": name
     for name in (

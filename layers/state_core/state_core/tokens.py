@@ -8,6 +8,11 @@ and no key referenced or embedded in the header (`jku`, `x5u`, `jwk`, `x5c` are 
 PyJWT then checks the signature only; every claim is checked here, with the types RFC 7519 intends and
 nothing coerced (`"exp": "9999999999"` is refused, not parsed).
 
+Only access tokens are accepted. A token that says it is something else is refused whatever its audience:
+an ID token (Cognito's `token_use: "id"`, Keycloak's `typ: "ID"`, `at_hash`/`c_hash`, which only ID tokens
+carry, or a JOSE `typ` of `id_token+jwt`) unless `accept_id_tokens` is set, and always a refresh, logout or
+other kind of token (`token_use`, the payload's `typ` or the JOSE `typ` naming another kind).
+
 The authorizer's answer may be cached by API Gateway per token, so it depends on the token alone, never
 on the route or key. Rejection reasons name the check that failed and never contain the token.
 """
@@ -26,6 +31,7 @@ from typing import Any
 
 import jwt
 
+from state_core.auth import SYSTEM_ACTOR_PREFIX
 from state_core.config import AuthorizerSettings
 from state_core.jwks import JwksCache, discover_jwks_uri
 
@@ -39,7 +45,20 @@ KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 MAX_NUMERIC_DATE = 2**53  # beyond JSON's exact integers; also far beyond any real expiry
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
 _KID = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable ASCII: logs and lookups stay boring
+# API Gateway puts the subject into its JSON access log as it is, unescaped: a quote or backslash would
+# forge or break fields, a control character or line separator would forge lines.
+_UNLOGGABLE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 _KEY_FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# JOSE `typ` values (lower case, without `application/`) an access token may carry: the generic `JWT` and
+# RFC 9068's `at+jwt`; then an ID token's. Any other (`logout+jwt`, `secevent+jwt`, `dpop+jwt`, ...) names
+# another kind of JWT.
+_ACCESS_TYPS = frozenset({"jwt", "at+jwt"})
+_ID_TYPS = frozenset({"id_token+jwt"})
+# Claims naming the kind of token: (an access token's value, an ID token's), lower case. Cognito's
+# `token_use`; Keycloak's `typ` (also `Refresh`, `Offline`, `Logout` for its other tokens).
+_KIND_CLAIMS = {"token_use": ("access", "id"), "typ": ("bearer", "id")}
+# Claims OpenID Connect defines for ID tokens only (hashes of the access token and code issued with it).
+_ID_TOKEN_CLAIMS = ("at_hash", "c_hash")
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
@@ -196,8 +215,15 @@ class TokenVerifier:
         if required_typ:
             if not isinstance(typ, str) or typ.lower().removeprefix("application/") != required_typ:
                 raise TokenRejected(f"typ must be {self.settings.required_typ}")
-        elif typ is not None and not isinstance(typ, str):
-            raise TokenRejected("typ must be a string")
+        elif typ is not None:
+            if not isinstance(typ, str):
+                raise TokenRejected("typ must be a string")
+            kind = typ.lower().removeprefix("application/")
+            if kind in _ID_TYPS:
+                if not self.settings.accept_id_tokens:
+                    raise TokenRejected("an ID token (typ), not an access token")
+            elif kind not in _ACCESS_TYPS:
+                raise TokenRejected("typ names another kind of token than an access token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not _KID.match(kid):
             raise TokenRejected("kid must be printable ASCII, 1-256 characters")
@@ -218,6 +244,7 @@ class TokenVerifier:
         for name in self._required:
             if claims.get(name) is None:
                 raise TokenRejected(f"claim {name} is missing")
+        self._check_token_kind(claims)
         expires, not_before, issued = (_numeric_date(claims, name) for name in NUMERIC_DATE_CLAIMS)
         if expires is None or issued is None:  # mandatory, so already refused above; for the type checker
             raise TokenRejected("exp and iat are required")
@@ -244,6 +271,10 @@ class TokenVerifier:
         subject = claims[settings.subject_claim]
         if not isinstance(subject, str) or not subject or len(subject) > 1024:
             raise TokenRejected(f"{settings.subject_claim} must be a non-empty string")
+        if _UNLOGGABLE.search(subject):
+            raise TokenRejected(f"{settings.subject_claim} holds a quote, backslash or control character")
+        if subject.startswith(SYSTEM_ACTOR_PREFIX):
+            raise TokenRejected(f"{settings.subject_claim} is in the service's own namespace ({SYSTEM_ACTOR_PREFIX})")
         scopes = _string_list(claims.get(settings.scope_claim), settings.scope_claim)
         if settings.scope_prefix:
             # Only scopes of our resource server count (Cognito: `<identifier>/state:read`).
@@ -252,6 +283,19 @@ class TokenVerifier:
         if roles is not None and (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)):
             raise TokenRejected(f"{settings.roles_claim} must be an array of strings")
         return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(roles or ()))
+
+    def _check_token_kind(self, claims: Mapping[str, Any]) -> None:
+        """Refuse a token whose claims say it is not an access token (an ID token unless accepted)."""
+        accept_id = self.settings.accept_id_tokens
+        for claim, (access_kind, id_kind) in _KIND_CLAIMS.items():
+            if claim not in claims:
+                continue
+            value = claims[claim]
+            kind = value.lower() if isinstance(value, str) else None
+            if kind != access_kind and not (kind == id_kind and accept_id):
+                raise TokenRejected(f"{claim} says this is not an access token")
+        if not accept_id and any(name in claims for name in _ID_TOKEN_CLAIMS):
+            raise TokenRejected("an ID token (at_hash/c_hash), not an access token")
 
 
 def bearer_token(headers: Mapping[str, str] | None) -> str | None:
