@@ -45,6 +45,7 @@ def services() -> Iterator[Services]:
     from devstack.moto_server import SerializedMotoServer
     from devstack.oidc import DevIssuer
     from devstack.redis_server import RedisServer
+    from devstack.resources import client, ensure_secret
     from devstack.template import load_template
 
     template = load_template(REPO_ROOT / "template.yaml")
@@ -57,6 +58,8 @@ def services() -> Iterator[Services]:
     loop_thread.start()
     asyncio.run_coroutine_threadsafe(issuer.start(), loop).result(timeout=10)
     table = f"state-bench-{uuid.uuid4().hex[:8]}"
+    # As deployed: the functions read the cache's signing key from Secrets Manager (moto's here).
+    signing_secret_arn = ensure_secret(client("secretsmanager", moto.endpoint_url), f"bench-signing-{table}")
     environment = {
         name: str(value)
         for name, value in template.function("GetStateFunction").environment.items()
@@ -70,6 +73,7 @@ def services() -> Iterator[Services]:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "STATE_TABLE_NAME": table,
             "STATE_REDIS_URL": redis_server.url,
+            "STATE_CACHE_SIGNING_SECRET_ARN": signing_secret_arn,
             "STATE_TRACING": "false",
             "STATE_OIDC_ISSUER": issuer.issuer,
             "STATE_OIDC_AUDIENCE": "state-service",

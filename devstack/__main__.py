@@ -8,7 +8,8 @@ routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 
 Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
-STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380; `none`: no Redis),
+STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
+token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
 LOG_LEVEL, LOCAL_MAX_CONCURRENCY, STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
 devstack/ttl_sweeper.py, since moto never expires items), LOCAL_THROTTLING_BURST_LIMIT and
 LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default).
@@ -19,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shlex
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 def _env_int(name: str, default: int) -> int:
@@ -35,9 +38,9 @@ async def run() -> None:
     from devstack.moto_server import SerializedMotoServer
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer
     from devstack.redis_server import RedisServer
-    from devstack.resources import create_resources
+    from devstack.resources import client, create_resources, ensure_secret
     from devstack.stream_poller import StreamPoller
-    from devstack.template import REPO_ROOT, load_template
+    from devstack.template import REPO_ROOT, STACK_NAME, load_template
     from devstack.token import mint
     from devstack.ttl_sweeper import TtlSweeper
     from devstack.workers import LogEcho
@@ -63,10 +66,28 @@ async def run() -> None:
 
         # REDIS_URL=none runs without Redis (no cache, no locks), as a deployment without an endpoint.
         redis_url = os.environ.get("REDIS_URL", "")
+        redis_auth_secret_arn = ""
         if redis_url == "none":
             redis_url = ""
+        elif urlsplit(redis_url).password is not None:
+            # As deployed, the functions never see a password in their environment: it goes into moto's
+            # Secrets Manager, and the URL (also what is printed below) goes without it.
+            parts = urlsplit(redis_url)
+            redis_auth_secret_arn = await asyncio.to_thread(
+                ensure_secret,
+                client("secretsmanager", endpoint_url),
+                f"{STACK_NAME}-redis-auth",
+                value=_auth_secret(parts.username, unquote(parts.password or "")),
+            )
+            host = parts.netloc.rsplit("@", 1)[1]
+            redis_url = urlunsplit(parts._replace(netloc=host))
         elif not redis_url:
-            redis = await asyncio.to_thread(RedisServer(port=_env_int("REDIS_PORT", 6380)).start)
+            # As deployed: an AUTH token in Secrets Manager (moto's), which the functions read by ARN.
+            token = secrets.token_urlsafe(32)
+            redis_auth_secret_arn = await asyncio.to_thread(
+                ensure_secret, client("secretsmanager", endpoint_url), f"{STACK_NAME}-redis-auth", value=token
+            )
+            redis = await asyncio.to_thread(RedisServer(port=_env_int("REDIS_PORT", 6380), password=token).start)
             redis_url = redis.url
 
         external_issuer = os.environ.get("STATE_OIDC_ISSUER")
@@ -80,7 +101,7 @@ async def run() -> None:
 
         template = load_template(
             template_path,
-            parameters=_parameters(template_path, issuer_url, audience, redis_url),
+            parameters=_parameters(template_path, issuer_url, audience, redis_url, redis_auth_secret_arn),
         )
         names = await asyncio.to_thread(create_resources, template, endpoint_url)
 
@@ -119,6 +140,8 @@ async def run() -> None:
             f"redis         {redis_url or 'none (no cache, no locks)'}"
             + ("" if redis or not redis_url else " (external)")
         )
+        if redis_auth_secret_arn:
+            print(f"redis auth    {redis_auth_secret_arn}")
         for logical_id, name in sorted(names.items()):
             if "." not in logical_id:
                 print(f"resource      {logical_id} = {name}")
@@ -161,7 +184,16 @@ async def run() -> None:
             await asyncio.to_thread(redis.stop)
 
 
-def _parameters(template_path: Path, issuer: str, audience: str, redis_url: str) -> dict[str, str]:
+def _auth_secret(username: str | None, password: str) -> str:
+    """The secret's value as the functions read it: the token, or JSON naming an ACL user."""
+    import json
+
+    return json.dumps({"username": unquote(username), "password": password}) if username else password
+
+
+def _parameters(
+    template_path: Path, issuer: str, audience: str, redis_url: str, redis_auth_secret_arn: str
+) -> dict[str, str]:
     from devstack.template import load_yaml
 
     declared = set((load_yaml(template_path).get("Parameters") or {}).keys())
@@ -169,6 +201,7 @@ def _parameters(template_path: Path, issuer: str, audience: str, redis_url: str)
         "OidcIssuer": issuer,
         "OidcAudience": audience,
         "RedisEndpoint": redis_url,
+        "RedisAuthSecretArn": redis_auth_secret_arn,
         "LogLevel": os.environ.get("LOG_LEVEL", "INFO"),
     }
     return {k: v for k, v in wanted.items() if k in declared}

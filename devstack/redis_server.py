@@ -36,6 +36,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _read_replies(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while data.count(b"\r\n") < count:
+        chunk = sock.recv(64)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 # Since 3.2.7 redis-server closes a connection that sends "POST" or "Host:" as a command: a web page's
 # cross-protocol request (an HTTP POST to 127.0.0.1:<port> whose body is Redis commands) runs nothing.
 MIN_VERSION = (3, 2, 7)
@@ -54,11 +64,13 @@ class RedisServer:
     """`redis-server` on 127.0.0.1:<port> with `--save '' --appendonly no`; stop, pause (SIGSTOP), resume.
 
     Loopback only and in protected mode, and never a version that obeys commands inside an HTTP request.
+    With `password`, clients must AUTH (`requirepass`), as a deployed Redis with an AUTH token.
     """
 
-    def __init__(self, port: int = 0, binary: str | None = None) -> None:
+    def __init__(self, port: int = 0, binary: str | None = None, password: str | None = None) -> None:
         self.port = port or _free_port()
         self.binary = binary or find_redis_server()
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,9 +82,12 @@ class RedisServer:
         if version < MIN_VERSION:
             found, wanted = (".".join(map(str, v)) for v in (version, MIN_VERSION))
             raise RuntimeError(f"{self.binary} is {found}: a web page could drive it, {wanted} or later needed")
+        # The password goes in on stdin (`-`: the configuration follows there), never on the command line
+        # where every local user's `ps` would show it.
         self._process = subprocess.Popen(
             [
                 self.binary,
+                "-",
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--save", "",
@@ -80,17 +95,25 @@ class RedisServer:
                 "--protected-mode", "yes",
                 "--loglevel", "warning",
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        assert self._process.stdin is not None
+        if self.password:
+            self._process.stdin.write(f"requirepass {self.password}\n".encode())
+        self._process.stdin.close()
+        hello = b"PING\r\n"
+        if self.password:
+            hello = f"AUTH {self.password}\r\n".encode() + hello
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self._process.returncode} (port {self.port} busy?)")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    sock.sendall(hello)
+                    if b"+PONG" in _read_replies(sock, 1 + bool(self.password)):
                         return self
             except OSError:
                 time.sleep(0.05)

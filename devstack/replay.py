@@ -10,7 +10,11 @@ Two sources, both written by the change-event path (DESIGN §6):
    is published or dead-lettered.
 
 Replays are safe to repeat: an event's ``event_id`` is derived from key, version and operation,
-so a consumer drops the duplicates a replay may cause. Local stack by default; for a deployed
+so a consumer drops the duplicates a replay may cause. Both sources can be written by more than the
+publisher (anyone allowed sqs:SendMessage or s3:PutObject there), and a replay publishes with the
+operator's credentials: a dead letter is sent only if it is a StateChanged entry for this bus and source,
+a failure record is read only up to the size Lambda can produce, and anything else is kept and counted
+(``*_rejected``), never sent and never the end of the run. Local stack by default; for a deployed
 stack pass ``--endpoint-url ''`` and the stack's outputs (EventBusName, EventsDeadLetterQueueUrl,
 StreamFailureBucketName) with your AWS credentials.
 """
@@ -28,6 +32,12 @@ from devstack.event_tail import local_endpoint
 from devstack.resources import DUMMY_CREDENTIALS, local_table_name
 from devstack.template import REGION, REPO_ROOT
 
+# Lambda's invocation payloads are at most 6 MB; an on-failure record wraps one with a little metadata.
+MAX_FAILURE_RECORD_BYTES = 8 * 1_048_576
+# EventBridge's own limit on an entry.
+MAX_ENTRY_BYTES = 256 * 1024
+_ENTRY_FIELDS = {"Source", "DetailType", "Detail", "EventBusName"}
+
 
 @dataclass
 class ReplayReport:
@@ -35,6 +45,34 @@ class ReplayReport:
     dead_letters_kept: int = 0
     failure_records_replayed: int = 0
     failure_records_kept: int = 0
+    dead_letters_rejected: int = 0
+    failure_records_rejected: int = 0
+
+
+def replayable_entry(body: str, *, bus_name: str, source: str) -> dict[str, Any] | None:
+    """The dead letter's PutEvents entry if it is one the publisher could have written for this bus and
+    source (a StateChanged detail naming a key and a version), else None."""
+    from state_core.events import StateChanged
+    from state_core.publisher import dead_letter_entry
+
+    try:
+        entry = dead_letter_entry(body)
+        detail = json.loads(entry["Detail"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if (
+        not isinstance(entry, dict)
+        or set(entry) != _ENTRY_FIELDS
+        or entry["EventBusName"] != bus_name
+        or entry["Source"] != source
+        or entry["DetailType"] != StateChanged.detail_type
+        or len(entry["Detail"].encode("utf-8")) > MAX_ENTRY_BYTES
+        or not isinstance(detail, dict)
+        or not isinstance(detail.get("key"), str)
+        or not isinstance(detail.get("version"), int)
+    ):
+        return None
+    return entry
 
 
 def _client(service: str, endpoint_url: str) -> Any:
@@ -57,7 +95,7 @@ def replay(
     """Replay both sources once; `events_client` may be swapped (tests inject failures through it)."""
     if str(REPO_ROOT / "layers" / "state_core") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "layers" / "state_core"))
-    from state_core.publisher import ChangePublisher, dead_letter_entry
+    from state_core.publisher import ChangePublisher
 
     events = events_client or _client("events", endpoint_url)
     sqs = _client("sqs", endpoint_url)
@@ -71,9 +109,22 @@ def replay(
         ).get("Messages", [])
         if not messages:
             break
-        entries = [dead_letter_entry(m["Body"]) for m in messages]
-        response = events.put_events(Entries=entries)
-        for message, result in zip(messages, response.get("Entries") or [], strict=False):
+        accepted = []
+        for message in messages:
+            entry = replayable_entry(message["Body"], bus_name=bus_name, source=event_source)
+            if entry is None:
+                # Kept for a person to look at (it reappears after the visibility timeout); its body is
+                # not logged, since a genuine one holds a value.
+                report.dead_letters_rejected += 1
+                _LOG.warning(
+                    "dead letter is not a StateChanged entry of this stack; kept, not sent: %s", message["MessageId"]
+                )
+                continue
+            accepted.append((message, entry))
+        if not accepted:
+            continue
+        response = events.put_events(Entries=[entry for _, entry in accepted])
+        for (message, _), result in zip(accepted, response.get("Entries") or [], strict=False):
             if result.get("ErrorCode"):
                 report.dead_letters_kept += 1  # reappears after the visibility timeout, for the next run
                 continue
@@ -93,16 +144,41 @@ def replay(
     )
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=failure_bucket):
         for item in page.get("Contents") or []:
-            record = json.loads(s3.get_object(Bucket=failure_bucket, Key=item["Key"])["Body"].read())
-            payload = record.get("payload")
-            batch = json.loads(payload) if isinstance(payload, str) else payload or {}
-            outcome = publisher.publish(batch.get("Records") or [])
+            records = _failure_records(s3, failure_bucket, item)
+            if records is None:
+                report.failure_records_rejected += 1
+                _LOG.warning("failure record is not a stream batch Lambda wrote; kept: %s", item["Key"])
+                continue
+            outcome = publisher.publish(records)
             if outcome.failed_sequence_numbers:
                 report.failure_records_kept += 1
                 continue
             s3.delete_object(Bucket=failure_bucket, Key=item["Key"])
             report.failure_records_replayed += 1
     return report
+
+
+def _failure_records(s3: Any, bucket: str, item: dict[str, Any]) -> list[Any] | None:
+    """The stream records of a failure object, or None if it is too large or not an invocation record."""
+    if int(item.get("Size") or 0) > MAX_FAILURE_RECORD_BYTES:
+        return None
+    body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+    # Read at most one byte past the limit, whatever the listing said (the object may have been replaced).
+    raw = body.read(MAX_FAILURE_RECORD_BYTES + 1)
+    body.close()
+    if len(raw) > MAX_FAILURE_RECORD_BYTES:
+        return None
+    try:
+        record = json.loads(raw)
+        payload = record.get("payload")
+        batch = json.loads(payload) if isinstance(payload, str) else payload or {}
+        records = batch.get("Records") or []
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return records if isinstance(records, list) and all(isinstance(r, dict) for r in records) else None
+
+
+_LOG = logging.getLogger("replay")
 
 
 class _NoMetrics:

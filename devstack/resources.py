@@ -90,6 +90,16 @@ def create_resources(
             names[logical_id] = name
             names[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
 
+    secrets = {
+        logical_id: resource
+        for logical_id, resource in template.resources_of_type("AWS::SecretsManager::Secret").items()
+        if "Condition" not in resource or template.condition(resource["Condition"])
+    }
+    if secrets:
+        manager = client("secretsmanager", endpoint)
+        for logical_id in secrets:
+            names[logical_id] = ensure_secret(manager, local_table_name(logical_id), template.properties(logical_id))
+
     # Rules resolve against the names above (a target's !GetAtt Queue.Arn), so they come last.
     template.set_physical_names(names)
     for logical_id, props in template.event_rules().items():
@@ -127,3 +137,21 @@ def ensure_table(ddb: Any, template: StateTemplate, logical_id: str, table_name:
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
             )
     return dict(ddb.describe_table(TableName=table_name)["Table"])
+
+
+def ensure_secret(manager: Any, name: str, props: dict[str, Any] | None = None, value: str | None = None) -> str:
+    """Create the secret unless it exists; return its ARN (what ``!Ref`` of a secret yields). The value is
+    ``value``, else the template's SecretString, else generated as CloudFormation's GenerateSecretString
+    would (moto's CreateSecret does not generate)."""
+    import secrets
+
+    props = props or {}
+    generate = props.get("GenerateSecretString") or {}
+    length = max(32, int(generate.get("PasswordLength", 32)))
+    secret = value or props.get("SecretString") or secrets.token_urlsafe(length)
+    try:
+        return str(manager.create_secret(Name=name, SecretString=secret)["ARN"])
+    except manager.exceptions.ResourceExistsException:
+        if value is not None:
+            manager.put_secret_value(SecretId=name, SecretString=value)
+        return str(manager.describe_secret(SecretId=name)["ARN"])

@@ -5,6 +5,7 @@ fails on demand (FailingService) or applies a request and loses its answer (Lost
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 FIXED_START = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+# The key that signs cache entries in tests that build a RedisLink on a client themselves (the functions
+# read theirs from Secrets Manager).
+SIGNING_KEY = secrets.token_bytes(32)
 
 
 def utc_now() -> datetime:

@@ -158,7 +158,12 @@ def test_the_stream_brings_the_cache_to_a_version_the_handler_never_cached(devst
     from state_core.store import StateStore
 
     redis_url = next(line.split()[1] for line in devstack.output if line.startswith("redis "))
-    cache = redis.Redis.from_url(redis_url)
+    # The stack's Redis wants the AUTH token the functions read from Secrets Manager.
+    auth_secret = next(line.split()[2] for line in devstack.output if line.startswith("redis auth "))
+    secrets = boto3.client(
+        "secretsmanager", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS
+    )
+    cache = redis.Redis.from_url(redis_url, password=secrets.get_secret_value(SecretId=auth_secret)["SecretString"])
     ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
 
     manager = StateManager(StateStore(ddb, devstack.table_name), clock=utc_now, metrics=NoMetrics())

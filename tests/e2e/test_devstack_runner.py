@@ -77,6 +77,68 @@ def test_request_without_token_is_401_and_with_token_reaches_the_handler(devstac
     assert (devstack.log_dir / "access.log").exists()
 
 
+def _secrets(devstack: Any) -> Any:
+    return boto3.client(
+        "secretsmanager",
+        endpoint_url=devstack.moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _cached_fields(redis_client: Any, key: str) -> set[bytes]:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not redis_client.exists(f"st:{{{key}}}"):
+        time.sleep(0.05)
+    return set(redis_client.hgetall(f"st:{{{key}}}"))
+
+
+def test_the_stacks_redis_wants_the_token_the_functions_read_from_secrets_manager(devstack: Any) -> None:
+    import redis
+
+    url = next(line.split()[1] for line in devstack.output if line.startswith("redis "))
+    arn = next(line.split()[2] for line in devstack.output if line.startswith("redis auth "))
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url).ping()
+    token = _secrets(devstack).get_secret_value(SecretId=arn)["SecretString"]
+    assert not any(token in line for line in devstack.output)
+
+    key = "devstack-runner-signed"
+    headers = {"Authorization": f"Bearer {devstack.token()}"}
+    assert requests.put(f"{devstack.base_url}/state/{key}", json={"value": 1}, headers=headers, timeout=30).ok
+    # The functions got in with the token and signed what they wrote.
+    assert _cached_fields(redis.Redis.from_url(url, password=token), key) == {b"v", b"m", b"d", b"s"}
+
+
+def test_a_password_in_redis_url_goes_to_secrets_manager_not_to_the_functions(tmp_path_factory: Any) -> None:
+    import secrets
+
+    import redis
+
+    from devstack.redis_server import RedisServer
+
+    password = secrets.token_urlsafe(24)
+    with RedisServer(password=password) as server:
+        stack = start_devstack(
+            tmp_path_factory.mktemp("devstack-redis-password"),
+            extra_env={"REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"},
+        )
+        try:
+            key = "devstack-runner-password"
+            headers = {"Authorization": f"Bearer {stack.token()}"}
+            response = requests.put(f"{stack.base_url}/state/{key}", json={"value": 1}, headers=headers, timeout=30)
+            assert response.status_code == 201, response.text
+            assert _cached_fields(redis.Redis(port=server.port, password=password), key) == {b"v", b"m", b"d", b"s"}
+            assert not any(password in line for line in stack.output)
+        finally:
+            stack.stop()
+        logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
+        assert password not in logs
+
+
 def test_a_crash_the_test_did_not_ask_for_is_reported(tmp_path_factory: Any) -> None:
     """Every stack's teardown fails on an unexpected 500 (conftest DevStack.stop): this proves the check
     sees one. The function is killed after its write, which the stack was not told to expect."""

@@ -21,7 +21,7 @@ from state_core.models import StateRecord
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import RecordedMetrics, utc_now
+from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,7 @@ class Stack:
             connect(redis_url, password=None, timeout_seconds=TIMEOUT_SECONDS),
             CircuitBreaker(open_seconds=BREAKER_SECONDS),
             on_error=lambda: self.metrics.add_metric("RedisErrors", "Count", 1),
+            signing_key=SIGNING_KEY,
         )
         self.cache = RedisStateCache(self.link, self.metrics, clock=utc_now, policy=CachePolicy())
         self.lock = RedisKeyLock(self.link, self.metrics, lock_policy or LockPolicy())

@@ -44,7 +44,7 @@ from state_core.models import StateRecord, rfc3339
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import ConditionFailed, Precondition, StateStore, WriteResult
-from tests.doubles import NoMetrics, utc_now
+from tests.doubles import SIGNING_KEY, NoMetrics, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
 
@@ -191,7 +191,10 @@ def check_all(store: Any, redis_url: str, kinds: list[str], orders: list[tuple[i
     """Run each schedule on a fresh key; `initial` is "empty" (key at v1, nothing cached) or "cached"
     (key at v1, cache holds v1)."""
     link = RedisLink(
-        connect(redis_url, password=None, timeout_seconds=2.0), CircuitBreaker(open_seconds=1.0), on_error=lambda: None
+        connect(redis_url, password=None, timeout_seconds=2.0),
+        CircuitBreaker(open_seconds=1.0),
+        on_error=lambda: None,
+        signing_key=SIGNING_KEY,
     )
     cache = RedisStateCache(link, NoMetrics(), clock=utc_now, policy=CachePolicy())
     manager = StateManager(store, clock=utc_now, metrics=NoMetrics(), cache=cache)
@@ -305,7 +308,7 @@ def test_the_checker_notices_a_cache_without_the_version_fence(armed, redis_serv
     cache stale and some read older than an acknowledged write."""
     import state_core.cache as cache_module
 
-    unfenced = cache_module._WRITE_IF_NEWER.replace("tonumber(cached) >= tonumber(ARGV[1])", "false")
+    unfenced = cache_module._WRITE_IF_NEWER.replace("cached and cached >= tonumber(ARGV[1])", "false")
     monkeypatch.setattr(cache_module, "_WRITE_IF_NEWER", unfenced)
     outcome = check_all(VersionedDict(), redis_server.url, ["reader", "writer", "writer"], schedules([3, 2, 2]),
                         "empty")  # fmt: skip

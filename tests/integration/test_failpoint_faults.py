@@ -22,7 +22,7 @@ from state_core.manager import StateManager
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import RecordedMetrics, utc_now
+from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,10 @@ def key():
 def build(redis_url, table, *, client=None, lease_seconds=2.0):
     metrics = RecordedMetrics()
     link = RedisLink(
-        connect(redis_url, password=None, timeout_seconds=0.05), CircuitBreaker(open_seconds=2.0), on_error=lambda: None
+        connect(redis_url, password=None, timeout_seconds=0.05),
+        CircuitBreaker(open_seconds=2.0),
+        on_error=lambda: None,
+        signing_key=SIGNING_KEY,
     )
     manager = StateManager(
         StateStore(client or boto3.client("dynamodb", config=DYNAMODB_CONFIG), table),

@@ -19,7 +19,7 @@ from state_core.events import Operation, event_id
 from state_core.manager import StateManager
 from state_core.publisher import ChangePublisher, PublishPolicy
 from state_core.store import StateStore
-from tests.doubles import RecordedMetrics, utc_now
+from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -260,7 +260,12 @@ def redis_cache(redis_server: Any, **policy: Any) -> Any:
     from state_core.cache import CachePolicy, RedisStateCache
     from state_core.redis_link import RedisLink, connect
 
-    link = RedisLink(connect(redis_server.url, password=None, timeout_seconds=0.5), CircuitBreaker(5), lambda: None)
+    link = RedisLink(
+        connect(redis_server.url, password=None, timeout_seconds=0.5),
+        CircuitBreaker(5),
+        lambda: None,
+        signing_key=SIGNING_KEY,
+    )
     return RedisStateCache(link, RecordedMetrics(), clock=utc_now, policy=CachePolicy(**policy))
 
 
@@ -518,3 +523,50 @@ def test_the_sweep_never_collects_the_blob_of_a_replaced_version_the_stream_has_
         StateStore(client, state_table), HistoryStore(client, state_table, retention_seconds=90 * 86_400), clock=utc_now
     )
     assert json.loads(reader.version(key, 1)[1]) == first
+
+
+def test_the_replay_sends_only_this_stacks_state_changed_entries_and_reads_bounded_failure_records(
+    aws, manager, state_table, moto_server
+):
+    from devstack.replay import replay
+    from state_core.publisher import DEAD_LETTER_FORMAT
+
+    # Given a dead-letter queue and a failure bucket that someone besides the publisher wrote to
+    suffix = uuid.uuid4().hex[:8]
+    dlq = aws["sqs"].create_queue(QueueName=f"dlq-foreign-{suffix}")["QueueUrl"]
+    bucket = f"failures-foreign-{suffix}"
+    aws["s3"].create_bucket(Bucket=bucket)
+    key = f"pub:{uuid.uuid4().hex}"
+    manager.put(key, {"v": 1}, actor="alice")
+    genuine = {
+        "Source": "state.service",
+        "DetailType": "StateChanged",
+        "EventBusName": aws["bus"],
+        "Detail": json.dumps({"event_id": event_id(key, 1, Operation.CREATED), "key": key, "version": 1}),
+    }
+    forged = [
+        {**genuine, "EventBusName": "default"},
+        {**genuine, "Source": "billing.service"},
+        {**genuine, "DetailType": "PaymentApproved"},
+        {**genuine, "Resources": ["arn:aws:iam::000000000000:role/admin"]},
+    ]
+    for entry in [*forged, genuine]:
+        body = json.dumps({"format": DEAD_LETTER_FORMAT, "entry": entry})
+        aws["sqs"].send_message(QueueUrl=dlq, MessageBody=body)
+    aws["sqs"].send_message(QueueUrl=dlq, MessageBody="not json at all")
+    aws["sqs"].send_message(QueueUrl=dlq, MessageBody=json.dumps({"format": DEAD_LETTER_FORMAT}))
+    aws["s3"].put_object(Bucket=bucket, Key="huge", Body=b" " * 9 * 1_048_576)
+    aws["s3"].put_object(Bucket=bucket, Key="garbage", Body=b"\x00not json")
+    payload = json.dumps({"Records": stream_records(state_table, {key})})
+    aws["s3"].put_object(Bucket=bucket, Key="genuine", Body=json.dumps({"payload": payload}).encode())
+
+    # When the replay runs
+    report = replay(endpoint_url=moto_server, bus_name=aws["bus"], dead_letter_queue_url=dlq, failure_bucket=bucket)
+
+    # Then only the genuine entry and the genuine batch were published; the rest is kept, counted, not sent
+    assert (report.dead_letters_replayed, report.dead_letters_rejected) == (1, 6)
+    assert (report.failure_records_replayed, report.failure_records_rejected) == (1, 2)
+    details = [d["detail"] for d in drain(aws["sqs"], aws["queue"])]
+    assert [(d["key"], d["version"]) for d in details if d["key"] == key] == [(key, 1), (key, 1)]
+    remaining = {item["Key"] for item in aws["s3"].list_objects_v2(Bucket=bucket)["Contents"]}
+    assert remaining == {"huge", "garbage"}

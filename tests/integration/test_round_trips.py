@@ -16,7 +16,7 @@ from state_core.manager import StateManager
 from state_core.redis_link import RedisLink
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import NoMetrics, utc_now
+from tests.doubles import SIGNING_KEY, NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def manager(trips, redis_server, state_table):
         socket_connect_timeout=1,
         connection_class=counting_connection(trips),
     )
-    link = RedisLink(client, CircuitBreaker(), on_error=lambda: None)
+    link = RedisLink(client, CircuitBreaker(), on_error=lambda: None, signing_key=SIGNING_KEY)
     dynamodb = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
     dynamodb.meta.events.register("before-call.dynamodb", trips.dynamodb_call)
     manager = StateManager(
@@ -119,7 +119,7 @@ def test_a_cache_hit_get_is_one_redis_round_trip_and_no_dynamodb_call(manager, t
 
     manager.get(key)
 
-    assert trips.redis == [["HMGET"]]
+    assert trips.redis == [["EVALSHA"]]
     assert trips.dynamodb == []
 
 
@@ -130,7 +130,7 @@ def test_a_cache_miss_get_is_a_redis_read_one_dynamodb_read_and_a_redis_fill(man
 
     manager.get(key)
 
-    assert trips.redis == [["HMGET"], ["EVALSHA"]]
+    assert trips.redis == [["EVALSHA"], ["EVALSHA"]]
     assert trips.dynamodb == ["GetItem"]
 
 
@@ -157,8 +157,9 @@ def test_an_uncontended_patch_pipelines_lock_with_read_and_write_through_with_un
 
     manager.patch(key, {"b": 2}, actor="alice")
 
-    # Round trip 1: SET NX PX (lock) + HMGET (the read); round trip 2: write-if-newer + compare-and-delete.
-    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    # Round trip 1: SET NX PX + GET (lock, and whether we hold it) + the bounded read (a script); round
+    # trip 2: write-if-newer + compare-and-delete.
+    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     # The cached version saves the DynamoDB read; the conditional write is the only call.
     assert trips.dynamodb == ["UpdateItem"]
 
@@ -172,7 +173,7 @@ def test_a_patch_with_a_cold_cache_reads_dynamodb_once_and_still_takes_two_redis
 
     manager.patch(key, {"b": 2}, actor="alice")
 
-    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     assert trips.dynamodb == ["GetItem", "UpdateItem"]
 
 
@@ -188,9 +189,17 @@ def test_a_patch_after_redis_lost_its_scripts_loads_them_once_then_is_back_to_tw
     trips.reset()
     view_version = manager.patch(key, {"c": 3}, actor="alice")[0].record.version
 
-    # NOSCRIPT costs the load and one resend, once.
-    assert first == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"], ["SCRIPT"], ["SCRIPT"], ["EVALSHA", "EVALSHA"]]
-    assert trips.redis == [["SET", "HMGET"], ["EVALSHA", "EVALSHA"]]
+    # NOSCRIPT costs the load of the three scripts and one resend, once; the resent SET NX finds our own
+    # lock and the PATCH still holds it.
+    assert first == [
+        ["SET", "GET", "EVALSHA"],
+        ["SCRIPT"],
+        ["SCRIPT"],
+        ["SCRIPT"],
+        ["SET", "GET", "EVALSHA"],
+        ["EVALSHA", "EVALSHA"],
+    ]
+    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     # The resend wrote the entry and released the lock.
     assert int(raw_redis.hget(entry_key(key), "v")) == view_version == 3
     assert raw_redis.exists(f"lk:{{{key}}}") == 0

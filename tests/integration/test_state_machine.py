@@ -31,7 +31,7 @@ from state_core.manager import Expectation, StateManager
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import Clock, NoMetrics
+from tests.doubles import SIGNING_KEY, Clock, NoMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
 
@@ -95,6 +95,7 @@ class StateMachine(RuleBasedStateMachine):
             connect(Wiring.redis_url, password=None, timeout_seconds=2.0),
             CircuitBreaker(open_seconds=1.0),
             on_error=lambda: None,
+            signing_key=SIGNING_KEY,
         )
         self.manager = StateManager(
             StateStore(boto3.client("dynamodb", config=DYNAMODB_CONFIG), Wiring.table),

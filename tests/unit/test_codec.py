@@ -2,10 +2,14 @@
 
 import json
 import os
+import tracemalloc
+import zlib
 
 import pytest
 
 from state_core.codec import (
+    ENCODING_IDENTITY,
+    ENCODING_ZLIB,
     MAX_BODY_BYTES,
     MAX_DEPTH,
     MAX_VALUE_BYTES,
@@ -15,7 +19,7 @@ from state_core.codec import (
     check_value_size,
     parse_json,
 )
-from state_core.errors import InvalidJson, PayloadTooLarge
+from state_core.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +109,51 @@ def test_stored_value_round_trips(raw):
 def test_incompressible_values_are_stored_as_is():
     raw = json.dumps(os.urandom(3000).hex()).encode()[:10]
     assert StoredValue.encode(raw).encoding == "identity"
+
+
+# --- stored values someone else may have written: bounded, checked, never trusted -------------------------
+
+
+def _bomb(inflated_bytes: int) -> bytes:
+    """zlib data that inflates to `inflated_bytes` of spaces (about 1000:1)."""
+    compressor = zlib.compressobj(9)
+    chunk = b" " * 1_048_576
+    parts = [compressor.compress(chunk) for _ in range(inflated_bytes // len(chunk))]
+    return b"".join(parts) + compressor.flush()
+
+
+def test_a_decompression_bomb_is_refused_after_at_most_the_size_limit():
+    bomb = _bomb(512 * 1_048_576)  # 512 MiB of output from about half a megabyte
+    assert len(bomb) < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptStoredValue, match="inflates beyond"):
+            StoredValue(ENCODING_ZLIB, bomb, 10).canonical()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_VALUE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        (StoredValue(ENCODING_ZLIB, zlib.compress(b'{"a":1}') + b"junk", 7), "followed by other bytes"),
+        (StoredValue(ENCODING_ZLIB, zlib.compress(b'{"a":1}')[:-3], 7), "truncated"),
+        (StoredValue(ENCODING_ZLIB, b"not zlib at all", 7), "not valid zlib"),
+        (StoredValue(ENCODING_ZLIB, zlib.compress(b'{"a":1}'), 6), "declared size"),
+        (StoredValue(ENCODING_IDENTITY, b'{"a":1}', 8), "declared size"),
+        (StoredValue(ENCODING_IDENTITY, b"x" * (MAX_VALUE_BYTES + 1), MAX_VALUE_BYTES + 1), "beyond the limit"),
+        (StoredValue("br", b'{"a":1}', 7), "unknown encoding"),
+    ],
+)
+def test_a_stored_value_that_fails_its_checks_is_corrupt_not_a_value(stored, reason):
+    with pytest.raises(CorruptStoredValue, match=reason) as raised:
+        stored.canonical()
+    assert raised.value.status == 503
+
+
+def test_a_value_of_exactly_the_limit_still_inflates():
+    raw = json.dumps("a" * (MAX_VALUE_BYTES - 2)).encode()
+    assert len(raw) == MAX_VALUE_BYTES
+    assert StoredValue.encode(raw).canonical() == raw

@@ -192,9 +192,10 @@ def test_every_function_gets_the_environment_the_handlers_read():
 
     assert variables["STATE_TABLE_NAME"] == {"Ref": TABLE}
     assert variables["STATE_EVENT_BUS_NAME"] == {"Ref": "StateEventBus"}
-    assert variables["STATE_REDIS_URL"] == {"Ref": "RedisEndpoint"}
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "StateService"
     assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_TRACE_DISABLED"} <= set(variables)
+    # Redis's settings go only to the functions that use Redis (test_security_template).
+    assert not any("REDIS" in name for name in variables)
 
 
 # --- IAM ----------------------------------------------------------------------------------------

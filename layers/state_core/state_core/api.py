@@ -19,6 +19,7 @@ from state_core.auth import Principal, authorize
 from state_core.codec import MAX_BODY_BYTES, check_body_size
 from state_core.errors import (
     BadRequest,
+    CorruptStoredValue,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -62,7 +63,7 @@ _ERROR_DESCRIPTIONS = {
     503: (
         "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
         " or a write whose outcome is unknown (write-outcome-unknown): read the key, or retry with If-Match."
-        " See Retry-After"
+        " Or the stored value is unreadable (stored-value-unreadable). See Retry-After"
     ),
 }
 # What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
@@ -151,6 +152,10 @@ def build_resolver(router: APIGatewayHttpRouter) -> APIGatewayHttpResolver:
 
     @app.exception_handler(StateError)  # type: ignore[untyped-decorator]
     def _state_error(error: StateError) -> Response[str]:
+        if isinstance(error, CorruptStoredValue):
+            # Stored data failed its checks: an operator has to look (restore or rewrite the key).
+            logger.error("stored value unreadable", extra={"reason": error.detail})
+            metrics.add_metric(name="CorruptStoredValues", unit="Count", value=1)
         logger.info("request refused", extra={"status": error.status, "reason": error.slug})
         return problem(error)
 

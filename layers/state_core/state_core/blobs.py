@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from state_core.codec import StoredValue
+from state_core.errors import CorruptStoredValue
 
 # A DynamoDB item holds 400 KB (moto: 405,000 bytes) including names and keys; 350,000 bytes of data
 # leaves room and makes a 1 MiB incompressible value three chunks.
@@ -121,7 +122,7 @@ class BlobStore:
             return None
         data = b"".join(found[key["pk"]["S"]] for key in keys)
         if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise ValueError(f"blob {ref.write_id} does not match its checksum")
+            raise CorruptStoredValue(f"blob {ref.write_id} does not match its checksum")
         return StoredValue(ref.encoding, data, ref.size)
 
     def delete(self, key: str, refs: Iterable[BlobRef]) -> None:

@@ -1,10 +1,16 @@
 """Versioned read cache in Redis (DESIGN §5).
 
-An entry is a Redis hash `{v: version, m: metadata JSON, d: stored value bytes}` under `st:{<key>}`; a
-tombstone (deleted, or absent as version 0) has no `d`. Every cache write (fill after a miss, write-through
-after a write, tombstone after a delete, repair from the stream) goes through one Lua step that stores the
-entry only if its version is newer than the cached one, so a slow writer can never put an older version
-over a newer one.
+An entry is a Redis hash `{v: version, m: metadata JSON, d: stored value bytes, s: MAC}` under `st:{<key>}`;
+a tombstone (deleted, or absent as version 0) has no `d`. `s` is an HMAC-SHA256 of the entry's key, version,
+metadata and value under a key that never reaches Redis: whoever can write Redis cannot make up an entry,
+alter one or move one to another key. An entry whose MAC is missing or wrong, that is larger than any entry
+this service writes, or whose value does not decode within the size limit is a miss (CacheIntegrityFailures),
+never a value and never an error. What the MAC cannot stop: putting back an older entry of the same key
+that this service once signed (a rollback; see README "Cache and locks").
+
+Every cache write (fill after a miss, write-through after a write, tombstone after a delete, repair from
+the stream) goes through one Lua step that stores the entry only if its version is newer than the cached
+one, so a slow writer can never put an older version over a newer one.
 
 Redis trouble never fails a request: every error or timeout is counted, opens the breaker and reads as a
 miss. A cache write that failed is kept in memory and replayed once Redis answers again, as a fence (its
@@ -13,6 +19,8 @@ version without its value, CacheEntry.fence); across containers the stream publi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Callable
@@ -21,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from state_core.breaker import RedisUnavailable
-from state_core.codec import StoredValue
+from state_core.codec import ENCODING_IDENTITY, StoredValue
 from state_core.metrics import MetricsSink
 from state_core.models import StateRecord, rfc3339
 
@@ -31,25 +39,57 @@ if TYPE_CHECKING:
 # Stores ARGV[2..] over KEYS[1] only if ARGV[1] is newer than the cached version. Equal versions are a
 # no-op, so a fill racing the write-through of the same version changes nothing; except that the same
 # version with its value may fill a valueless fence (CacheEntry.fence: a replayed write, the stream's repair).
+# Something that is not one of our hashes (another type, a version that is not a number) is replaced rather
+# than raising: a script error would open the breaker and cost the container its cache for a window.
 _WRITE_IF_NEWER = """
-local cached = redis.call('HGET', KEYS[1], 'v')
-if cached and tonumber(cached) >= tonumber(ARGV[1]) then
-  if tonumber(cached) > tonumber(ARGV[1]) or ARGV[3] == '' or redis.call('HEXISTS', KEYS[1], 'd') == 1 then
-    return 0
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  local cached = tonumber(redis.call('HGET', KEYS[1], 'v'))
+  if cached and cached >= tonumber(ARGV[1]) then
+    if cached > tonumber(ARGV[1]) or ARGV[3] == '' or redis.call('HEXISTS', KEYS[1], 'd') == 1 then
+      return 0
+    end
   end
 end
 redis.call('DEL', KEYS[1])
 if ARGV[3] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 's', ARGV[5])
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 'd', ARGV[3])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 'd', ARGV[3], 's', ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# The entry's fields, unless the key holds something this service never writes: another type (nil, a
+# miss), or a field larger than any entry it writes (1, unusable): those bytes never reach the function.
+_READ = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+  return false
+end
+if redis.call('HSTRLEN', KEYS[1], 'd') > tonumber(ARGV[1]) then
+  return 1
+end
+for _, name in ipairs({'v', 'm', 's'}) do
+  if redis.call('HSTRLEN', KEYS[1], name) > tonumber(ARGV[2]) then
+    return 1
+  end
+end
+return redis.call('HMGET', KEYS[1], 'v', 'm', 'd', 's')
+"""
 
-_FIELDS = ("v", "m", "d")
+# Versions, metadata and MACs are tens to hundreds of bytes; the subject in `updated_by` is the longest part.
+_MAX_SMALL_FIELD_BYTES = 65_536
+_MAC_CONTEXT = b"state-cache-entry/1"
+
+
+def entry_mac(signing_key: bytes, key: str, version: bytes, metadata: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 over the entry key, version, metadata and value bytes exactly as stored, each
+    length-prefixed so no two different entries share an input."""
+    mac = hmac.new(signing_key, digestmod=hashlib.sha256)
+    for part in (_MAC_CONTEXT, entry_key(key).encode("utf-8"), version, metadata, data):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.digest()
 
 
 def entry_key(key: str) -> str:
@@ -155,6 +195,7 @@ class RedisStateCache:
         self._clock = clock
         self._policy = policy or CachePolicy()
         self._write_if_newer = link.script(_WRITE_IF_NEWER)
+        self._read = link.script(_READ)
         self._pending: dict[str, CacheEntry] = {}
         self._pending_lock = threading.Lock()
 
@@ -163,7 +204,9 @@ class RedisStateCache:
 
         try:
             self._replay_pending()
-            reply = self._link.run(lambda client: client.hmget(entry_key(key), _FIELDS))
+            reply = self._link.run(
+                lambda client: self._read(keys=[entry_key(key)], args=self._read_arguments(), client=client)
+            )
         except RedisUnavailable:
             self.read_failed()
             return None
@@ -173,17 +216,44 @@ class RedisStateCache:
     # in one round trip (the PATCH lock: acquire + read, then write-through + release).
 
     def queue_get(self, pipe: Any, key: str) -> None:
-        """Put the read of `key` on `pipe`; its reply goes to `entry_from`."""
-        pipe.hmget(entry_key(key), _FIELDS)
+        """Put the read of `key` on `pipe` (raw EVALSHA, so send `scripts` along); its reply goes to
+        `entry_from`."""
+        pipe.evalsha(self._read.sha, 1, entry_key(key), *self._read_arguments())
 
     def entry_from(self, key: str, reply: Any) -> CacheEntry | None:
-        """The entry a queued read answered, or None on a miss."""
-        version, metadata, data = reply
-        if version is None or metadata is None:
+        """The entry a queued read answered, or None on a miss (an entry that fails its checks included).
+        Never raises: every check failure is a miss."""
+        if reply is None or (isinstance(reply, list) and (reply[0] is None or reply[1] is None)):
+            self._metrics.add_metric(name="CacheMisses", unit="Count", value=1)
+            return None
+        entry = self._verified(key, reply)
+        if entry is None:
+            self._metrics.add_metric(name="CacheIntegrityFailures", unit="Count", value=1)
             self._metrics.add_metric(name="CacheMisses", unit="Count", value=1)
             return None
         self._metrics.add_metric(name="CacheHits", unit="Count", value=1)
-        return CacheEntry.parse(key, version, metadata, data)
+        return entry
+
+    def _verified(self, key: str, reply: Any) -> CacheEntry | None:
+        if not isinstance(reply, list) or len(reply) != 4:
+            return None  # oversized (the read script's 1) or a shape this service never writes
+        version, metadata, data, mac = reply
+        data = data or b""
+        if not isinstance(mac, bytes) or not hmac.compare_digest(
+            mac, entry_mac(self._link.signing_key, key, version, metadata, data)
+        ):
+            return None
+        try:
+            entry = CacheEntry.parse(key, version, metadata, data or None)
+            value = entry.record.value
+            if value is None:
+                return entry
+            # Decoded once here, within the size limit: a hit is then served without decompressing again,
+            # and a value that does not decode is a miss like any other bad entry.
+            decoded = StoredValue(ENCODING_IDENTITY, value.canonical(), value.size)
+            return CacheEntry(replace(entry.record, value=decoded))
+        except (ValueError, KeyError, TypeError):  # CorruptStoredValue is a ValueError
+            return None
 
     def read_failed(self) -> None:
         self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
@@ -200,7 +270,7 @@ class RedisStateCache:
 
     @property
     def scripts(self) -> tuple[Any, ...]:
-        return (self._write_if_newer,)
+        return (self._write_if_newer, self._read)
 
     def replay_pending(self) -> None:
         """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
@@ -227,15 +297,24 @@ class RedisStateCache:
             return CacheEntry(replace(record, value=None))
         return entry
 
+    def _read_arguments(self) -> list[int]:
+        return [self._policy.max_entry_bytes, _MAX_SMALL_FIELD_BYTES]
+
     def _write_arguments(self, entry: CacheEntry) -> tuple[list[str], list[Any]]:
+        """Only inside `run`/`pipeline`: signing needs the open link's key."""
         metadata, data = entry.fields()
+        version = str(entry.version).encode("ascii")
+        encoded_metadata = metadata.encode("utf-8")
+        mac = entry_mac(self._link.signing_key, entry.record.key, version, encoded_metadata, data)
         lifetime = self._policy.lifetime_ms(entry.record, self._clock())
-        return [entry_key(entry.record.key)], [entry.version, metadata, data, lifetime]
+        return [entry_key(entry.record.key)], [version, encoded_metadata, data, lifetime, mac]
 
     def _store(self, entry: CacheEntry) -> bool:
-        keys, args = self._write_arguments(entry)
-        result = self._link.run(lambda client: self._write_if_newer(keys=keys, args=args, client=client))
-        return bool(result)
+        def write(client: Any) -> Any:
+            keys, args = self._write_arguments(entry)
+            return self._write_if_newer(keys=keys, args=args, client=client)
+
+        return bool(self._link.run(write))
 
     def _replay_pending(self) -> None:
         """Replay cache writes that failed, before anything else is read or written, so a recovered Redis

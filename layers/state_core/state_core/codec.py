@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from state_core.errors import InvalidJson, PayloadTooLarge
+from state_core.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
 
 MAX_VALUE_BYTES = 1_048_576
 # Room for the PUT envelope around a 1 MiB value; anything larger is refused before parsing.
@@ -126,8 +126,26 @@ class StoredValue:
         return cls(ENCODING_IDENTITY, canonical, len(canonical))
 
     def canonical(self) -> bytes:
+        """The canonical JSON, checked against the declared size. Whoever can write the store (or the
+        cache) chooses these bytes: a value that inflates past the 1 MiB limit, carries trailing bytes or
+        differs from its declared size raises CorruptStoredValue after at most MAX_VALUE_BYTES + 1 bytes of
+        output, never a decompression bomb's gigabytes."""
+        if not 0 <= self.size <= MAX_VALUE_BYTES:
+            raise CorruptStoredValue("a stored value declares a size beyond the limit")
         if self.encoding == ENCODING_ZLIB:
-            return zlib.decompress(self.data)
-        if self.encoding == ENCODING_IDENTITY:
-            return self.data
-        raise ValueError(f"unknown value encoding {self.encoding!r}")
+            inflater = zlib.decompressobj()
+            try:
+                canonical = inflater.decompress(self.data, MAX_VALUE_BYTES + 1)
+            except zlib.error as exc:
+                raise CorruptStoredValue("a stored value is not valid zlib data") from exc
+            if inflater.unconsumed_tail or len(canonical) > MAX_VALUE_BYTES:
+                raise CorruptStoredValue("a stored value inflates beyond the size limit")
+            if not inflater.eof or inflater.unused_data:
+                raise CorruptStoredValue("a stored value's zlib stream is truncated or followed by other bytes")
+        elif self.encoding == ENCODING_IDENTITY:
+            canonical = self.data
+        else:
+            raise CorruptStoredValue("a stored value has an unknown encoding")
+        if len(canonical) != self.size:
+            raise CorruptStoredValue("a stored value does not match its declared size")
+        return canonical

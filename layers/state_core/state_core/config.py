@@ -8,9 +8,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress  # only where Redis is configured: every function (the authorizer too) imports this module
+
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Settings(BaseModel):
@@ -29,7 +42,10 @@ class ServiceSettings(_Settings):
     table_name: str = Field(validation_alias="STATE_TABLE_NAME", min_length=3)
     # Empty: no cache, no locks (DESIGN §2). `rediss://` for TLS; the AUTH token comes separately.
     redis_url: str = Field(default="", validation_alias="STATE_REDIS_URL")
-    redis_password: str = Field(default="", validation_alias="STATE_REDIS_PASSWORD", repr=False)
+    # Secrets Manager ARNs, never the secrets: an environment is readable by anyone allowed
+    # lambda:GetFunctionConfiguration, so the token and the cache's signing key are fetched at first use.
+    redis_auth_secret_arn: str = Field(default="", validation_alias="STATE_REDIS_AUTH_SECRET_ARN")
+    cache_signing_secret_arn: str = Field(default="", validation_alias="STATE_CACHE_SIGNING_SECRET_ARN")
     # Tens of milliseconds (DESIGN §5): a hung Redis costs at most this once per breaker window.
     redis_timeout_ms: int = Field(default=50, ge=5, le=1000, validation_alias="STATE_REDIS_TIMEOUT_MS")
     redis_breaker_seconds: float = Field(default=10.0, ge=1.0, le=300.0, validation_alias="STATE_REDIS_BREAKER_SECONDS")
@@ -45,6 +61,31 @@ class ServiceSettings(_Settings):
     policy_file: str = Field(default="", validation_alias="STATE_POLICY_FILE")
     # Issue 9: every version is kept this long (the current version always, from the state item).
     history_retention_days: int = Field(default=90, ge=1, le=3650, validation_alias="STATE_HISTORY_RETENTION_DAYS")
+
+    @model_validator(mode="after")
+    def _redis_is_trusted_only_over_a_safe_link(self) -> ServiceSettings:
+        if not self.redis_url:
+            return self
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.redis_url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError("STATE_REDIS_URL must be a redis:// or rediss:// URL")
+        if parts.password is not None:
+            raise ValueError(
+                "STATE_REDIS_URL must not carry a password (the environment is readable by anyone allowed "
+                "lambda:GetFunctionConfiguration); name the AUTH token's secret in STATE_REDIS_AUTH_SECRET_ARN"
+            )
+        if self.redis_auth_secret_arn and parts.scheme == "redis" and not _is_loopback(parts.hostname):
+            # Over plain TCP the AUTH token (and every value) crosses the network readable and forgeable.
+            raise ValueError(
+                "STATE_REDIS_URL must be rediss:// (TLS) when an AUTH token is configured "
+                "(STATE_REDIS_AUTH_SECRET_ARN); redis:// is accepted only for a loopback host"
+            )
+        if not self.cache_signing_secret_arn:
+            # Without a key nothing read from Redis could be told from what an intruder wrote there.
+            raise ValueError("STATE_REDIS_URL needs STATE_CACHE_SIGNING_SECRET_ARN: cache entries are signed")
+        return self
 
 
 class PublisherSettings(_Settings):

@@ -78,6 +78,19 @@ class OutcomeUnknown(ServiceUnavailable):
     title, slug = "Write outcome unknown", "write-outcome-unknown"
 
 
+class CorruptStoredValue(ServiceUnavailable, ValueError):
+    """A stored value that fails its own checks (bad compression, inflating past the limit, a size or
+    checksum mismatch). Not the client's fault and not a code path that crashed: the data is unusable
+    until an operator restores or rewrites it (a PUT still replaces it), so 503 like an unavailable
+    table, with a problem type of its own for alarms. A ValueError too, so the stream publisher treats
+    its record as unreadable (retried, then kept in the failure bucket) rather than crashing the batch."""
+
+    title, slug = "Stored value unreadable", "stored-value-unreadable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, retry_after_seconds=30)
+
+
 class Gone(StateError):
     """A version that existed but has left the history's retention (issue 9)."""
 

@@ -101,9 +101,14 @@ class RedisKeyLock:
 
                     def queue(pipe: Any) -> None:
                         pipe.set(lock_key(key), lease.token, nx=True, px=lease_ms)
+                        # Whether we hold it, asked rather than taken from SET's reply: after a NOSCRIPT
+                        # the pipeline is sent again, and the resent SET NX fails on our own lock.
+                        pipe.get(lock_key(key))
                         cache.queue_get(pipe, key)
 
-                    acquired, reply = self._link.pipeline(queue)
+                    # The release goes along: after Redis lost its scripts, one reload covers the whole PATCH.
+                    _, holder, reply = self._link.pipeline(queue, scripts=(*cache.scripts, self._release))
+                    acquired = holder == lease.token.encode("ascii")
                     entry = cache.entry_from(key, reply)
             except RedisUnavailable:
                 self._metrics.add_metric(name="LockErrors", unit="Count", value=1)

@@ -140,8 +140,15 @@ class StateManager:
         now = self._clock()
         if failpoints.ENABLED:
             failpoints.hit("after_fill_read_before_set", key=key)
-        self._cache_write(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
-        return _view(key, record, now)
+        try:
+            # Decoded before the fill: a stored value that fails its checks (CorruptStoredValue) is never
+            # cached, so the cache does not count the table's corruption as its own.
+            view = _view(key, record, now)
+        except NotFound:
+            self._cache_write(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
+            raise
+        self._cache_write(CacheEntry(view.record))
+        return view
 
     def put(
         self,

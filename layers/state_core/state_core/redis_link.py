@@ -6,11 +6,13 @@ Only imported when a Redis endpoint is configured: `import redis` alone costs ~0
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -19,11 +21,12 @@ from state_core.breaker import CircuitBreaker, RedisUnavailable
 Result = TypeVar("Result")
 
 
-def connect(url: str, *, password: str | None, timeout_seconds: float) -> redis.Redis:
+def connect(url: str, *, password: str | None, timeout_seconds: float, username: str | None = None) -> redis.Redis:
     """A client that gives up fast: tens of milliseconds to connect or answer, and no retries of its own
     (redis-py retries timeouts by default, multiplying the cost of a hung server)."""
     return redis.Redis.from_url(
         url,
+        username=username or None,
         password=password or None,
         socket_connect_timeout=timeout_seconds,
         socket_timeout=timeout_seconds,
@@ -32,14 +35,46 @@ def connect(url: str, *, password: str | None, timeout_seconds: float) -> redis.
     )
 
 
+# What opens a link: the client and the cache's signing key (runtime: read from Secrets Manager first).
+Opener = Callable[[], tuple[redis.Redis, bytes]]
+
+
 class RedisLink:
-    def __init__(self, client: redis.Redis, breaker: CircuitBreaker, on_error: Callable[[], None]) -> None:
-        self.client = client
+    """A client and the key that signs cache entries, opened by the first call. An opener that fails (its
+    secrets could not be read) counts as Redis trouble: the breaker opens and the next attempt comes after
+    its window, so a missing secret degrades the container to DynamoDB-only instead of failing requests."""
+
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        breaker: CircuitBreaker,
+        on_error: Callable[[], None],
+        *,
+        signing_key: bytes | None = None,
+        opener: Opener | None = None,
+        on_open_error: Callable[[Exception], None] = lambda _: None,
+    ) -> None:
+        if (client is None) == (opener is None) or (client is not None and not signing_key):
+            raise ValueError("a RedisLink needs a client and its signing key, or an opener")
+        self._client = client
+        self._signing_key = signing_key
+        self._opener = opener
+        self._open_lock = threading.Lock()
         self._breaker = breaker
         self._on_error = on_error
+        self._on_open_error = on_open_error
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key of the open link; valid inside `run` and `pipeline` and after they returned."""
+        if self._signing_key is None:
+            raise RedisUnavailable("not open")
+        return self._signing_key
 
     def script(self, source: str) -> Any:
-        return self.client.register_script(source)
+        # Registering only hashes the source (bytes: no client's encoder needed), so it works before the
+        # link is open; every call passes the client.
+        return Script(None, source.encode("utf-8"))  # type: ignore[arg-type]
 
     def pipeline(self, queue: Callable[[Any], None], scripts: Sequence[Any] = ()) -> list[Any]:
         """Send the commands `queue` puts on a pipeline in one round trip (no MULTI) and return their
@@ -69,11 +104,26 @@ class RedisLink:
         """Run `operation` with the client unless the breaker is open; any Redis trouble opens it."""
         if not self._breaker.allow():
             raise RedisUnavailable("circuit open")
+        client = self._client or self._open()
         try:
-            result = operation(self.client)
+            result = operation(client)
         except (redis.RedisError, OSError) as exc:
             self._breaker.record_failure()
             self._on_error()
             raise RedisUnavailable(type(exc).__name__) from exc
         self._breaker.record_success()
         return result
+
+    def _open(self) -> redis.Redis:
+        with self._open_lock:
+            if self._client is None:
+                assert self._opener is not None
+                try:
+                    client, signing_key = self._opener()
+                except Exception as exc:
+                    self._breaker.record_failure()
+                    self._on_open_error(exc)
+                    raise RedisUnavailable("credentials unavailable") from exc
+                self._signing_key = signing_key
+                self._client = client
+            return self._client
