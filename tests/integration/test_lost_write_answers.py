@@ -23,7 +23,7 @@ from state_core.manager import Expectation, StateManager
 from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.store import StateStore
-from tests.doubles import LostAnswer, NoMetrics, utc_now
+from tests.doubles import SIGNING_KEY, LostAnswer, NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,10 @@ pytestmark = pytest.mark.integration
 def manager_on(client, table, redis_url):
     """A manager as the functions build it: its own DynamoDB client, the shared cache and locks."""
     link = RedisLink(
-        connect(redis_url, password=None, timeout_seconds=0.5), CircuitBreaker(open_seconds=2.0), on_error=lambda: None
+        connect(redis_url, password=None, timeout_seconds=0.5),
+        CircuitBreaker(open_seconds=2.0),
+        on_error=lambda: None,
+        signing_key=SIGNING_KEY,
     )
     metrics = NoMetrics()
     return StateManager(
