@@ -208,7 +208,9 @@ def check_all(store: Any, redis_url: str, kinds: list[str], orders: list[tuple[i
         first = store.write(key, StoredValue.encode(b'{"by":-1}'), actor="setup", now=utc_now(),
                             precondition=Precondition.NOT_EXPIRED)  # fmt: skip
         if initial == "cached":
-            cache.write_if_newer(CacheEntry(first.record))
+            # A read's miss and fill: a write-through alone leaves only a fence where nothing is cached.
+            assert cache.get(key) is None
+            assert cache.fill(CacheEntry(first.record))
         ops = [Op(kind, index) for index, kind in enumerate(kinds)]
         scheduler.run(ops, schedule, key)
         errors = [op.error for op in ops if op.error is not None]
@@ -309,9 +311,13 @@ def test_the_checker_notices_a_cache_without_the_version_fence(armed, redis_serv
     import state_core.cache as cache_module
 
     unfenced = cache_module._WRITE_IF_NEWER.replace("cached and cached >= tonumber(ARGV[1])", "false")
+    # ...and without the fill lease, which alone would refuse the late fill this check expects to catch.
+    unfenced = unfenced.replace("ARGV[6] == 'fill' and redis.call", "false and redis.call")
+    assert unfenced.count("false") >= 2
     monkeypatch.setattr(cache_module, "_WRITE_IF_NEWER", unfenced)
+    # A cached start: over an empty cache write-throughs leave fences, which send the reader to DynamoDB.
     outcome = check_all(VersionedDict(), redis_server.url, ["reader", "writer", "writer"], schedules([3, 2, 2]),
-                        "empty")  # fmt: skip
+                        "cached")  # fmt: skip
     assert outcome.stale_cache
     assert outcome.stale_reads
 

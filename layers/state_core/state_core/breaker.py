@@ -16,7 +16,7 @@ class CircuitBreaker:
     """Closed: calls go through. A failure opens it for `open_seconds`; then one trial call is let
     through (half-open): success closes it, failure opens it again."""
 
-    def __init__(self, open_seconds: float = 10.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, open_seconds: float = 0.5, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._open_seconds = open_seconds
         self._monotonic = monotonic
         self._open_until = 0.0

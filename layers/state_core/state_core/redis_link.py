@@ -100,9 +100,10 @@ class RedisLink:
 
         return self.run(send)
 
-    def run(self, operation: Callable[[redis.Redis], Result]) -> Result:
-        """Run `operation` with the client unless the breaker is open; any Redis trouble opens it."""
-        if not self._breaker.allow():
+    def run(self, operation: Callable[[redis.Redis], Result], *, bypass_breaker: bool = False) -> Result:
+        """Run `operation` with the client unless the breaker is open; any Redis trouble opens it.
+        `bypass_breaker`: sent even while it is open (the stream's cache repair, which must keep trying)."""
+        if not bypass_breaker and not self._breaker.allow():
             raise RedisUnavailable("circuit open")
         client = self._client or self._open()
         try:
