@@ -71,7 +71,7 @@ REDIS_FUNCTIONS = (
     "PutStateFunction",
     "PatchStateFunction",
     "DeleteStateFunction",
-    "PublishChangesFunction",
+    "RepairCacheFunction",
 )
 AUTH_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:redis-auth-AbCdEf"
 SIGNING_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:signing-GhIjKl"
