@@ -180,6 +180,43 @@ def test_a_writer_whose_breaker_was_open_fences_its_write_on_its_next_call(state
         server.stop()
 
 
+def test_a_write_through_is_sent_even_while_the_writers_breaker_is_open(state_table, key):
+    """Redis is back, but the writer's breaker (opened during the fault) has not let a trial through yet: its
+    write still goes through, so no other container reads the entry it replaces."""
+    server = RedisServer().start()
+    try:
+        writer = Container(server.url, state_table, breaker=CircuitBreaker(open_seconds=30))
+        reader = Container(server.url, state_table)
+        writer.manager.put(key, "v1", actor="alice")
+        assert reader.manager.get(key).record.version == 1
+        assert reader.manager.get(key).record.version == 1  # a hit
+
+        server.pause()
+        try:
+            writer.manager.get(key)  # times out: the writer's breaker opens for 30 s
+        finally:
+            server.resume()
+        writer.manager.put(key, "v2", actor="alice")  # acknowledged with Redis reachable
+
+        assert reader.manager.get(key).canonical_value == b'"v2"'
+    finally:
+        server.stop()
+
+
+def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_table, raw, key):
+    writer = Container(redis_server.url, state_table)
+    reader = Container(redis_server.url, state_table)
+    writer.manager.put(key, "v1", actor="alice")
+    assert reader.manager.get(key).record.version == 1
+    assert reader.manager.get(key).record.version == 1  # a hit; both containers hold a pooled connection
+
+    raw.client_kill_filter(_type="normal", skipme=True)  # what a failover or a proxy restart does
+    writer.manager.put(key, "v2", actor="alice")
+
+    assert reader.manager.get(key).canonical_value == b'"v2"'
+    assert writer.metrics.count("CacheErrors") == reader.metrics.count("CacheErrors") == 0
+
+
 def test_the_repair_keeps_retrying_while_redis_is_paused_and_lands_soon_after_it_resumes(state_table, key):
     from state_core.repair import CacheRepairer
     from tests.integration.test_publisher import stream_records

@@ -10,11 +10,17 @@ that this service once signed (a rollback; see README "Cache and locks").
 
 Every cache write (fill after a miss, write-through after a write, tombstone after a delete, repair from
 the stream) goes through one Lua step that stores the entry only if its version is newer than the cached
-one, so a slow writer can never put an older version over a newer one.
+one, so a slow writer can never put an older version over a newer one. Two more rules cover entries that
+are gone (a restart, an eviction, a flush, their expiry), where there is nothing to compare with: a fill
+lands only while the fill lease its miss took is intact (any other cache write deletes it), and a
+write-through stores its value only over an entry that holds one, else its version as a fence.
 
 Redis trouble never fails a request: every error or timeout is counted, opens the breaker and reads as a
-miss. A cache write that failed is kept in memory and replayed once Redis answers again, as a fence (its
-version without its value, CacheEntry.fence); across containers the stream publisher repairs the same way.
+miss. Reads and fills skip Redis while the breaker is open; write-throughs do not (each costs at most one
+timeout while Redis is down), so a write whose write-through was skipped is one made while Redis was
+really unreachable. A cache write that failed is kept in memory and replayed, as a fence (its version
+without its value, CacheEntry.fence), before anything else on the container's next Redis call; across
+containers the stream's repair (repair.py) fences every version, retrying until Redis accepts.
 """
 
 from __future__ import annotations
@@ -288,6 +294,7 @@ class RedisStateCache:
         the miss found an unusable entry), as a write-through. False if dropped, refused or failed."""
         tokens = self._lease_tokens()
         token = tokens.pop(entry.record.key, None)
+        # Through the breaker: a fill is only an optimization, and the reader already has its answer.
         return self._write(entry, "through" if token is None else "fill", token or "")
 
     # The pipelined halves of get and write_if_newer, for callers that send them along with other commands
@@ -357,15 +364,15 @@ class RedisStateCache:
     def scripts(self) -> tuple[Any, ...]:
         return (self._write_if_newer, self._read)
 
-    def replay_pending(self) -> None:
+    def replay_pending(self, *, bypass_breaker: bool = False) -> None:
         """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
-        self._replay_pending()
+        self._replay_pending(bypass_breaker=bypass_breaker)
 
     def write_if_newer(self, entry: CacheEntry) -> bool:
         """The write-through of `entry`: stored unless the cache holds the same or a newer version, with its
         value only over an entry that holds a value or tombstone (else as a fence). False if refused or
         failed; a failed write is kept and replayed once Redis answers again."""
-        return self._write(entry, "through", "")
+        return self._write(entry, "through", "", bypass_breaker=True)
 
     def repair(self, entry: CacheEntry) -> bool:
         """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is
@@ -379,11 +386,11 @@ class RedisStateCache:
 
         return bool(self._link.run(write, bypass_breaker=True))
 
-    def _write(self, entry: CacheEntry, mode: str, token: str) -> bool:
+    def _write(self, entry: CacheEntry, mode: str, token: str, *, bypass_breaker: bool = False) -> bool:
         entry = self._cacheable(entry)
         try:
-            self._replay_pending()
-            return self._store(entry, mode, token)
+            self._replay_pending(bypass_breaker=bypass_breaker)
+            return self._store(entry, mode, token, bypass_breaker=bypass_breaker)
         except RedisUnavailable:
             self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
             self._remember(entry)
@@ -424,14 +431,16 @@ class RedisStateCache:
         arguments = [version, encoded_metadata, data, lifetime, mac, mode, token, fence_metadata, fence_mac]
         return [entry_key(key), lease_key(key)], arguments
 
-    def _store(self, entry: CacheEntry, mode: str = "through", token: str = "") -> bool:
+    def _store(
+        self, entry: CacheEntry, mode: str = "through", token: str = "", *, bypass_breaker: bool = False
+    ) -> bool:
         def write(client: Any) -> Any:
             keys, args = self._write_arguments(entry, mode, token)
             return self._write_if_newer(keys=keys, args=args, client=client)
 
-        return bool(self._link.run(write))
+        return bool(self._link.run(write, bypass_breaker=bypass_breaker))
 
-    def _replay_pending(self) -> None:
+    def _replay_pending(self, *, bypass_breaker: bool = False) -> None:
         """Replay cache writes that failed, before anything else is read or written, so a recovered Redis
         never serves an entry older than a write this container acknowledged."""
         if not self._pending:
@@ -440,7 +449,7 @@ class RedisStateCache:
             pending, self._pending = self._pending, {}
         for position, entry in enumerate(pending.values()):
             try:
-                self._store(entry.fence())
+                self._store(entry.fence(), bypass_breaker=bypass_breaker)
             except Exception:
                 for unsent in list(pending.values())[position:]:
                     self._remember(unsent)

@@ -139,15 +139,16 @@ class RedisKeyLock:
 
     def write_and_release(self, lease: Lease, cache: RedisStateCache, entry: CacheEntry) -> None:
         """The write-through of `entry`, then the release, in one round trip. Both are idempotent, so a
-        resend after NOSCRIPT is safe. On Redis trouble the write is kept for replay and the lease expires."""
+        resend after NOSCRIPT is safe. On Redis trouble the write is kept for replay and the lease expires.
+        Sent even while the breaker is open, like every write-through (RedisStateCache.write_if_newer)."""
         try:
-            cache.replay_pending()
+            cache.replay_pending(bypass_breaker=True)
 
             def queue(pipe: Any) -> None:
                 cache.queue_write(pipe, entry)
                 pipe.evalsha(self._release.sha, 1, lock_key(lease.key), lease.token)
 
-            self._link.pipeline(queue, scripts=(*cache.scripts, self._release))
+            self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
         except RedisUnavailable:
             cache.write_failed(entry)
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
