@@ -203,6 +203,39 @@ def test_a_write_through_is_sent_even_while_the_writers_breaker_is_open(state_ta
         server.stop()
 
 
+class StallsOnce:
+    """The real client; its first `stalls` script calls time out, as on a Redis that just came back with a
+    backlog (a fault injector standing in for the network)."""
+
+    def __init__(self, client, stalls=1):
+        self._client, self.stalls = client, stalls
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def evalsha(self, *args):
+        if self.stalls:
+            self.stalls -= 1
+            raise redis.TimeoutError("Timeout reading from socket")
+        return self._client.evalsha(*args)
+
+
+def test_a_write_through_that_times_out_once_is_sent_again_before_the_write_is_acknowledged(
+    redis_server, state_table, raw, key
+):
+    writer = Container(redis_server.url, state_table)
+    reader = Container(redis_server.url, state_table)
+    writer.manager.put(key, "v1", actor="alice")
+    assert reader.manager.get(key).record.version == 1
+    assert reader.manager.get(key).record.version == 1  # a hit
+    writer.link._client = StallsOnce(writer.link._client)
+
+    writer.manager.put(key, "v2", actor="alice")
+
+    assert writer.link._client.stalls == 0
+    assert reader.manager.get(key).canonical_value == b'"v2"'
+
+
 def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_table, raw, key):
     writer = Container(redis_server.url, state_table)
     reader = Container(redis_server.url, state_table)

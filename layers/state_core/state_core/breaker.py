@@ -9,7 +9,12 @@ from collections.abc import Callable
 
 
 class RedisUnavailable(Exception):
-    """Redis failed, timed out, or the breaker is open. Callers degrade; requests never fail on it."""
+    """Redis failed, timed out, or the breaker is open. Callers degrade; requests never fail on it.
+    `timed_out`: Redis did not answer in time, the one failure worth trying again at once."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class CircuitBreaker:

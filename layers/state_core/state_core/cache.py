@@ -144,6 +144,12 @@ return reply
 """
 )
 
+# A write-through that timed out is tried again, this many attempts in all, before it is left to the
+# replay and the stream's repair: a Redis that just came back (a backlog after a pause) may miss one 50 ms
+# timeout, and a write whose write-through is skipped is read stale elsewhere until the repair lands. While
+# Redis is hung, each write pays this many timeouts; other failures (refused, credentials) are not retried.
+WRITE_THROUGH_ATTEMPTS = 2
+
 # Versions, metadata and MACs are tens to hundreds of bytes; the subject in `updated_by` is the longest part.
 _MAX_SMALL_FIELD_BYTES = 65_536
 _MAC_CONTEXT = b"state-cache-entry/1"
@@ -355,11 +361,6 @@ class RedisStateCache:
         keys, args = self._write_arguments(self._cacheable(entry), "through", "")
         pipe.evalsha(self._write_if_newer.sha, len(keys), *keys, *args)
 
-    def write_failed(self, entry: CacheEntry) -> None:
-        """A queued write that did not reach Redis: kept and replayed once Redis answers again."""
-        self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
-        self._remember(self._cacheable(entry))
-
     @property
     def scripts(self) -> tuple[Any, ...]:
         return (self._write_if_newer, self._read)
@@ -368,11 +369,11 @@ class RedisStateCache:
         """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
         self._replay_pending(bypass_breaker=bypass_breaker)
 
-    def write_if_newer(self, entry: CacheEntry) -> bool:
+    def write_if_newer(self, entry: CacheEntry, *, attempts: int = WRITE_THROUGH_ATTEMPTS) -> bool:
         """The write-through of `entry`: stored unless the cache holds the same or a newer version, with its
         value only over an entry that holds a value or tombstone (else as a fence). False if refused or
         failed; a failed write is kept and replayed once Redis answers again."""
-        return self._write(entry, "through", "", bypass_breaker=True)
+        return self._write(entry, "through", "", bypass_breaker=True, attempts=attempts)
 
     def repair(self, entry: CacheEntry) -> bool:
         """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is
@@ -386,15 +387,20 @@ class RedisStateCache:
 
         return bool(self._link.run(write, bypass_breaker=True))
 
-    def _write(self, entry: CacheEntry, mode: str, token: str, *, bypass_breaker: bool = False) -> bool:
+    def _write(
+        self, entry: CacheEntry, mode: str, token: str, *, bypass_breaker: bool = False, attempts: int = 1
+    ) -> bool:
         entry = self._cacheable(entry)
-        try:
-            self._replay_pending(bypass_breaker=bypass_breaker)
-            return self._store(entry, mode, token, bypass_breaker=bypass_breaker)
-        except RedisUnavailable:
-            self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
-            self._remember(entry)
-            return False
+        for attempt in range(1, attempts + 1):
+            try:
+                self._replay_pending(bypass_breaker=bypass_breaker)
+                return self._store(entry, mode, token, bypass_breaker=bypass_breaker)
+            except RedisUnavailable as trouble:
+                self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+                if attempt == attempts or not trouble.timed_out:
+                    self._remember(entry)
+                    break
+        return False
 
     def _lease_tokens(self) -> dict[str, str]:
         tokens: dict[str, str] | None = getattr(self._leases, "tokens", None)
@@ -454,6 +460,10 @@ class RedisStateCache:
                 for unsent in list(pending.values())[position:]:
                     self._remember(unsent)
                 raise
+
+    def remember(self, entry: CacheEntry) -> None:
+        """A write-through that did not reach Redis: replayed as a fence before this container's next call."""
+        self._remember(self._cacheable(entry))
 
     def _remember(self, entry: CacheEntry) -> None:
         with self._pending_lock:

@@ -116,7 +116,7 @@ class RedisLink:
         except (redis.RedisError, OSError) as exc:
             self._breaker.record_failure()
             self._on_error()
-            raise RedisUnavailable(type(exc).__name__) from exc
+            raise RedisUnavailable(type(exc).__name__, timed_out=isinstance(exc, redis.TimeoutError)) from exc
         self._breaker.record_success()
         return result
 
