@@ -239,8 +239,9 @@ class CacheEntry:
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """Entry lifetimes. `entry_ttl_seconds` must exceed the longest function run (plus `run_margin`), so a
-    fill that read an older version before a newer write cannot land after the newer entry is gone."""
+    """Entry and fill-lease lifetimes. An entry's lifetime bounds nothing about correctness (the fill lease
+    and the fences over nothing cover entries that are gone); it bounds memory, and how long an entry a
+    failover rolled back can be served."""
 
     entry_ttl_seconds: float = 300.0
     longest_run_seconds: float = 30.0
@@ -252,7 +253,7 @@ class CachePolicy:
 
     def lifetime_ms(self, record: StateRecord, now: datetime) -> int:
         """Never much beyond the state's own expiry: kept `longest_run_seconds` past it (readers check the
-        expiry themselves), so the slow-fill argument above still holds."""
+        expiry themselves)."""
         lifetime = self.entry_ttl_seconds
         if record.expires_at is not None:
             lifetime = min(lifetime, record.expires_at - now.timestamp() + self.longest_run_seconds)

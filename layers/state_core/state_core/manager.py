@@ -129,7 +129,7 @@ class StateManager:
         """The key's current value and metadata; NotFound if absent, deleted or expired.
 
         Served from the cache when it holds the key; otherwise (or with `consistent`) a strongly consistent
-        read, which then fills the cache through its write-if-newer step.
+        read, which then fills the cache through its write-if-newer step, under the fill lease the miss took.
         """
         if self._cache is not None and not consistent:
             entry = self._cache.get(key)
