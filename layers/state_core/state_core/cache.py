@@ -284,7 +284,7 @@ class RedisStateCache:
     def get(self, key: str) -> CacheEntry | None:
         """The cached entry, or None on a miss or any Redis trouble. A miss takes the key's fill lease for
         this thread's `fill` (same round trip)."""
-
+        self._lease_tokens().pop(key, None)  # a lease is good only for the fill after its own miss
         try:
             self._replay_pending()
             reply = self._link.run(
