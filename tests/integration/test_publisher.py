@@ -423,8 +423,9 @@ def chunks_exist(state_table: str, blob: Any) -> bool:
     return StateStore(boto3.client("dynamodb", region_name=REGION), state_table).blobs.load(blob) is not None
 
 
-def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, state_table):
-    # Given version 1 (a blob) and version 2 (a blob) whose request-path history write failed
+def two_blob_versions_the_second_unrecorded(state_table: str) -> tuple[Any, str, Any, Any]:
+    """A key at version 2, both versions blobs, version 2's request-path history write failed: the manager
+    that still records history, the key, version 2's value and its write."""
     broken_metrics = RecordedMetrics()
     working, broken = history_managers(state_table, broken_metrics)
     key = f"blob:{uuid.uuid4().hex}"
@@ -433,6 +434,12 @@ def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, sta
     written = broken.put(key, second, actor="alice")
     assert written.record.blob is not None
     assert broken_metrics.count("HistoryWriteErrors") == 1
+    return working, key, second, written
+
+
+def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, state_table):
+    # Given version 1 (a blob) and version 2 (a blob) whose request-path history write failed
+    working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
 
     # When the stream, lagging past the write grace, repairs a batch that ends at version 1
     batch = up_to(stream_records(state_table, {key}), 1)
@@ -476,13 +483,7 @@ def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_strea
     from state_core.history import HistoryReader, HistoryStore
 
     # Given version 1 (a blob), version 2 (a blob) whose request-path history write failed, and version 3
-    broken_metrics = RecordedMetrics()
-    working, broken = history_managers(state_table, broken_metrics)
-    key = f"blob:{uuid.uuid4().hex}"
-    working.put(key, large_value(), actor="alice")
-    second = large_value()
-    written = broken.put(key, second, actor="alice")
-    assert broken_metrics.count("HistoryWriteErrors") == 1
+    working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
     working.put(key, "small", actor="alice")
 
     # When the stream, lagging past the write grace, repairs a batch that ends at version 1, then the rest
