@@ -137,7 +137,6 @@ def replay(
         bus_name=bus_name,
         dead_letters=sqs,
         dead_letter_queue_url=dead_letter_queue_url,
-        cache=None,
         metrics=_NoMetrics(),
         log=_StructuredLog(logging.getLogger("replay")),
         source=event_source,

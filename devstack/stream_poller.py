@@ -150,6 +150,10 @@ def _json_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value)
 
 
+# The pollers of one stack share their checkpoint file (threads of one process).
+_CHECKPOINT_FILE_LOCK = threading.Lock()
+
+
 class StreamPoller:
     """One event source mapping: a thread polling the stream's shards and invoking the function."""
 
@@ -383,9 +387,12 @@ class StreamPoller:
     def _checkpoint(self, shard_id: str, sequence_number: str) -> None:
         self._checkpoints[self._checkpoint_key(shard_id)] = sequence_number
         if self._checkpoint_path is not None:
-            with contextlib.suppress(OSError):
+            # Every mapping of the stack keeps its checkpoints in the one file: merge into what the
+            # others wrote instead of replacing it with this poller's own view.
+            with _CHECKPOINT_FILE_LOCK, contextlib.suppress(OSError):
+                merged = {**self._load_checkpoints(), **self._checkpoints}
                 tmp = self._checkpoint_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self._checkpoints), encoding="utf-8")
+                tmp.write_text(json.dumps(merged), encoding="utf-8")
                 tmp.replace(self._checkpoint_path)
 
     def _load_checkpoints(self) -> dict[str, str]:

@@ -368,9 +368,13 @@ class StateTemplate:
         return {lid: self.properties(lid) for lid in self.resources_of_type("AWS::Events::Rule")}
 
     def stream_event_sources(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(function, event name, resolved properties)`` of every DynamoDB event source mapping."""
+        """``(function, event name, resolved properties)`` of every DynamoDB event source mapping of a
+        function the stack creates (its Condition, if any, holds: the cache repair exists only with Redis)."""
         found: list[tuple[str, str, dict[str, Any]]] = []
         for lid in self.function_ids():
+            condition = self.resources[lid].get("Condition")
+            if condition is not None and not self.condition(condition):
+                continue
             events = (self.resources[lid].get("Properties") or {}).get("Events") or {}
             for name, event in events.items():
                 if event.get("Type") == "DynamoDB":

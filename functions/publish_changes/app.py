@@ -1,4 +1,4 @@
-"""publish_changes: the table's stream -> StateChanged events on the bus, plus the Redis cache repair.
+"""publish_changes: the table's stream -> StateChanged events on the bus (the cache repair is repair_cache).
 
 Triggered by the DynamoDB stream's event source mapping (filtered to state items, ReportBatchItemFailures).
 Events that cannot be published after their retries go to the function's own dead-letter queue and count as

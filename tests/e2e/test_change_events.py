@@ -151,7 +151,7 @@ def test_a_value_too_large_for_the_event_arrives_as_value_omitted(client, inbox)
 
 def test_the_stream_brings_the_cache_to_a_version_the_handler_never_cached(devstack):
     # The handler's cache update is suppressed by writing through a StateManager built without a cache;
-    # only publish_changes' repair can put the new version into Redis.
+    # only the stream's cache repair (repair_cache, its own mapping) can put the new version into Redis.
     import redis
 
     from state_core.manager import StateManager

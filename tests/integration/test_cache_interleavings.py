@@ -12,6 +12,7 @@ Steps (the failpoints that end them):
     reader: cache read (hit: done | after_cache_miss) -> consistent DB read (after_fill_read_before_set)
             -> fill through write-if-newer, answer
     writer: DB write (after_db_write_before_cache) -> write-through, acknowledge
+    wiper:  the key's entry is gone from Redis (an eviction; a restart or a flush also takes the fill lease)
 A reader that hits the cache is done after its first step; its later slots in the schedule pass.
 
 Checked after every schedule: the cache holds no version older than the newest committed one, and no
@@ -52,7 +53,7 @@ VERIFY = os.environ.get("STATE_VERIFY") == "1"
 # Sampled in make test: 1,000 orders for each initial cache state, 2,000 in all.
 SAMPLE_2R2W = 2_000
 SEED = 20261128
-STEPS = {"reader": 3, "writer": 2}
+STEPS = {"reader": 3, "writer": 2, "wiper": 1}
 POINTS = ("after_cache_miss", "after_fill_read_before_set", "after_db_write_before_cache")
 
 
@@ -89,7 +90,7 @@ class VersionedDict:
 
 @dataclass
 class Op:
-    kind: str  # "reader" | "writer" | "deleter"
+    kind: str  # "reader" | "writer" | "deleter" | "wiper"
     index: int
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     finished: bool = False
@@ -100,14 +101,15 @@ class Op:
 
     @property
     def steps(self) -> int:
-        return STEPS["reader" if self.kind == "reader" else "writer"]
+        return STEPS[self.kind if self.kind in ("reader", "wiper") else "writer"]
 
 
 class Scheduler:
     """Runs operations one step at a time in a given order, over real code, stopping them at failpoints."""
 
-    def __init__(self, manager: StateManager) -> None:
+    def __init__(self, manager: StateManager, raw: Any = None) -> None:
         self.manager = manager
+        self.raw = raw
         self.step_done = threading.Semaphore(0)
         self.local = threading.local()
         for point in POINTS:
@@ -129,6 +131,8 @@ class Scheduler:
                     op.version = self.manager.get(key).record.version
                 except NotFound:
                     op.version = 0
+            elif op.kind == "wiper":
+                self.raw.delete(entry_key(key))
             elif op.kind == "writer":
                 op.version = self.manager.put(key, {"by": op.index}, actor="w").record.version
             else:
@@ -199,7 +203,7 @@ def check_all(store: Any, redis_url: str, kinds: list[str], orders: list[tuple[i
     cache = RedisStateCache(link, NoMetrics(), clock=utc_now, policy=CachePolicy())
     manager = StateManager(store, clock=utc_now, metrics=NoMetrics(), cache=cache)
     raw = redis.Redis.from_url(redis_url)
-    scheduler = Scheduler(manager)
+    scheduler = Scheduler(manager, raw)
     outcome = Outcome()
     started = time.monotonic()
     prefix = uuid.uuid4().hex[:8]
@@ -208,17 +212,27 @@ def check_all(store: Any, redis_url: str, kinds: list[str], orders: list[tuple[i
         first = store.write(key, StoredValue.encode(b'{"by":-1}'), actor="setup", now=utc_now(),
                             precondition=Precondition.NOT_EXPIRED)  # fmt: skip
         if initial == "cached":
-            cache.write_if_newer(CacheEntry(first.record))
+            # A read's miss and fill: a write-through alone leaves only a fence where nothing is cached.
+            assert cache.get(key) is None
+            assert cache.fill(CacheEntry(first.record))
         ops = [Op(kind, index) for index, kind in enumerate(kinds)]
         scheduler.run(ops, schedule, key)
         errors = [op.error for op in ops if op.error is not None]
         assert not errors, (schedule, errors)
         newest = store.get(key)
         cached = raw.hget(entry_key(key), "v")
-        if cached is None or int(cached) < newest.version:
+        if "wiper" in kinds and (cached is None or int(cached) < newest.version):
+            # An evicted entry may stay gone, or come back as an older version's fence (a write-through that
+            # landed after the eviction): both are misses to readers, who fill the newest version. What
+            # must never come back is an older value or tombstone.
+            fields = raw.hgetall(entry_key(key))
+            served = b"d" in fields or b'"deleted":true' in fields.get(b"m", b"")
+            if served:
+                outcome.stale_cache.append(f"{schedule}: cache serves v{cached!r}, committed v{newest.version}")
+        elif cached is None or int(cached) < newest.version:
             outcome.stale_cache.append(f"{schedule}: cache {cached!r}, committed v{newest.version}")
         for reader in (op for op in ops if op.kind == "reader"):
-            acked = [w.version for w in ops if w.kind != "reader" and w.completed_at < reader.started_at]
+            acked = [w.version for w in ops if w.kind in ("writer", "deleter") and w.completed_at < reader.started_at]
             floor = max(acked, default=first.record.version)
             # NotFound (0) is the tombstone a delete at or above the floor committed.
             deleted = [w.version for w in ops if w.kind == "deleter" and w.version >= floor]
@@ -282,6 +296,30 @@ def test_one_reader_and_two_writers_in_all_210_orders_against_moto(armed, moto_s
 
 
 @pytest.mark.parametrize("initial", ["empty", "cached"])
+@pytest.mark.parametrize("writers", WRITER_PAIRS)
+def test_one_reader_two_writers_and_an_eviction_in_all_1680_orders(armed, redis_server, initial, writers):
+    """The same with the entry evicted at any point: a fill or a write-through that read or wrote an older
+    version never lands where the newer entry was."""
+    orders = schedules([3, 2, 2, 1])
+    assert len(orders) == 1680
+    outcome = check_all(VersionedDict(), redis_server.url, ["reader", *writers, "wiper"], orders, initial)
+    report(f"1 reader + {'/'.join(writers)} + eviction ({initial} cache, versioned dict)", outcome)
+    assert outcome.schedules == 1680
+    assert outcome.stale_cache == []
+    assert outcome.stale_reads == []
+
+
+@pytest.mark.parametrize("initial", ["empty", "cached"])
+def test_two_readers_two_writers_and_an_eviction_sampled(armed, redis_server, initial):
+    orders = random.Random(f"{SEED}-wipe-{initial}").sample(schedules([3, 3, 2, 2, 1]), 4_000 if VERIFY else 500)
+    kinds = ["reader", "reader", "writer", "deleter", "wiper"]
+    outcome = check_all(VersionedDict(), redis_server.url, kinds, orders, initial)
+    report(f"2 readers + writer/deleter + eviction ({initial} cache, versioned dict, sampled)", outcome)
+    assert outcome.stale_cache == []
+    assert outcome.stale_reads == []
+
+
+@pytest.mark.parametrize("initial", ["empty", "cached"])
 def test_two_readers_and_two_writers_sampled_or_in_all_25200_orders(armed, redis_server, initial):
     orders = schedules([3, 3, 2, 2])
     assert len(orders) == 25_200
@@ -309,9 +347,13 @@ def test_the_checker_notices_a_cache_without_the_version_fence(armed, redis_serv
     import state_core.cache as cache_module
 
     unfenced = cache_module._WRITE_IF_NEWER.replace("cached and cached >= tonumber(ARGV[1])", "false")
+    # ...and without the fill lease, which alone would refuse the late fill this check expects to catch.
+    unfenced = unfenced.replace("ARGV[6] == 'fill' and redis.call", "false and redis.call")
+    assert unfenced.count("false") >= 2
     monkeypatch.setattr(cache_module, "_WRITE_IF_NEWER", unfenced)
+    # A cached start: over an empty cache write-throughs leave fences, which send the reader to DynamoDB.
     outcome = check_all(VersionedDict(), redis_server.url, ["reader", "writer", "writer"], schedules([3, 2, 2]),
-                        "empty")  # fmt: skip
+                        "cached")  # fmt: skip
     assert outcome.stale_cache
     assert outcome.stale_reads
 

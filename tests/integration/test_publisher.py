@@ -118,15 +118,12 @@ def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
     return found
 
 
-def publisher(
-    aws: dict[str, Any], events_client: Any, *, cache: Any = None, log: Log | None = None, **more: Any
-) -> ChangePublisher:
+def publisher(aws: dict[str, Any], events_client: Any, *, log: Log | None = None, **more: Any) -> ChangePublisher:
     return ChangePublisher(
         events_client,
         bus_name=aws["bus"],
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"],
-        cache=cache,
         metrics=RecordedMetrics(),
         log=log or Log(),
         policy=PublishPolicy(max_attempts=3, base_backoff_seconds=0.01, max_backoff_seconds=0.02),
@@ -217,7 +214,6 @@ def test_records_that_cannot_even_be_dead_lettered_are_reported_as_batch_item_fa
         bus_name=aws["bus"],
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"] + "-missing",
-        cache=None,
         metrics=RecordedMetrics(),
         log=Log(),
         policy=PublishPolicy(max_attempts=2, base_backoff_seconds=0.01),
@@ -269,6 +265,13 @@ def redis_cache(redis_server: Any, **policy: Any) -> Any:
     return RedisStateCache(link, RecordedMetrics(), clock=utc_now, policy=CachePolicy(**policy))
 
 
+def repairer(cache: Any) -> Any:
+    """The stream's cache repair (its own mapping, repair_cache), with the backoff it runs with."""
+    from state_core.repair import CacheRepairer
+
+    return CacheRepairer(cache, metrics=RecordedMetrics(), log=Log())
+
+
 def cached_manager(state_table: str, cache: Any) -> StateManager:
     """The request path with the cache: reads hit it, misses fill it, writes write through."""
     store = StateStore(boto3.client("dynamodb", region_name=REGION), state_table)
@@ -284,8 +287,8 @@ def test_the_stream_fences_out_a_cached_version_the_write_never_replaced(aws, ma
     assert json.loads(reader.get(key).canonical_value) == {"v": 1}
     manager.put(key, {"v": 2}, actor="alice")
 
-    # When the stream's batch is published
-    publisher(aws, aws["events"], cache=cache).publish(stream_records(state_table, {key}))
+    # When the stream's batch is repaired
+    repairer(cache).repair(stream_records(state_table, {key}), lambda: 60.0)
 
     # Then the cache holds version 2 as a fence (no value), so the next read fills version 2 from DynamoDB
     entry = cache.get(key)
@@ -307,8 +310,8 @@ def test_a_lagging_record_never_brings_an_older_value_back_into_an_empty_cache(a
     manager.put(key, {"v": 2}, actor="alice")
     assert cache.get(key) is None
 
-    # When the stream, lagging, publishes a batch that ends at version 1
-    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
+    # When the stream, lagging, repairs a batch that ends at version 1
+    repairer(cache).repair(up_to(stream_records(state_table, {key}), 1), lambda: 60.0)
 
     # Then a read still answers version 2: the acknowledged write is never hidden
     view = reader.get(key)
@@ -324,8 +327,8 @@ def test_a_lagging_delete_never_hides_the_re_created_key(aws, manager, state_tab
     manager.delete(key, actor="alice")
     manager.put(key, "again", actor="alice")
 
-    # When the stream, lagging, publishes a batch that ends at the delete (version 2)
-    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 2))
+    # When the stream, lagging, repairs a batch that ends at the delete (version 2)
+    repairer(cache).repair(up_to(stream_records(state_table, {key}), 2), lambda: 60.0)
 
     # Then a read answers the re-created version 3, not 404
     view = reader.get(key)
@@ -349,8 +352,8 @@ def test_a_lagging_record_never_outlives_a_short_lived_newer_entry(aws, state_ta
         time.sleep(0.1)
     assert cache.get(key) is None
 
-    # When the stream, lagging past that entry's lifetime, publishes a batch that ends at version 1
-    publisher(aws, aws["events"], cache=cache).publish(up_to(stream_records(state_table, {key}), 1))
+    # When the stream, lagging past that entry's lifetime, repairs a batch that ends at version 1
+    repairer(cache).repair(up_to(stream_records(state_table, {key}), 1), lambda: 60.0)
 
     # Then a read answers what the table holds (version 2, expired: 404), never version 1's value
     with pytest.raises(NotFound):
@@ -438,7 +441,7 @@ def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, sta
     # Given version 1 (a blob) and version 2 (a blob) whose request-path history write failed
     working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
 
-    # When the stream, lagging past the write grace, publishes a batch that ends at version 1
+    # When the stream, lagging past the write grace, repairs a batch that ends at version 1
     batch = up_to(stream_records(state_table, {key}), 1)
     collecting_publisher(aws, state_table, lag_seconds=301).publish(batch)
 
@@ -483,7 +486,7 @@ def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_strea
     working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
     working.put(key, "small", actor="alice")
 
-    # When the stream, lagging past the write grace, publishes a batch that ends at version 1, then the rest
+    # When the stream, lagging past the write grace, repairs a batch that ends at version 1, then the rest
     records = stream_records(state_table, {key})
     lagging = collecting_publisher(aws, state_table, lag_seconds=301)
     first = up_to(records, 1)

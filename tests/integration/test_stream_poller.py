@@ -125,6 +125,33 @@ def test_a_partial_failure_is_retried_from_the_first_reported_record_and_then_ch
     assert json.loads(checkpoints.read_text())  # the shard's position survives a restart
 
 
+def test_two_mappings_of_one_stream_keep_their_own_checkpoints_in_the_shared_file(table, tmp_path, moto_server):
+    """The publisher and the cache repair read the same stream: each resumes from its own position."""
+    write(table, "a", "b")
+    checkpoints = tmp_path / "checkpoints.json"
+    pools = {name: ScriptedPool([]) for name in ("PublishChangesFunction", "RepairCacheFunction")}
+    pollers = [
+        StreamPoller(settings_for(table, function_id=name), pool, endpoint_url=moto_server, checkpoint_path=checkpoints)  # type: ignore[arg-type]
+        for name, pool in pools.items()
+    ]
+    for poller in pollers:
+        run_until(poller, lambda pool=poller.pool: len(pool.batches) >= 1)
+
+    saved = json.loads(checkpoints.read_text())
+    assert sorted(k.split()[0] for k in saved) == sorted(pools)
+    assert len(set(saved.values())) == 1  # both read to the same record
+
+
+def test_the_cache_repair_gets_its_own_mapping_only_with_redis(state_template):
+    from devstack.template import load_template
+
+    assert [f for f, _, _ in state_template.stream_event_sources()] == ["PublishChangesFunction"]
+    with_redis = load_template(state_template.path, parameters={"RedisEndpoint": "redis://127.0.0.1:6379"})
+    sources = {f: props for f, _, props in with_redis.stream_event_sources()}
+    assert set(sources) == {"PublishChangesFunction", "RepairCacheFunction"}
+    assert sources["RepairCacheFunction"]["Stream"] == sources["PublishChangesFunction"]["Stream"]
+
+
 def test_a_killed_execution_environment_gets_the_batch_again_and_the_event_is_published(
     table, moto_server, state_template, tmp_path
 ):

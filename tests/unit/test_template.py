@@ -48,6 +48,7 @@ TABLE_ACTIONS = {
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
 PUBLISHER_FUNCTION = "PublishChangesFunction"
+REPAIR_FUNCTION = "RepairCacheFunction"
 # The event source mapping's stream reads, on the table's streams only (never the table).
 STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 TABLE = "StateTable"
@@ -154,7 +155,7 @@ def lambda_authorizer() -> dict[str, Any]:
 
 
 def test_the_template_defines_the_four_state_functions_the_authorizer_and_the_publisher():
-    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION, PUBLISHER_FUNCTION}
+    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION, PUBLISHER_FUNCTION, REPAIR_FUNCTION}
 
 
 @pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
@@ -350,6 +351,7 @@ RESERVATION_PARAMETERS = {
     **dict.fromkeys(STATE_FUNCTIONS, "StateFunctionReservedConcurrency"),
     AUTHORIZER_FUNCTION: "AuthorizerReservedConcurrency",
     PUBLISHER_FUNCTION: "PublisherReservedConcurrency",
+    REPAIR_FUNCTION: "PublisherReservedConcurrency",
 }
 
 

@@ -9,14 +9,19 @@ from collections.abc import Callable
 
 
 class RedisUnavailable(Exception):
-    """Redis failed, timed out, or the breaker is open. Callers degrade; requests never fail on it."""
+    """Redis failed, timed out, or the breaker is open. Callers degrade; requests never fail on it.
+    `timed_out`: Redis did not answer in time, the one failure worth trying again at once."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class CircuitBreaker:
     """Closed: calls go through. A failure opens it for `open_seconds`; then one trial call is let
     through (half-open): success closes it, failure opens it again."""
 
-    def __init__(self, open_seconds: float = 10.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, open_seconds: float = 0.5, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._open_seconds = open_seconds
         self._monotonic = monotonic
         self._open_until = 0.0

@@ -10,11 +10,17 @@ that this service once signed (a rollback; see README "Cache and locks").
 
 Every cache write (fill after a miss, write-through after a write, tombstone after a delete, repair from
 the stream) goes through one Lua step that stores the entry only if its version is newer than the cached
-one, so a slow writer can never put an older version over a newer one.
+one, so a slow writer can never put an older version over a newer one. Two more rules cover entries that
+are gone (a restart, an eviction, a flush, their expiry), where there is nothing to compare with: a fill
+lands only while the fill lease its miss took is intact (any other cache write deletes it), and a
+write-through stores its value only over an entry that holds one, else its version as a fence.
 
 Redis trouble never fails a request: every error or timeout is counted, opens the breaker and reads as a
-miss. A cache write that failed is kept in memory and replayed once Redis answers again, as a fence (its
-version without its value, CacheEntry.fence); across containers the stream publisher repairs the same way.
+miss. Reads and fills skip Redis while the breaker is open; write-throughs do not (each costs at most one
+timeout while Redis is down), so a write whose write-through was skipped is one made while Redis was
+really unreachable. A cache write that failed is kept in memory and replayed, as a fence (its version
+without its value, CacheEntry.fence), before anything else on the container's next Redis call; across
+containers the stream's repair (repair.py) fences every version, retrying until Redis accepts.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,35 +43,90 @@ from state_core.models import StateRecord, rfc3339
 if TYPE_CHECKING:
     from state_core.redis_link import RedisLink
 
-# Stores ARGV[2..] over KEYS[1] only if ARGV[1] is newer than the cached version. Equal versions are a
-# no-op, so a fill racing the write-through of the same version changes nothing; except that the same
-# version with its value may fill a valueless fence (CacheEntry.fence: a replayed write, the stream's repair).
+# What a hash entry holds: 'value', 'tombstone' (no value, metadata says deleted) or 'fence' (no value
+# otherwise: a version readers take as a miss). Metadata that does not decode counts as a fence.
+_HOLDS = """
+local function holds(key)
+  if redis.call('HEXISTS', key, 'd') == 1 then
+    return 'value'
+  end
+  local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'm') or '')
+  if ok and type(meta) == 'table' and meta['deleted'] == true then
+    return 'tombstone'
+  end
+  return 'fence'
+end
+"""
+
+# KEYS[1] the entry, KEYS[2] its fill lease. ARGV: version, metadata, value bytes, lifetime (ms), MAC, mode,
+# lease token, the fence's metadata and MAC.
+#
+# Mode 'fill' (a read's fill after its miss): only while the lease that miss took is still there, i.e. no
+# other cache write, restart, eviction or flush happened since; a slow fill that read an older version is
+# dropped instead of landing over a newer entry or, worse, where that entry was wiped. Any other mode
+# ('through': a write-through, a tombstone, a fence) deletes the lease, so fills that read before it drop.
+#
+# Then write-if-newer: stored only if the version is newer than the cached one. Equal versions are a no-op,
+# except that the same version with its value may fill a valueless fence. A value (or tombstone) is stored
+# only over an entry that holds one; over nothing or a fence, a write-through stores the version as a fence:
+# a write that stalled between DynamoDB and Redis may land after newer versions' entries were wiped, and
+# with its value it would be served as current. Fills are the exception, the lease proves they are current.
 # Something that is not one of our hashes (another type, a version that is not a number) is replaced rather
 # than raising: a script error would open the breaker and cost the container its cache for a window.
-_WRITE_IF_NEWER = """
+_WRITE_IF_NEWER = (
+    _HOLDS
+    + """
+if ARGV[6] == 'fill' and redis.call('GET', KEYS[2]) ~= ARGV[7] then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+local metadata, data, mac = ARGV[2], ARGV[3], ARGV[5]
+local backed = false
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   local cached = tonumber(redis.call('HGET', KEYS[1], 'v'))
+  local held = holds(KEYS[1])
   if cached and cached >= tonumber(ARGV[1]) then
-    if cached > tonumber(ARGV[1]) or ARGV[3] == '' or redis.call('HEXISTS', KEYS[1], 'd') == 1 then
+    if cached > tonumber(ARGV[1]) or data == '' or held ~= 'fence' then
       return 0
     end
+    backed = true
+  end
+  if cached and held ~= 'fence' then
+    backed = true
   end
 end
+if ARGV[6] ~= 'fill' and not backed then
+  metadata, data, mac = ARGV[8], '', ARGV[9]
+end
 redis.call('DEL', KEYS[1])
-if ARGV[3] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 's', ARGV[5])
+if data == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', metadata, 's', mac)
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2], 'd', ARGV[3], 's', ARGV[5])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', metadata, 'd', data, 's', mac)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+)
 
-# The entry's fields, unless the key holds something this service never writes: another type (nil, a
-# miss), or a field larger than any entry it writes (1, unusable): those bytes never reach the function.
-_READ = """
+# The entry's fields and, for a reader that will fill it (a miss), its fill lease; unless the key holds
+# something this service never writes: a field larger than any entry it writes (1, unusable, no lease):
+# those bytes never reach the function. A miss (nothing, another type, a fence) joins the lease already
+# there or takes a new one (ARGV[3], for ARGV[4] ms): any cache write in between deletes it, so every fill
+# that read before that write is dropped. Reply: version, metadata, value, MAC, lease (nil on a hit).
+_READ = (
+    _HOLDS
+    + """
+local function leased()
+  local token = redis.call('GET', KEYS[2])
+  if not token then
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+    token = ARGV[3]
+  end
+  return token
+end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
-  return false
+  return {false, false, false, false, leased()}
 end
 if redis.call('HSTRLEN', KEYS[1], 'd') > tonumber(ARGV[1]) then
   return 1
@@ -74,8 +136,19 @@ for _, name in ipairs({'v', 'm', 's'}) do
     return 1
   end
 end
-return redis.call('HMGET', KEYS[1], 'v', 'm', 'd', 's')
+local reply = redis.call('HMGET', KEYS[1], 'v', 'm', 'd', 's')
+if holds(KEYS[1]) == 'fence' then
+  reply[5] = leased()
+end
+return reply
 """
+)
+
+# A write-through that timed out is tried again, this many attempts in all, before it is left to the
+# replay and the stream's repair: a Redis that just came back (a backlog after a pause) may miss one 50 ms
+# timeout, and a write whose write-through is skipped is read stale elsewhere until the repair lands. While
+# Redis is hung, each write pays this many timeouts; other failures (refused, credentials) are not retried.
+WRITE_THROUGH_ATTEMPTS = 2
 
 # Versions, metadata and MACs are tens to hundreds of bytes; the subject in `updated_by` is the longest part.
 _MAX_SMALL_FIELD_BYTES = 65_536
@@ -93,8 +166,12 @@ def entry_mac(signing_key: bytes, key: str, version: bytes, metadata: bytes, dat
 
 
 def entry_key(key: str) -> str:
-    # The hash tag keeps a key's entry and lock in one slot if Redis is ever a cluster.
+    # The hash tag keeps a key's entry, lock and fill lease in one slot if Redis is ever a cluster.
     return f"st:{{{key}}}"
+
+
+def lease_key(key: str) -> str:
+    return f"ls:{{{key}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,18 +239,21 @@ class CacheEntry:
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """Entry lifetimes. `entry_ttl_seconds` must exceed the longest function run (plus `run_margin`), so a
-    fill that read an older version before a newer write cannot land after the newer entry is gone."""
+    """Entry and fill-lease lifetimes. An entry's lifetime bounds nothing about correctness (the fill lease
+    and the fences over nothing cover entries that are gone); it bounds memory, and how long an entry a
+    failover rolled back can be served."""
 
     entry_ttl_seconds: float = 300.0
     longest_run_seconds: float = 30.0
+    # A fill lease outlives the longest run, so a fill is dropped only when something wrote in between.
+    fill_lease_seconds: float = 30.0
     # Every legal value fits (1 MiB of incompressible JSON stays ~1 MiB compressed), so Redis memory per
     # entry is bounded by this; a larger stored form would be fenced but not cached.
     max_entry_bytes: int = 1_100_000
 
     def lifetime_ms(self, record: StateRecord, now: datetime) -> int:
         """Never much beyond the state's own expiry: kept `longest_run_seconds` past it (readers check the
-        expiry themselves), so the slow-fill argument above still holds."""
+        expiry themselves)."""
         lifetime = self.entry_ttl_seconds
         if record.expires_at is not None:
             lifetime = min(lifetime, record.expires_at - now.timestamp() + self.longest_run_seconds)
@@ -198,19 +278,31 @@ class RedisStateCache:
         self._read = link.script(_READ)
         self._pending: dict[str, CacheEntry] = {}
         self._pending_lock = threading.Lock()
+        # The fill lease each thread's last miss took, per key, for its `fill`.
+        self._leases = threading.local()
 
     def get(self, key: str) -> CacheEntry | None:
-        """The cached entry, or None on a miss or any Redis trouble."""
-
+        """The cached entry, or None on a miss or any Redis trouble. A miss takes the key's fill lease for
+        this thread's `fill` (same round trip)."""
+        self._lease_tokens().pop(key, None)  # a lease is good only for the fill after its own miss
         try:
             self._replay_pending()
             reply = self._link.run(
-                lambda client: self._read(keys=[entry_key(key)], args=self._read_arguments(), client=client)
+                lambda client: self._read(keys=self._read_keys(key), args=self._read_arguments(), client=client)
             )
         except RedisUnavailable:
             self.read_failed()
             return None
         return self.entry_from(key, reply)
+
+    def fill(self, entry: CacheEntry) -> bool:
+        """Store what a read after this thread's miss found in DynamoDB, only if no other cache write (nor a
+        restart, an eviction or a flush) happened since that miss; without a lease (no miss came first, or
+        the miss found an unusable entry), as a write-through. False if dropped, refused or failed."""
+        tokens = self._lease_tokens()
+        token = tokens.pop(entry.record.key, None)
+        # Through the breaker: a fill is only an optimization, and the reader already has its answer.
+        return self._write(entry, "through" if token is None else "fill", token or "")
 
     # The pipelined halves of get and write_if_newer, for callers that send them along with other commands
     # in one round trip (the PATCH lock: acquire + read, then write-through + release).
@@ -218,11 +310,17 @@ class RedisStateCache:
     def queue_get(self, pipe: Any, key: str) -> None:
         """Put the read of `key` on `pipe` (raw EVALSHA, so send `scripts` along); its reply goes to
         `entry_from`."""
-        pipe.evalsha(self._read.sha, 1, entry_key(key), *self._read_arguments())
+        pipe.evalsha(self._read.sha, 2, *self._read_keys(key), *self._read_arguments())
 
     def entry_from(self, key: str, reply: Any) -> CacheEntry | None:
         """The entry a queued read answered, or None on a miss (an entry that fails its checks included).
         Never raises: every check failure is a miss."""
+        tokens = self._lease_tokens()
+        tokens.pop(key, None)
+        if isinstance(reply, list) and len(reply) == 5:
+            lease = reply.pop()
+            if lease is not None:
+                tokens[key] = lease.decode("ascii") if isinstance(lease, bytes) else str(lease)
         if reply is None or (isinstance(reply, list) and (reply[0] is None or reply[1] is None)):
             self._metrics.add_metric(name="CacheMisses", unit="Count", value=1)
             return None
@@ -231,7 +329,8 @@ class RedisStateCache:
             self._metrics.add_metric(name="CacheIntegrityFailures", unit="Count", value=1)
             self._metrics.add_metric(name="CacheMisses", unit="Count", value=1)
             return None
-        self._metrics.add_metric(name="CacheHits", unit="Count", value=1)
+        # A fence (or a value too large to cache) is a miss to the reader, which fills it.
+        self._metrics.add_metric(name="CacheHits" if entry.is_usable() else "CacheMisses", unit="Count", value=1)
         return entry
 
     def _verified(self, key: str, reply: Any) -> CacheEntry | None:
@@ -260,34 +359,55 @@ class RedisStateCache:
 
     def queue_write(self, pipe: Any, entry: CacheEntry) -> None:
         """Put the write-if-newer of `entry` on `pipe` (raw EVALSHA: see RedisLink.pipeline)."""
-        keys, args = self._write_arguments(self._cacheable(entry))
+        keys, args = self._write_arguments(self._cacheable(entry), "through", "")
         pipe.evalsha(self._write_if_newer.sha, len(keys), *keys, *args)
-
-    def write_failed(self, entry: CacheEntry) -> None:
-        """A queued write that did not reach Redis: kept and replayed once Redis answers again."""
-        self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
-        self._remember(self._cacheable(entry))
 
     @property
     def scripts(self) -> tuple[Any, ...]:
         return (self._write_if_newer, self._read)
 
-    def replay_pending(self) -> None:
+    def replay_pending(self, *, bypass_breaker: bool = False) -> None:
         """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
-        self._replay_pending()
+        self._replay_pending(bypass_breaker=bypass_breaker)
 
-    def write_if_newer(self, entry: CacheEntry) -> bool:
-        """Store `entry` unless the cache holds the same or a newer version. False if refused or failed;
-        a failed write is kept and replayed once Redis answers again."""
+    def write_if_newer(self, entry: CacheEntry, *, attempts: int = WRITE_THROUGH_ATTEMPTS) -> bool:
+        """The write-through of `entry`: stored unless the cache holds the same or a newer version, with its
+        value only over an entry that holds a value or tombstone (else as a fence). False if refused or
+        failed; a failed write is kept and replayed once Redis answers again."""
+        return self._write(entry, "through", "", bypass_breaker=True, attempts=attempts)
 
+    def repair(self, entry: CacheEntry) -> bool:
+        """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is
+        what closes the window other containers' open breakers leave). Raises RedisUnavailable on trouble,
+        for the caller to retry; nothing is kept for replay."""
+        fence = entry.fence()
+
+        def write(client: Any) -> Any:
+            keys, args = self._write_arguments(fence, "through", "")
+            return self._write_if_newer(keys=keys, args=args, client=client)
+
+        return bool(self._link.run(write, bypass_breaker=True))
+
+    def _write(
+        self, entry: CacheEntry, mode: str, token: str, *, bypass_breaker: bool = False, attempts: int = 1
+    ) -> bool:
         entry = self._cacheable(entry)
-        try:
-            self._replay_pending()
-            return self._store(entry)
-        except RedisUnavailable:
-            self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
-            self._remember(entry)
-            return False
+        for attempt in range(1, attempts + 1):
+            try:
+                self._replay_pending(bypass_breaker=bypass_breaker)
+                return self._store(entry, mode, token, bypass_breaker=bypass_breaker)
+            except RedisUnavailable as trouble:
+                self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
+                if attempt == attempts or not trouble.timed_out:
+                    self._remember(entry)
+                    break
+        return False
+
+    def _lease_tokens(self) -> dict[str, str]:
+        tokens: dict[str, str] | None = getattr(self._leases, "tokens", None)
+        if tokens is None:
+            tokens = self._leases.tokens = {}
+        return tokens
 
     def _cacheable(self, entry: CacheEntry) -> CacheEntry:
         record = entry.record
@@ -297,26 +417,37 @@ class RedisStateCache:
             return CacheEntry(replace(record, value=None))
         return entry
 
-    def _read_arguments(self) -> list[int]:
-        return [self._policy.max_entry_bytes, _MAX_SMALL_FIELD_BYTES]
+    def _read_keys(self, key: str) -> list[str]:
+        return [entry_key(key), lease_key(key)]
 
-    def _write_arguments(self, entry: CacheEntry) -> tuple[list[str], list[Any]]:
+    def _read_arguments(self) -> list[Any]:
+        lease_ms = max(1, int(self._policy.fill_lease_seconds * 1000))
+        return [self._policy.max_entry_bytes, _MAX_SMALL_FIELD_BYTES, secrets.token_hex(8), lease_ms]
+
+    def _write_arguments(self, entry: CacheEntry, mode: str, token: str) -> tuple[list[str], list[Any]]:
         """Only inside `run`/`pipeline`: signing needs the open link's key."""
-        metadata, data = entry.fields()
+        key = entry.record.key
         version = str(entry.version).encode("ascii")
+        signing_key = self._link.signing_key
+        metadata, data = entry.fields()
         encoded_metadata = metadata.encode("utf-8")
-        mac = entry_mac(self._link.signing_key, entry.record.key, version, encoded_metadata, data)
+        mac = entry_mac(signing_key, key, version, encoded_metadata, data)
+        fence_metadata = entry.fence().fields()[0].encode("utf-8")
+        fence_mac = entry_mac(signing_key, key, version, fence_metadata, b"")
         lifetime = self._policy.lifetime_ms(entry.record, self._clock())
-        return [entry_key(entry.record.key)], [version, encoded_metadata, data, lifetime, mac]
+        arguments = [version, encoded_metadata, data, lifetime, mac, mode, token, fence_metadata, fence_mac]
+        return [entry_key(key), lease_key(key)], arguments
 
-    def _store(self, entry: CacheEntry) -> bool:
+    def _store(
+        self, entry: CacheEntry, mode: str = "through", token: str = "", *, bypass_breaker: bool = False
+    ) -> bool:
         def write(client: Any) -> Any:
-            keys, args = self._write_arguments(entry)
+            keys, args = self._write_arguments(entry, mode, token)
             return self._write_if_newer(keys=keys, args=args, client=client)
 
-        return bool(self._link.run(write))
+        return bool(self._link.run(write, bypass_breaker=bypass_breaker))
 
-    def _replay_pending(self) -> None:
+    def _replay_pending(self, *, bypass_breaker: bool = False) -> None:
         """Replay cache writes that failed, before anything else is read or written, so a recovered Redis
         never serves an entry older than a write this container acknowledged."""
         if not self._pending:
@@ -325,11 +456,15 @@ class RedisStateCache:
             pending, self._pending = self._pending, {}
         for position, entry in enumerate(pending.values()):
             try:
-                self._store(entry.fence())
+                self._store(entry.fence(), bypass_breaker=bypass_breaker)
             except Exception:
                 for unsent in list(pending.values())[position:]:
                     self._remember(unsent)
                 raise
+
+    def remember(self, entry: CacheEntry) -> None:
+        """A write-through that did not reach Redis: replayed as a fence before this container's next call."""
+        self._remember(self._cacheable(entry))
 
     def _remember(self, entry: CacheEntry) -> None:
         with self._pending_lock:

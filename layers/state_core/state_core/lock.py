@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from state_core.breaker import RedisUnavailable
+from state_core.cache import WRITE_THROUGH_ATTEMPTS
 from state_core.metrics import MetricsSink
 
 if TYPE_CHECKING:
@@ -139,15 +140,21 @@ class RedisKeyLock:
 
     def write_and_release(self, lease: Lease, cache: RedisStateCache, entry: CacheEntry) -> None:
         """The write-through of `entry`, then the release, in one round trip. Both are idempotent, so a
-        resend after NOSCRIPT is safe. On Redis trouble the write is kept for replay and the lease expires."""
+        resend after NOSCRIPT is safe. Sent even while the breaker is open, like every write-through
+        (RedisStateCache.write_if_newer); after a timeout the write-through alone is tried once more, and a
+        write-through that did not land is kept for replay. The lease then expires."""
         try:
-            cache.replay_pending()
+            cache.replay_pending(bypass_breaker=True)
 
             def queue(pipe: Any) -> None:
                 cache.queue_write(pipe, entry)
                 pipe.evalsha(self._release.sha, 1, lock_key(lease.key), lease.token)
 
-            self._link.pipeline(queue, scripts=(*cache.scripts, self._release))
-        except RedisUnavailable:
-            cache.write_failed(entry)
+            self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
+        except RedisUnavailable as trouble:
+            cache.read_failed()  # counted as a cache error, like any failed cache call
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
+            if trouble.timed_out:
+                cache.write_if_newer(entry, attempts=WRITE_THROUGH_ATTEMPTS - 1)
+            else:
+                cache.remember(entry)

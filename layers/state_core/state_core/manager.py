@@ -58,6 +58,7 @@ class Cache(Protocol):
     """The versioned read cache (cache.RedisStateCache); never raises for Redis trouble."""
 
     def get(self, key: str) -> CacheEntry | None: ...
+    def fill(self, entry: CacheEntry) -> bool: ...
     def write_if_newer(self, entry: CacheEntry) -> bool: ...
 
 
@@ -128,7 +129,7 @@ class StateManager:
         """The key's current value and metadata; NotFound if absent, deleted or expired.
 
         Served from the cache when it holds the key; otherwise (or with `consistent`) a strongly consistent
-        read, which then fills the cache through its write-if-newer step.
+        read, which then fills the cache through its write-if-newer step, under the fill lease the miss took.
         """
         if self._cache is not None and not consistent:
             entry = self._cache.get(key)
@@ -145,9 +146,9 @@ class StateManager:
             # cached, so the cache does not count the table's corruption as its own.
             view = _view(key, record, now)
         except NotFound:
-            self._cache_write(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
+            self._cache_fill(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
             raise
-        self._cache_write(CacheEntry(view.record))
+        self._cache_fill(CacheEntry(view.record))
         return view
 
     def put(
@@ -359,6 +360,10 @@ class StateManager:
             self._history.record(record, operation)
         except Exception:  # any failure is covered by the stream's idempotent write
             self._metrics.add_metric(name="HistoryWriteErrors", unit="Count", value=1)
+
+    def _cache_fill(self, entry: CacheEntry) -> None:
+        if self._cache is not None:
+            self._cache.fill(entry)
 
     def _cache_write(self, entry: CacheEntry) -> None:
         if self._cache is not None:

@@ -1,11 +1,8 @@
-"""The sender of StateChanged events (DESIGN §6) and the stream's cache repair (DESIGN §5).
+"""The sender of StateChanged events (DESIGN §6). The cache repair runs on its own mapping (repair.py).
 
 For one batch of stream records it:
 
-1. repairs the Redis cache, best effort: every record's version goes in as a fence (no value), through the
-   one write-if-newer step, so older versions are kept out and readers fill the current state from
-   DynamoDB. Never the record's value: the record may be older than the table, and once a newer entry is
-   gone from the cache (its lifetime, an eviction, a restart) write-if-newer has nothing to compare with;
+1. records history and expiries (lifecycle.py) and collects blobs nothing refers to any more;
 2. sends the events with PutEvents, in stream order (version order per key), batched by count and size;
    `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in
    version order, with bounded attempts and jittered backoff;
@@ -49,10 +46,6 @@ class EventsClient(Protocol):
 
 class QueueClient(Protocol):
     def send_message(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-class CacheRepair(Protocol):
-    def write_if_newer(self, entry: Any) -> bool: ...
 
 
 class BlobCollector(Protocol):
@@ -110,7 +103,6 @@ class ChangePublisher:
         bus_name: str,
         dead_letters: QueueClient,
         dead_letter_queue_url: str,
-        cache: CacheRepair | None,
         metrics: MetricsSink,
         blobs: BlobCollector | None = None,
         lifecycle: Lifecycle | None = None,
@@ -125,7 +117,6 @@ class ChangePublisher:
         self._bus = bus_name
         self._dead_letters = dead_letters
         self._dlq_url = dead_letter_queue_url
-        self._cache = cache
         self._blobs = blobs
         self._lifecycle = lifecycle
         self._clock = clock
@@ -160,7 +151,6 @@ class ChangePublisher:
                 continue
             if change is not None:
                 changes.append(change)
-        self.repair_cache(changes)
         if self._lifecycle is not None:
             # Before anything is collected or published; a DynamoDB error fails the batch, which Lambda
             # retries (both are idempotent), so no version is ever missing from the history.
@@ -177,28 +167,6 @@ class ChangePublisher:
             dead_lettered=len(failed) - len(undelivered),
             failed_sequence_numbers=sorted(set(failures), key=lambda s: order.get(s, -1)),
         )
-
-    def repair_cache(self, changes: Iterable[StreamChange]) -> None:
-        """Every change's version as a fence through write-if-newer: a write whose own cache update failed
-        (Redis blip, function died after the DynamoDB write) can no longer be hidden by an older cached
-        entry. A fence, not the value: a lagging record installed with its value would be served as
-        current once the newer entry is gone. Never fails the batch."""
-        if self._cache is None:
-            return
-        from state_core.cache import CacheEntry
-
-        repaired = 0
-        for change in changes:
-            if change.record is None:
-                continue
-            try:
-                if self._cache.write_if_newer(CacheEntry(change.record).fence()):
-                    repaired += 1
-            except Exception as exc:
-                self._log.warning("cache repair failed", key=change.record.key, error=type(exc).__name__)
-                self._metrics.add_metric(name="CacheRepairErrors", unit="Count", value=1)
-        if repaired:
-            self._metrics.add_metric(name="CacheRepairs", unit="Count", value=repaired)
 
     def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
         """Remove value blobs nothing refers to any more: the one each change replaced (with history, only

@@ -23,7 +23,9 @@ Result = TypeVar("Result")
 
 def connect(url: str, *, password: str | None, timeout_seconds: float, username: str | None = None) -> redis.Redis:
     """A client that gives up fast: tens of milliseconds to connect or answer, and no retries of its own
-    (redis-py retries timeouts by default, multiplying the cost of a hung server)."""
+    (redis-py retries timeouts by default, multiplying the cost of a hung server). A pooled connection
+    that Redis closed while it was idle (a restart, a failover, a reset) is replaced by the pool before
+    use, so it costs no error."""
     return redis.Redis.from_url(
         url,
         username=username or None,
@@ -76,7 +78,9 @@ class RedisLink:
         # link is open; every call passes the client.
         return Script(None, source.encode("utf-8"))  # type: ignore[arg-type]
 
-    def pipeline(self, queue: Callable[[Any], None], scripts: Sequence[Any] = ()) -> list[Any]:
+    def pipeline(
+        self, queue: Callable[[Any], None], scripts: Sequence[Any] = (), *, bypass_breaker: bool = False
+    ) -> list[Any]:
         """Send the commands `queue` puts on a pipeline in one round trip (no MULTI) and return their
         replies; a failed command raises as a whole. Scripts go as raw EVALSHA: redis-py's own pipelined
         scripts cost a SCRIPT EXISTS round trip on every execute. When the server lacks one (first use, or
@@ -98,11 +102,13 @@ class RedisLink:
                 return list(replies)
             raise AssertionError("unreachable")
 
-        return self.run(send)
+        return self.run(send, bypass_breaker=bypass_breaker)
 
-    def run(self, operation: Callable[[redis.Redis], Result]) -> Result:
-        """Run `operation` with the client unless the breaker is open; any Redis trouble opens it."""
-        if not self._breaker.allow():
+    def run(self, operation: Callable[[redis.Redis], Result], *, bypass_breaker: bool = False) -> Result:
+        """Run `operation` with the client unless the breaker is open; any Redis trouble opens it.
+        `bypass_breaker`: sent even while it is open (write-throughs and the stream's cache repair: what
+        would otherwise leave other containers reading an entry older than an acknowledged write)."""
+        if not bypass_breaker and not self._breaker.allow():
             raise RedisUnavailable("circuit open")
         client = self._client or self._open()
         try:
@@ -110,7 +116,7 @@ class RedisLink:
         except (redis.RedisError, OSError) as exc:
             self._breaker.record_failure()
             self._on_error()
-            raise RedisUnavailable(type(exc).__name__) from exc
+            raise RedisUnavailable(type(exc).__name__, timed_out=isinstance(exc, redis.TimeoutError)) from exc
         self._breaker.record_success()
         return result
 

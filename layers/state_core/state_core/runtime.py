@@ -194,7 +194,7 @@ def publisher_settings() -> PublisherSettings:
 
 @functools.cache
 def change_publisher() -> Any:
-    """The stream's ChangePublisher: EventBridge, its dead-letter queue, and the cache to repair (if Redis)."""
+    """The stream's ChangePublisher: EventBridge and its dead-letter queue."""
     import boto3
 
     from state_core.history import HistoryStore
@@ -205,20 +205,11 @@ def change_publisher() -> Any:
     settings = publisher_settings()
     table_name = service_settings().table_name
     blobs = BlobStore(dynamodb_client(), table_name)
-    link = redis_link()
-    cache = None
-    if link is not None:
-        from state_core.cache import CachePolicy, RedisStateCache
-
-        cache = RedisStateCache(
-            link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=service_settings().cache_ttl_seconds)
-        )
     return ChangePublisher(
         boto3.client("events", config=EVENTS_CONFIG),
         bus_name=settings.event_bus_name,
         dead_letters=boto3.client("sqs", config=EVENTS_CONFIG),
         dead_letter_queue_url=settings.dead_letter_queue_url,
-        cache=cache,
         metrics=metrics,
         blobs=blobs,
         lifecycle=StreamLifecycle(
@@ -235,3 +226,18 @@ def change_publisher() -> Any:
         source=settings.event_source,
         max_detail_bytes=settings.max_detail_bytes,
     )
+
+
+@functools.cache
+def cache_repairer() -> Any:
+    """The stream's cache repair (repair.py), over the same Redis link and signing key as the state functions."""
+    from state_core.cache import CachePolicy, RedisStateCache
+    from state_core.repair import CacheRepairer
+
+    link = redis_link()
+    if link is None:
+        return None  # no cache, nothing to repair
+    cache = RedisStateCache(
+        link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=service_settings().cache_ttl_seconds)
+    )
+    return CacheRepairer(cache, metrics=metrics, log=logger)
