@@ -427,9 +427,14 @@ def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: F
         findings.unexcused.append((len(newer), since, latest.kind if latest else "none"))
         when = "no Redis fault before it" if latest is None else f"{since:.2f} s after a {latest.kind} fault ended"
         shown = read.version if read.status == 200 else "404"
+        missed = ", ".join(
+            f"{w.op_id} {w.kind} v{w.version} {w.invoked - read.invoked:+.2f}..{w.completed - read.invoked:+.2f} s"
+            f" [{w.request_id}]"
+            for w in newer
+        )
         problems.append(
-            f"{read.key}: read {read.op_id} got {shown} after v{last.version} was acknowledged "
-            f"({len(newer)} acknowledged versions behind, {when})"
+            f"{read.key}: read {read.op_id} [{read.request_id}] got {shown} after v{last.version} was acknowledged "
+            f"({len(newer)} acknowledged versions behind, {when}; missed {missed})"
         )
     # Merged members are never lost, and a refused write leaves nothing behind.
     answers = [op for op in ops if op.value is not None and isinstance(op.value, dict)]
