@@ -501,7 +501,8 @@ def test_concurrent_histories_satisfy_the_contract(history_stack, ledger, collec
 
 
 def stale_lag_summary(windows: list[FaultWindow]) -> str:
-    """ "Redis reachable again → last stale read": p50 and max over the faults, and by kind."""
+    """p50 and max over the faults, and by kind, of "Redis reachable again -> last stale read" (0 for a fault
+    that no stale read followed)."""
 
     def figures(lags: list[float]) -> str:
         if not lags:
@@ -521,6 +522,7 @@ def stale_lag_summary(windows: list[FaultWindow]) -> str:
 
 
 def unexcused_summary(unexcused: list[tuple[int, float | None, str]]) -> str:
+    """The stale reads the exception did not excuse: how many, how far behind, after which fault kind."""
     if not unexcused:
         return "0 stale reads outside the exception"
     behind = max(versions for versions, _, _ in unexcused)
