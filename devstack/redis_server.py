@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def redis_version(binary: str) -> tuple[int, ...]:
 class RedisServer:
     """`redis-server` on 127.0.0.1:<port> with `--save '' --appendonly no`; stop, pause (SIGSTOP), resume.
 
+    For fault injection, `stop(keep_data=True)` shuts down saving a snapshot that the next `start` loads (an
+    outage after which the old entries are back, as after a network partition heals), where a plain `stop`
+    loses everything (a restart comes back empty); `reset_connections` drops every client's connection.
+
     Loopback only and in protected mode, and never a version that obeys commands inside an HTTP request.
     With `password`, clients must AUTH (`requirepass`), as a deployed Redis with an AUTH token.
     """
@@ -72,6 +77,7 @@ class RedisServer:
         self.binary = binary or find_redis_server()
         self.password = password
         self._process: subprocess.Popen[bytes] | None = None
+        self._dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -82,6 +88,7 @@ class RedisServer:
         if version < MIN_VERSION:
             found, wanted = (".".join(map(str, v)) for v in (version, MIN_VERSION))
             raise RuntimeError(f"{self.binary} is {found}: a web page could drive it, {wanted} or later needed")
+        self._dir = self._dir or tempfile.mkdtemp(prefix="redis-server-")
         # The password goes in on stdin (`-`: the configuration follows there), never on the command line
         # where every local user's `ps` would show it.
         self._process = subprocess.Popen(
@@ -92,6 +99,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--save", "",
                 "--appendonly", "no",
+                "--dir", self._dir,
                 "--protected-mode", "yes",
                 "--loglevel", "warning",
             ],
@@ -120,16 +128,40 @@ class RedisServer:
         self.stop()
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Terminate the server; with `keep_data`, `SHUTDOWN SAVE` instead, so that `start` loads its data."""
         if self._process is not None and self._process.poll() is None:
             self.resume()
-            self._process.terminate()
+            if keep_data:
+                self._command(b"SHUTDOWN SAVE", expect_reply=False)
+            else:
+                self._process.terminate()
             try:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=5)
         self._process = None
+        if not keep_data and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def reset_connections(self) -> int:
+        """`CLIENT KILL TYPE normal` from an admin connection (spared itself): every client's connection
+        is closed under it, as by a network reset. Answers how many were closed."""
+        reply = self._command(b"CLIENT KILL TYPE normal")
+        found = re.search(rb":(\d+)\r\n$", reply)
+        if found is None:
+            raise RuntimeError(f"CLIENT KILL answered {reply!r}")
+        return int(found.group(1))
+
+    def _command(self, command: bytes, expect_reply: bool = True) -> bytes:
+        """One inline command on a fresh connection (after AUTH when a password is set): its reply."""
+        hello = f"AUTH {self.password}\r\n".encode() if self.password else b""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(hello + command + b"\r\n")
+            # SHUTDOWN answers nothing when it succeeds: the server closes the connection as it exits.
+            return _read_replies(sock, bool(self.password) + expect_reply)
 
     def pause(self) -> None:
         """SIGSTOP: the server holds connections open but answers nothing (a hung Redis)."""
