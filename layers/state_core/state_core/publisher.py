@@ -1,4 +1,4 @@
-"""The sender of StateChanged events (DESIGN §6). The cache repair runs on its own mapping (repair.py).
+"""The sender of StateChanged events. The cache repair runs on its own mapping (repair.py).
 
 For one batch of stream records it:
 
