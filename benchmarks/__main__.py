@@ -10,6 +10,7 @@ import platform
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from benchmarks.common import LAYER, REPO_ROOT, Row, format_table
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 64 concurrent PATCHes")
     parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "contention", "cold"))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(LAYER))
 
@@ -65,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         # Other work on the machine inflates absolute figures; ratios of interleaved pairs suffer less.
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(
         json.dumps(
             {
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{len(rows)} rows in {time.monotonic() - started:.0f} s on {machine['cpus']} CPUs "
         f"({machine['processor']}, Python {machine['python']}, load average {load_before:.1f} -> "
-        f"{os.getloadavg()[0]:.1f}); written to {RESULTS.relative_to(REPO_ROOT)}"
+        f"{os.getloadavg()[0]:.1f}); written to {args.results}"
     )
     return 0
 

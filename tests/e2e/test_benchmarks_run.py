@@ -1,0 +1,34 @@
+"""`make bench` stays runnable: timings are never asserted, but a benchmark that no longer runs (a row
+that stopped measuring what it names, a crash after a protocol change) fails here, not in someone's
+first `make bench`. One tiny run of every row, the contention row's local stack included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_benchmark_row_runs(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    tiny = ["--runs", "3", "--large-runs", "1", "--cold-runs", "1", "--rounds", "1"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *tiny, "--results", str(results)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    rows = {row["name"] for row in json.loads(results.read_text())["rows"]}
+    assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
+    assert any(name.startswith("64 concurrent PATCH") for name in rows)
+    assert any(name.startswith("cold import") for name in rows)
