@@ -40,6 +40,17 @@ class Container:
         self.manager = StateManager(self.store, clock=utc_now, metrics=self.metrics, cache=self.cache)
 
 
+def writer_and_reader(redis_url, table, key, *, writer_breaker=None):
+    """Two containers on one Redis: the writer has written version 1, the reader has filled it and then hit
+    it, so the cache holds version 1 with its value (a write-through of an unread key is only a fence)."""
+    writer = Container(redis_url, table, breaker=writer_breaker)
+    reader = Container(redis_url, table)
+    writer.manager.put(key, "v1", actor="alice")
+    assert reader.manager.get(key).record.version == 1
+    assert reader.manager.get(key).record.version == 1  # a hit
+    return writer, reader
+
+
 class Held:
     """The real store; the named thread's read (or write) returns, then waits until released."""
 
@@ -158,11 +169,7 @@ def test_the_breaker_retries_a_recovered_redis_within_the_bound():
 def test_a_writer_whose_breaker_was_open_fences_its_write_on_its_next_call(state_table, key):
     server = RedisServer().start()
     try:
-        writer = Container(server.url, state_table)
-        reader = Container(server.url, state_table)
-        writer.manager.put(key, "v1", actor="alice")
-        assert reader.manager.get(key).record.version == 1
-        assert reader.manager.get(key).record.version == 1  # a hit
+        writer, reader = writer_and_reader(server.url, state_table, key)
 
         server.pause()
         try:
@@ -185,11 +192,7 @@ def test_a_write_through_is_sent_even_while_the_writers_breaker_is_open(state_ta
     write still goes through, so no other container reads the entry it replaces."""
     server = RedisServer().start()
     try:
-        writer = Container(server.url, state_table, breaker=CircuitBreaker(open_seconds=30))
-        reader = Container(server.url, state_table)
-        writer.manager.put(key, "v1", actor="alice")
-        assert reader.manager.get(key).record.version == 1
-        assert reader.manager.get(key).record.version == 1  # a hit
+        writer, reader = writer_and_reader(server.url, state_table, key, writer_breaker=CircuitBreaker(open_seconds=30))
 
         server.pause()
         try:
@@ -223,11 +226,7 @@ class StallsOnce:
 def test_a_write_through_that_times_out_once_is_sent_again_before_the_write_is_acknowledged(
     redis_server, state_table, raw, key
 ):
-    writer = Container(redis_server.url, state_table)
-    reader = Container(redis_server.url, state_table)
-    writer.manager.put(key, "v1", actor="alice")
-    assert reader.manager.get(key).record.version == 1
-    assert reader.manager.get(key).record.version == 1  # a hit
+    writer, reader = writer_and_reader(redis_server.url, state_table, key)
     writer.link._client = StallsOnce(writer.link._client)
 
     writer.manager.put(key, "v2", actor="alice")
@@ -237,11 +236,8 @@ def test_a_write_through_that_times_out_once_is_sent_again_before_the_write_is_a
 
 
 def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_table, raw, key):
-    writer = Container(redis_server.url, state_table)
-    reader = Container(redis_server.url, state_table)
-    writer.manager.put(key, "v1", actor="alice")
-    assert reader.manager.get(key).record.version == 1
-    assert reader.manager.get(key).record.version == 1  # a hit; both containers hold a pooled connection
+    # Both containers now hold a pooled connection.
+    writer, reader = writer_and_reader(redis_server.url, state_table, key)
 
     raw.client_kill_filter(_type="normal", skipme=True)  # what a failover or a proxy restart does
     writer.manager.put(key, "v2", actor="alice")
@@ -256,21 +252,13 @@ def test_the_repair_keeps_retrying_while_redis_is_paused_and_lands_soon_after_it
 
     server = RedisServer().start()
     try:
-        writer = Container(server.url, state_table)
-        reader = Container(server.url, state_table)
-        writer.manager.put(key, "v1", actor="alice")
-        assert reader.manager.get(key).record.version == 1
+        _, reader = writer_and_reader(server.url, state_table, key)
         # Version 2 written by a container that never reached Redis (its write-through is lost with it).
         Container("redis://127.0.0.1:1", state_table).manager.put(key, "v2", actor="alice")
         records = stream_records(state_table, {key})
 
-        repair_link = RedisLink(
-            connect(server.url, password=None, timeout_seconds=0.05),
-            CircuitBreaker(),
-            on_error=lambda: None,
-            signing_key=SIGNING_KEY,
-        )
-        repair_cache = RedisStateCache(repair_link, RecordedMetrics(), clock=utc_now)
+        # The repair's own container: a cache on a link with a fresh breaker, like any function's.
+        repair_cache = Container(server.url, state_table).cache
         repairer = CacheRepairer(repair_cache, metrics=RecordedMetrics(), log=_Log())
 
         server.pause()
@@ -297,16 +285,9 @@ def test_the_repair_reports_the_first_unrepaired_record_when_time_runs_short(sta
     Container("redis://127.0.0.1:1", state_table).manager.put(key, "v1", actor="alice")
     Container("redis://127.0.0.1:1", state_table).manager.put(key, "v2", actor="alice")
     records = stream_records(state_table, {key})
-    dead = RedisLink(
-        connect("redis://127.0.0.1:1", password=None, timeout_seconds=0.05),
-        CircuitBreaker(),
-        on_error=lambda: None,
-        signing_key=SIGNING_KEY,
-    )
     left = iter([10.0, 5.0, 1.0])
-    repairer = CacheRepairer(
-        RedisStateCache(dead, RecordedMetrics(), clock=utc_now), metrics=RecordedMetrics(), log=_Log()
-    )
+    dead = Container("redis://127.0.0.1:1", state_table).cache
+    repairer = CacheRepairer(dead, metrics=RecordedMetrics(), log=_Log())
     failed = repairer.repair(records, lambda: next(left, 0.0))
     # The first state record (moto streams a keys-only insert before it): Lambda retries from there.
     first = next(r for r in records if "version" in r["dynamodb"].get("NewImage", {}))
