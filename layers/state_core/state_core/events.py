@@ -175,6 +175,19 @@ def operation_of(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Opera
     return Operation.UPDATED
 
 
+def new_state_image(stream_record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The state a state item's stream record wrote (its new image), or None when it wrote none:
+    - a REMOVE: only DynamoDB's TTL cleanup deletes state items, long after the expiry was decided and
+      published; it is not a change of state;
+    - an image without a version: every write sets the version atomically with the rest (moto's UpdateItem
+      of a new item streams a keys-only INSERT before the real one; DynamoDB never does)."""
+    ddb = stream_record["dynamodb"]
+    if "NewImage" not in ddb:
+        return None
+    new = image(ddb["NewImage"])
+    return new if "version" in new else None
+
+
 def build_change(
     stream_record: Mapping[str, Any],
     *,
@@ -189,14 +202,8 @@ def build_change(
     ddb = stream_record["dynamodb"]
     sequence_number = str(ddb["SequenceNumber"])
     when = recorded_at(stream_record)
-    if "NewImage" not in ddb:
-        # REMOVE: only DynamoDB's TTL cleanup deletes state items, long after the expiry was decided
-        # and published (DESIGN §3); it is not a change of state.
-        return StreamChange(sequence_number, None, None, recorded_at=when)
-    new = image(ddb["NewImage"])
-    if "version" not in new:
-        # Not a state: every write sets the version atomically with the rest. (moto's UpdateItem of a
-        # new item streams a keys-only INSERT before the real one; DynamoDB never does.)
+    new = new_state_image(stream_record)
+    if new is None:
         return StreamChange(sequence_number, None, None, recorded_at=when)
     old = image(ddb["OldImage"]) if "OldImage" in ddb else None
     if old is not None and "version" not in old:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from state_core.breaker import RedisUnavailable
-from state_core.events import image, is_state_record
+from state_core.events import is_state_record, new_state_image
 from state_core.metrics import MetricsSink
 from state_core.store import record_of_item
 
@@ -96,11 +96,8 @@ def _state_of(record: Mapping[str, Any]) -> Any:
     """The state a stream record wrote, or None (not a state item, a removal, moto's keys-only insert)."""
     if not is_state_record(record):
         return None
-    new = record["dynamodb"].get("NewImage")
-    if new is None:
-        return None
-    item = image(new)
-    if "version" not in item:
+    item = new_state_image(record)
+    if item is None:
         return None
     try:
         return record_of_item(item)
