@@ -34,6 +34,7 @@ from state_core.keys import validate_key
 from state_core.manager import Expectation, StateView
 from state_core.models import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
 from state_core.observability import logger, metrics
+from state_core.params import ETAG
 from state_core.policy import PolicyError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -47,8 +48,6 @@ Model = TypeVar("Model", bound=BaseModel)
 # fixes ttl_seconds outside 1 s..10 years, or not an integer, at 400.
 _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
-# ASCII digits and whitespace only: `\d` and `\s` would match other scripts' digits and spaces.
-_ETAG = re.compile(r'[ \t]*(W/)?"([0-9]{1,18})"[ \t]*\Z')
 
 _ERROR_DESCRIPTIONS = {
     400: "Invalid key, JSON, body, header or query parameter",
@@ -239,7 +238,7 @@ def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> 
         if if_match.strip() == "*":
             expected = "*"
         else:
-            match = _ETAG.match(if_match)
+            match = ETAG.match(if_match)
             if match is None or match.group(1):
                 raise BadRequest('If-Match must be * or one strong ETag such as "3"')
             expected = int(match.group(2))
@@ -277,7 +276,7 @@ def not_modified(event: APIGatewayProxyEventV2, version: int) -> bool:
     if header.strip() == "*":
         return True
     for candidate in header.split(","):
-        match = _ETAG.match(candidate)
+        match = ETAG.match(candidate)
         if match is not None and int(match.group(2)) == version:
             return True
     return False

@@ -16,7 +16,6 @@ never reach a handler; the HTTP API's access log (template.yaml, `StateApi` Acce
 
 from __future__ import annotations
 
-import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from aws_lambda_powertools import Logger
 
 from state_core.errors import InvalidKey
 from state_core.keys import validate_key
+from state_core.params import ETAG
 
 AUDIT_SERVICE = "state-service-audit"
 # The permission each audited action needs; operations not listed here (the authorizer) are not audited.
@@ -45,7 +45,6 @@ audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
 
 _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
 _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
-_ETAG = re.compile(r'[ \t]*(?:W/)?"([0-9]{1,18})"[ \t]*\Z')
 
 
 def begin() -> None:
@@ -68,8 +67,8 @@ def _version(response: Any) -> int | None:
     headers = response.get("headers") if isinstance(response, dict) else None
     for name, value in (headers or {}).items():
         if name.lower() == "etag" and isinstance(value, str):
-            match = _ETAG.match(value)
-            return int(match.group(1)) if match else None
+            match = ETAG.match(value)
+            return int(match.group(2)) if match else None
     return None
 
 

@@ -11,6 +11,9 @@ import re
 
 # ASCII only: `\d` would also match other scripts' digits, and `\Z` (unlike `$`) refuses a trailing newline.
 _DIGITS = re.compile(r"[0-9]{1,32}\Z")
+# One entity tag as this service writes them, `"<version>"`, maybe weak (`W/`, group 1), the version in
+# group 2; ASCII digits and blanks only (`\s` would match other scripts' spaces).
+ETAG = re.compile(r'[ \t]*(W/)?"([0-9]{1,18})"[ \t]*\Z')
 
 
 def ascii_int(text: str, *, low: int, high: int) -> int | None:
