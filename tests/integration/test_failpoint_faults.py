@@ -99,14 +99,20 @@ def test_a_write_that_dies_before_the_cache_is_not_lost_by_the_next_patch(armed,
     assert manager.get(key).record.version == 3
 
 
+def with_dynamodb_faults(redis_url, table, key):
+    """A manager whose DynamoDB client the armed failpoints can fault, with `key` written as version 1."""
+    client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    failpoints.install_dynamodb_faults(client)
+    manager, _ = build(redis_url, table, client=client)
+    manager.put(key, {"v": 1}, actor="t")
+    return manager
+
+
 def test_dynamodb_throttling_every_attempt_is_a_503_with_retry_after_and_writes_nothing(
     armed, redis_server, state_table, key
 ):
     # Given a client whose every DynamoDB request is answered "throttled" (botocore retries each one)
-    client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
-    failpoints.install_dynamodb_faults(client)
-    manager, _ = build(redis_server.url, state_table, client=client)
-    manager.put(key, {"v": 1}, actor="t")
+    manager = with_dynamodb_faults(redis_server.url, state_table, key)
     failpoints.arm("dynamodb_send", "return", "throttle")
 
     # When a PUT and a PATCH are attempted
@@ -134,10 +140,7 @@ def test_a_lost_answer_is_applied_by_the_table_and_a_write_is_then_settled_by_re
     armed, redis_server, state_table, key
 ):
     # Given a client whose next DynamoDB request reaches the table but whose answer is lost
-    client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
-    failpoints.install_dynamodb_faults(client)
-    manager, _ = build(redis_server.url, state_table, client=client)
-    manager.put(key, {"v": 1}, actor="t")
+    manager = with_dynamodb_faults(redis_server.url, state_table, key)
     failpoints.arm("dynamodb_answer", "return", "lost", count=1)
 
     # When a PUT's answer is lost: nobody wrote since, so reading the item back finds the write
