@@ -112,7 +112,7 @@ def run(svc: Services, runs: int, large_runs: int) -> list[Row]:
     import jwt
     import redis
 
-    from state_core.cache import entry_key
+    from state_core.cache.state_cache import entry_key
 
     events = load_module("bench_events", REPO_ROOT / "tests" / "integration" / "conftest.py")
     http_event, context = events.http_event, events.LambdaContext()
@@ -196,8 +196,8 @@ def run(svc: Services, runs: int, large_runs: int) -> list[Row]:
         # expression, as against the bare PutItem's.
         from datetime import UTC, datetime
 
-        from state_core.codec import StoredValue, canonical_json
-        from state_core.store import Precondition, StateStore
+        from state_core.domain.codec import StoredValue, canonical_json
+        from state_core.storage.state import Precondition, StateStore
 
         store = StateStore(ddb, svc.table)
         stored = StoredValue.encode(canonical_json(SMALL_VALUE))

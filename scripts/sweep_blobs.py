@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers" / "stat
 def main() -> int:
     import boto3
 
-    from state_core.blobs import BlobStore
     from state_core.runtime import DYNAMODB_CONFIG
+    from state_core.storage.blobs import BlobStore
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True)

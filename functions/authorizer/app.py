@@ -8,7 +8,7 @@ import os
 
 from state_core.config import AuthorizerSettings
 from state_core.observability import lambda_entry, logger, metrics
-from state_core.tokens import DiscoveredVerifier, IssuerUnavailable, TokenRejected, bearer_token
+from state_core.security.tokens import DiscoveredVerifier, IssuerUnavailable, TokenRejected, bearer_token
 
 DENY = {"isAuthorized": False}
 

@@ -3,10 +3,10 @@
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from state_core import api
-from state_core.auth import WRITE
+from state_core.api import edge
 from state_core.observability import lambda_entry
 from state_core.runtime import state_manager
+from state_core.security.principal import WRITE
 
 router = APIGatewayHttpRouter()
 
@@ -15,20 +15,20 @@ router = APIGatewayHttpRouter()
     "/state/<key>",
     summary="Delete a key",
     responses={
-        204: {"description": "Deleted; the ETag names the tombstone's version", "headers": api.ETAG_HEADER},
-        **api.error_responses(400, 403, 404, 412, 503),
+        204: {"description": "Deleted; the ETag names the tombstone's version", "headers": edge.ETAG_HEADER},
+        **edge.error_responses(400, 403, 404, 412, 503),
     },
 )
 def delete_state(key: str):
     event = router.current_event
-    key = api.request_key(event)
-    principal = api.authorized_principal(event, WRITE, key)
-    expect = api.expectation(event, allow_if_none_match=False)
+    key = edge.request_key(event)
+    principal = edge.authorized_principal(event, WRITE, key)
+    expect = edge.expectation(event, allow_if_none_match=False)
     tombstone = state_manager().delete(key, actor=principal.subject, expect=expect)
-    return Response(status_code=204, headers={"ETag": api.etag(tombstone.version)})
+    return Response(status_code=204, headers={"ETag": edge.etag(tombstone.version)})
 
 
-app = api.build_resolver(router)
+app = edge.build_resolver(router)
 
 
 @lambda_entry("delete")

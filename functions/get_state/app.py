@@ -3,11 +3,12 @@ GET /state/{key}/history: list its versions (issue 9). Both are reads with `stat
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from state_core import api, audit
-from state_core.auth import READ
-from state_core.history import page_limit, requested_version
+from state_core.api import edge
 from state_core.observability import lambda_entry
 from state_core.runtime import history_reader, state_manager
+from state_core.security import audit
+from state_core.security.principal import READ
+from state_core.storage.history import page_limit, requested_version
 
 router = APIGatewayHttpRouter()
 
@@ -16,44 +17,44 @@ router = APIGatewayHttpRouter()
     "/state/<key>",
     summary="Read a key's current state, or one of its versions",
     responses={
-        200: api.ENVELOPE_RESPONSE,
-        304: {"description": "Not modified", "headers": api.ETAG_HEADER},
-        **api.error_responses(400, 403, 404, 503),
-        410: api.GONE_RESPONSE,
+        200: edge.ENVELOPE_RESPONSE,
+        304: {"description": "Not modified", "headers": edge.ETAG_HEADER},
+        **edge.error_responses(400, 403, 404, 503),
+        410: edge.GONE_RESPONSE,
     },
 )
 def get_state(key: str):
     event = router.current_event
     # Noted first, so that a request refused for its key or version is still told apart in the audit.
     audit.note_action("get_version" if "version" in (event.query_string_parameters or {}) else "get")
-    key = api.request_key(event)
-    api.authorized_principal(event, READ, key)
+    key = edge.request_key(event)
+    edge.authorized_principal(event, READ, key)
     # Both parsed before either is used: a malformed parameter is a 400 whichever read it would steer.
-    version = requested_version(api.query_parameter(event, "version"))
-    consistent = api.consistent_read_requested(event)
+    version = requested_version(edge.query_parameter(event, "version"))
+    consistent = edge.consistent_read_requested(event)
     if version is not None:
         record, value = history_reader().version(key, version)
-        return api.state_response(200, record, value)
+        return edge.state_response(200, record, value)
     view = state_manager().get(key, consistent=consistent)
-    return api.read_response(event, view)
+    return edge.read_response(event, view)
 
 
 @router.get(
     "/state/<key>/history",
     summary="List a key's versions, newest first",
-    responses={200: api.HISTORY_RESPONSE, **api.error_responses(400, 403, 404, 503)},
+    responses={200: edge.HISTORY_RESPONSE, **edge.error_responses(400, 403, 404, 503)},
 )
 def get_history(key: str):
     event = router.current_event
     audit.note_action("list_history")
-    key = api.request_key(event)
-    api.authorized_principal(event, READ, key)
-    limit = page_limit(api.query_parameter(event, "limit"))
-    page = history_reader().list(key, limit=limit, cursor=api.query_parameter(event, "cursor"))
-    return api.json_response(200, page.body())
+    key = edge.request_key(event)
+    edge.authorized_principal(event, READ, key)
+    limit = page_limit(edge.query_parameter(event, "limit"))
+    page = history_reader().list(key, limit=limit, cursor=edge.query_parameter(event, "cursor"))
+    return edge.json_response(200, page.body())
 
 
-app = api.build_resolver(router)
+app = edge.build_resolver(router)
 
 
 @lambda_entry("get")

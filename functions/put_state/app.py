@@ -2,12 +2,12 @@
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from state_core import api
-from state_core.auth import WRITE
-from state_core.codec import parse_json
-from state_core.models import PutStateRequest
+from state_core.api import edge
+from state_core.domain.codec import parse_json
+from state_core.domain.records import PutStateRequest
 from state_core.observability import lambda_entry
 from state_core.runtime import state_manager
+from state_core.security.principal import WRITE
 
 router = APIGatewayHttpRouter()
 
@@ -16,25 +16,25 @@ router = APIGatewayHttpRouter()
     "/state/<key>",
     summary="Create or replace a key's value",
     responses={
-        200: api.METADATA_RESPONSE,
-        201: {**api.METADATA_RESPONSE, "description": "Created"},
-        **api.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
+        200: edge.METADATA_RESPONSE,
+        201: {**edge.METADATA_RESPONSE, "description": "Created"},
+        **edge.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
     },
 )
 def put_state(key: str):
     event = router.current_event
-    key = api.request_key(event)
-    principal = api.authorized_principal(event, WRITE, key)
-    expect = api.expectation(event, allow_if_none_match=True)
-    api.require_content_type(event, api.JSON_CONTENT_TYPE)
-    request = api.validated(PutStateRequest, parse_json(api.body_bytes(event)))
+    key = edge.request_key(event)
+    principal = edge.authorized_principal(event, WRITE, key)
+    expect = edge.expectation(event, allow_if_none_match=True)
+    edge.require_content_type(event, edge.JSON_CONTENT_TYPE)
+    request = edge.validated(PutStateRequest, parse_json(edge.body_bytes(event)))
     result = state_manager().put(
         key, request.value, actor=principal.subject, ttl_seconds=request.ttl_seconds, expect=expect
     )
-    return api.state_response(201 if result.created else 200, result.record, None)
+    return edge.state_response(201 if result.created else 200, result.record, None)
 
 
-app = api.build_resolver(router)
+app = edge.build_resolver(router)
 
 
 @lambda_entry("put")

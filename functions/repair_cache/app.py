@@ -1,4 +1,4 @@
-"""repair_cache: the table's stream -> every state version fenced into the Redis cache (state_core.repair).
+"""repair_cache: the table's stream -> every state version fenced into the Redis cache (state_core.stream.repair).
 
 Its own event source mapping (state items only, ReportBatchItemFailures), so a Redis outage never holds up
 the events, and a slow EventBridge never holds up the repair. It keeps retrying while Redis is down and

@@ -118,8 +118,8 @@ def test_a_write_whose_handler_never_ran_past_it_still_yields_its_event(devstack
     # The crash right after the DynamoDB write, in its strongest form: the write is made through the
     # core's StateStore directly, so nothing that a handler does after a write (response, cache
     # write-through) ever happens. The stream alone carries the change out.
-    from state_core.codec import StoredValue
-    from state_core.store import Precondition, StateStore
+    from state_core.domain.codec import StoredValue
+    from state_core.storage.state import Precondition, StateStore
 
     key = f"ev:{uuid.uuid4().hex}"
     ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
@@ -154,8 +154,8 @@ def test_the_stream_brings_the_cache_to_a_version_the_handler_never_cached(devst
     # only the stream's cache repair (repair_cache, its own mapping) can put the new version into Redis.
     import redis
 
-    from state_core.manager import StateManager
-    from state_core.store import StateStore
+    from state_core.service.manager import StateManager
+    from state_core.storage.state import StateStore
 
     redis_url = next(line.split()[1] for line in devstack.output if line.startswith("redis "))
     # The stack's Redis wants the AUTH token the functions read from Secrets Manager.

@@ -18,7 +18,7 @@ import requests
 from test_change_events import Inbox
 
 from devstack.resources import DUMMY_CREDENTIALS
-from state_core.history import encode_cursor
+from state_core.storage.history import encode_cursor
 from tests.stack import start_devstack
 
 pytestmark = pytest.mark.e2e

@@ -140,7 +140,7 @@ def client(moto_server):
 @pytest.fixture
 def store(client, state_table):
     """The real StateStore on the state table."""
-    from state_core.store import StateStore
+    from state_core.storage.state import StateStore
 
     return StateStore(client, state_table)
 

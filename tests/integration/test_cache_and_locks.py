@@ -11,16 +11,16 @@ import pytest
 import redis
 
 from devstack.redis_server import RedisServer
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
-from state_core.codec import StoredValue
-from state_core.errors import NotFound
-from state_core.lock import LockPolicy, RedisKeyLock
-from state_core.manager import StateManager
-from state_core.models import StateRecord
-from state_core.redis_link import RedisLink, connect
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.lock import LockPolicy, RedisKeyLock
+from state_core.cache.state_cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import NotFound
+from state_core.domain.records import StateRecord
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from devstack.redis_server import RedisServer
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CachePolicy, RedisStateCache, entry_key
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
 from state_core.config import ServiceSettings
-from state_core.manager import StateManager
-from state_core.redis_link import RedisLink, connect
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -247,7 +247,7 @@ def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_
 
 
 def test_the_repair_keeps_retrying_while_redis_is_paused_and_lands_soon_after_it_resumes(state_table, key):
-    from state_core.repair import CacheRepairer
+    from state_core.stream.repair import CacheRepairer
     from tests.integration.test_publisher import stream_records
 
     server = RedisServer().start()
@@ -279,7 +279,7 @@ def test_the_repair_keeps_retrying_while_redis_is_paused_and_lands_soon_after_it
 
 
 def test_the_repair_reports_the_first_unrepaired_record_when_time_runs_short(state_table, key):
-    from state_core.repair import CacheRepairer
+    from state_core.stream.repair import CacheRepairer
     from tests.integration.test_publisher import stream_records
 
     Container("redis://127.0.0.1:1", state_table).manager.put(key, "v1", actor="alice")

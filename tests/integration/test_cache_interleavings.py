@@ -36,15 +36,15 @@ import pytest
 import redis
 
 from state_core import failpoints
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
-from state_core.codec import StoredValue
-from state_core.errors import NotFound
-from state_core.manager import StateManager
-from state_core.models import StateRecord, rfc3339
-from state_core.redis_link import RedisLink, connect
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.state_cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import NotFound
+from state_core.domain.records import StateRecord, rfc3339
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import ConditionFailed, Precondition, StateStore, WriteResult
+from state_core.service.manager import StateManager
+from state_core.storage.state import ConditionFailed, Precondition, StateStore, WriteResult
 from tests.doubles import SIGNING_KEY, NoMetrics, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
@@ -344,7 +344,7 @@ def test_two_readers_and_two_writers_sampled_against_moto(armed, moto_store, red
 def test_the_checker_notices_a_cache_without_the_version_fence(armed, redis_server, monkeypatch):
     """The check is not vacuous: with the compare step removed (plain overwrite), some order leaves the
     cache stale and some read older than an acknowledged write."""
-    import state_core.cache as cache_module
+    import state_core.cache.state_cache as cache_module
 
     unfenced = cache_module._WRITE_IF_NEWER.replace("cached and cached >= tonumber(ARGV[1])", "false")
     # ...and without the fill lease, which alone would refuse the late fill this check expects to catch.

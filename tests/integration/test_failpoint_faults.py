@@ -13,15 +13,16 @@ import boto3
 import pytest
 import redis
 
-from state_core import api, failpoints
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CachePolicy, RedisStateCache, entry_key
-from state_core.errors import NotFound, ServiceUnavailable
-from state_core.lock import LockPolicy, RedisKeyLock
-from state_core.manager import StateManager
-from state_core.redis_link import RedisLink, connect
+from state_core import failpoints
+from state_core.api import edge
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.lock import LockPolicy, RedisKeyLock
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
+from state_core.domain.errors import NotFound, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,7 @@ def test_dynamodb_throttling_every_attempt_is_a_503_with_retry_after_and_writes_
     print(f"\nthrottled PUT: {put_attempts} attempts in {put_seconds:.2f} s; PUT + PATCH: {attempts} attempts")
 
     # Then the client gets 503 with Retry-After, botocore tried 3 times per call, and nothing was written
-    response = api.problem(put_error.value)
+    response = edge.problem(put_error.value)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert put_attempts == 3

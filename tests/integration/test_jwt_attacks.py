@@ -18,7 +18,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from state_core.tokens import bearer_token
+from state_core.security.tokens import bearer_token
 from tests.jwt_support import (
     ABSENT,
     AUDIENCE,
@@ -690,7 +690,7 @@ def test_the_authorizer_has_no_dynamodb_or_redis_client_at_all():
         "spec = importlib.util.spec_from_file_location('app', 'functions/authorizer/app.py')\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         # Powertools imports the bare botocore package (for its user agent); no client or session.
-        "bad = ('boto3', 'botocore.', 'redis', 'state_core.store', 'state_core.manager', 'state_core.runtime')\n"
+        "bad = ('boto3', 'botocore.', 'redis', 'state_core.storage', 'state_core.service', 'state_core.runtime')\n"
         "print(sorted(m for m in sys.modules if m.startswith(bad)))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "layers" / "state_core")}

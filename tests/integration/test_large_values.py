@@ -10,11 +10,11 @@ from datetime import timedelta
 
 import pytest
 
-from state_core.blobs import SWEEP_LAG_SECONDS, WRITE_GRACE_SECONDS
-from state_core.codec import StoredValue
-from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed
-from state_core.manager import Expectation, StateManager
-from state_core.store import new_write_id
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import NotFound, PayloadTooLarge, PreconditionFailed
+from state_core.service.manager import Expectation, StateManager
+from state_core.storage.blobs import SWEEP_LAG_SECONDS, WRITE_GRACE_SECONDS
+from state_core.storage.state import new_write_id
 from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration

@@ -13,16 +13,16 @@ import string
 import boto3
 import pytest
 
-from state_core import api
-from state_core.blobs import BlobRef
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CachePolicy, RedisStateCache
-from state_core.errors import OutcomeUnknown, StateError
-from state_core.lock import LockPolicy, RedisKeyLock
-from state_core.manager import Expectation, StateManager
-from state_core.redis_link import RedisLink, connect
+from state_core.api import edge
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.lock import LockPolicy, RedisKeyLock
+from state_core.cache.state_cache import CachePolicy, RedisStateCache
+from state_core.domain.errors import OutcomeUnknown, StateError
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import Expectation, StateManager
+from state_core.storage.blobs import BlobRef
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, LostAnswer, NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def lossy(state_table, redis_server):
 
 
 def assert_outcome_unknown(error):
-    response = api.problem(error)
+    response = edge.problem(error)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert json.loads(response.body)["type"].endswith("/write-outcome-unknown")

@@ -15,10 +15,10 @@ import pytest
 
 from devstack.event_tail import take_messages
 from devstack.stream_poller import lambda_record
-from state_core.events import Operation, event_id
-from state_core.manager import StateManager
-from state_core.publisher import ChangePublisher, PublishPolicy
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
+from state_core.stream.events import Operation, event_id
+from state_core.stream.publisher import ChangePublisher, PublishPolicy
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -252,9 +252,9 @@ def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, st
 
 
 def redis_cache(redis_server: Any, **policy: Any) -> Any:
-    from state_core.breaker import CircuitBreaker
-    from state_core.cache import CachePolicy, RedisStateCache
-    from state_core.redis_link import RedisLink, connect
+    from state_core.cache.breaker import CircuitBreaker
+    from state_core.cache.link import RedisLink, connect
+    from state_core.cache.state_cache import CachePolicy, RedisStateCache
 
     link = RedisLink(
         connect(redis_server.url, password=None, timeout_seconds=0.5),
@@ -267,7 +267,7 @@ def redis_cache(redis_server: Any, **policy: Any) -> Any:
 
 def repairer(cache: Any) -> Any:
     """The stream's cache repair (its own mapping, repair_cache), with the backoff it runs with."""
-    from state_core.repair import CacheRepairer
+    from state_core.stream.repair import CacheRepairer
 
     return CacheRepairer(cache, metrics=RecordedMetrics(), log=Log())
 
@@ -338,7 +338,7 @@ def test_a_lagging_delete_never_hides_the_re_created_key(aws, manager, state_tab
 def test_a_lagging_record_never_outlives_a_short_lived_newer_entry(aws, state_table, redis_server):
     import time
 
-    from state_core.errors import NotFound
+    from state_core.domain.errors import NotFound
 
     # Given version 1 and then version 2 with ttl_seconds=1, both written through the cache: version 2's
     # entry lives only past the key's expiry by the run margin (30 s deployed, 0.2 s here to keep it short)
@@ -376,8 +376,8 @@ def collecting_publisher(aws: dict[str, Any], state_table: str, *, lag_seconds: 
     """The deployed publisher's blob collection and history, in a run `lag_seconds` behind the stream."""
     from datetime import timedelta
 
-    from state_core.history import HistoryStore
-    from state_core.lifecycle import StreamLifecycle
+    from state_core.storage.history import HistoryStore
+    from state_core.stream.lifecycle import StreamLifecycle
 
     client = boto3.client("dynamodb", region_name=REGION)
     store = StateStore(client, state_table)
@@ -396,7 +396,7 @@ def history_managers(state_table: str, broken_metrics: RecordedMetrics) -> tuple
     """Two request paths with history: one whose history writes land, one whose history writes fail."""
     from botocore.config import Config
 
-    from state_core.history import HistoryStore
+    from state_core.storage.history import HistoryStore
     from tests.doubles import FailingService
 
     client = boto3.client("dynamodb", region_name=REGION)
@@ -453,8 +453,8 @@ def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, sta
 def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws, state_table):
     from datetime import timedelta
 
-    from state_core.codec import StoredValue
-    from state_core.store import new_write_id
+    from state_core.domain.codec import StoredValue
+    from state_core.storage.state import new_write_id
 
     # Given a write that died between its blob and its state item more than the grace before a later write
     working, _ = history_managers(state_table, RecordedMetrics())
@@ -480,7 +480,7 @@ def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws
 
 
 def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
-    from state_core.history import HistoryReader, HistoryStore
+    from state_core.storage.history import HistoryReader, HistoryStore
 
     # Given version 1 (a blob), version 2 (a blob) whose request-path history write failed, and version 3
     working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
@@ -505,8 +505,8 @@ def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_strea
 def test_the_sweep_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
     from datetime import timedelta
 
-    from state_core.blobs import WRITE_GRACE_SECONDS, BlobStore
-    from state_core.history import HistoryReader, HistoryStore
+    from state_core.storage.blobs import WRITE_GRACE_SECONDS, BlobStore
+    from state_core.storage.history import HistoryReader, HistoryStore
 
     # Given version 1 (a blob) whose request-path history write failed, replaced by version 2
     broken_metrics = RecordedMetrics()
@@ -533,7 +533,7 @@ def test_the_replay_sends_only_this_stacks_state_changed_entries_and_reads_bound
     aws, manager, state_table, moto_server
 ):
     from devstack.replay import replay
-    from state_core.publisher import DEAD_LETTER_FORMAT
+    from state_core.stream.publisher import DEAD_LETTER_FORMAT
 
     # Given a dead-letter queue and a failure bucket that someone besides the publisher wrote to
     suffix = uuid.uuid4().hex[:8]

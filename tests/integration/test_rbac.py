@@ -13,9 +13,10 @@ import uuid
 import pytest
 from conftest import http_event
 
-from state_core import audit, runtime
+from state_core import runtime
 from state_core.observability import logger as service_logger
-from state_core.policy import PolicyError, parse_role_policy
+from state_core.security import audit
+from state_core.security.policy import PolicyError, parse_role_policy
 from tests.jwt_support import ABSENT, AUDIENCE, Authorizer, claims_for, key_host, rsa_key, sign
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,7 @@ def test_a_missing_policy_file_fails_closed(invoke, policy_file, monkeypatch, se
 
 
 def test_the_shipped_policy_is_valid():
-    from state_core.policy import DEFAULT_POLICY_FILE, load_role_policy
+    from state_core.security.policy import DEFAULT_POLICY_FILE, load_role_policy
 
     assert load_role_policy(DEFAULT_POLICY_FILE).roles
 

@@ -54,7 +54,7 @@ def entry(key):
 def sign(signing_key, key, version, metadata, data):
     """The entry's MAC as the service computes it (none before entries were signed)."""
     try:
-        from state_core.cache import entry_mac
+        from state_core.cache.state_cache import entry_mac
     except ImportError:
         return b""
     return entry_mac(signing_key, key, version, metadata, data)

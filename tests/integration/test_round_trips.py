@@ -9,13 +9,13 @@ import boto3
 import pytest
 import redis
 
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CachePolicy, RedisStateCache, entry_key
-from state_core.lock import LockPolicy, RedisKeyLock
-from state_core.manager import StateManager
-from state_core.redis_link import RedisLink
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink
+from state_core.cache.lock import LockPolicy, RedisKeyLock
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration

@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from state_core.breaker import CircuitBreaker
-from state_core.cache import CachePolicy, RedisStateCache, entry_key
-from state_core.errors import NotFound, PreconditionFailed
-from state_core.lock import RedisKeyLock
-from state_core.manager import Expectation, StateManager
-from state_core.redis_link import RedisLink, connect
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.lock import RedisKeyLock
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
+from state_core.domain.errors import NotFound, PreconditionFailed
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import Expectation, StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, Clock, NoMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]

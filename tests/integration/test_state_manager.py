@@ -9,10 +9,10 @@ import uuid
 import boto3
 import pytest
 
-from state_core.errors import NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable
-from state_core.manager import Expectation, StateManager
+from state_core.domain.errors import NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.service.manager import Expectation, StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import RecordedMetrics
 
 pytestmark = pytest.mark.integration

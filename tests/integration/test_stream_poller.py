@@ -15,8 +15,8 @@ import pytest
 from devstack.event_tail import take_messages
 from devstack.stream_poller import MappingSettings, StreamPoller, matches
 from devstack.workers import InvokeResult, WorkerConfig, WorkerPool
-from state_core.manager import StateManager
-from state_core.store import StateStore
+from state_core.service.manager import StateManager
+from state_core.storage.state import StateStore
 from tests.doubles import NoMetrics, utc_now
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import pytest
 from conftest import LambdaContext, http_event
 
 from state_core import deadline
-from state_core.errors import ServiceUnavailable
+from state_core.domain.errors import ServiceUnavailable
 from state_core.runtime import DYNAMODB_ATTEMPT_BUDGET_SECONDS, DYNAMODB_CONFIG
-from state_core.store import StateStore
+from state_core.storage.state import StateStore
 from tests.doubles import FailingService
 
 pytestmark = pytest.mark.integration

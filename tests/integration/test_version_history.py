@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from state_core.errors import BadRequest, Gone, NotFound, ServiceUnavailable
-from state_core.history import HistoryReader, HistoryStore, decode_cursor, encode_cursor, history_sort_key
-from state_core.lifecycle import StreamLifecycle, expiry_marker
-from state_core.manager import StateManager
+from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG
-from state_core.store import ConditionFailed
+from state_core.service.manager import StateManager
+from state_core.storage.history import HistoryReader, HistoryStore, decode_cursor, encode_cursor, history_sort_key
+from state_core.storage.state import ConditionFailed
+from state_core.stream.lifecycle import StreamLifecycle, expiry_marker
 from tests.doubles import FailingService, NoMetrics
 
 pytestmark = pytest.mark.integration
@@ -174,7 +174,7 @@ def test_a_write_that_finds_the_key_expired_writes_the_expiry_as_a_version_first
 
 
 def test_if_none_match_over_an_expired_key_creates_after_the_expiry(manager, clock, key):
-    from state_core.manager import Expectation
+    from state_core.service.manager import Expectation
 
     manager.put(key, "short", actor="alice", ttl_seconds=1)
     clock.advance(2)

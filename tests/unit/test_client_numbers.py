@@ -13,9 +13,12 @@ import hashlib
 import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from state_core import api, audit
-from state_core.errors import BadRequest
-from state_core.history import (
+from state_core.api import edge
+from state_core.domain.errors import BadRequest
+from state_core.domain.params import ascii_int
+from state_core.domain.records import MAX_TTL_SECONDS, PutStateRequest
+from state_core.security import audit
+from state_core.storage.history import (
     MAX_PAGE,
     MAX_REQUESTED_VERSION,
     decode_cursor,
@@ -23,8 +26,6 @@ from state_core.history import (
     page_limit,
     requested_version,
 )
-from state_core.models import MAX_TTL_SECONDS, PutStateRequest
-from state_core.params import ascii_int
 
 pytestmark = pytest.mark.unit
 
@@ -116,18 +117,18 @@ def event(headers=None, query=None):
 )
 def test_if_match_takes_one_strong_etag_of_ascii_digits(header):
     with pytest.raises(BadRequest, match="If-Match"):
-        api.expectation(event({"if-match": header}), allow_if_none_match=False)
+        edge.expectation(event({"if-match": header}), allow_if_none_match=False)
 
 
 def test_if_match_good_forms():
     for header, version in (('"3"', 3), (' "3" ', 3), ('\t"12"', 12)):
-        assert api.expectation(event({"if-match": header}), allow_if_none_match=False).if_match == version
+        assert edge.expectation(event({"if-match": header}), allow_if_none_match=False).if_match == version
 
 
 @pytest.mark.parametrize("header", ['"\u0663"', 'W/"\uff13"', '"3"\n'])
 def test_if_none_match_with_no_plain_etag_matches_nothing(header):
-    assert not api.not_modified(event({"if-none-match": header}), 3)
-    assert api.not_modified(event({"if-none-match": 'W/"3"'}), 3)
+    assert not edge.not_modified(event({"if-none-match": header}), 3)
+    assert edge.not_modified(event({"if-none-match": 'W/"3"'}), 3)
 
 
 def test_the_audit_record_reads_only_plain_etags():
@@ -138,13 +139,13 @@ def test_the_audit_record_reads_only_plain_etags():
 @pytest.mark.parametrize("value", ["TRUE", "1", "", "true,true", "tru\u0435"])
 def test_consistent_is_true_or_false_given_once(value):
     with pytest.raises(BadRequest, match="consistent"):
-        api.consistent_read_requested(event(query={"consistent": value}))
+        edge.consistent_read_requested(event(query={"consistent": value}))
 
 
 def test_consistent_good_forms():
-    assert api.consistent_read_requested(event(query={"consistent": "true"})) is True
-    assert api.consistent_read_requested(event(query={"consistent": "false"})) is False
-    assert api.consistent_read_requested(event()) is False
+    assert edge.consistent_read_requested(event(query={"consistent": "true"})) is True
+    assert edge.consistent_read_requested(event(query={"consistent": "false"})) is False
+    assert edge.consistent_read_requested(event()) is False
 
 
 @pytest.mark.parametrize(
@@ -158,4 +159,4 @@ def test_a_ttl_that_is_a_whole_number_written_with_a_fraction_is_that_integer(tt
 @pytest.mark.parametrize("ttl", [1.5, "5", True, 0.0, float(MAX_TTL_SECONDS + 1), 1e308, float("nan"), [5]])
 def test_a_ttl_that_is_not_a_whole_number_in_range_is_a_bad_request(ttl):
     with pytest.raises(BadRequest, match="ttl_seconds"):
-        api.validated(PutStateRequest, {"value": 1, "ttl_seconds": ttl})
+        edge.validated(PutStateRequest, {"value": 1, "ttl_seconds": ttl})

@@ -20,9 +20,9 @@ from botocore.exceptions import (
 )
 
 from devstack.resources import DUMMY_CREDENTIALS
-from state_core.errors import OutcomeUnknown, ServiceUnavailable
+from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.runtime import DYNAMODB_CONFIG, EVENTS_CONFIG
-from state_core.store import AnswerLost, StateStore
+from state_core.storage.state import AnswerLost, StateStore
 from tests.doubles import FailingService, utc_now
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from state_core.codec import (
+from state_core.domain.codec import (
     ENCODING_IDENTITY,
     ENCODING_ZLIB,
     MAX_BODY_BYTES,
@@ -19,7 +19,7 @@ from state_core.codec import (
     check_value_size,
     parse_json,
 )
-from state_core.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
+from state_core.domain.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
 
 pytestmark = pytest.mark.unit
 

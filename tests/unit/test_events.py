@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from state_core.codec import StoredValue
-from state_core.events import (
+from state_core.domain.codec import StoredValue
+from state_core.stream.events import (
     MAX_REQUEST_BYTES,
     Operation,
     batches,

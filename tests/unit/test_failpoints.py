@@ -110,7 +110,7 @@ def test_unknown_points_and_actions_are_refused(enabled):
 def test_every_call_in_the_core_sits_behind_the_module_flag():
     """A disarmed point costs one attribute read: the core never calls hit() unguarded."""
     calls = 0
-    for path in CORE.glob("*.py"):
+    for path in CORE.rglob("*.py"):
         if path.name == "failpoints.py":
             continue
         lines = path.read_text().splitlines()
@@ -134,7 +134,7 @@ def test_disarming_everything_clears_the_flag(enabled):
 
 
 def test_every_named_point_is_called_somewhere_in_the_core():
-    source = "\n".join(p.read_text() for p in CORE.glob("*.py"))
+    source = "\n".join(p.read_text() for p in CORE.rglob("*.py"))
     called = set(re.findall(r'failpoints\.hit\("([a-z_]+)"', source)) | {"dynamodb_send", "dynamodb_answer"}
     assert called == set(failpoints.POINTS)
 

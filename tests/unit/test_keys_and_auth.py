@@ -2,9 +2,9 @@
 
 import pytest
 
-from state_core.auth import READ, WRITE, Principal, authorize
-from state_core.errors import Forbidden, InvalidKey, Unauthenticated
-from state_core.keys import validate_key
+from state_core.domain.errors import Forbidden, InvalidKey, Unauthenticated
+from state_core.domain.keys import validate_key
+from state_core.security.principal import READ, WRITE, Principal, authorize
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from state_core.merge_patch import apply_merge_patch
+from state_core.domain.merge_patch import apply_merge_patch
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from state_core.auth import READ, WRITE, Principal
-from state_core.jwks import JwksCache, JwksUnavailable, check_fetchable, parse_key_set
-from state_core.policy import PolicyError, parse_role_policy
+from state_core.security.jwks import JwksCache, JwksUnavailable, check_fetchable, parse_key_set
+from state_core.security.policy import PolicyError, parse_role_policy
+from state_core.security.principal import READ, WRITE, Principal
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
-from state_core import audit, deadline
+from state_core import deadline
+from state_core.security import audit
 
 logger = Logger()
 metrics = Metrics()

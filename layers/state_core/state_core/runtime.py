@@ -15,12 +15,12 @@ import botocore.session
 from botocore.config import Config
 
 from state_core import deadline, failpoints
-from state_core.blobs import BlobStore
 from state_core.config import PublisherSettings, ServiceSettings
-from state_core.manager import PatchPolicy, StateManager
 from state_core.observability import logger, metrics
-from state_core.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
-from state_core.store import StateStore
+from state_core.security.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
+from state_core.service.manager import PatchPolicy, StateManager
+from state_core.storage.blobs import BlobStore
+from state_core.storage.state import StateStore
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
 # fail fast, let standard-mode retries (with their own backoff and retry quota) absorb blips, then 503.
@@ -90,9 +90,9 @@ def redis_link() -> Any:
     settings = service_settings()
     if not settings.redis_url:
         return None
-    from state_core.breaker import CircuitBreaker
-    from state_core.redis_link import RedisLink, connect
-    from state_core.redis_secrets import read_credentials
+    from state_core.cache.breaker import CircuitBreaker
+    from state_core.cache.credentials import read_credentials
+    from state_core.cache.link import RedisLink, connect
 
     def open_link() -> tuple[Any, bytes]:
         credentials = read_credentials(
@@ -124,7 +124,7 @@ def redis_link() -> Any:
 
 def secrets_client() -> Any:
     """Secrets Manager, only ever created by the first Redis call of a container that has Redis."""
-    from state_core.redis_secrets import SECRETS_CONFIG_OPTIONS
+    from state_core.cache.credentials import SECRETS_CONFIG_OPTIONS
 
     return botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS))
 
@@ -142,8 +142,8 @@ def state_manager() -> StateManager:
     link = redis_link()
     cache = lock = None
     if link is not None:
-        from state_core.cache import CachePolicy, RedisStateCache
-        from state_core.lock import LockPolicy, RedisKeyLock
+        from state_core.cache.lock import LockPolicy, RedisKeyLock
+        from state_core.cache.state_cache import CachePolicy, RedisStateCache
 
         cache = RedisStateCache(
             link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=settings.cache_ttl_seconds)
@@ -171,7 +171,7 @@ def state_store() -> StateStore:
 
 @functools.cache
 def history_store() -> Any:
-    from state_core.history import HistoryStore
+    from state_core.storage.history import HistoryStore
 
     settings = service_settings()
     return HistoryStore(
@@ -182,7 +182,7 @@ def history_store() -> Any:
 @functools.cache
 def history_reader() -> Any:
     """`GET /state/{key}?version=N` and `GET /state/{key}/history` (issue 9)."""
-    from state_core.history import HistoryReader
+    from state_core.storage.history import HistoryReader
 
     return HistoryReader(state_store(), history_store(), clock=utc_now)
 
@@ -197,10 +197,10 @@ def change_publisher() -> Any:
     """The stream's ChangePublisher: EventBridge and its dead-letter queue."""
     import boto3
 
-    from state_core.history import HistoryStore
-    from state_core.lifecycle import StreamLifecycle
     from state_core.observability import logger
-    from state_core.publisher import ChangePublisher
+    from state_core.storage.history import HistoryStore
+    from state_core.stream.lifecycle import StreamLifecycle
+    from state_core.stream.publisher import ChangePublisher
 
     settings = publisher_settings()
     table_name = service_settings().table_name
@@ -231,8 +231,8 @@ def change_publisher() -> Any:
 @functools.cache
 def cache_repairer() -> Any:
     """The stream's cache repair (repair.py), over the same Redis link and signing key as the state functions."""
-    from state_core.cache import CachePolicy, RedisStateCache
-    from state_core.repair import CacheRepairer
+    from state_core.cache.state_cache import CachePolicy, RedisStateCache
+    from state_core.stream.repair import CacheRepairer
 
     link = redis_link()
     if link is None:

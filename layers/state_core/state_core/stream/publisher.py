@@ -25,8 +25,9 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state_core.blobs import BlobRef
-from state_core.events import (
+from state_core.domain.metrics import MetricsSink
+from state_core.storage.blobs import BlobRef
+from state_core.stream.events import (
     DEFAULT_EVENT_SOURCE,
     DEFAULT_MAX_DETAIL_BYTES,
     ChangeEvent,
@@ -34,7 +35,6 @@ from state_core.events import (
     batches,
     build_change,
 )
-from state_core.metrics import MetricsSink
 
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
 DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from state_core.auth import GRANT
+from state_core.security.principal import GRANT
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
 MAX_POLICY_BYTES = 1_000_000

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from state_core.errors import Forbidden, Unauthenticated
-from state_core.keys import is_key_segment
+from state_core.domain.errors import Forbidden, Unauthenticated
+from state_core.domain.keys import is_key_segment
 
 if TYPE_CHECKING:
-    from state_core.policy import RolePolicy
+    from state_core.security.policy import RolePolicy
 
 READ = "state:read"
 WRITE = "state:write"

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from state_core.breaker import RedisUnavailable
-from state_core.cache import WRITE_THROUGH_ATTEMPTS
-from state_core.metrics import MetricsSink
+from state_core.cache.breaker import RedisUnavailable
+from state_core.cache.state_cache import WRITE_THROUGH_ATTEMPTS
+from state_core.domain.metrics import MetricsSink
 
 if TYPE_CHECKING:
-    from state_core.cache import CacheEntry, RedisStateCache
-    from state_core.redis_link import RedisLink
+    from state_core.cache.link import RedisLink
+    from state_core.cache.state_cache import CacheEntry, RedisStateCache
 
 # Compare-and-delete: release only a lock we still hold (after our lease expired, another writer may).
 _RELEASE = """

@@ -19,9 +19,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from state_core.blobs import BlobRef
-from state_core.models import StateRecord
-from state_core.store import STATE_SORT_KEY, record_of_item
+from state_core.domain.records import StateRecord
+from state_core.storage.blobs import BlobRef
+from state_core.storage.state import STATE_SORT_KEY, record_of_item
 
 DEFAULT_EVENT_SOURCE = "state.service"
 # DESIGN §6: the value rides in the event only while the whole detail stays under this size.

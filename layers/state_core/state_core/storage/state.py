@@ -29,12 +29,12 @@ from botocore.exceptions import (
     HTTPClientError,
 )
 
-from state_core.auth import SYSTEM_ACTOR_PREFIX
-from state_core.blobs import BlobRef, BlobStore
-from state_core.codec import StoredValue
 from state_core.deadline import OutOfTime
-from state_core.errors import OutcomeUnknown, ServiceUnavailable
-from state_core.models import StateRecord, rfc3339
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
+from state_core.domain.records import StateRecord, rfc3339
+from state_core.security.principal import SYSTEM_ACTOR_PREFIX
+from state_core.storage.blobs import BlobRef, BlobStore
 
 STATE_SORT_KEY = "state"
 # Compressed values up to this size stay inside the state item; larger ones become blobs.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from state_core.errors import InvalidKey
+from state_core.domain.errors import InvalidKey
 
 MAX_KEY_LENGTH = 256
 # \Z rather than $: `$` also matches before a trailing newline, which would let "a\n" through.

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from state_core.codec import StoredValue
-from state_core.errors import CorruptStoredValue
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import CorruptStoredValue
 
 # A DynamoDB item holds 400 KB (moto: 405,000 bytes) including names and keys; 350,000 bytes of data
 # leaves room and makes a 1 MiB incompressible value three chunks.

@@ -14,10 +14,9 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import BaseModel, ValidationError
 
-from state_core import audit, runtime
-from state_core.auth import Principal, authorize
-from state_core.codec import MAX_BODY_BYTES, check_body_size
-from state_core.errors import (
+from state_core import runtime
+from state_core.domain.codec import MAX_BODY_BYTES, check_body_size
+from state_core.domain.errors import (
     BadRequest,
     CorruptStoredValue,
     Forbidden,
@@ -29,13 +28,15 @@ from state_core.errors import (
     UnprocessableBody,
     UnsupportedMediaType,
 )
-from state_core.history import HistoryPageModel
-from state_core.keys import validate_key
-from state_core.manager import Expectation, StateView
-from state_core.models import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
+from state_core.domain.keys import validate_key
+from state_core.domain.params import ETAG
+from state_core.domain.records import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
 from state_core.observability import logger, metrics
-from state_core.params import ETAG
-from state_core.policy import PolicyError
+from state_core.security import audit
+from state_core.security.policy import PolicyError
+from state_core.security.principal import Principal, authorize
+from state_core.service.manager import Expectation, StateView
+from state_core.storage.history import HistoryPageModel
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from state_core.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
+from state_core.domain.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
 
 MAX_VALUE_BYTES = 1_048_576
 # Room for the PUT envelope around a 1 MiB value; anything larger is refused before parsing.

@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, TypeGuard
 
 from state_core import failpoints
-from state_core.cache import CacheEntry
-from state_core.codec import StoredValue, canonical_json, check_depth, check_value_size
-from state_core.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
-from state_core.merge_patch import apply_merge_patch
-from state_core.metrics import MetricsSink
-from state_core.models import StateRecord
-from state_core.store import ConditionFailed, Precondition, WriteResult
+from state_core.cache.state_cache import CacheEntry
+from state_core.domain.codec import StoredValue, canonical_json, check_depth, check_value_size
+from state_core.domain.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
+from state_core.domain.merge_patch import apply_merge_patch
+from state_core.domain.metrics import MetricsSink
+from state_core.domain.records import StateRecord
+from state_core.storage.state import ConditionFailed, Precondition, WriteResult
 
 # An unconditional PUT meets a condition failure only when the item it replaces has expired (it then
 # re-creates at that exact version); a few rounds cover concurrent writers doing the same.

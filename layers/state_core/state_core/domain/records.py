@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
-from state_core.blobs import BlobRef
-from state_core.codec import StoredValue
+from state_core.domain.codec import StoredValue
+from state_core.storage.blobs import BlobRef
 
 # DESIGN §3 leaves the TTL range open; issue 9 fixes it at 1 s to 10 years.
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600

@@ -31,12 +31,12 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from state_core.blobs import MARKER_PREFIX, BlobRef
-from state_core.codec import StoredValue
-from state_core.errors import BadRequest, Gone, NotFound, ServiceUnavailable
-from state_core.models import StateRecord
-from state_core.params import ascii_int
-from state_core.store import dynamodb_errors, record_of_item, value_of_item
+from state_core.domain.codec import StoredValue
+from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
+from state_core.domain.params import ascii_int
+from state_core.domain.records import StateRecord
+from state_core.storage.blobs import MARKER_PREFIX, BlobRef
+from state_core.storage.state import dynamodb_errors, record_of_item, value_of_item
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90

@@ -35,13 +35,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from state_core.breaker import RedisUnavailable
-from state_core.codec import ENCODING_IDENTITY, StoredValue
-from state_core.metrics import MetricsSink
-from state_core.models import StateRecord, rfc3339
+from state_core.cache.breaker import RedisUnavailable
+from state_core.domain.codec import ENCODING_IDENTITY, StoredValue
+from state_core.domain.metrics import MetricsSink
+from state_core.domain.records import StateRecord, rfc3339
 
 if TYPE_CHECKING:
-    from state_core.redis_link import RedisLink
+    from state_core.cache.link import RedisLink
 
 # What a hash entry holds: 'value', 'tombstone' (no value, metadata says deleted) or 'fence' (no value
 # otherwise: a version readers take as a miss). Metadata that does not decode counts as a fence.

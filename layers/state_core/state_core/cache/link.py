@@ -16,7 +16,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from state_core.breaker import CircuitBreaker, RedisUnavailable
+from state_core.cache.breaker import CircuitBreaker, RedisUnavailable
 
 Result = TypeVar("Result")
 

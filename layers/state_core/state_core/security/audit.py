@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from aws_lambda_powertools import Logger
 
-from state_core.errors import InvalidKey
-from state_core.keys import validate_key
-from state_core.params import ETAG
+from state_core.domain.errors import InvalidKey
+from state_core.domain.keys import validate_key
+from state_core.domain.params import ETAG
 
 AUDIT_SERVICE = "state-service-audit"
 # The permission each audited action needs; operations not listed here (the authorizer) are not audited.

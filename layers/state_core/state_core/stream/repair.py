@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from state_core.breaker import RedisUnavailable
-from state_core.events import is_state_record, new_state_image
-from state_core.metrics import MetricsSink
-from state_core.store import record_of_item
+from state_core.cache.breaker import RedisUnavailable
+from state_core.domain.metrics import MetricsSink
+from state_core.storage.state import record_of_item
+from state_core.stream.events import is_state_record, new_state_image
 
 
 class FenceSink(Protocol):
@@ -64,7 +64,7 @@ class CacheRepairer:
     def repair(self, records: Sequence[Mapping[str, Any]], remaining_seconds: Callable[[], float]) -> list[str]:
         """Fence every state record's version, in stream order. Returns the sequence number of the first
         record left unrepaired (as the only batch item failure), or nothing."""
-        from state_core.cache import CacheEntry
+        from state_core.cache.state_cache import CacheEntry
 
         repaired = 0
         for record in records:

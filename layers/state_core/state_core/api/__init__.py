@@ -1,0 +1,1 @@
+"""The HTTP edge: request parsing, responses, problem documents and the HTTP models."""

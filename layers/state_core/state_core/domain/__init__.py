@@ -1,0 +1,1 @@
+"""The domain: values, keys, versions, records and errors. No I/O."""

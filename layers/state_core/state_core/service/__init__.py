@@ -1,0 +1,1 @@
+"""The state operations: reads, conditional writes and merge patches, over injected collaborators."""
