@@ -258,7 +258,12 @@ def install_dynamodb_faults(client: Any) -> None:
 
         status, code = _DYNAMODB_FAULTS[str(fault)]
         body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"}).encode()
-        return AWSResponse(request.url, status, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+        return AWSResponse(
+            request.url,
+            status,
+            {"Content-Type": "application/x-amz-json-1.0"},  # type: ignore[arg-type]  # botocore takes any mapping
+            _Raw(body),
+        )
 
     client.meta.events.register("before-send.dynamodb", before_send)
 

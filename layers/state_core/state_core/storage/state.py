@@ -417,7 +417,7 @@ class StateStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            item = exc.response.get("Item")
+            item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
             if item is not None and item.get("write_id", {}).get("S") == own_write_id:
                 return {"Attributes": item}
             # A large value's blob is not loaded here: most callers need only the version.
@@ -502,7 +502,7 @@ def _retry_only_unapplied(
             raise AnswerLost(None)
         return
     if _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code")):
-        raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))
+        raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))  # type: ignore[arg-type]
 
 
 def retry_only_unapplied_writes(client: Any) -> None:
