@@ -105,7 +105,7 @@ async def run() -> None:
         )
         names = await asyncio.to_thread(create_resources, template, endpoint_url)
 
-        # Failpoints (tests only, issue 7): a worker may arm them only because this is the local stack.
+        # Failpoints are a test hook: a worker may arm them only because this is the local stack, never a deployment.
         failpoint_env = {k: v for k, v in os.environ.items() if k in ("STATE_FAILPOINTS", "STATE_FAILPOINTS_SPEC")}
         if failpoint_env:
             failpoint_env["STATE_LOCAL_STACK"] = "1"

@@ -7,8 +7,8 @@ unless ``--keep`` is given.
 Local stack by default (``MOTO_PORT``, or ``AWS_ENDPOINT_URL``); for a deployed stack pass the
 ``StateChangesQueueUrl`` output and ``--endpoint-url ''`` to use your AWS credentials. Against AWS it
 long-polls (20 s waits: one request per 20 s while idle). Against the local emulator it short-polls
-every 0.2 s instead: the emulator serves one request at a time (DESIGN §8), so a 20 s long poll would
-hold up every other call into it, the functions' included.
+every 0.2 s instead: the emulator serves one request at a time (moto is not safe under concurrent
+requests), so a 20 s long poll would hold up every other call into it, the functions' included.
 """
 
 from __future__ import annotations

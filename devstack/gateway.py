@@ -1,6 +1,6 @@
 """API Gateway HTTP API, locally, on aiohttp.
 
-Reproduces what a client of the deployed API can notice (DESIGN §8): route
+Reproduces what a client of the deployed API can notice, so tests over it hold for AWS: route
 matching and its 404, the stage's throttling (429 per route, before the
 authorizer), the Lambda REQUEST authorizer (payload 2.0, simple responses) with
 its 401/403/500 answers and its result cache keyed by the identity header,

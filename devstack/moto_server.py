@@ -5,7 +5,7 @@ both pass their condition, and a failing TransactWriteItems restores a stale cop
 of the whole table over writes that other threads made meanwhile (acknowledged
 writes vanish). DynamoDB itself gives neither anomaly, so the local stack wraps
 moto's WSGI app in a lock held for the whole request, including producing and
-closing the response body (DESIGN §8). Throughput is not the point of the emulator.
+closing the response body. Throughput is not the point of the emulator; behaving like DynamoDB is.
 
 moto's own server answers any web page's cross-origin request (it enables CORS for every origin), so a
 page the developer opens could read or reset the local data: this one answers only this machine

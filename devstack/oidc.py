@@ -2,7 +2,7 @@
 
 The real authorizer runs unchanged against it: it finds the JWKS through
 ``<issuer>/.well-known/openid-configuration`` exactly as with a production issuer
-(DESIGN §4; plain http is allowed only for loopback issuers). The signing key is
+(plain http is allowed only for loopback issuers, which is why this one binds to 127.0.0.1). The signing key is
 generated once and kept under the state dir so tokens minted earlier stay valid
 across restarts of the dev stack.
 

@@ -1,6 +1,6 @@
 """``make replay``: re-publish StateChanged events that did not make it to the bus.
 
-Two sources, both written by the change-event path (DESIGN §6):
+Two sources, both written by the change-event path so that no event is lost for good:
 
 1. the publisher's dead-letter queue: each message holds the built PutEvents entry; it is sent
    again and the message deleted once EventBridge accepted it (a refused entry stays queued);

@@ -1,6 +1,6 @@
 """Read ``template.yaml`` (SAM) for the local stack.
 
-The template is the one source of truth for infrastructure (DESIGN §2): the local
+The template is the one source of truth for infrastructure, so local and deployed cannot drift: the local
 stack takes its routes, functions, environment, authorizer, tables and buses from
 it and keeps no second copy. This module parses the CloudFormation short-form
 tags and resolves the intrinsic functions the template uses against local values:

@@ -10,7 +10,7 @@ large values), slowing every request of the stack. A table without a stream is s
 
 The deletes show up on the table's stream as REMOVE records with the old image, as DynamoDB's TTL
 deletes do, which is what publish_changes acts on: an expiry marker's removal
-writes the key's expiry as a version, a history item's removal may release a blob (issue 9).
+writes the key's expiry as a version, a history item's removal may release a blob.
 
 DynamoDB deletes due items within days, and a local second instead; the service never depends on when
 (expiry is decided at read time), only on the removal arriving eventually.

@@ -43,7 +43,7 @@ def document() -> dict[str, Any]:
         app.get_openapi_json_schema(
             title="State service",
             version="1.0.0",
-            description="JSON state by key: versions, ETags, JSON Merge Patch. See DESIGN.md §3.",
+            description="JSON state by key: versions, ETags, JSON Merge Patch, version history and TTLs.",
             security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             security=[{"bearer": []}],
         )
@@ -81,7 +81,7 @@ def document() -> dict[str, Any]:
             "schema": {"type": "boolean", "default": False},
         }
     )
-    # Issue 9: a version of the key, and the history listing's page size and cursor.
+    # A version of the key, and the history listing's page size and cursor.
     path["get"]["parameters"].append(
         {
             "name": "version",

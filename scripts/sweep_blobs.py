@@ -1,4 +1,5 @@
-"""Collect value blobs that nothing refers to (the backstop of DESIGN §2's blob lifecycle).
+"""Collect value blobs that nothing refers to (the backstop of the blob lifecycle, for blobs the stream's
+cleanup missed).
 
     python scripts/sweep_blobs.py --table <name> [--endpoint-url URL]
 

@@ -33,7 +33,7 @@ EMULATOR_CANARY = "tests/integration/test_emulator.py"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The emulator canary runs first (issue 7): if moto misbehaves, that is known before any test that
+    """The emulator canary runs first: if moto misbehaves, that is known before any test that
     relies on its conditional writes fails for moto's sake rather than the code's."""
     items.sort(key=lambda item: 0 if item.nodeid.startswith(EMULATOR_CANARY) else 1)
 

@@ -1,5 +1,6 @@
 """GET /state/{key}: read a key's current state, or one of its versions (`?version=N`);
-GET /state/{key}/history: list its versions (issue 9). Both are reads with `state:read` on the key."""
+GET /state/{key}/history: list its versions. Both are reads with `state:read` on the key, so one function
+and one read-only role serve them."""
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 

@@ -1,4 +1,4 @@
-"""Change events through the whole local stack (DESIGN §6): HTTP writes -> table -> stream poller ->
+"""Change events through the whole local stack: HTTP writes -> table -> stream poller ->
 publish_changes (its own worker process) -> EventBridge bus -> the template's rule -> `state-changes`.
 """
 

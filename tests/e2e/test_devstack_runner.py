@@ -1,4 +1,4 @@
-"""``python -m devstack`` brings up the whole stack from template.yaml (DESIGN §8)."""
+"""``python -m devstack`` brings up the whole stack from template.yaml, the one source of its infrastructure."""
 
 from __future__ import annotations
 

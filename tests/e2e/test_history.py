@@ -1,4 +1,5 @@
-"""A history checker over HTTP against the whole local stack, with faults (issue 7).
+"""A history checker over HTTP against the whole local stack, with faults: concurrency bugs show up only
+in the order operations complete, which unit tests cannot see.
 
 Concurrent clients run random mixes of GET, PUT, PATCH, DELETE and If-Match writes on a few keys, each
 operation recorded with its invoke and completion time, status and version. Every key's history is then

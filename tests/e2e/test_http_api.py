@@ -1,5 +1,5 @@
 """The service over real HTTP: the local gateway, the real authorizer and handlers, the serialized moto
-server, with dev tokens (DESIGN §3, §8)."""
+server, with dev tokens: the contract as a client of the deployed API sees it."""
 
 import base64
 import json
@@ -156,7 +156,7 @@ def test_invalid_keys_are_400(client, bad_key):
         ('{"value": "\\udc00"}', 400),
         ('{"value": ' + "[" * 65 + "]" * 65 + "}", 400),
         ('{"wrong": 1}', 422),
-        ('{"value": 1, "ttl_seconds": "soon"}', 400),  # issue 9: a bad TTL is a bad request
+        ('{"value": 1, "ttl_seconds": "soon"}', 400),  # a bad TTL is a bad parameter, not a wrong shape
     ],
 )
 def test_bad_put_bodies_are_refused_and_nothing_is_written(client, key, body, status):

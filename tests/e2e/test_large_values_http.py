@@ -1,4 +1,4 @@
-"""1 MiB values over real HTTP, through the cache and with consistent=true (DESIGN §3 Size)."""
+"""1 MiB values (the largest the contract allows) over real HTTP, through the cache and with consistent=true."""
 
 import base64
 import json
@@ -110,7 +110,7 @@ def chunk_items(devstack, key):
 
 
 def test_a_replaced_value_s_blob_stays_for_its_history_item(devstack, session):
-    # Issue 9: the history item of version 1 refers to the blob, so replacing the value keeps it; it goes
+    # The history item of version 1 refers to the blob, so replacing the value keeps it; it goes
     # when that history item leaves retention (tests/e2e/test_version_history_and_ttl.py).
     key = f"large:{uuid.uuid4().hex}"
     url = f"{devstack.base_url}/state/{key}"

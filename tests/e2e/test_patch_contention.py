@@ -1,5 +1,5 @@
 """Contended PATCH over HTTP, with Redis locks (the default stack) and without Redis (optimistic only):
-nothing is lost either way, and the locks cut conditional-write conflicts (DESIGN §5)."""
+nothing is lost either way, and the locks cut conditional-write conflicts (their only purpose)."""
 
 import json
 import threading

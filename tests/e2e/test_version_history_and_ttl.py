@@ -1,4 +1,4 @@
-"""Version history and TTL through the whole local stack (issue 9): HTTP -> table -> stream -> publish_changes
+"""Version history and TTL through the whole local stack: HTTP -> table -> stream -> publish_changes
 (history items, expiry markers) -> devstack's TTL emulator (moto never expires items) -> expiry as a version
 -> its one `expired` event in `state-changes`.
 """

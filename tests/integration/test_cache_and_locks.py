@@ -1,4 +1,4 @@
-"""The Redis read cache and per-key locks (DESIGN §5) against a real redis-server and the serialized
+"""The Redis read cache and per-key locks against a real redis-server and the serialized
 moto server: versioned write-if-newer, fills, tombstones, failure behaviour, locks and the version fence."""
 
 import json

@@ -1,4 +1,5 @@
-"""Every interleaving of cache readers and writers (issue 7, DESIGN §5).
+"""Every interleaving of cache readers and writers: a read must never be older than a write acknowledged
+before it began, whatever order the steps of concurrent requests take.
 
 What is real: the StateManager's own get, put and delete code paths and the RedisStateCache with its
 Lua write-if-newer on a real redis-server, always. The database is the real StateStore on the serialized

@@ -1,4 +1,4 @@
-"""The emulator canary (DESIGN §8/§9): the serialized moto server behaves like DynamoDB
+"""The emulator canary: the serialized moto server behaves like DynamoDB
 where the core's correctness depends on it. If one of these fails, every test that
 relies on conditional writes is testing moto's races, not our code.
 """

@@ -1,4 +1,4 @@
-"""Faults at failpoints, in-process against the real store (moto server) and a real redis-server (issue 7):
+"""Faults at failpoints, in-process against the real store (moto server) and a real redis-server:
 a lock holder paused past its lease, a function that dies between DynamoDB and the cache, DynamoDB
 throttling every attempt, an answer lost after the table applied the request."""
 

@@ -159,7 +159,7 @@ def test_put_body_of_the_wrong_shape_is_422_and_nothing_is_written(invoke, key, 
 
 @pytest.mark.parametrize("ttl", ["60", 0, -5, 1.5, True, None, 10 * 365 * 24 * 3600 + 1, 10**30])
 def test_put_with_a_ttl_outside_1_s_to_10_years_is_400_and_nothing_is_written(invoke, key, ttl):
-    # Issue 9: a bad ttl_seconds is a bad request (400), not a body of the wrong shape (422).
+    # A bad ttl_seconds is a bad request (400), not a body of the wrong shape (422): it is a bad parameter.
     body = {"value": 1, "ttl_seconds": ttl} if ttl is not None else '{"value": 1, "ttl_seconds": "soon"}'
     problem = assert_problem(invoke("put_state", http_event("put", key, body=body)), 400)
     assert "ttl_seconds" in problem["detail"]

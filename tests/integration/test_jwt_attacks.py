@@ -1,4 +1,4 @@
-"""The JWT attack suite (issue 4): every case through the real authorizer handler, in process, against a
+"""The JWT attack suite: every case through the real authorizer handler, in process, against a
 loopback issuer whose JWKS this test controls (down, slow, HTML, redirect, 1 MB, rotation), with an
 attacker host that must never be contacted. A representative subset runs over HTTP in
 tests/e2e/test_security_http.py."""

@@ -1,4 +1,4 @@
-"""Values up to 1 MiB even when incompressible (DESIGN §2 Storage): blobs beside the state item, whole
+"""Values up to 1 MiB even when incompressible (past DynamoDB's 400 KB item): blobs beside the state item, whole
 versions only, and nothing left behind once the documented cleanup has run."""
 
 import base64

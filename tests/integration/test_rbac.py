@@ -1,4 +1,4 @@
-"""RBAC by key pattern and role (issue 4), enforced by the real handlers on the validated key, with the
+"""RBAC by key pattern and role, enforced by the real handlers on the validated key, with the
 role policy file, the audit record of every request, and tokens shaped like Cognito's, Auth0's and
 Okta's going through the real authorizer into the handlers."""
 

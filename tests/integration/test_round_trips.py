@@ -1,6 +1,7 @@
-"""Round trips per operation through the core (issue 8): Redis round trips (commands sent together in one
-pipeline count once) and DynamoDB API calls, counted on the real clients against a real redis-server and
-the serialized moto server. Counts are taken in steady state: scripts already loaded, connection open."""
+"""Round trips per operation through the core, which set the latency floor: Redis round trips (commands sent
+together in one pipeline count once) and DynamoDB API calls, counted on the real clients against a real
+redis-server and the serialized moto server. Counts are taken in steady state: scripts already loaded,
+connection open."""
 
 import threading
 import uuid

@@ -1,8 +1,8 @@
-"""A Hypothesis stateful test of the core against a model (issue 7).
+"""A Hypothesis stateful test of the core against a model, to find sequences of operations no one wrote.
 
 Real: the StateManager, the StateStore on the serialized moto server, the RedisStateCache and the
 RedisKeyLock on a real redis-server. The model: per key, version, value, tombstone and expiry, with the
-contract's rules (DESIGN §3). The clock is injected and moved by the test, so TTLs expire on demand; it
+contract's rules. The clock is injected and moved by the test, so TTLs expire on demand; it
 drives the core, its DynamoDB conditions (which take `now` from the core) and the cache's checks alike.
 
 Short in make test (deterministic examples); STATE_VERIFY=1 (make verify) runs many more.
@@ -57,7 +57,7 @@ class Model:
         return not self.deleted and (self.expires_at is None or self.expires_at > now.timestamp())
 
     def touched_by_a_write(self, now: datetime) -> None:
-        """DESIGN §3: expiry is a change and takes the next version. A write that meets an expired,
+        """Expiry is a change and takes the next version. A write that meets an expired,
         not yet tombstoned version first turns it into the `expired` tombstone (reads only say 404)."""
         if not self.deleted and not self.live(now):
             self.version += 1

@@ -147,7 +147,7 @@ def test_expired_key_is_absent_and_a_put_after_expiry_recreates_after_the_expiry
     with pytest.raises(NotFound):
         manager.delete(key, actor="alice")
     again = manager.put(key, "again", actor="alice")
-    # Issue 9: the expiry took version 2 (written by the first write that found the key expired).
+    # The expiry took version 2 (written by the first write that found the key expired).
     assert (again.created, again.record.version, again.record.expires_at) == (True, 3, None)
 
 

@@ -1,4 +1,4 @@
-"""History and expiry in the core against the serialized moto server (issue 9): what the request path writes,
+"""History and expiry in the core against the serialized moto server: what the request path writes,
 what a read of an old version answers as the history ages, and the expiry's version condition."""
 
 from __future__ import annotations

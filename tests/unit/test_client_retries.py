@@ -1,7 +1,7 @@
 """The AWS clients' retry budgets, by behaviour: how many requests one failing call really sends.
 
 botocore reads a bare `max_attempts` as retries after the first; both configs use `total_max_attempts`
-so that the number written is the number sent (issue 7 found the DynamoDB one sending 4). A state write
+so that the number written is the number sent (a bare `max_attempts=3` sends a call 4 times). A state write
 (the conditional UpdateItem) is the exception: it is sent again only when the failure proves it was not
 applied."""
 

@@ -1,4 +1,4 @@
-"""Strict JSON parsing, canonical form, size and depth rules (DESIGN §3)."""
+"""Strict JSON parsing, canonical form, size and depth rules: a read returns what was written, byte for byte."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""StateChanged events from stream records (DESIGN §6): pure logic, no sockets."""
+"""StateChanged events from stream records: pure logic, no sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Failpoints (issue 7): armed only in tests and the local stack, zero cost when disarmed, and each action
+"""Failpoints: armed only in tests and the local stack, zero cost when disarmed, and each action
 does what it says."""
 
 from __future__ import annotations

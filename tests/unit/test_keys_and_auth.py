@@ -1,4 +1,4 @@
-"""Key rules (DESIGN §3) and RBAC by permission and key pattern (DESIGN §4)."""
+"""Key rules and RBAC by permission and key pattern."""
 
 import pytest
 

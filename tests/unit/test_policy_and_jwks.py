@@ -1,4 +1,4 @@
-"""Pure logic of issue 4: the role policy grammar, role grants in RBAC, and the JWKS cache's timing rules
+"""Pure logic of authorization: the role policy grammar, role grants in RBAC, and the JWKS cache's timing rules
 (with a fake fetch and a fake clock, no sockets)."""
 
 import json

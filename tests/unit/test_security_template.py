@@ -1,4 +1,4 @@
-"""Template invariants for issue 4: the access log (fields shared with the local gateway), the audit log
+"""Template invariants for security: the access log (fields shared with the local gateway), the audit log
 group, and the authorizer's issuer configuration; the functions' roles (least privilege)."""
 
 import json

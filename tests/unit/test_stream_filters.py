@@ -1,5 +1,6 @@
 """The local event source mapping's filter matching (devstack/stream_poller.py): exact values and the
-`prefix` operator the template uses for history items' removals (issue 9); anything else is refused."""
+`prefix` operator the template uses for history items' removals; anything else is refused (ValueError), so a
+filter the emulator cannot evaluate never silently matches the wrong records."""
 
 from __future__ import annotations
 

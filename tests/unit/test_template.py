@@ -21,19 +21,19 @@ TEMPLATE = load_yaml(REPO_ROOT / "template.yaml")
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
 GLOBAL_FUNCTION: dict[str, Any] = TEMPLATE["Globals"]["Function"]
 
-# DESIGN §3: one Lambda per route.
+# One Lambda per operation, each with its own least-privilege role (the history listing is a read).
 ROUTES = {
     ("GET", "/state/{key}"): "GetStateFunction",
     ("PUT", "/state/{key}"): "PutStateFunction",
     ("PATCH", "/state/{key}"): "PatchStateFunction",
     ("DELETE", "/state/{key}"): "DeleteStateFunction",
-    # Issue 9: a read of the same key with the same permission, served by the GET function.
+    # A read of the same key with the same permission, served by the GET function.
     ("GET", "/state/{key}/history"): "GetStateFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
     # Batch* reach the chunks of large values (blobs.py), which sit in the same table.
-    # Query: the history listing. PutItem: each write's history item (history.py, issue 9).
+    # Query: the history listing. PutItem: each write's history item (storage/history.py).
     "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"},
     "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem"},
     "PatchStateFunction": {
@@ -312,7 +312,7 @@ def test_every_route_goes_through_the_lambda_authorizer():
 
 
 def test_the_authorizer_cache_is_keyed_by_the_token_and_lives_at_most_60_seconds():
-    # A cached allow outlives the token's exp by up to the TTL (DESIGN §4).
+    # A cached allow outlives the token's exp by up to the TTL, hence the cap.
     authorizer = lambda_authorizer()
     identity = authorizer["Identity"]
 
@@ -391,7 +391,7 @@ def test_the_authorizer_sample_is_a_request_payload_2_0():
     assert event["identitySource"] == [event["headers"]["authorization"]]
 
 
-# --- change events (DESIGN §6) ------------------------------------------------------------------
+# --- change events -----------------------------------------------------------------------------
 
 
 def stream_event() -> dict[str, Any]:
@@ -448,7 +448,7 @@ def test_the_publisher_gets_exactly_what_it_sends_to():
     assert by_action["s3:ListBucket"] == {"Fn::GetAtt": ["StreamFailureBucket", "Arn"]}
     assert set(by_action) >= STREAM_ACTIONS
     # On the table itself only what collecting unreferenced value blobs needs (blobs.py), and history
-    # items, expiry markers and expiries (lifecycle.py, issue 9). Never a Scan.
+    # items, expiry markers and expiries (stream/lifecycle.py). Never a Scan.
     table_actions = {
         action
         for s in statements

@@ -40,13 +40,14 @@ class ServiceSettings(_Settings):
     """The state functions (get, put, patch, delete)."""
 
     table_name: str = Field(validation_alias="STATE_TABLE_NAME", min_length=3)
-    # Empty: no cache, no locks (DESIGN §2). `rediss://` for TLS; the AUTH token comes separately.
+    # Empty: no cache, no locks (Redis is optional: DynamoDB alone is correct, only slower). `rediss://` for
+    # TLS; the AUTH token comes separately.
     redis_url: str = Field(default="", validation_alias="STATE_REDIS_URL")
     # Secrets Manager ARNs, never the secrets: an environment is readable by anyone allowed
     # lambda:GetFunctionConfiguration, so the token and the cache's signing key are fetched at first use.
     redis_auth_secret_arn: str = Field(default="", validation_alias="STATE_REDIS_AUTH_SECRET_ARN")
     cache_signing_secret_arn: str = Field(default="", validation_alias="STATE_CACHE_SIGNING_SECRET_ARN")
-    # Tens of milliseconds (DESIGN §5): a hung Redis costs at most this once per breaker window.
+    # Tens of milliseconds: a hung Redis costs at most this once per breaker window.
     redis_timeout_ms: int = Field(default=50, ge=5, le=1000, validation_alias="STATE_REDIS_TIMEOUT_MS")
     # Short: a writer whose breaker is open skips its write-through, so a recovered Redis must be retried
     # well within the 1 s the contract allows for stale reads. A dead Redis then costs one timeout per
@@ -56,13 +57,13 @@ class ServiceSettings(_Settings):
     cache_ttl_seconds: int = Field(default=300, ge=60, le=86_400, validation_alias="STATE_CACHE_TTL_SECONDS")
     lock_lease_ms: int = Field(default=2000, ge=100, le=10_000, validation_alias="STATE_LOCK_LEASE_MS")
     lock_wait_ms: int = Field(default=2000, ge=0, le=5_000, validation_alias="STATE_LOCK_WAIT_MS")
-    # DESIGN §3: a PATCH that cannot win within its budget (at least 5 s) answers 503.
+    # A PATCH that cannot win within its budget (at least 5 s) answers 503 rather than retry without end.
     patch_time_budget_seconds: float = Field(
         default=5.0, ge=5.0, le=25.0, validation_alias="STATE_PATCH_TIME_BUDGET_SECONDS"
     )
-    # The role policy (JSON); empty means the policy shipped in the layer (state_core/policy.json).
+    # The role policy (JSON); empty means the policy shipped in the layer (state_core/security/policy.json).
     policy_file: str = Field(default="", validation_alias="STATE_POLICY_FILE")
-    # Issue 9: every version is kept this long (the current version always, from the state item).
+    # Every version is kept this long (the current version always, from the state item).
     history_retention_days: int = Field(default=90, ge=1, le=3650, validation_alias="STATE_HISTORY_RETENTION_DAYS")
 
     @model_validator(mode="after")
@@ -92,12 +93,12 @@ class ServiceSettings(_Settings):
 
 
 class PublisherSettings(_Settings):
-    """publish_changes: the stream's event publisher and cache repair (DESIGN §6)."""
+    """publish_changes: the stream's event publisher, with the history items and expiries it writes."""
 
     event_bus_name: str = Field(validation_alias="STATE_EVENT_BUS_NAME", min_length=1)
     event_source: str = Field(default="state.service", min_length=1, validation_alias="STATE_EVENT_SOURCE")
     dead_letter_queue_url: str = Field(validation_alias="STATE_EVENTS_DLQ_URL", min_length=1)
-    # DESIGN §6: the value rides in the detail only while the detail stays under this (default 64 KB).
+    # The value rides in the detail only while the detail stays under this (default 64 KB).
     # Capped well below EventBridge's 256 KB per entry, so an entry always fits a request.
     max_detail_bytes: int = Field(default=65_536, ge=1_024, le=200_000, validation_alias="STATE_EVENT_MAX_VALUE_BYTES")
     # The history items it writes from the stream must equal the request path's (ServiceSettings).
@@ -109,7 +110,7 @@ class AuthorizerSettings(_Settings):
 
     issuer: str = Field(validation_alias="STATE_OIDC_ISSUER", min_length=1)
     audience: str = Field(validation_alias="STATE_OIDC_AUDIENCE", min_length=1)
-    # DESIGN §4: small leeway on exp/nbf/iat; issue 2 caps it at 60 s.
+    # Small leeway on exp/nbf/iat for clock skew; capped at 60 s so an expired token is not honoured for long.
     leeway_seconds: int = Field(default=30, ge=0, le=60, validation_alias="STATE_OIDC_LEEWAY_SECONDS")
     # Asymmetric algorithms only: `none` and HMAC (which a public key could "sign") can never be configured.
     algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), validation_alias="STATE_OIDC_ALGORITHMS")
@@ -135,7 +136,8 @@ class AuthorizerSettings(_Settings):
     subject_claim: str = Field(default="sub", min_length=1, validation_alias="STATE_OIDC_SUBJECT_CLAIM")
     # `roles`, `groups`, `cognito:groups`, or a namespaced claim such as Auth0's `https://example.com/roles`.
     roles_claim: str = Field(default="roles", min_length=1, validation_alias="STATE_OIDC_ROLES_CLAIM")
-    # DESIGN §4: keys cached at most 300 s; refetches for unknown kids at most every cooldown.
+    # Keys cached at most 300 s, so a key the issuer removes is refused soon; refetches for unknown kids at
+    # most every cooldown, so made-up kids cannot flood the issuer.
     jwks_ttl_seconds: float = Field(default=300, gt=0, le=300, validation_alias="STATE_JWKS_TTL_SECONDS")
     jwks_cooldown_seconds: float = Field(default=30, ge=1, le=300, validation_alias="STATE_JWKS_COOLDOWN_SECONDS")
 

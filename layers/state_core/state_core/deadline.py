@@ -6,7 +6,7 @@ about 12 s and a PATCH makes two, against a 10 s function timeout. A function st
 the client a bare 500 and no hint that its write may have landed. With the budget, the call instead fails
 with OutOfTime while there is still time to answer, which the store turns into 503 with Retry-After.
 The refused attempt was never sent, and a state write is retried only after attempts that were not
-applied (store.py), so such a 503 means the write was not applied.
+applied (storage/state.py), so such a 503 means the write was not applied.
 
 The budget lives in a context variable set per invocation (observability.lambda_entry); outside one (the
 stream functions, tests that call the core directly) nothing is checked.

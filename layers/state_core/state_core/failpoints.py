@@ -1,4 +1,5 @@
-"""Failpoints: named places in the core where tests pause, delay, fail or kill an operation (issue 7).
+"""Failpoints: named places in the core where tests pause, delay, fail or kill an operation, to check that
+the contract holds when a function dies or stalls at the worst moment.
 
 The core calls a point only behind the module-level flag, so a disarmed point costs one attribute read:
 

@@ -1,4 +1,5 @@
-"""Powertools logging, metrics and (optional) tracing, configured once for every function (DESIGN §7).
+"""Powertools logging, metrics and (optional) tracing, configured once for every function, so every
+function's logs and metrics have the same shape.
 
 Decorators are applied in one fixed order: correlation id and Lambda context, then metrics flush, then
 tracing. The X-Ray SDK costs ~0.5 s of import, so the Tracer is imported only when tracing is enabled.
@@ -53,7 +54,7 @@ def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
             except BaseException:
                 audit.emit(operation, event, None, status=500)  # Lambda reports the error; API Gateway 500s
                 raise
-            # One audit record per request that reached a state handler, allowed or denied (DESIGN §4).
+            # One audit record per request that reached a state handler, allowed or denied.
             audit.emit(operation, event, response)
             metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
             status = response.get("statusCode") if isinstance(response, dict) else None

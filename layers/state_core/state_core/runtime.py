@@ -27,7 +27,7 @@ from state_core.storage.state import StateStore
 # Reads and the idempotent puts (history, blobs) retry any transient failure; the state item's conditional
 # write retries only failures that prove it was not applied (StateStore installs that hook on the client).
 # `total_max_attempts` counts the first attempt; botocore reads a bare `max_attempts` as retries after it
-# (3 meant 4 attempts and up to 3 s more of backoff; issue 7's throttling test pins this at 3).
+# (3 meant 4 attempts and up to 3 s more of backoff; the throttling failpoint test pins this at 3).
 DYNAMODB_CONFIG = Config(
     connect_timeout=1,
     read_timeout=2,
@@ -181,7 +181,7 @@ def history_store() -> Any:
 
 @functools.cache
 def history_reader() -> Any:
-    """`GET /state/{key}?version=N` and `GET /state/{key}/history` (issue 9)."""
+    """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
     from state_core.storage.history import HistoryReader
 
     return HistoryReader(state_store(), history_store(), clock=utc_now)

@@ -45,8 +45,8 @@ PROBLEM_TYPE_BASE = "https://state.service/problems/"
 
 Model = TypeVar("Model", bound=BaseModel)
 
-# Fields whose wrong value is a bad request (400) rather than a body of the wrong shape (422): issue 9
-# fixes ttl_seconds outside 1 s..10 years, or not an integer, at 400.
+# Fields whose wrong value is a bad request (400) rather than a body of the wrong shape (422): a ttl_seconds
+# outside 1 s..10 years, or not an integer, is a bad parameter in a body of the right shape.
 _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
 

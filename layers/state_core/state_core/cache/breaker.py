@@ -1,5 +1,6 @@
 """A circuit breaker for Redis: after a failure, skip Redis for a window, so a dead or hung server costs
-at most one timeout per container per window instead of one per request (DESIGN §5)."""
+at most one timeout per container per window instead of one per request: reads then go to DynamoDB, which
+is never stale, so an outage of the cache costs latency only."""
 
 from __future__ import annotations
 

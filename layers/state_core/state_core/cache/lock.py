@@ -1,5 +1,5 @@
-"""Per-key locks in Redis for PATCH (DESIGN §5): contending writers queue instead of burning conditional
-write retries. A lock is only an optimization: DynamoDB's version condition stays the fence, so a lost,
+"""Per-key locks in Redis for PATCH: contending writers queue instead of burning conditional write
+retries. A lock is only an optimization: DynamoDB's version condition stays the fence, so a lost,
 expired or skipped lock can cost a retry but never an update.
 """
 

@@ -1,4 +1,5 @@
-"""Versioned read cache in Redis (DESIGN §5).
+"""Versioned read cache in Redis: an entry is replaced only by a newer version, so a late write never
+brings an old value back.
 
 An entry is a Redis hash `{v: version, m: metadata JSON, d: stored value bytes, s: MAC}` under `st:{<key>}`;
 a tombstone (deleted, or absent as version 0) has no `d`. `s` is an HMAC-SHA256 of the entry's key, version,

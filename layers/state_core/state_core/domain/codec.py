@@ -1,4 +1,5 @@
-"""JSON in and out of the service (DESIGN §3 "JSON" and "Size") and the stored, compressed form of values.
+"""JSON in and out of the service (strict parsing, size and depth limits) and the stored, compressed form
+of values.
 
 A value's canonical form is `json.dumps(v, separators=(",", ":"), ensure_ascii=False)` in UTF-8: sizes are
 measured on it, it is what gets compressed and stored, and a read returns it byte for byte.

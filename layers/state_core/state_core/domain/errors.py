@@ -1,4 +1,4 @@
-"""Domain errors. Each carries the HTTP status it maps to; `problem.py` turns them into RFC 9457 documents.
+"""Domain errors. Each carries the HTTP status it maps to; `api.edge.problem` turns them into RFC 9457 documents.
 
 Details never contain a stored value or a token: they are logged and returned to clients.
 """
@@ -92,6 +92,6 @@ class CorruptStoredValue(ServiceUnavailable, ValueError):
 
 
 class Gone(StateError):
-    """A version that existed but has left the history's retention (issue 9)."""
+    """A version that existed but has left the history's retention."""
 
     status, title, slug = 410, "Gone", "gone"

@@ -1,4 +1,5 @@
-"""State keys (DESIGN §3): 1-256 characters of [A-Za-z0-9_.:-], the first one alphanumeric."""
+"""State keys: 1-256 characters of [A-Za-z0-9_.:-], the first one alphanumeric: nothing a URL path must
+escape, and never the `#` or `{}` that the table's other item keys and the Redis key names are built with."""
 
 from __future__ import annotations
 

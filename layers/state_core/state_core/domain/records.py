@@ -12,7 +12,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 from state_core.domain.codec import StoredValue
 from state_core.storage.blobs import BlobRef
 
-# DESIGN §3 leaves the TTL range open; issue 9 fixes it at 1 s to 10 years.
+# TTLs from 1 s to 10 years: a bound keeps every expiry a representable time (10**30 s is not one), and
+# 10 years is as good as no expiry.
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 

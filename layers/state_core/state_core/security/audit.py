@@ -1,4 +1,4 @@
-"""The audit trail (DESIGN §4): one structured record for every request that reaches a state handler.
+"""The audit trail: one structured record for every request that reaches a state handler.
 
 Records go through their own Powertools Logger (service `state-service-audit`), so they can be told apart
 from diagnostics by one field (`{ $.service = "state-service-audit" }` in a subscription or metric filter;
@@ -59,7 +59,7 @@ def note_action(action: Action) -> None:
 
 
 def note_decision(decision: Decision) -> None:
-    """The authorization decision for this request (set by `api.authorized_principal`)."""
+    """The authorization decision for this request (set by `api.edge.authorized_principal`)."""
     _decision.set(decision)
 
 

@@ -1,4 +1,4 @@
-"""The issuer's signing keys (DESIGN §4): fetched from its JWKS with hard limits and cached.
+"""The issuer's signing keys: fetched from its JWKS with hard limits and cached.
 
 PyJWT's own PyJWKClient refetches on every unknown `kid` (a flood of made-up kids becomes a flood of
 requests to the issuer), drops its keys when a refetch fails and follows redirects, so the cache is ours:

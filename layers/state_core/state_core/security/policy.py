@@ -1,4 +1,4 @@
-"""The role policy (DESIGN §4): which permissions each role from the token grants.
+"""The role policy: which permissions each role from the token grants.
 
 A JSON file, by default `policy.json` shipped in this package, else the file `STATE_POLICY_FILE` names:
 
@@ -9,7 +9,7 @@ A JSON file, by default `policy.json` shipped in this package, else the file `ST
 
 Each grant has the grammar of a scope: `state:read` / `state:write`, optionally narrowed to a key pattern
 (an exact key, or a prefix ending in `*`, `${sub}` standing for the caller's subject and followed by `:` or
-the end of the pattern, as in `auth.py`). The file is checked
+the end of the pattern, as in `principal.py`). The file is checked
 completely at load; anything unexpected (an unknown member, a misspelt permission, a pattern no key could
 match) makes it invalid, and an invalid policy fails closed: every request is refused.
 """

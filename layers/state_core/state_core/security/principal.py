@@ -1,4 +1,4 @@
-"""Who is calling and what they may do (DESIGN §4): the principal the authorizer put in the request
+"""Who is calling and what they may do: the principal the authorizer put in the request
 context, and RBAC by permission and key pattern, enforced on the validated key.
 
 A grant is a scope `state:read` / `state:write` (every key) or `state:read:<pattern>` /

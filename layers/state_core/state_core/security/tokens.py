@@ -1,4 +1,4 @@
-"""Bearer JWT validation for the Lambda authorizer (DESIGN §4).
+"""Bearer JWT validation for the Lambda authorizer.
 
 Keys come from the issuer's JWKS (found through `<issuer>/.well-known/openid-configuration`) through our
 own cache (`jwks.py`). The token is parsed strictly before any key is looked up: three canonical base64url

@@ -55,7 +55,7 @@ class HistoryRecorder(Protocol):
 
 
 class Cache(Protocol):
-    """The versioned read cache (cache.RedisStateCache); never raises for Redis trouble."""
+    """The versioned read cache (cache.state_cache.RedisStateCache); never raises for Redis trouble."""
 
     def get(self, key: str) -> CacheEntry | None: ...
     def fill(self, entry: CacheEntry) -> bool: ...
@@ -188,7 +188,7 @@ class StateManager:
             except ConditionFailed as failed:
                 current = failed.current
                 if _expired(current, now):
-                    # Expiry is a change of its own (issue 9): the expired version becomes an `expired`
+                    # Expiry is a change of its own (one version, one event): the expired version becomes an `expired`
                     # tombstone with the next version first, then this write goes on over that tombstone.
                     self._expire(key, current, now)
                     if precondition in (Precondition.NOT_EXPIRED, Precondition.GONE):

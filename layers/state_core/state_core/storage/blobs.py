@@ -1,4 +1,5 @@
-"""Values too large for the state item (DESIGN §2 Storage): immutable compressed blobs in the same table.
+"""Values too large for the state item (DynamoDB caps an item at 400 KB): immutable compressed blobs in the
+same table.
 
 A blob is named by the write id of the write that made it and is never changed: its chunks live under
 their own partition keys (`chunk#<write id>#<n>`), so one key's large writes spread over partitions, and a

@@ -1,4 +1,4 @@
-"""Version history (issue 9): every version of a key, kept for a retention period, beside its state item.
+"""Version history: every version of a key, kept for a retention period, beside its state item.
 
 Items: `pk = <key>, sk = v#<version, 12 digits>`, one per version, written with a plain PutItem of an item
 derived only from the state item's image (version, operation, actor, time, size, expiry, and the value:
@@ -337,7 +337,7 @@ class HistoryStore:
 
 # ------------------------------------------------------------------------------------------------ reading
 class StateReads(Protocol):
-    """What reading history needs of the state store (store.StateStore)."""
+    """What reading history needs of the state store (storage.state.StateStore)."""
 
     def get(self, key: str) -> StateRecord | None: ...
     def head(self, key: str) -> dict[str, Any] | None: ...
@@ -407,7 +407,7 @@ class HistoryReader:
         if state is None or version > state.version:
             raise NotFound(f"key {key} has no version {version}")
         if version == state.version:
-            if state.deleted or state.value is None:  # store.get loads a large value's blob
+            if state.deleted or state.value is None:  # StateStore.get loads a large value's blob
                 raise NotFound(f"version {version} of key {key} is a deletion and has no value")
             return state, state.value.canonical()
         found = self._history.get(key, version)

@@ -1,6 +1,6 @@
 """DynamoDB adapter: the current state of a key is one item (pk = key, sk = "state"), written only with
-conditional UpdateItem calls. Other item kinds (history, value chunks) will sit beside it under other sort
-or partition keys.
+conditional UpdateItem calls. Other item kinds (history, value chunks, blob and expiry markers) sit beside it under
+other sort or partition keys.
 
 Item attributes: version (N), value (B) or blob_id / blob_chunks / blob_sha256 (a large value's blob, see
 blobs.py), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339), updated_by (S), expires_at
@@ -89,9 +89,10 @@ _NAMES = {
 _NOT_EXPIRED = "(attribute_not_exists(#expires_at) OR #expires_at > :now_epoch)"
 _LIVE = f"(attribute_exists(#pk) AND attribute_not_exists(#deleted) AND {_NOT_EXPIRED})"
 # An expired item that is not yet a tombstone is not "gone" for a write: the write first turns it into an
-# `expired` tombstone (taking a version, issue 9), then writes over that.
+# `expired` tombstone (taking a version, since expiry is a change), then writes over that.
 _GONE = "(attribute_not_exists(#pk) OR attribute_exists(#deleted))"
-# Expiry (issue 9): the item must still be the version that expired, live, and past its expiry.
+# Expiry: the item must still be the version that expired, live, and past its expiry, so a write that
+# landed meanwhile is never expired.
 _EXPIRABLE = (
     "#version = :expected_version AND attribute_not_exists(#deleted) AND #expires_at = :expires_at"
     " AND #expires_at <= :now_epoch"

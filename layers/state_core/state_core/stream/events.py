@@ -1,4 +1,4 @@
-"""StateChanged events from the table's stream (DESIGN §6): pure functions, no I/O.
+"""StateChanged events from the table's stream: pure functions, no I/O.
 
 A DynamoDB stream record (Lambda's event format: low-level attribute values, binary as base64) becomes one
 `StateChanged` event. The record's new image is the state item after the write, its old image the item
@@ -24,7 +24,8 @@ from state_core.storage.blobs import BlobRef
 from state_core.storage.state import STATE_SORT_KEY, record_of_item
 
 DEFAULT_EVENT_SOURCE = "state.service"
-# DESIGN §6: the value rides in the event only while the whole detail stays under this size.
+# The value rides in the event only while the whole detail stays under this size (a consumer GETs a larger
+# value): EventBridge takes at most 256 KB per entry.
 DEFAULT_MAX_DETAIL_BYTES = 65_536
 # EventBridge limits (PutEvents): 10 entries a request, 256 KB per request, sizes computed as below.
 MAX_ENTRIES_PER_REQUEST = 10
@@ -41,7 +42,7 @@ class Operation(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
-    # The key's expiry, written as its own version (store.StateStore.expire, issue 9).
+    # The key's expiry, written as its own version (storage.state.StateStore.expire).
     EXPIRED = "expired"
 
 
@@ -117,7 +118,7 @@ class StreamChange:
 
 
 def image(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A stream image as the low-level item format `store.record_of_item` reads: Lambda's JSON event carries
+    """A stream image as the low-level item format `storage.state.record_of_item` reads: Lambda's JSON event carries
     binary attributes as base64 text, boto3 responses carry bytes; both become bytes."""
     return {name: _attribute(value) for name, value in raw.items()}
 
@@ -163,7 +164,7 @@ def operation_of(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> Opera
     by the store: `incarnation` equals the write's own `write_id` exactly when that write started it.
     """
     if "expired" in new:
-        # The expiry's tombstone is marked so (store.StateStore.expire); a later write removes the mark.
+        # The expiry's tombstone is marked so (storage.state.StateStore.expire); a later write removes the mark.
         return Operation.EXPIRED
     if new.get("deleted", {}).get("BOOL"):
         return Operation.DELETED

@@ -1,4 +1,4 @@
-"""The stream's side of history and expiry (issue 9), run by publish_changes for each batch.
+"""The stream's side of history and expiry, run by publish_changes for each batch.
 
 - **History:** every state item image gets its history item (history.py), idempotently; a version whose
   function died right after its state write still gets there, within the stream's lag. A large value's
@@ -7,7 +7,7 @@
   `ttl` = its expiry). State items never carry `ttl`: DynamoDB's TTL would delete the version counter with
   them. DynamoDB's TTL removes the marker (days late at worst; locally devstack's TTL emulator, ~1 s), and
   that REMOVE record turns the state into an `expired` tombstone with the next version, under the
-  condition that the state is still the marker's version and expired (store.StateStore.expire). A write
+  condition that the state is still the marker's version and expired (storage.state.StateStore.expire). A write
   that meets the expired key first does the same expiry itself (manager.py); the condition lets exactly
   one of them succeed, so there is exactly one `expired` change, hence one `expired` event.
 - **Blobs:** a blob goes when nothing retained refers to it: when its history item leaves retention (the
@@ -37,7 +37,7 @@ class DynamoDBClient(Protocol):
 
 
 class StateExpiry(Protocol):
-    """store.StateStore's parts used here."""
+    """storage.state.StateStore's parts used here."""
 
     def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
     def head(self, key: str) -> dict[str, Any] | None: ...

@@ -56,7 +56,7 @@ class BlobCollector(Protocol):
 
 
 class Lifecycle(Protocol):
-    """lifecycle.StreamLifecycle: history items, expiry markers and their removals (issue 9)."""
+    """lifecycle.StreamLifecycle: history items, expiry markers and their removals."""
 
     def record_versions(self, changes: Sequence[StreamChange]) -> None: ...
     def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None: ...

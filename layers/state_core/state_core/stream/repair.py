@@ -26,7 +26,7 @@ from state_core.stream.events import is_state_record, new_state_image
 
 
 class FenceSink(Protocol):
-    """cache.RedisStateCache's repair: raises RedisUnavailable on trouble, never skips for a breaker."""
+    """cache.state_cache.RedisStateCache's repair: raises RedisUnavailable on trouble, never skips for a breaker."""
 
     def repair(self, entry: Any) -> bool: ...
 
