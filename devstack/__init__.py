@@ -9,6 +9,8 @@
 - ``devstack.resources``: ``create_resources(template, endpoint_url=None)`` -> physical names.
 - ``devstack.oidc`` / ``devstack.token``: the dev issuer and ``mint(sub, scope, ...)``.
 - ``devstack.workers``: Lambda's process model (``WorkerPool``).
+- ``devstack.failpoints``: arming the core's failpoints (tests and the workers, from
+  ``STATE_FAILPOINTS_SPEC``); the core itself keeps only the hook.
 - ``devstack.gateway``: API Gateway HTTP API (``Gateway``).
 - ``python -m devstack``: all of it in the foreground (``make dev``).
 """

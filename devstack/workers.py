@@ -208,6 +208,12 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     log_stream = time.strftime("%Y/%m/%d") + f"/[$LATEST]{uuid.uuid4().hex}"
     started = time.perf_counter()
     try:
+        if os.environ.get("STATE_FAILPOINTS_SPEC", "").strip():
+            # Before the function's code: its first DynamoDB client is then made with the faults attached.
+            # Imported only here, so a worker without a spec never loads the arming code.
+            from devstack import failpoints
+
+            failpoints.arm_from_environ(os.environ, observer=failpoints.log_firing)
         module = __import__(config.module)
         handler: Callable[[Any, Any], Any] = getattr(module, config.handler_name)
     except BaseException as exc:  # init failure: report it, as Lambda reports Runtime.ImportModuleError

@@ -36,7 +36,7 @@ import boto3
 import pytest
 import redis
 
-from state_core import failpoints
+from devstack import failpoints
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink, connect
 from state_core.cache.state_cache import CacheEntry, CachePolicy, RedisStateCache, entry_key

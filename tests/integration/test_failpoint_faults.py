@@ -13,7 +13,7 @@ import boto3
 import pytest
 import redis
 
-from state_core import failpoints
+from devstack import failpoints
 from state_core.api import edge
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink, connect

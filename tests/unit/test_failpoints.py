@@ -1,8 +1,10 @@
-"""Failpoints: armed only in tests and the local stack, zero cost when disarmed, and each action
-does what it says."""
+"""Failpoints: armed only in tests and the local stack, zero cost when disarmed, each action does what it
+says, and nothing of the arming ships with the functions."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
 import subprocess
 import sys
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack import failpoints
 from devstack.template import load_yaml
-from state_core import failpoints
+from state_core import failpoints as hook
+from state_core import runtime
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +45,7 @@ def enabled(monkeypatch):
 def test_arming_is_refused_without_state_failpoints():
     with pytest.raises(failpoints.FailpointsForbidden):
         failpoints.arm("after_lock_acquire", "raise")
-    assert failpoints.ENABLED is False
+    assert hook.ENABLED is False
 
 
 def test_arming_is_refused_inside_a_function_that_is_not_the_local_stack(enabled, monkeypatch):
@@ -54,7 +58,15 @@ def test_a_spec_in_a_deployed_function_fails_loudly_at_cold_start():
     env = {"AWS_LAMBDA_FUNCTION_NAME": "f", "STATE_FAILPOINTS_SPEC": "after_lock_acquire=kill", "STATE_FAILPOINTS": "1"}
     with pytest.raises(failpoints.FailpointsForbidden):
         failpoints.arm_from_environ(env)
-    assert failpoints.ENABLED is False
+    assert hook.ENABLED is False
+
+
+def test_a_spec_nothing_armed_fails_the_core_loudly(monkeypatch):
+    """A deployed function has no arming code: a stray spec there must not pass for a fault test."""
+    monkeypatch.setenv("STATE_FAILPOINTS_SPEC", "after_lock_acquire=kill")
+    runtime.state_manager.cache_clear()
+    with pytest.raises(RuntimeError, match="STATE_FAILPOINTS_SPEC"):
+        runtime.state_manager()
 
 
 def test_a_local_stack_worker_may_be_armed_from_its_environment():
@@ -65,7 +77,7 @@ def test_a_local_stack_worker_may_be_armed_from_its_environment():
         "STATE_FAILPOINTS_SPEC": "after_db_write_before_cache=delay(0.01)*2+1%50; dynamodb_send=return(throttle)",
     }
     assert failpoints.arm_from_environ(env) is True
-    assert failpoints.ENABLED is True
+    assert hook.ENABLED is True
     assert failpoints.hit("dynamodb_send") == "throttle"
 
 
@@ -128,15 +140,117 @@ def test_disarming_everything_clears_the_flag(enabled):
     failpoints.arm("after_lock_acquire", "delay", 0)
     failpoints.arm("before_lock_release", "delay", 0)
     failpoints.disarm("after_lock_acquire")
-    assert failpoints.ENABLED is True
+    assert hook.ENABLED is True
     failpoints.disarm()
-    assert failpoints.ENABLED is False
+    assert hook.ENABLED is False
 
 
 def test_every_named_point_is_called_somewhere_in_the_core():
     source = "\n".join(p.read_text() for p in CORE.rglob("*.py"))
     called = set(re.findall(r'failpoints\.hit\("([a-z_]+)"', source)) | {"dynamodb_send", "dynamodb_answer"}
-    assert called == set(failpoints.POINTS)
+    assert called == {*failpoints.POINTS, failpoints.NEW_DYNAMODB_CLIENT}
+
+
+def test_the_core_hook_hands_a_new_dynamodb_client_over_for_faults(enabled):
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from botocore.session import get_session
+
+    # A real client; the armed fault answers in DynamoDB's place, so nothing is sent anywhere.
+    client = get_session().create_client(
+        "dynamodb",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    failpoints.arm("dynamodb_send", "return", "throttle")
+    hook.hit(failpoints.NEW_DYNAMODB_CLIENT, client=client)
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        client.describe_limits()
+    assert failpoints.fired("dynamodb_send") == 1
+
+
+# --- nothing of the arming in production code -----------------------------------------------------------
+
+
+def test_the_core_hook_only_forwards_to_a_handler_it_is_given():
+    """state_core.failpoints: the flag, hit, and install/uninstall of a handler; no arming, no environment."""
+    source = (CORE / "failpoints.py").read_text()
+    tree = ast.parse(source)
+    public = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            public.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            public.update(t.id for t in targets if isinstance(t, ast.Name))
+    assert {name for name in public if not name.startswith("_")} == {"ENABLED", "hit", "install", "uninstall"}
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= {"__future__", "collections.abc", "typing"}
+    code = [line for line in ast.unparse(tree).splitlines() if line.strip()]
+    assert len(code) <= 30, "the production hook must stay tiny: arming belongs in devstack.failpoints"
+
+    heard = []
+    hook.install(lambda name, **context: heard.append((name, context)) or "answer")
+    try:
+        assert hook.ENABLED is True
+        assert hook.hit("after_patch_read", key="k") == "answer"
+    finally:
+        hook.uninstall()
+    assert heard == [("after_patch_read", {"key": "k"})]
+    assert hook.ENABLED is False
+    assert hook.hit("after_patch_read") is None
+
+
+# What only arming code contains (each is in devstack/failpoints.py, the test checks): the environment that
+# allows arming, the spec, the actions' kill and errors, and the DynamoDB fault hooks.
+ARMING_MARKERS = (
+    '"STATE_FAILPOINTS"',
+    '"STATE_LOCAL_STACK"',
+    "def arm(",
+    "def parse_spec(",
+    "def arm_from_environ(",
+    "os._exit(",
+    "class FailpointError(",
+    "def install_dynamodb_faults(",
+    "_DYNAMODB_FAULTS",
+)
+
+
+def test_nothing_sam_packages_for_a_function_contains_arming_code():
+    """The layer (ContentUri, built by `sam build` from its files plus third-party requirements) and every
+    function's CodeUri: the arming code lives in devstack/, which none of them includes."""
+    template = load_yaml(REPO_ROOT / "template.yaml")
+    packaged = []
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            packaged.append(properties["ContentUri"])
+        elif resource["Type"] == "AWS::Serverless::Function":
+            packaged.append(properties["CodeUri"])
+    layer_roots = [REPO_ROOT / uri for uri in packaged if uri.startswith("layers/")]
+    assert layer_roots == [REPO_ROOT / "layers" / "state_core"]
+    assert all(not (REPO_ROOT / uri).resolve().is_relative_to((REPO_ROOT / "devstack").resolve()) for uri in packaged)
+    files = [path for uri in packaged for path in (REPO_ROOT / uri).rglob("*") if path.is_file()]
+    files = [path for path in files if "__pycache__" not in path.parts]
+    assert any(path.name == "failpoints.py" for path in files)  # the hook itself ships, and only it
+    arming = (REPO_ROOT / "devstack" / "failpoints.py").read_text()
+    assert [marker for marker in ARMING_MARKERS if marker not in arming] == []
+    for path in files:
+        text = path.read_text(errors="replace")
+        found = [marker for marker in (*ARMING_MARKERS, "import devstack", "from devstack") if marker in text]
+        assert not found, f"{path.relative_to(REPO_ROOT)}: {found}"
+    # The layer's third-party requirements are pinned names from the registry, never a path to this repository.
+    requirements = (REPO_ROOT / "layers" / "state_core" / "requirements.txt").read_text().splitlines()
+    for line in requirements:
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+(\[[a-z,]+\])?==[0-9.]+", line.strip()), line
 
 
 # --- actions ---------------------------------------------------------------------------------------------
@@ -183,12 +297,16 @@ def test_call_runs_the_callable_with_the_context(enabled):
 
 def test_kill_ends_the_process_at_once():
     code = (
-        "from state_core import failpoints\n"
+        "from devstack import failpoints\n"
         "failpoints.arm('after_db_write_before_cache', 'kill')\n"
         "failpoints.hit('after_db_write_before_cache')\n"
         "print('survived')\n"
     )
-    env = {"STATE_FAILPOINTS": "1", "PYTHONPATH": str(CORE.parent), "PATH": "/usr/bin:/bin"}
+    env = {
+        "STATE_FAILPOINTS": "1",
+        "PYTHONPATH": os.pathsep.join((str(CORE.parent), str(REPO_ROOT))),
+        "PATH": "/usr/bin:/bin",
+    }
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == failpoints.KILL_EXIT_CODE
     assert "survived" not in result.stdout

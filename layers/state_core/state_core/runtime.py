@@ -78,8 +78,9 @@ def dynamodb_client() -> Any:
     # botocore directly: boto3 adds nothing a client needs and costs ~0.1 s of cold start (s3transfer).
     client = botocore_session().create_client("dynamodb", config=DYNAMODB_CONFIG)
     deadline.guard(client, needed_seconds=DYNAMODB_ATTEMPT_BUDGET_SECONDS)
-    if failpoints.ENABLED:  # only ever in tests and the local stack (failpoints.allowed)
-        failpoints.install_dynamodb_faults(client)
+    # Only ever in tests and the local stack: their handler attaches its DynamoDB faults to the client.
+    if failpoints.ENABLED:
+        failpoints.hit("new_dynamodb_client", client=client)
     return client
 
 
@@ -129,16 +130,13 @@ def secrets_client() -> Any:
     return botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS))
 
 
-def log_failpoint(point: str, action: str) -> None:
-    # With the request's correlation id, so the history checker knows which request was paused or killed.
-    logger.warning("failpoint fired", extra={"failpoint": point, "failpoint_action": action})
-
-
 @functools.cache
 def state_manager() -> StateManager:
+    # Only the local stack's workers arm failpoints from STATE_FAILPOINTS_SPEC, before this runs; anywhere
+    # else the spec would arm nothing, and a fault test that silently tests nothing is refused instead.
+    if os.environ.get("STATE_FAILPOINTS_SPEC", "").strip() and not failpoints.ENABLED:
+        raise RuntimeError("STATE_FAILPOINTS_SPEC is set but nothing armed it: failpoints run only in the local stack")
     settings = service_settings()
-    # The local stack's workers arm failpoints from STATE_FAILPOINTS_SPEC; anywhere else a spec is refused.
-    failpoints.arm_from_environ(os.environ, observer=log_failpoint)
     link = redis_link()
     cache = lock = None
     if link is not None:
