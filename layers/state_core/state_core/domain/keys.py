@@ -13,6 +13,8 @@ KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}"
 _KEY = re.compile(KEY_PATTERN + r"\Z")
 # One segment of a key: the key alphabet without the separator.
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+# Actors the service itself writes as (`system:ttl` for expiries); no caller's subject may start with it.
+SYSTEM_ACTOR_PREFIX = "system:"
 
 
 def validate_key(key: str) -> str:

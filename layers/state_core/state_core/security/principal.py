@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 READ = "state:read"
 WRITE = "state:write"
-# Actors the service itself writes as (`system:ttl` for expiries); no caller's subject may start with it.
-SYSTEM_ACTOR_PREFIX = "system:"
 _SUB = "${sub}"
 # A grant: key characters and `${sub}` (only before `:` or at the end, so `user:${sub}*` is no grant),
 # optionally ending in `*`; or `*` alone.

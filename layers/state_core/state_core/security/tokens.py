@@ -32,8 +32,8 @@ from typing import Any
 import jwt
 
 from state_core.config import AuthorizerSettings
+from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.security.jwks import JwksCache, discover_jwks_uri
-from state_core.security.principal import SYSTEM_ACTOR_PREFIX
 
 # API Gateway refuses a request whose request line and headers exceed 10,240 bytes, so no longer
 # token can arrive through it; refusing it here bounds the parsing work whatever the caller.

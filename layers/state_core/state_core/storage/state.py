@@ -32,8 +32,8 @@ from botocore.exceptions import (
 from state_core.deadline import OutOfTime
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
+from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.records import StateRecord, rfc3339
-from state_core.security.principal import SYSTEM_ACTOR_PREFIX
 from state_core.storage.blobs import BlobRef, BlobStore
 
 STATE_SORT_KEY = "state"
