@@ -3,8 +3,8 @@
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
+from state_core.api.models import PutStateRequest
 from state_core.domain.codec import parse_json
-from state_core.domain.records import PutStateRequest
 from state_core.observability import lambda_entry
 from state_core.runtime import state_manager
 from state_core.security.principal import WRITE

@@ -19,9 +19,9 @@ from state_core.cache.link import RedisLink, connect
 from state_core.cache.lock import LockPolicy, RedisKeyLock
 from state_core.cache.state_cache import CachePolicy, RedisStateCache
 from state_core.domain.errors import OutcomeUnknown, StateError
+from state_core.domain.records import BlobRef
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import Expectation, StateManager
-from state_core.storage.blobs import BlobRef
 from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, LostAnswer, NoMetrics, utc_now
 

@@ -14,9 +14,10 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from state_core.api import edge
+from state_core.api.models import PutStateRequest
 from state_core.domain.errors import BadRequest
 from state_core.domain.params import ascii_int
-from state_core.domain.records import MAX_TTL_SECONDS, PutStateRequest
+from state_core.domain.records import MAX_TTL_SECONDS
 from state_core.security import audit
 from state_core.storage.history import (
     MAX_PAGE,

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import BaseModel, ValidationError
 
 from state_core import runtime
+from state_core.api.models import GatewayMessage, Problem, StateEnvelope, StateMetadata
 from state_core.domain.codec import MAX_BODY_BYTES, check_body_size
 from state_core.domain.errors import (
     BadRequest,
@@ -30,7 +31,7 @@ from state_core.domain.errors import (
 )
 from state_core.domain.keys import validate_key
 from state_core.domain.params import ETAG
-from state_core.domain.records import GatewayMessage, Problem, StateEnvelope, StateMetadata, StateRecord
+from state_core.domain.records import StateRecord
 from state_core.observability import logger, metrics
 from state_core.security import audit
 from state_core.security.policy import PolicyError

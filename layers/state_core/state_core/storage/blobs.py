@@ -26,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import CorruptStoredValue
+from state_core.domain.records import BlobRef
 
 # A DynamoDB item holds 400 KB (moto: 405,000 bytes) including names and keys; 350,000 bytes of data
 # leaves room and makes a 1 MiB incompressible value three chunks.
@@ -57,21 +57,11 @@ class DynamoDBClient(Protocol):
     def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """What the state item stores in place of an inline value: which blob, and how to read it back."""
-
-    write_id: str
-    chunks: int
-    sha256: str = ""
-    encoding: str = ""
-    size: int = 0  # of the canonical JSON
-
-    def chunk_keys(self) -> list[dict[str, Any]]:
-        return [
-            {"pk": {"S": f"chunk#{self.write_id}#{index:04d}"}, "sk": {"S": CHUNK_SORT_KEY}}
-            for index in range(self.chunks)
-        ]
+def chunk_keys(ref: BlobRef) -> list[dict[str, Any]]:
+    """The DynamoDB keys of the blob's chunks, in order."""
+    return [
+        {"pk": {"S": f"chunk#{ref.write_id}#{index:04d}"}, "sk": {"S": CHUNK_SORT_KEY}} for index in range(ref.chunks)
+    ]
 
 
 class BlobStore:
@@ -101,14 +91,14 @@ class BlobStore:
         }
         requests = [{"PutRequest": {"Item": marker}}] + [
             {"PutRequest": {"Item": {**chunk_key, "owner": {"S": key}, "data": {"B": piece}}}}
-            for chunk_key, piece in zip(ref.chunk_keys(), pieces, strict=True)
+            for chunk_key, piece in zip(chunk_keys(ref), pieces, strict=True)
         ]
         self._batch_write(requests)
         return ref
 
     def load(self, ref: BlobRef) -> StoredValue | None:
         """The blob's value, or None if a chunk is gone (the blob was replaced and collected)."""
-        keys = ref.chunk_keys()
+        keys = chunk_keys(ref)
         found: dict[str, bytes] = {}
         pending: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
         for _ in range(_BATCH_ATTEMPTS):
@@ -130,7 +120,7 @@ class BlobStore:
         """Remove blobs: their chunks, then their markers."""
         requests: list[dict[str, Any]] = []
         for ref in refs:
-            requests += [{"DeleteRequest": {"Key": chunk}} for chunk in ref.chunk_keys()]
+            requests += [{"DeleteRequest": {"Key": chunk}} for chunk in chunk_keys(ref)]
             requests.append({"DeleteRequest": {"Key": {"pk": {"S": key}, "sk": {"S": MARKER_PREFIX + ref.write_id}}}})
         self._batch_write(requests)
 

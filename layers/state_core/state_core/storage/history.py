@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.domain.params import ascii_int
-from state_core.domain.records import StateRecord
-from state_core.storage.blobs import MARKER_PREFIX, BlobRef
+from state_core.domain.records import BlobRef, StateRecord
+from state_core.storage.blobs import MARKER_PREFIX
 from state_core.storage.state import dynamodb_errors, record_of_item, value_of_item
 
 HISTORY_PREFIX = "v#"

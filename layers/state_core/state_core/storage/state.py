@@ -33,8 +33,8 @@ from state_core.deadline import OutOfTime
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
-from state_core.domain.records import StateRecord, rfc3339
-from state_core.storage.blobs import BlobRef, BlobStore
+from state_core.domain.records import BlobRef, StateRecord, rfc3339
+from state_core.storage.blobs import BlobStore
 
 STATE_SORT_KEY = "state"
 # Compressed values up to this size stay inside the state item; larger ones become blobs.

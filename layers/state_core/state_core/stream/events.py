@@ -19,8 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from state_core.domain.records import StateRecord
-from state_core.storage.blobs import BlobRef
+from state_core.domain.records import BlobRef, StateRecord
 from state_core.storage.state import STATE_SORT_KEY, record_of_item
 
 DEFAULT_EVENT_SOURCE = "state.service"

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state_core.domain.metrics import MetricsSink
-from state_core.storage.blobs import BlobRef
+from state_core.domain.records import BlobRef
 from state_core.stream.events import (
     DEFAULT_EVENT_SOURCE,
     DEFAULT_MAX_DETAIL_BYTES,
