@@ -197,7 +197,8 @@ def run(svc: Services, runs: int, large_runs: int) -> list[Row]:
         from datetime import UTC, datetime
 
         from state_core.domain.codec import StoredValue, canonical_json
-        from state_core.storage.state import Precondition, StateStore
+        from state_core.domain.writes import Precondition
+        from state_core.storage.state import StateStore
 
         store = StateStore(ddb, svc.table)
         stored = StoredValue.encode(canonical_json(SMALL_VALUE))

@@ -119,7 +119,8 @@ def test_a_write_whose_handler_never_ran_past_it_still_yields_its_event(devstack
     # core's StateStore directly, so nothing that a handler does after a write (response, cache
     # write-through) ever happens. The stream alone carries the change out.
     from state_core.domain.codec import StoredValue
-    from state_core.storage.state import Precondition, StateStore
+    from state_core.domain.writes import Precondition
+    from state_core.storage.state import StateStore
 
     key = f"ev:{uuid.uuid4().hex}"
     ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)

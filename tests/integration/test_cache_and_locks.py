@@ -14,7 +14,8 @@ from devstack.redis_server import RedisServer
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink, connect
 from state_core.cache.lock import LockPolicy, RedisKeyLock
-from state_core.cache.state_cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
+from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import NotFound
 from state_core.domain.records import StateRecord

@@ -39,13 +39,15 @@ import redis
 from devstack import failpoints
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink, connect
-from state_core.cache.state_cache import CacheEntry, CachePolicy, RedisStateCache, entry_key
+from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
+from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import NotFound
 from state_core.domain.records import StateRecord, rfc3339
+from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import StateManager
-from state_core.storage.state import ConditionFailed, Precondition, StateStore, WriteResult
+from state_core.storage.state import StateStore
 from tests.doubles import SIGNING_KEY, NoMetrics, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]

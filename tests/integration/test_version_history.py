@@ -9,10 +9,10 @@ import boto3
 import pytest
 
 from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
+from state_core.domain.writes import ConditionFailed
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryReader, HistoryStore, decode_cursor, encode_cursor, history_sort_key
-from state_core.storage.state import ConditionFailed
 from state_core.stream.lifecycle import StreamLifecycle, expiry_marker
 from tests.doubles import FailingService, NoMetrics
 

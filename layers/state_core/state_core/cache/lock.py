@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from state_core.cache.breaker import RedisUnavailable
-from state_core.cache.state_cache import WRITE_THROUGH_ATTEMPTS
-from state_core.domain.metrics import MetricsSink
+from state_core.domain.cached import CacheEntry
+from state_core.domain.ports import MetricsSink
 
 if TYPE_CHECKING:
     from state_core.cache.link import RedisLink
-    from state_core.cache.state_cache import CacheEntry, RedisStateCache
+    from state_core.cache.state_cache import RedisStateCache
 
 # Compare-and-delete: release only a lock we still hold (after our lease expired, another writer may).
 _RELEASE = """
@@ -155,6 +155,6 @@ class RedisKeyLock:
             cache.read_failed()  # counted as a cache error, like any failed cache call
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
             if trouble.timed_out:
-                cache.write_if_newer(entry, attempts=WRITE_THROUGH_ATTEMPTS - 1)
+                cache.write_through_again(entry)
             else:
                 cache.remember(entry)

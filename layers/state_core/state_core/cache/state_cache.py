@@ -37,9 +37,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from state_core.cache.breaker import RedisUnavailable
+from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import ENCODING_IDENTITY, StoredValue
-from state_core.domain.metrics import MetricsSink
-from state_core.domain.records import StateRecord, rfc3339
+from state_core.domain.ports import MetricsSink
+from state_core.domain.records import StateRecord
 
 if TYPE_CHECKING:
     from state_core.cache.link import RedisLink
@@ -175,67 +176,42 @@ def lease_key(key: str) -> str:
     return f"ls:{{{key}}}"
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """A cached version of a key: its record (tombstones included; version 0 means "absent")."""
+def entry_fields(entry: CacheEntry) -> tuple[str, bytes]:
+    """The entry's hash fields `m` (metadata JSON) and `d` (value bytes, empty for none)."""
+    record = entry.record
+    metadata = {
+        "deleted": record.deleted,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "updated_by": record.updated_by,
+        "expires_at": record.expires_at,
+    }
+    data = b""
+    if record.value is not None:
+        metadata["encoding"] = record.value.encoding
+        metadata["size"] = record.value.size
+        data = record.value.data
+    return json.dumps(metadata, separators=(",", ":")), data
 
-    record: StateRecord
 
-    @property
-    def version(self) -> int:
-        return self.record.version
-
-    @classmethod
-    def absent(cls, key: str, now: datetime) -> CacheEntry:
-        """A key DynamoDB does not hold at all: a tombstone at version 0, so any write supersedes it."""
-        return cls(StateRecord(key, 0, True, None, None, rfc3339(now), "", None))
-
-    def fence(self) -> CacheEntry:
-        """This version without its value or tombstone, which readers take as a miss (they fill the current
-        state from DynamoDB; the same version with its value may fill it). What a write that may land long
-        after it was made stores (a replayed write, the stream's repair): newer entries may be gone by then
-        (a restart, an eviction, their expiry), and with its value it would serve an old version to every
-        container. As a fence it still keeps older versions out."""
-        return CacheEntry(replace(self.record, deleted=False, value=None))
-
-    def is_usable(self) -> bool:
-        """False for a live version too large to cache, which readers treat as a miss."""
-        return self.record.deleted or self.record.value is not None
-
-    def fields(self) -> tuple[str, bytes]:
-        record = self.record
-        metadata = {
-            "deleted": record.deleted,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "updated_by": record.updated_by,
-            "expires_at": record.expires_at,
-        }
-        data = b""
-        if record.value is not None:
-            metadata["encoding"] = record.value.encoding
-            metadata["size"] = record.value.size
-            data = record.value.data
-        return json.dumps(metadata, separators=(",", ":")), data
-
-    @classmethod
-    def parse(cls, key: str, version: Any, metadata: Any, data: Any) -> CacheEntry:
-        meta = json.loads(metadata)
-        value = None
-        if data is not None and "encoding" in meta:
-            value = StoredValue(encoding=meta["encoding"], data=data, size=meta["size"])
-        return cls(
-            StateRecord(
-                key=key,
-                version=int(version),
-                deleted=bool(meta["deleted"]),
-                value=value,
-                created_at=meta["created_at"],
-                updated_at=meta["updated_at"],
-                updated_by=meta["updated_by"],
-                expires_at=meta["expires_at"],
-            )
+def parse_entry(key: str, version: Any, metadata: Any, data: Any) -> CacheEntry:
+    """The entry of `key` from its hash fields as read (`data` None when there is no value)."""
+    meta = json.loads(metadata)
+    value = None
+    if data is not None and "encoding" in meta:
+        value = StoredValue(encoding=meta["encoding"], data=data, size=meta["size"])
+    return CacheEntry(
+        StateRecord(
+            key=key,
+            version=int(version),
+            deleted=bool(meta["deleted"]),
+            value=value,
+            created_at=meta["created_at"],
+            updated_at=meta["updated_at"],
+            updated_by=meta["updated_by"],
+            expires_at=meta["expires_at"],
         )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +320,7 @@ class RedisStateCache:
         ):
             return None
         try:
-            entry = CacheEntry.parse(key, version, metadata, data or None)
+            entry = parse_entry(key, version, metadata, data or None)
             value = entry.record.value
             if value is None:
                 return entry
@@ -376,6 +352,11 @@ class RedisStateCache:
         value only over an entry that holds a value or tombstone (else as a fence). False if refused or
         failed; a failed write is kept and replayed once Redis answers again."""
         return self._write(entry, "through", "", bypass_breaker=True, attempts=attempts)
+
+    def write_through_again(self, entry: CacheEntry) -> bool:
+        """A write-through sent along with other commands timed out (the first of its attempts): the attempts
+        it has left, alone (see write_if_newer)."""
+        return self.write_if_newer(entry, attempts=WRITE_THROUGH_ATTEMPTS - 1)
 
     def repair(self, entry: CacheEntry) -> bool:
         """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is
@@ -430,10 +411,10 @@ class RedisStateCache:
         key = entry.record.key
         version = str(entry.version).encode("ascii")
         signing_key = self._link.signing_key
-        metadata, data = entry.fields()
+        metadata, data = entry_fields(entry)
         encoded_metadata = metadata.encode("utf-8")
         mac = entry_mac(signing_key, key, version, encoded_metadata, data)
-        fence_metadata = entry.fence().fields()[0].encode("utf-8")
+        fence_metadata = entry_fields(entry.fence())[0].encode("utf-8")
         fence_mac = entry_mac(signing_key, key, version, fence_metadata, b"")
         lifetime = self._policy.lifetime_ms(entry.record, self._clock())
         arguments = [version, encoded_metadata, data, lifetime, mac, mode, token, fence_metadata, fence_mac]

@@ -11,65 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from state_core import failpoints
-from state_core.cache.state_cache import CacheEntry
+from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue, canonical_json, check_depth, check_value_size
 from state_core.domain.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
 from state_core.domain.merge_patch import apply_merge_patch
-from state_core.domain.metrics import MetricsSink
+from state_core.domain.ports import Cache, HistoryRecorder, KeyLock, MetricsSink, Store
 from state_core.domain.records import StateRecord
-from state_core.storage.state import ConditionFailed, Precondition, WriteResult
+from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 
 # An unconditional PUT meets a condition failure only when the item it replaces has expired (it then
 # re-creates at that exact version); a few rounds cover concurrent writers doing the same.
 _PUT_ATTEMPTS = 5
-
-
-class Store(Protocol):
-    def get(self, key: str) -> StateRecord | None: ...
-
-    def write(
-        self,
-        key: str,
-        value: StoredValue,
-        *,
-        actor: str,
-        now: datetime,
-        precondition: Precondition,
-        version: int | None = None,
-        expires_at: float | None = None,
-        keep_expiry: bool = False,
-    ) -> WriteResult: ...
-
-    def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord: ...
-
-    def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
-
-
-class HistoryRecorder(Protocol):
-    """history.HistoryStore's write side: the history item of a version, written idempotently."""
-
-    def record(self, record: StateRecord, operation: str) -> None: ...
-
-
-class Cache(Protocol):
-    """The versioned read cache (cache.state_cache.RedisStateCache); never raises for Redis trouble."""
-
-    def get(self, key: str) -> CacheEntry | None: ...
-    def fill(self, entry: CacheEntry) -> bool: ...
-    def write_if_newer(self, entry: CacheEntry) -> bool: ...
-
-
-class KeyLock(Protocol):
-    """Per-key lock (lock.RedisKeyLock); acquire answers None when it cannot be had or Redis is down.
-    The `_and_` forms send the cache's read (write) in the same Redis round trip as the acquire (release)."""
-
-    def acquire(self, key: str) -> Any | None: ...
-    def release(self, lease: Any) -> None: ...
-    def acquire_and_read(self, key: str, cache: Any) -> tuple[Any | None, CacheEntry | None]: ...
-    def write_and_release(self, lease: Any, cache: Any, entry: CacheEntry) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

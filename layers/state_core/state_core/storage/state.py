@@ -15,9 +15,8 @@ import secrets
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any, Protocol
 
 from botocore.exceptions import (
@@ -34,6 +33,7 @@ from state_core.domain.codec import StoredValue
 from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.records import BlobRef, StateRecord, rfc3339
+from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 from state_core.storage.blobs import BlobStore
 
 STATE_SORT_KEY = "state"
@@ -123,16 +123,6 @@ _HEAD_NAMES = {
 }
 
 
-class Precondition(Enum):
-    """What must hold of the current item for a write to apply."""
-
-    NOT_EXPIRED = "not-expired"  # absent, tombstone or live: an unconditional PUT
-    GONE = "gone"  # absent, tombstone or expired: If-None-Match: *
-    LIVE = "live"  # If-Match: *
-    LIVE_AT_VERSION = "live-at-version"  # If-Match: "<v>", and PATCH's fence
-    AT_VERSION = "at-version"  # exactly this version, whatever its state: re-creating over an expired item
-
-
 class DynamoDBClient(Protocol):
     def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
@@ -140,20 +130,6 @@ class DynamoDBClient(Protocol):
     def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
     def query(self, **kwargs: Any) -> dict[str, Any]: ...
     def scan(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-class ConditionFailed(Exception):
-    """The write's condition did not hold; `current` is the item DynamoDB returned (None if absent)."""
-
-    def __init__(self, current: StateRecord | None) -> None:
-        super().__init__("condition failed")
-        self.current = current
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    record: StateRecord
-    created: bool  # this write started a new life of the key (201 rather than 200)
 
 
 def new_write_id() -> str:

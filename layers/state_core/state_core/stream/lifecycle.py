@@ -24,8 +24,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from state_core.domain.records import BlobRef, StateRecord
+from state_core.domain.writes import ConditionFailed
 from state_core.storage.history import HistoryStore, entry_of_item, is_history_sort_key
-from state_core.storage.state import ConditionFailed
 from state_core.stream.events import StreamChange, image
 
 EXPIRY_SORT_KEY = "expiry"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state_core.domain.metrics import MetricsSink
+from state_core.domain.ports import Log, MetricsSink
 from state_core.domain.records import BlobRef
 from state_core.stream.events import (
     DEFAULT_EVENT_SOURCE,
@@ -61,11 +61,6 @@ class Lifecycle(Protocol):
     def record_versions(self, changes: Sequence[StreamChange]) -> None: ...
     def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None: ...
     def release_replaced(self, key: str, previous_version: int | None, blob: BlobRef) -> None: ...
-
-
-class Log(Protocol):
-    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
-    def error(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

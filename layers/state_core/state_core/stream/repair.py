@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from state_core.cache.breaker import RedisUnavailable
-from state_core.domain.metrics import MetricsSink
+from state_core.domain.cached import CacheEntry
+from state_core.domain.ports import Log, MetricsSink
 from state_core.storage.state import record_of_item
 from state_core.stream.events import is_state_record, new_state_image
 
@@ -28,11 +29,7 @@ from state_core.stream.events import is_state_record, new_state_image
 class FenceSink(Protocol):
     """cache.state_cache.RedisStateCache's repair: raises RedisUnavailable on trouble, never skips for a breaker."""
 
-    def repair(self, entry: Any) -> bool: ...
-
-
-class Log(Protocol):
-    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+    def repair(self, entry: CacheEntry) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +61,6 @@ class CacheRepairer:
     def repair(self, records: Sequence[Mapping[str, Any]], remaining_seconds: Callable[[], float]) -> list[str]:
         """Fence every state record's version, in stream order. Returns the sequence number of the first
         record left unrepaired (as the only batch item failure), or nothing."""
-        from state_core.cache.state_cache import CacheEntry
-
         repaired = 0
         for record in records:
             state = _state_of(record)

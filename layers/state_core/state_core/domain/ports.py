@@ -1,0 +1,75 @@
+"""The collaborators the core is handed rather than builds, as protocols: the state store, the read cache,
+the per-key lock and the history (the StateManager's), and the metrics and log sinks every part uses.
+runtime.py wires the real ones (DynamoDB, Redis, Powertools); tests hand in their own."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from state_core.domain.cached import CacheEntry
+from state_core.domain.codec import StoredValue
+from state_core.domain.records import StateRecord
+from state_core.domain.writes import Precondition, WriteResult
+
+
+class MetricsSink(Protocol):
+    """Powertools' Metrics in the functions, a recorder in tests."""
+
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+class Log(Protocol):
+    """Powertools' Logger in the functions (the parts of it the stream steps use)."""
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
+
+
+class Store(Protocol):
+    """The state table (storage.state.StateStore): conditional writes raise ConditionFailed with the
+    current item, and OutcomeUnknown when a sent write's answer was lost."""
+
+    def get(self, key: str) -> StateRecord | None: ...
+
+    def write(
+        self,
+        key: str,
+        value: StoredValue,
+        *,
+        actor: str,
+        now: datetime,
+        precondition: Precondition,
+        version: int | None = None,
+        expires_at: float | None = None,
+        keep_expiry: bool = False,
+    ) -> WriteResult: ...
+
+    def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord: ...
+
+    def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
+
+
+class HistoryRecorder(Protocol):
+    """The history's write side (storage.history.HistoryStore): the history item of a version, written
+    idempotently."""
+
+    def record(self, record: StateRecord, operation: str) -> None: ...
+
+
+class Cache(Protocol):
+    """The versioned read cache (cache.state_cache.RedisStateCache); never raises for Redis trouble."""
+
+    def get(self, key: str) -> CacheEntry | None: ...
+    def fill(self, entry: CacheEntry) -> bool: ...
+    def write_if_newer(self, entry: CacheEntry) -> bool: ...
+
+
+class KeyLock(Protocol):
+    """Per-key lock (cache.lock.RedisKeyLock); acquire answers None when it cannot be had or Redis is down.
+    The `_and_` forms send the cache's read (write) in the same Redis round trip as the acquire (release)."""
+
+    def acquire(self, key: str) -> Any | None: ...
+    def release(self, lease: Any) -> None: ...
+    def acquire_and_read(self, key: str, cache: Any) -> tuple[Any | None, CacheEntry | None]: ...
+    def write_and_release(self, lease: Any, cache: Any, entry: CacheEntry) -> None: ...
