@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
 from state_core.observability import lambda_entry
-from state_core.runtime import history_reader, state_manager
+from state_core.runtime import history_reader, role_policy, state_manager
 from state_core.security import audit
 from state_core.security.principal import READ
 from state_core.storage.history import page_limit, requested_version
@@ -29,7 +29,7 @@ def get_state(key: str):
     # Noted first, so that a request refused for its key or version is still told apart in the audit.
     audit.note_action("get_version" if "version" in (event.query_string_parameters or {}) else "get")
     key = edge.request_key(event)
-    edge.authorized_principal(event, READ, key)
+    edge.authorized_principal(event, READ, key, role_policy)
     # Both parsed before either is used: a malformed parameter is a 400 whichever read it would steer.
     version = requested_version(edge.query_parameter(event, "version"))
     consistent = edge.consistent_read_requested(event)
@@ -49,7 +49,7 @@ def get_history(key: str):
     event = router.current_event
     audit.note_action("list_history")
     key = edge.request_key(event)
-    edge.authorized_principal(event, READ, key)
+    edge.authorized_principal(event, READ, key, role_policy)
     limit = page_limit(edge.query_parameter(event, "limit"))
     page = history_reader().list(key, limit=limit, cursor=edge.query_parameter(event, "cursor"))
     return edge.json_response(200, page.body())

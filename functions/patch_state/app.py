@@ -5,7 +5,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from state_core.api import edge
 from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
-from state_core.runtime import state_manager
+from state_core.runtime import role_policy, state_manager
 from state_core.security.principal import WRITE
 
 router = APIGatewayHttpRouter()
@@ -19,7 +19,7 @@ router = APIGatewayHttpRouter()
 def patch_state(key: str):
     event = router.current_event
     key = edge.request_key(event)
-    principal = edge.authorized_principal(event, WRITE, key)
+    principal = edge.authorized_principal(event, WRITE, key, role_policy)
     expect = edge.expectation(event, allow_if_none_match=False)
     edge.require_content_type(event, edge.MERGE_PATCH_CONTENT_TYPE, edge.JSON_CONTENT_TYPE)
     patch = parse_json(edge.body_bytes(event))

@@ -6,7 +6,7 @@ from state_core.api import edge
 from state_core.api.models import PutStateRequest
 from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
-from state_core.runtime import state_manager
+from state_core.runtime import role_policy, state_manager
 from state_core.security.principal import WRITE
 
 router = APIGatewayHttpRouter()
@@ -24,7 +24,7 @@ router = APIGatewayHttpRouter()
 def put_state(key: str):
     event = router.current_event
     key = edge.request_key(event)
-    principal = edge.authorized_principal(event, WRITE, key)
+    principal = edge.authorized_principal(event, WRITE, key, role_policy)
     expect = edge.expectation(event, allow_if_none_match=True)
     edge.require_content_type(event, edge.JSON_CONTENT_TYPE)
     request = edge.validated(PutStateRequest, parse_json(edge.body_bytes(event)))

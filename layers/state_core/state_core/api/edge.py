@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -14,7 +15,6 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import BaseModel, ValidationError
 
-from state_core import runtime
 from state_core.api.models import GatewayMessage, Problem, StateEnvelope, StateMetadata
 from state_core.domain.codec import MAX_BODY_BYTES, check_body_size
 from state_core.domain.errors import (
@@ -34,7 +34,7 @@ from state_core.domain.params import ETAG
 from state_core.domain.records import StateRecord
 from state_core.observability import logger, metrics
 from state_core.security import audit
-from state_core.security.policy import PolicyError
+from state_core.security.policy import PolicyError, RolePolicy
 from state_core.security.principal import Principal, authorize
 from state_core.service.manager import Expectation, StateView
 from state_core.storage.history import HistoryPageModel
@@ -177,15 +177,18 @@ def request_key(event: APIGatewayProxyEventV2) -> str:
     return key
 
 
-def authorized_principal(event: APIGatewayProxyEventV2, permission: str, key: str) -> Principal:
+def authorized_principal(
+    event: APIGatewayProxyEventV2, permission: str, key: str, role_policy: Callable[[], RolePolicy]
+) -> Principal:
     """The caller, if it holds `permission` on `key` by scope or by role; Forbidden/Unauthenticated
-    otherwise. The decision goes into the request's audit record."""
+    otherwise. The decision goes into the request's audit record. `role_policy` (runtime.role_policy in
+    the handlers) loads the policy on the first call: a policy that does not load refuses the request."""
     audit.note_decision("deny")
     context = event.request_context.authorizer.get_lambda if event.request_context.authorizer else None
     principal = Principal.from_authorizer_context(context)
     logger.append_keys(actor=principal.subject)
     try:
-        policy = runtime.role_policy()
+        policy = role_policy()
     except PolicyError as exc:
         # Fail closed: without a valid policy no request is allowed, not even by scope.
         logger.error("role policy unavailable; refusing every request", extra={"reason": str(exc)})
