@@ -60,11 +60,12 @@ test: $(VENV_STAMP) $(TOOLS_STAMP) redis-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory validate sam-build
 
-## checks: ruff (lint + format), mypy on the core, generated files up to date
+## checks: ruff (lint + format), mypy and the import contracts on the core, generated files up to date
 checks: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	PYTHONPATH=layers/state_core $(VENV)/bin/lint-imports
 	$(PY) scripts/layer_requirements.py --check
 	$(PY) scripts/openapi.py --check
 
@@ -99,4 +100,4 @@ layer-requirements: $(VENV_STAMP)
 
 ## clean: remove build output and local state (not the venvs)
 clean:
-	rm -rf .aws-sam .local .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .aws-sam .local .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
