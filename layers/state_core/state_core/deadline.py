@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 _deadline: ContextVar[float | None] = ContextVar("state_deadline", default=None)
 
@@ -37,7 +40,7 @@ def budget(remaining_seconds: float | None, clock: Callable[[], float] = time.mo
         _deadline.reset(token)
 
 
-def guard(client: Any, *, needed_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+def guard(client: BaseClient, *, needed_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
     """Refuse to send a request of `client` when less than `needed_seconds` of the budget is left.
 
     `needed_seconds` covers one attempt's worst case plus the longest backoff before the next attempt

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.session
 from botocore.config import Config
@@ -21,6 +21,12 @@ from state_core.security.policy import DEFAULT_POLICY_FILE, RolePolicy, load_rol
 from state_core.service.manager import PatchPolicy, StateManager
 from state_core.storage.blobs import BlobStore
 from state_core.storage.state import StateStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_events.client import EventBridgeClient
+    from mypy_boto3_secretsmanager.client import SecretsManagerClient
+    from mypy_boto3_sqs.client import SQSClient
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
 # fail fast, let standard-mode retries (with their own backoff and retry quota) absorb blips, then 503.
@@ -67,16 +73,17 @@ def role_policy() -> RolePolicy:
 
 
 @functools.cache
-def botocore_session() -> Any:
+def botocore_session() -> botocore.session.Session:
     """One botocore session per container: a second one would load its data files again (~35 ms of CPU
     for the Secrets Manager client at the first Redis call, against ~4 ms on this one)."""
     return botocore.session.get_session()
 
 
 @functools.cache
-def dynamodb_client() -> Any:
+def dynamodb_client() -> DynamoDBClient:
     # botocore directly: boto3 adds nothing a client needs and costs ~0.1 s of cold start (s3transfer).
-    client = botocore_session().create_client("dynamodb", config=DYNAMODB_CONFIG)
+    # The stubs type botocore's clients only by service name through boto3's overloads: cast to the stub.
+    client = cast("DynamoDBClient", botocore_session().create_client("dynamodb", config=DYNAMODB_CONFIG))
     deadline.guard(client, needed_seconds=DYNAMODB_ATTEMPT_BUDGET_SECONDS)
     # Only ever in tests and the local stack: their handler attaches its DynamoDB faults to the client.
     if failpoints.ENABLED:
@@ -123,11 +130,14 @@ def redis_link() -> Any:
     )
 
 
-def secrets_client() -> Any:
+def secrets_client() -> SecretsManagerClient:
     """Secrets Manager, only ever created by the first Redis call of a container that has Redis."""
     from state_core.cache.credentials import SECRETS_CONFIG_OPTIONS
 
-    return botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS))
+    return cast(
+        "SecretsManagerClient",
+        botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS)),
+    )
 
 
 @functools.cache
@@ -193,8 +203,6 @@ def publisher_settings() -> PublisherSettings:
 @functools.cache
 def change_publisher() -> Any:
     """The stream's ChangePublisher: EventBridge and its dead-letter queue."""
-    import boto3
-
     from state_core.observability import logger
     from state_core.storage.history import HistoryStore
     from state_core.stream.lifecycle import StreamLifecycle
@@ -204,9 +212,9 @@ def change_publisher() -> Any:
     table_name = service_settings().table_name
     blobs = BlobStore(dynamodb_client(), table_name)
     return ChangePublisher(
-        boto3.client("events", config=EVENTS_CONFIG),
+        cast("EventBridgeClient", botocore_session().create_client("events", config=EVENTS_CONFIG)),
         bus_name=settings.event_bus_name,
-        dead_letters=boto3.client("sqs", config=EVENTS_CONFIG),
+        dead_letters=cast("SQSClient", botocore_session().create_client("sqs", config=EVENTS_CONFIG)),
         dead_letter_queue_url=settings.dead_letter_queue_url,
         metrics=metrics,
         blobs=blobs,

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager.client import SecretsManagerClient
 
 # Once per container and only on the first Redis call: short timeouts, few retries; a failure leaves the
 # container without Redis until the breaker lets the next attempt through.
@@ -26,10 +29,6 @@ SECRETS_CONFIG_OPTIONS: dict[str, Any] = {
 MIN_SIGNING_KEY_BYTES = 32
 
 
-class SecretsClient(Protocol):
-    def get_secret_value(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
 class CredentialsError(Exception):
     """A secret could not be read or has the wrong shape; the message never contains a secret."""
 
@@ -41,7 +40,9 @@ class RedisCredentials:
     signing_key: bytes = field(repr=False)
 
 
-def read_credentials(client: SecretsClient, *, auth_secret_arn: str, signing_secret_arn: str) -> RedisCredentials:
+def read_credentials(
+    client: SecretsManagerClient, *, auth_secret_arn: str, signing_secret_arn: str
+) -> RedisCredentials:
     username = password = None
     if auth_secret_arn:
         token = _secret_string(client, auth_secret_arn)
@@ -52,7 +53,7 @@ def read_credentials(client: SecretsClient, *, auth_secret_arn: str, signing_sec
     return RedisCredentials(username=username, password=password, signing_key=signing_key)
 
 
-def _secret_string(client: SecretsClient, arn: str) -> str:
+def _secret_string(client: SecretsManagerClient, arn: str) -> str:
     try:
         response = client.get_secret_value(SecretId=arn)
     except Exception as exc:

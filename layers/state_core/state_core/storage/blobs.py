@@ -27,11 +27,14 @@ import hashlib
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import CorruptStoredValue
 from state_core.domain.records import BlobRef
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
 
 # A DynamoDB item holds 400 KB (moto: 405,000 bytes) including names and keys; 350,000 bytes of data
 # leaves room and makes a 1 MiB incompressible value three chunks.
@@ -47,14 +50,6 @@ WRITE_GRACE_SECONDS = 300
 SWEEP_LAG_SECONDS = 24 * 3600
 MARKER_TTL_SECONDS = 7 * 24 * 3600
 _BATCH_ATTEMPTS = 8
-
-
-class DynamoDBClient(Protocol):
-    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def query(self, **kwargs: Any) -> dict[str, Any]: ...
-    def scan(self, **kwargs: Any) -> dict[str, Any]: ...
-    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 def chunk_keys(ref: BlobRef) -> list[dict[str, Any]]:

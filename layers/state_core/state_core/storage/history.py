@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,9 @@ from state_core.domain.params import ascii_int
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.storage.blobs import MARKER_PREFIX
 from state_core.storage.state import dynamodb_errors, record_of_item, value_of_item
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
@@ -54,13 +57,6 @@ _PAGE_NAMES = {
     f"#{name}": name
     for name in ("pk", "version", "operation", "actor", "occurred_at", "created_at", "value_size", "expires_at")
 }
-
-
-class DynamoDBClient(Protocol):
-    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def delete_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def query(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 def history_sort_key(version: int) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -35,6 +35,9 @@ from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.records import BlobRef, StateRecord, rfc3339
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 from state_core.storage.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
 
 STATE_SORT_KEY = "state"
 # Compressed values up to this size stay inside the state item; larger ones become blobs.
@@ -121,15 +124,6 @@ _HEAD_NAMES = {
         "blob_sha256",
     )
 }
-
-
-class DynamoDBClient(Protocol):
-    def get_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def update_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def batch_get_item(self, **kwargs: Any) -> dict[str, Any]: ...
-    def query(self, **kwargs: Any) -> dict[str, Any]: ...
-    def scan(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 def new_write_id() -> str:
@@ -239,7 +233,7 @@ class StateStore:
                 values[":expires_at"] = {"N": f"{expires_at:.3f}"}
         condition = self._condition(precondition, version, now, values)
         try:
-            response = self._update(
+            attributes = self._update(
                 key,
                 update=f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
                 condition=condition,
@@ -251,8 +245,8 @@ class StateStore:
             if blob is not None:
                 self._discard(key, blob)
             raise
-        record = replace(record_of_item({**self._item_key(key), **response["Attributes"]}), value=value)
-        return WriteResult(record=record, created=response["Attributes"]["incarnation"]["S"] == write_id)
+        record = replace(record_of_item({**self._item_key(key), **attributes}), value=value)
+        return WriteResult(record=record, created=attributes["incarnation"]["S"] == write_id)
 
     def _discard(self, key: str, blob: BlobRef) -> None:
         """Remove the blob of a write that lost its condition; if this fails too, the sweep collects it."""
@@ -274,7 +268,7 @@ class StateStore:
         }
         precondition = Precondition.LIVE if version is None else Precondition.LIVE_AT_VERSION
         condition = self._condition(precondition, version, now, values)
-        response = self._update(
+        attributes = self._update(
             key,
             update=(
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
@@ -285,7 +279,7 @@ class StateStore:
             condition=condition,
             values=values,
         )
-        return record_of_item({**self._item_key(key), **response["Attributes"]})
+        return record_of_item({**self._item_key(key), **attributes})
 
     def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord:
         """Turn the expired item at `version` into an `expired` tombstone with the next version; raise
@@ -306,7 +300,7 @@ class StateStore:
             ":expires_at": {"N": f"{expires_at:.3f}"},
             ":now_epoch": {"N": _epoch(now)},
         }
-        response = self._update(
+        attributes = self._update(
             key,
             update=(
                 "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
@@ -317,7 +311,7 @@ class StateStore:
             condition=_EXPIRABLE,
             values=values,
         )
-        return record_of_item({**self._item_key(key), **response["Attributes"]})
+        return record_of_item({**self._item_key(key), **attributes})
 
     def head(self, key: str) -> dict[str, Any] | None:
         """The state item without its value (strongly consistent), as DynamoDB returns it."""
@@ -357,7 +351,7 @@ class StateStore:
                 return "#version = :expected_version"
 
     def _update(self, key: str, *, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any]:
-        """The conditional UpdateItem of the state item: its new image, ConditionFailed, or OutcomeUnknown
+        """The conditional UpdateItem of the state item: its new attributes, ConditionFailed, or OutcomeUnknown
         when it was sent and no clear answer came back (botocore does not retry it then: see the hook)."""
         own_write_id = values[":write_id"]["S"]
         # The write id guard: a retry that finds its own write id on the item has already succeeded, and is
@@ -379,7 +373,7 @@ class StateStore:
                         ReturnValues="ALL_NEW",
                         # On failure DynamoDB hands back the current item, so callers need not read again.
                         ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    )
+                    )["Attributes"]
                 except (AnswerLost, ClientError, ConnectionError, HTTPClientError) as exc:
                     if not isinstance(exc, AnswerLost) and not may_have_applied(exc):
                         raise
@@ -390,13 +384,13 @@ class StateStore:
                             " may since have been replaced; read the key, or retry with If-Match (If-None-Match: *"
                             " to create)"
                         ) from exc
-                    return {"Attributes": landed}
+                    return landed
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
             if item is not None and item.get("write_id", {}).get("S") == own_write_id:
-                return {"Attributes": item}
+                return item
             # A large value's blob is not loaded here: most callers need only the version.
             raise ConditionFailed(None if item is None else record_of_item(item)) from exc
 

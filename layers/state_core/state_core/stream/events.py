@@ -17,10 +17,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.storage.state import STATE_SORT_KEY, record_of_item
+
+if TYPE_CHECKING:
+    from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
 DEFAULT_EVENT_SOURCE = "state.service"
 # The value rides in the event only while the whole detail stays under this size (a consumer GETs a larger
@@ -94,7 +97,7 @@ class ChangeEvent:
     sequence_number: str  # the stream record's, reported back in batchItemFailures
     position: int  # index in the invocation's batch: stream order, hence version order per key
     detail: StateChanged
-    entry: dict[str, str]  # the PutEvents entry
+    entry: PutEventsRequestEntryTypeDef
 
     @property
     def size(self) -> int:
@@ -216,7 +219,7 @@ def build_change(
         previous_version=None if old is None else int(old["version"]["N"]),
         max_detail_bytes=max_detail_bytes,
     )
-    entry = {
+    entry: PutEventsRequestEntryTypeDef = {
         "Source": source,
         "DetailType": StateChanged.detail_type,
         "Detail": detail.detail(),

@@ -21,18 +21,17 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.domain.writes import ConditionFailed
 from state_core.storage.history import HistoryStore, entry_of_item, is_history_sort_key
 from state_core.stream.events import StreamChange, image
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
 EXPIRY_SORT_KEY = "expiry"
-
-
-class DynamoDBClient(Protocol):
-    def put_item(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 class StateExpiry(Protocol):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -36,16 +36,12 @@ from state_core.stream.events import (
     build_change,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_events.client import EventBridgeClient
+    from mypy_boto3_sqs.client import SQSClient
+
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
 DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"
-
-
-class EventsClient(Protocol):
-    def put_events(self, **kwargs: Any) -> dict[str, Any]: ...
-
-
-class QueueClient(Protocol):
-    def send_message(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 class BlobCollector(Protocol):
@@ -93,10 +89,10 @@ class ChangePublisher:
 
     def __init__(
         self,
-        events_client: EventsClient,
+        events_client: EventBridgeClient,
         *,
         bus_name: str,
-        dead_letters: QueueClient,
+        dead_letters: SQSClient,
         dead_letter_queue_url: str,
         metrics: MetricsSink,
         blobs: BlobCollector | None = None,
