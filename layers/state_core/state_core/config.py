@@ -6,7 +6,7 @@ The domain core never reads the environment; `runtime.py` parses these models an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,7 +32,7 @@ class _Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    def from_environ(cls, environ: Mapping[str, str]) -> Self:
         return cls.model_validate(dict(environ))
 
 

@@ -62,7 +62,7 @@ def utc_now() -> datetime:
 
 @functools.cache
 def service_settings() -> ServiceSettings:
-    return ServiceSettings.from_environ(os.environ)  # type: ignore[no-any-return]
+    return ServiceSettings.from_environ(os.environ)
 
 
 @functools.cache
@@ -197,7 +197,7 @@ def history_reader() -> Any:
 
 @functools.cache
 def publisher_settings() -> PublisherSettings:
-    return PublisherSettings.from_environ(os.environ)  # type: ignore[no-any-return]
+    return PublisherSettings.from_environ(os.environ)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ import base64
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
@@ -38,6 +38,14 @@ from state_core.security.policy import PolicyError, RolePolicy
 from state_core.security.principal import Principal, authorize
 from state_core.service.manager import Expectation, StateView
 from state_core.storage.history import HistoryPageModel
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.openapi.types import (
+        OpenAPIResponse,
+        OpenAPIResponseContentModel,
+        OpenAPIResponseContentSchema,
+        OpenAPIResponseHeader,
+    )
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
@@ -73,11 +81,11 @@ _GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
 _SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
     """The OpenAPI responses of the error statuses an operation can answer, the gateway's included."""
-    responses: dict[int | str, dict[str, Any]] = {}
+    responses: dict[int, OpenAPIResponse] = {}
     for status in sorted({*statuses, *_GATEWAY_STATUSES}):
-        content: dict[str, Any] = {}
+        content: dict[str, OpenAPIResponseContentSchema | OpenAPIResponseContentModel] = {}
         if status in _SERVICE_STATUSES:
             content[PROBLEM_CONTENT_TYPE] = {"model": Problem}
         if status in _GATEWAY_STATUSES:
@@ -88,35 +96,31 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+def _required_header(description: str, pattern: str) -> OpenAPIResponseHeader:
+    # Powertools' OpenAPIResponseHeader lacks OpenAPI's `required`, which it passes through to the document.
+    return cast(
+        "OpenAPIResponseHeader",
+        {"description": description, "required": True, "schema": {"type": "string", "pattern": pattern}},
+    )
+
+
 # The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
-ETAG_HEADER = {
-    "ETag": {
-        "description": 'The version as a strong entity tag, e.g. "3".',
-        "required": True,
-        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
-    }
-}
-RETRY_AFTER_HEADER = {
-    "Retry-After": {
-        "description": "Seconds to wait before retrying.",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    }
-}
-ENVELOPE_RESPONSE = {
+ETAG_HEADER = {"ETag": _required_header('The version as a strong entity tag, e.g. "3".', '^"[0-9]+"$')}
+RETRY_AFTER_HEADER = {"Retry-After": _required_header("Seconds to wait before retrying.", "^[0-9]+$")}
+ENVELOPE_RESPONSE: OpenAPIResponse = {
     "description": "The state",
     "headers": ETAG_HEADER,
     "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}},
 }
-GONE_RESPONSE = {
+GONE_RESPONSE: OpenAPIResponse = {
     "description": "The version existed but is beyond the history's retention",
     "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
 }
-HISTORY_RESPONSE = {
+HISTORY_RESPONSE: OpenAPIResponse = {
     "description": "A page of the key's versions, newest first",
     "content": {JSON_CONTENT_TYPE: {"model": HistoryPageModel}},
 }
-METADATA_RESPONSE = {
+METADATA_RESPONSE: OpenAPIResponse = {
     "description": "The state's metadata",
     "headers": ETAG_HEADER,
     "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
@@ -238,7 +242,7 @@ def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> 
     """If-Match (one strong ETag or `*`) and, on PUT, If-None-Match: `*`."""
     if_match = event.headers.get("if-match")
     if_none_match = event.headers.get("if-none-match")
-    expected: int | str | None = None
+    expected: int | Literal["*"] | None = None
     if if_match is not None:
         if if_match.strip() == "*":
             expected = "*"
@@ -252,7 +256,7 @@ def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> 
             raise BadRequest("If-None-Match on a write must be * (create only), and only on PUT")
         if expected is not None:
             raise BadRequest("If-Match and If-None-Match cannot be combined")
-    return Expectation(if_match=expected, if_none_match_any=if_none_match is not None)  # type: ignore[arg-type]
+    return Expectation(if_match=expected, if_none_match_any=if_none_match is not None)
 
 
 def validated[Model: BaseModel](model: type[Model], data: Any) -> Model:
