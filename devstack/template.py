@@ -52,7 +52,7 @@ class TemplateError(ValueError):
 # --- YAML loading -------------------------------------------------------------------------------
 
 
-class CloudFormationLoader(yaml.SafeLoader):  # type: ignore[misc]
+class CloudFormationLoader(yaml.SafeLoader):
     """SafeLoader that turns CloudFormation short-form tags into their long form.
 
     ``!Ref X`` becomes ``{"Ref": "X"}``, ``!GetAtt A.B`` becomes

@@ -3,14 +3,20 @@ the principal (subject, scopes, roles) in the request context. Its answer is cac
 token, so it never looks at the route or the key: the handlers decide on keys. Never logs the token; it
 has no table or cache client at all, so a rejected token costs no DynamoDB or Redis call."""
 
+from __future__ import annotations
+
 import functools
 import os
+from typing import TYPE_CHECKING, Any
 
 from state_core.config import AuthorizerSettings
 from state_core.observability import lambda_entry, logger, metrics
 from state_core.security.tokens import DiscoveredVerifier, IssuerUnavailable, TokenRejected, bearer_token
 
-DENY = {"isAuthorized": False}
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+DENY: dict[str, Any] = {"isAuthorized": False}
 
 
 def _jwks_fetch_failed(reason: str) -> None:
@@ -22,14 +28,14 @@ def issuer() -> DiscoveredVerifier:
     return DiscoveredVerifier(AuthorizerSettings.from_environ(os.environ), on_fetch_error=_jwks_fetch_failed)
 
 
-def _deny(reason: str) -> dict:
+def _deny(reason: str) -> dict[str, Any]:
     logger.info("token refused", extra={"reason": reason})
     metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
     return DENY
 
 
 @lambda_entry("authorize")
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     token = bearer_token(event.get("headers"))
     if token is None:
         return _deny("no bearer token")

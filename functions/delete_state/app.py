@@ -1,5 +1,9 @@
 """DELETE /state/{key}: delete a key, leaving a tombstone that keeps its version count."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
@@ -7,6 +11,9 @@ from state_core.api import edge
 from state_core.observability import lambda_entry
 from state_core.runtime import role_policy, state_manager
 from state_core.security.principal import WRITE
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 router = APIGatewayHttpRouter()
 
@@ -19,7 +26,7 @@ router = APIGatewayHttpRouter()
         **edge.error_responses(400, 403, 404, 412, 503),
     },
 )
-def delete_state(key: str):
+def delete_state(key: str) -> Response[str]:
     event = router.current_event
     key = edge.request_key(event)
     principal = edge.authorized_principal(event, WRITE, key, role_policy)
@@ -32,5 +39,5 @@ app = edge.build_resolver(router)
 
 
 @lambda_entry("delete")
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

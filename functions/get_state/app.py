@@ -2,6 +2,11 @@
 GET /state/{key}/history: list its versions. Both are reads with `state:read` on the key, so one function
 and one read-only role serve them."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
@@ -10,6 +15,9 @@ from state_core.runtime import history_reader, role_policy, state_manager
 from state_core.security import audit
 from state_core.security.principal import READ
 from state_core.storage.history import page_limit, requested_version
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 router = APIGatewayHttpRouter()
 
@@ -24,7 +32,7 @@ router = APIGatewayHttpRouter()
         410: edge.GONE_RESPONSE,
     },
 )
-def get_state(key: str):
+def get_state(key: str) -> Response[str]:
     event = router.current_event
     # Noted first, so that a request refused for its key or version is still told apart in the audit.
     audit.note_action("get_version" if "version" in (event.query_string_parameters or {}) else "get")
@@ -45,7 +53,7 @@ def get_state(key: str):
     summary="List a key's versions, newest first",
     responses={200: edge.HISTORY_RESPONSE, **edge.error_responses(400, 403, 404, 503)},
 )
-def get_history(key: str):
+def get_history(key: str) -> Response[str]:
     event = router.current_event
     audit.note_action("list_history")
     key = edge.request_key(event)
@@ -59,5 +67,5 @@ app = edge.build_resolver(router)
 
 
 @lambda_entry("get")
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -1,5 +1,10 @@
 """PATCH /state/{key}: JSON Merge Patch (RFC 7396) of a key's value."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
@@ -7,6 +12,9 @@ from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
 from state_core.runtime import role_policy, state_manager
 from state_core.security.principal import WRITE
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 router = APIGatewayHttpRouter()
 
@@ -16,7 +24,7 @@ router = APIGatewayHttpRouter()
     summary="Merge-patch a key's value (RFC 7396)",
     responses={200: edge.ENVELOPE_RESPONSE, **edge.error_responses(400, 403, 404, 412, 413, 415, 422, 503)},
 )
-def patch_state(key: str):
+def patch_state(key: str) -> Response[str]:
     event = router.current_event
     key = edge.request_key(event)
     principal = edge.authorized_principal(event, WRITE, key, role_policy)
@@ -31,5 +39,5 @@ app = edge.build_resolver(router)
 
 
 @lambda_entry("patch")
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

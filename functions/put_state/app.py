@@ -1,5 +1,10 @@
 """PUT /state/{key}: create or replace a key's value."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
@@ -8,6 +13,9 @@ from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
 from state_core.runtime import role_policy, state_manager
 from state_core.security.principal import WRITE
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 router = APIGatewayHttpRouter()
 
@@ -21,7 +29,7 @@ router = APIGatewayHttpRouter()
         **edge.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
     },
 )
-def put_state(key: str):
+def put_state(key: str) -> Response[str]:
     event = router.current_event
     key = edge.request_key(event)
     principal = edge.authorized_principal(event, WRITE, key, role_policy)
@@ -38,5 +46,5 @@ app = edge.build_resolver(router)
 
 
 @lambda_entry("put")
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

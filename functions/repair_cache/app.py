@@ -5,15 +5,22 @@ the events, and a slow EventBridge never holds up the repair. It keeps retrying 
 reports the first unrepaired record when its time runs short; Lambda retries from there.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from aws_lambda_powertools.metrics import MetricUnit
 
 from state_core.observability import logger, metrics
 from state_core.runtime import cache_repairer
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(raise_on_empty_metrics=False)
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_dimension(name="operation", value="repair")
     records = event.get("Records") or []
     repairer = cache_repairer()
