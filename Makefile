@@ -11,9 +11,10 @@ VENV_STAMP := $(VENV)/.installed
 
 include make/sam.mk
 
-# The Lambda runtime is python3.13: run the project on the same interpreter (found as sam.mk finds it),
-# falling back to the system python3 where there is none.
-PYTHON ?= $(or $(SAM_PYTHON313),$(shell command -v python3))
+# The Lambda runtime is python3.13: the project runs on the same interpreter (found as sam.mk finds it;
+# PYTHON=/path/to/python3.13 to choose another). No fallback to whatever python3 is: a .venv on another
+# version would type-check and test code the runtime never runs.
+PYTHON ?= $(SAM_PYTHON313)
 
 PYTEST_ARGS ?=
 
@@ -24,6 +25,9 @@ help:
 	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
 $(VENV_STAMP): pyproject.toml
+	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || { \
+	  echo "python3.13 not found (looked on PATH and in pyenv; got '$(PYTHON)'); set PYTHON=/path/to/python3.13" >&2; \
+	  exit 1; }
 	"$(PYTHON)" -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
