@@ -19,32 +19,40 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from devstack.resources import DUMMY_CREDENTIALS
 from devstack.template import REGION, STACK_NAME
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.client import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
 
 
 def local_endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL") or f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5000')}"
 
 
-def sqs_client(endpoint_url: str) -> Any:
+def sqs_client(endpoint_url: str) -> SQSClient:
     import boto3
 
     if endpoint_url:
-        return boto3.client("sqs", endpoint_url=endpoint_url, region_name=REGION, **DUMMY_CREDENTIALS)
-    return boto3.client("sqs")
+        return cast(
+            "SQSClient", boto3.client("sqs", endpoint_url=endpoint_url, region_name=REGION, **DUMMY_CREDENTIALS)
+        )
+    return cast("SQSClient", boto3.client("sqs"))
 
 
-def take_messages(sqs: Any, queue_url: str, *, wait: int = 0, keep: bool = False) -> list[Any]:
+def take_messages(sqs: SQSClient, queue_url: str, *, wait: int = 0, keep: bool = False) -> list[Any]:
     """One receive of up to 10 messages, their JSON bodies, deleted in one batch unless `keep`.
 
     Two calls for ten messages instead of eleven: the emulator serves one request at a time, and every call
     into it holds up the functions' calls."""
     messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get("Messages", [])
     if messages and not keep:
-        entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)]
+        entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
+        ]
         failed = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
         if failed:
             raise RuntimeError(f"could not delete {len(failed)} messages from {queue_url}: {failed[0]}")

@@ -26,11 +26,18 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from devstack.event_tail import local_endpoint
 from devstack.resources import DUMMY_CREDENTIALS, local_table_name
 from devstack.template import REGION, REPO_ROOT
+
+if TYPE_CHECKING:
+    from mypy_boto3_events.client import EventBridgeClient
+    from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
+    from mypy_boto3_sqs.client import SQSClient
 
 # Lambda's invocation payloads are at most 6 MB; an on-failure record wraps one with a little metadata.
 MAX_FAILURE_RECORD_BYTES = 8 * 1_048_576
@@ -49,7 +56,7 @@ class ReplayReport:
     failure_records_rejected: int = 0
 
 
-def replayable_entry(body: str, *, bus_name: str, source: str) -> dict[str, Any] | None:
+def replayable_entry(body: str, *, bus_name: str, source: str) -> PutEventsRequestEntryTypeDef | None:
     """The dead letter's PutEvents entry if it is one the publisher could have written for this bus and
     source (a StateChanged detail naming a key and a version), else None."""
     from state_core.stream.events import StateChanged
@@ -72,10 +79,12 @@ def replayable_entry(body: str, *, bus_name: str, source: str) -> dict[str, Any]
         or not isinstance(detail.get("version"), int)
     ):
         return None
-    return entry
+    # Exactly the four string fields checked above: a PutEvents entry.
+    return cast("PutEventsRequestEntryTypeDef", entry)
 
 
 def _client(service: str, endpoint_url: str) -> Any:
+    """A boto3 client (Any: callers annotate it with their service's stub type)."""
     import boto3
 
     if endpoint_url:
@@ -97,9 +106,9 @@ def replay(
         sys.path.insert(0, str(REPO_ROOT / "layers" / "state_core"))
     from state_core.stream.publisher import ChangePublisher
 
-    events = events_client or _client("events", endpoint_url)
-    sqs = _client("sqs", endpoint_url)
-    s3 = _client("s3", endpoint_url)
+    events: EventBridgeClient = events_client or _client("events", endpoint_url)
+    sqs: SQSClient = _client("sqs", endpoint_url)
+    s3: S3Client = _client("s3", endpoint_url)
     report = ReplayReport()
 
     # 1. Dead letters: until the queue answers empty (visibility hides what this run already saw).
@@ -157,7 +166,7 @@ def replay(
     return report
 
 
-def _failure_records(s3: Any, bucket: str, item: dict[str, Any]) -> list[Any] | None:
+def _failure_records(s3: S3Client, bucket: str, item: ObjectTypeDef) -> list[Any] | None:
     """The stream records of a failure object, or None if it is too large or not an invocation record."""
     if int(item.get("Size") or 0) > MAX_FAILURE_RECORD_BYTES:
         return None

@@ -10,11 +10,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devstack.template import ACCOUNT_ID, REGION, STACK_NAME, StateTemplate
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_events.client import EventBridgeClient
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_secretsmanager.client import SecretsManagerClient
+    from mypy_boto3_sqs.client import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
 DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# A queue's properties in the template that are also its attributes in CreateQueue.
+_QUEUE_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "FifoQueue",
+)
 
 
 def local_table_name(logical_id: str) -> str:
@@ -22,6 +37,7 @@ def local_table_name(logical_id: str) -> str:
 
 
 def client(service: str, endpoint_url: str) -> Any:
+    """A boto3 client of the emulator (Any: callers annotate it with their service's stub type)."""
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, **DUMMY_CREDENTIALS)
@@ -44,7 +60,7 @@ def create_resources(
         raise ValueError("no emulator endpoint: pass endpoint_url or set AWS_ENDPOINT_URL")
     names: dict[str, str] = {}
 
-    ddb = client("dynamodb", endpoint)
+    ddb: DynamoDBClient = client("dynamodb", endpoint)
     for logical_id in template.tables():
         name = (table_names or {}).get(logical_id, local_table_name(logical_id))
         description = ensure_table(ddb, template, logical_id, name)
@@ -53,7 +69,7 @@ def create_resources(
         if description.get("LatestStreamArn"):
             names[f"{logical_id}.StreamArn"] = description["LatestStreamArn"]
 
-    events = client("events", endpoint)
+    events: EventBridgeClient = client("events", endpoint)
     for logical_id, props in template.event_buses().items():
         name = props.get("Name") or local_table_name(logical_id)
         try:
@@ -65,14 +81,10 @@ def create_resources(
         names[f"{logical_id}.Name"] = name
 
     if template.queues():
-        sqs = client("sqs", endpoint)
+        sqs: SQSClient = client("sqs", endpoint)
         for logical_id, props in template.queues().items():
             queue_name = props.get("QueueName") or local_table_name(logical_id)
-            attributes = {
-                k: str(v)
-                for k, v in props.items()
-                if k in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "FifoQueue")
-            }
+            attributes = {name: str(props[name]) for name in _QUEUE_ATTRIBUTES if name in props}
             url = sqs.create_queue(QueueName=queue_name, Attributes=attributes)["QueueUrl"]
             names[logical_id] = url  # !Ref of a queue is its URL
             names[f"{logical_id}.QueueName"] = queue_name
@@ -81,7 +93,7 @@ def create_resources(
 
     buckets = template.resources_of_type("AWS::S3::Bucket")
     if buckets:
-        s3 = client("s3", endpoint)
+        s3: S3Client = client("s3", endpoint)
         for logical_id in buckets:
             # No BucketName in the template (a deployed stack gets a generated one); S3 wants lower case.
             name = str(template.properties(logical_id).get("BucketName") or local_table_name(logical_id)).lower()
@@ -96,7 +108,7 @@ def create_resources(
         if "Condition" not in resource or template.condition(resource["Condition"])
     }
     if secrets:
-        manager = client("secretsmanager", endpoint)
+        manager: SecretsManagerClient = client("secretsmanager", endpoint)
         for logical_id in secrets:
             names[logical_id] = ensure_secret(manager, local_table_name(logical_id), template.properties(logical_id))
 
@@ -122,12 +134,14 @@ def create_resources(
     return names
 
 
-def ensure_table(ddb: Any, template: StateTemplate, logical_id: str, table_name: str) -> dict[str, Any]:
+def ensure_table(ddb: DynamoDBClient, template: StateTemplate, logical_id: str, table_name: str) -> dict[str, Any]:
     """Create the table unless it exists; return its description."""
     # Reuse an existing table: a restarted stack or an external emulator keeps its data.
     with contextlib.suppress(ddb.exceptions.ResourceInUseException):
         ddb.create_table(**template.table_create_kwargs(logical_id, table_name))
-    ddb.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    # The stubs say whole seconds; botocore sleeps any number, and the emulator creates a table in milliseconds.
+    waiter_config = {"Delay": 0.2, "MaxAttempts": 50}
+    ddb.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig=waiter_config)  # type: ignore[arg-type]
     ttl_attribute = template.table_ttl_attribute(logical_id)
     if ttl_attribute:
         current = ddb.describe_time_to_live(TableName=table_name)["TimeToLiveDescription"]
@@ -139,7 +153,9 @@ def ensure_table(ddb: Any, template: StateTemplate, logical_id: str, table_name:
     return dict(ddb.describe_table(TableName=table_name)["Table"])
 
 
-def ensure_secret(manager: Any, name: str, props: dict[str, Any] | None = None, value: str | None = None) -> str:
+def ensure_secret(
+    manager: SecretsManagerClient, name: str, props: dict[str, Any] | None = None, value: str | None = None
+) -> str:
     """Create the secret unless it exists; return its ARN (what ``!Ref`` of a secret yields). The value is
     ``value``, else the template's SecretString, else generated as CloudFormation's GenerateSecretString
     would (moto's CreateSecret does not generate)."""
