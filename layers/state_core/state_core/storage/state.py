@@ -388,6 +388,7 @@ class StateStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+            # The item ReturnValuesOnConditionCheckFailure asked for; botocore-stubs' error response lacks it.
             item: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
             if item is not None and item.get("write_id", {}).get("S") == own_write_id:
                 return item
@@ -473,6 +474,7 @@ def _retry_only_unapplied(
             raise AnswerLost(None)
         return
     if _answer_leaves_it_unknown(http_response.status_code, parsed.get("Error", {}).get("Code")):
+        # `parsed` is the error response botocore would raise with; the hook's signature leaves it a plain dict.
         raise AnswerLost(ClientError(parsed, getattr(operation, "name", "UpdateItem")))  # type: ignore[arg-type]
 
 
