@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, Row, interleaved, load_module, quiet_stdout, row
+from tests.doubles import LambdaContext
 
 SMALL_VALUE = {"name": "alice", "plan": "pro", "count": 1, "tags": ["a", "b", "c"], "prefs": {"theme": "dark"}}
 # 1 MiB canonical JSON that does not compress: a string of random base64 (6 bits a byte, so zlib keeps
@@ -115,7 +116,7 @@ def run(svc: Services, runs: int, large_runs: int) -> list[Row]:
     from state_core.cache.state_cache import entry_key
 
     events = load_module("bench_events", REPO_ROOT / "tests" / "integration" / "conftest.py")
-    http_event, context = events.http_event, events.LambdaContext()
+    http_event, context = events.http_event, LambdaContext()
     modules = _modules()
     handlers = {name: module.lambda_handler for name, module in modules.items()}
     raw = redis.Redis.from_url(svc.redis_url)

@@ -118,6 +118,25 @@ def state_table(moto_server: str, state_template: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def dev_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The dev OIDC issuer (discovery + JWKS) on a free port, served from a background event loop."""
+    import asyncio
+    import threading
+
+    from devstack.oidc import DevIssuer
+
+    issuer = DevIssuer(tmp_path_factory.mktemp("issuer"), port=0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(issuer.start(), loop).result(timeout=10)
+    yield issuer
+    asyncio.run_coroutine_threadsafe(issuer.stop(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
 def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """The whole local stack (real template, handlers and authorizer) as a subprocess."""
     stack = start_devstack(tmp_path_factory.mktemp("devstack-state"))

@@ -1,6 +1,7 @@
-"""Test doubles for the collaborators the core takes by injection (a metrics sink, a clock), shared by the
-tests (`from tests.doubles import Clock, NoMetrics, RecordedMetrics, utc_now`), and an AWS service that
-fails on demand (FailingService) or applies a request and loses its answer (LostAnswer)."""
+"""The one version of each test double, shared by every test: the collaborators the core takes by injection
+(metrics sinks, a wall clock and a monotonic clock), Lambda's context object for handlers called in-process,
+an HTTP client for the service behind the local gateway (the end-to-end tests), and an AWS service that fails
+on demand (FailingService) or applies a request and loses its answer (LostAnswer)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import requests
 
 FIXED_START = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
@@ -60,6 +63,89 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class MonotonicClock:
+    """A monotonic clock (seconds, as `time.monotonic`) that stands still until the test sets or moves `now`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LambdaContext:
+    """Lambda's context object for a handler called in-process: `remaining_ms` of the invocation left (10 s
+    unless told otherwise)."""
+
+    function_version = "$LATEST"
+    log_stream_name = "test"
+
+    def __init__(
+        self,
+        function_name: str = "test",
+        *,
+        remaining_ms: int = 10_000,
+        memory_limit_in_mb: int = 512,
+        aws_request_id: str = "test-request",
+    ) -> None:
+        self.function_name = function_name
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:000000000000:function:{function_name}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.memory_limit_in_mb = memory_limit_in_mb
+        self.aws_request_id = aws_request_id
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiClient:
+    """The service's HTTP API as a caller with a dev token sees it, on a running local stack (anything with
+    `base_url` and `token(sub=, scope=)`): one requests session, every request with a 30 s timeout. Query
+    parameters go as keywords: `get(key, version="2")`, `history(key, limit="10")`."""
+
+    def __init__(self, stack: Any, scope: str = "state:read state:write", sub: str = "alice") -> None:
+        self.base_url: str = stack.base_url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {stack.token(sub=sub, scope=scope)}"
+
+    def url(self, key: str) -> str:
+        return f"{self.base_url}/state/{key}"
+
+    def get(self, key: str, *, headers: dict[str, str] | None = None, **params: str) -> requests.Response:
+        return self.session.get(self.url(key), params=params, headers=headers, timeout=30)
+
+    def history(self, key: str, **params: str) -> requests.Response:
+        return self.session.get(f"{self.url(key)}/history", params=params, timeout=30)
+
+    def put(
+        self,
+        key: str,
+        value: Any = None,
+        *,
+        body: str | bytes | None = None,
+        headers: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> requests.Response:
+        """PUT `{"value": value, **fields}`, or `body` as it is (malformed on purpose, say), as application/json."""
+        data = body if body is not None else json.dumps({"value": value, **fields})
+        return self.session.put(
+            self.url(key), data=data, headers={"Content-Type": "application/json", **(headers or {})}, timeout=30
+        )
+
+    def patch(
+        self, key: str, patch: Any, *, headers: dict[str, str] | None = None, content_type: str = MERGE_PATCH
+    ) -> requests.Response:
+        headers = {"Content-Type": content_type, **(headers or {})}
+        return self.session.patch(self.url(key), data=json.dumps(patch), headers=headers, timeout=30)
+
+    def delete(self, key: str, *, headers: dict[str, str] | None = None) -> requests.Response:
+        return self.session.delete(self.url(key), headers=headers, timeout=30)
 
 
 def operation_of(request: Any) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.doubles import LambdaContext
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "state-service"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -168,17 +170,9 @@ def key_host(keys: list[SigningKey] | None = None) -> Iterator[KeyHost]:
         host.stop()
 
 
-class LambdaContext:
-    function_name = "authorizer"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:authorizer"
-    memory_limit_in_mb = 256
-    aws_request_id = "security-test"
-    log_group_name = "/aws/lambda/authorizer"
-    log_stream_name = "test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 5_000
+AUTHORIZER_CONTEXT = LambdaContext(
+    "authorizer", remaining_ms=5_000, memory_limit_in_mb=256, aws_request_id="security-test"
+)
 
 
 class Authorizer:
@@ -199,7 +193,7 @@ class Authorizer:
         event = copy.deepcopy(self._event)
         event["headers"] = headers
         event["identitySource"] = [headers.get("authorization", "")]
-        answer: dict[str, Any] = self.module.lambda_handler(event, LambdaContext())
+        answer: dict[str, Any] = self.module.lambda_handler(event, AUTHORIZER_CONTEXT)
         return answer
 
     def token(self, token: str) -> dict[str, Any]:
@@ -212,14 +206,6 @@ class Authorizer:
     def keys(self) -> Any:
         """The verifier's JWKS cache (built on first use)."""
         return self.module.issuer().verifier().keys
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def claims_for(issuer: str, **overrides: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ publish_changes (its own worker process) -> EventBridge bus -> the template's ru
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -14,11 +13,10 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 
 from devstack.event_tail import take_messages
 from devstack.resources import DUMMY_CREDENTIALS
-from tests.doubles import NoMetrics, utc_now
+from tests.doubles import ApiClient, NoMetrics, utc_now
 
 pytestmark = pytest.mark.e2e
 
@@ -62,40 +60,18 @@ def inbox(devstack) -> Inbox:
     return Inbox(devstack.moto_url)
 
 
-class Client:
-    def __init__(self, devstack) -> None:
-        self.base = devstack.base_url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {devstack.token()}"
-
-    def put(self, path: str, json: Any) -> requests.Response:
-        return self.session.put(self.base + path, json=json, timeout=30)
-
-    def patch(self, path: str, json: Any) -> requests.Response:
-        return self.session.patch(
-            self.base + path, data=_dumps(json), headers={"Content-Type": "application/merge-patch+json"}, timeout=30
-        )
-
-    def delete(self, path: str) -> requests.Response:
-        return self.session.delete(self.base + path, timeout=30)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value)
-
-
 @pytest.fixture(scope="module")
-def client(devstack) -> Client:
-    return Client(devstack)
+def client(devstack) -> ApiClient:
+    return ApiClient(devstack)
 
 
 def test_put_patch_delete_each_yield_exactly_one_event_with_the_contract_fields(client, inbox):
     key = f"ev:{uuid.uuid4().hex}"
 
-    assert client.put(f"/state/{key}", json={"value": {"a": 1, "b": 2}}).status_code == 201
-    assert client.patch(f"/state/{key}", json={"b": None}).status_code == 200
-    assert client.delete(f"/state/{key}").status_code == 204
-    assert client.put(f"/state/{key}", json={"value": "again"}).status_code == 201
+    assert client.put(key, {"a": 1, "b": 2}).status_code == 201
+    assert client.patch(key, {"b": None}).status_code == 200
+    assert client.delete(key).status_code == 204
+    assert client.put(key, "again").status_code == 201
 
     events = inbox.wait_for(key, 4)
     time.sleep(1.0)  # anything extra would have arrived by now
@@ -142,7 +118,7 @@ def test_a_write_whose_handler_never_ran_past_it_still_yields_its_event(devstack
 def test_a_value_too_large_for_the_event_arrives_as_value_omitted(client, inbox):
     key = f"ev:{uuid.uuid4().hex}"
 
-    assert client.put(f"/state/{key}", json={"value": "x" * 100_000}).status_code == 201
+    assert client.put(key, "x" * 100_000).status_code == 201
 
     (event,) = inbox.wait_for(key, 1)
     assert event["value_omitted"] is True
@@ -182,7 +158,7 @@ def test_lag_from_write_to_event_arrival_is_measured(client, inbox):
     lags: list[float] = []
     for _ in range(20):
         key = f"lag:{uuid.uuid4().hex}"
-        assert client.put(f"/state/{key}", json={"value": 1}).status_code == 201
+        assert client.put(key, 1).status_code == 201
         written = time.time()
         inbox.wait_for(key, 1)
         arrived = min(seen for seen, _ in inbox.by_key[key])

@@ -9,41 +9,14 @@ import uuid
 import pytest
 import requests
 
+from tests.doubles import ApiClient
+
 pytestmark = pytest.mark.e2e
-
-MERGE_PATCH = "application/merge-patch+json"
-
-
-class Client:
-    """A thin requests wrapper that knows the stack's URL and carries a dev token."""
-
-    def __init__(self, stack, scope="state:read state:write", sub="alice"):
-        self.base_url = stack.base_url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {stack.token(sub=sub, scope=scope)}"
-
-    def url(self, key):
-        return f"{self.base_url}/state/{key}"
-
-    def get(self, key, **kwargs):
-        return self.session.get(self.url(key), timeout=30, **kwargs)
-
-    def put(self, key, value=None, *, body=None, headers=None, **kwargs):
-        data = body if body is not None else json.dumps({"value": value, **kwargs})
-        headers = {"Content-Type": "application/json", **(headers or {})}
-        return self.session.put(self.url(key), data=data, headers=headers, timeout=30)
-
-    def patch(self, key, patch, *, headers=None, content_type=MERGE_PATCH):
-        headers = {"Content-Type": content_type, **(headers or {})}
-        return self.session.patch(self.url(key), data=json.dumps(patch), headers=headers, timeout=30)
-
-    def delete(self, key, *, headers=None):
-        return self.session.delete(self.url(key), headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def client(devstack):
-    return Client(devstack)
+    return ApiClient(devstack)
 
 
 @pytest.fixture
@@ -191,7 +164,7 @@ def test_no_token_is_401_from_the_gateway(devstack, key):
 
 
 def test_token_without_the_needed_scope_is_403_and_writes_nothing(devstack, client, key):
-    reader = Client(devstack, scope="state:read")
+    reader = ApiClient(devstack, scope="state:read")
     assert_problem(reader.put(key, 1), 403)
     assert_problem(reader.delete(key), 403)
     assert_absent(client, key)

@@ -8,7 +8,8 @@ import uuid
 
 import boto3
 import pytest
-import requests
+
+from tests.doubles import ApiClient
 
 pytestmark = pytest.mark.e2e
 
@@ -60,35 +61,33 @@ def number_array(rng):
 
 
 @pytest.fixture(scope="module")
-def session(devstack):
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {devstack.token()}"
-    return session
+def client(devstack):
+    return ApiClient(devstack)
 
 
 @pytest.mark.parametrize("make", [random_base64_text, random_unicode_text, deep_object, number_array])
-def test_1_mib_value_round_trips_exactly(devstack, session, make):
+def test_1_mib_value_round_trips_exactly(client, make):
     value = make(random.Random(make.__name__))
     assert len(canonical(value)) <= ONE_MIB
-    url = f"{devstack.base_url}/state/large:{uuid.uuid4().hex}"
+    key = f"large:{uuid.uuid4().hex}"
 
     # UTF-8 as is: \uXXXX escapes would triple the body past the 1 MiB + 64 KiB limit.
     body = json.dumps({"value": value}, ensure_ascii=False).encode()
-    put = session.put(url, data=body, headers={"Content-Type": "application/json"})
+    put = client.put(key, body=body)
     assert put.status_code == 201, put.text
     for params in ({}, {}, {"consistent": "true"}):  # a fill, a cache hit, then straight from DynamoDB
-        read = session.get(url, params=params, timeout=30)
+        read = client.get(key, **params)
         assert read.status_code == 200
         assert canonical(read.json()["value"]) == canonical(value)
 
 
-def test_one_byte_over_1_mib_is_413_and_nothing_is_written(devstack, session):
-    url = f"{devstack.base_url}/state/large:{uuid.uuid4().hex}"
+def test_one_byte_over_1_mib_is_413_and_nothing_is_written(client):
+    key = f"large:{uuid.uuid4().hex}"
     value = random_base64_text(random.Random(1)) + "x"
-    response = session.put(url, data=json.dumps({"value": value}), headers={"Content-Type": "application/json"})
+    response = client.put(key, value)
     assert response.status_code == 413
     assert response.headers["Content-Type"] == "application/problem+json"
-    assert session.get(url, params={"consistent": "true"}).status_code == 404
+    assert client.get(key, consistent="true").status_code == 404
 
 
 def chunk_items(devstack, key):
@@ -109,19 +108,18 @@ def chunk_items(devstack, key):
     return [item for page in pages for item in page["Items"]]
 
 
-def test_a_replaced_value_s_blob_stays_for_its_history_item(devstack, session):
+def test_a_replaced_value_s_blob_stays_for_its_history_item(devstack, client):
     # The history item of version 1 refers to the blob, so replacing the value keeps it; it goes
     # when that history item leaves retention (tests/e2e/test_version_history_and_ttl.py).
     key = f"large:{uuid.uuid4().hex}"
-    url = f"{devstack.base_url}/state/{key}"
     value = random_base64_text(random.Random(7))
-    assert session.put(url, data=json.dumps({"value": value}), headers={"Content-Type": "application/json"}).ok
+    assert client.put(key, value).ok
     chunks = sorted(item["pk"]["S"] for item in chunk_items(devstack, key))
     assert len(chunks) >= 2
 
-    assert session.put(url, json={"value": "tiny"}).status_code == 200
+    assert client.put(key, "tiny").status_code == 200
     time.sleep(1.0)  # the stream has processed both versions by now
 
     assert sorted(item["pk"]["S"] for item in chunk_items(devstack, key)) == chunks
-    assert session.get(url).json()["value"] == "tiny"
-    assert session.get(url, params={"version": "1"}).json()["value"] == value
+    assert client.get(key).json()["value"] == "tiny"
+    assert client.get(key, version="1").json()["value"] == value

@@ -19,6 +19,7 @@ from test_change_events import Inbox
 
 from devstack.resources import DUMMY_CREDENTIALS
 from state_core.storage.history import encode_cursor
+from tests.doubles import ApiClient
 from tests.stack import start_devstack
 
 pytestmark = pytest.mark.e2e
@@ -26,31 +27,9 @@ pytestmark = pytest.mark.e2e
 EVENT_TIMEOUT = 20.0
 
 
-class Api:
-    def __init__(self, stack: Any, scope: str = "state:read state:write") -> None:
-        self.base = stack.base_url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {stack.token(scope=scope)}"
-
-    def put(self, key: str, value: Any, **extra: Any) -> requests.Response:
-        return self.session.put(f"{self.base}/state/{key}", json={"value": value, **extra}, timeout=30)
-
-    def put_body(self, key: str, body: Any) -> requests.Response:
-        return self.session.put(f"{self.base}/state/{key}", data=json.dumps(body), timeout=30)
-
-    def get(self, key: str, **params: str) -> requests.Response:
-        return self.session.get(f"{self.base}/state/{key}", params=params, timeout=30)
-
-    def history(self, key: str, **params: str) -> requests.Response:
-        return self.session.get(f"{self.base}/state/{key}/history", params=params, timeout=30)
-
-    def delete(self, key: str) -> requests.Response:
-        return self.session.delete(f"{self.base}/state/{key}", timeout=30)
-
-
 @pytest.fixture(scope="module")
-def api(devstack) -> Api:
-    return Api(devstack)
+def api(devstack) -> ApiClient:
+    return ApiClient(devstack)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +46,7 @@ def dynamodb(stack: Any) -> Any:
     return boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
 
 
-def all_versions(api: Api, key: str, limit: int) -> list[list[int]]:
+def all_versions(api: ApiClient, key: str, limit: int) -> list[list[int]]:
     pages: list[list[int]] = []
     cursor: str | None = None
     while True:
@@ -206,24 +185,24 @@ def test_an_unknown_cursor_and_a_cursor_for_another_key_are_400(api, key):
 
 def test_reading_history_needs_state_read_on_the_key(devstack, api, key):
     api.put(key, 1)
-    writer_only = Api(devstack, scope="state:write")
+    writer_only = ApiClient(devstack, scope="state:write")
     assert writer_only.history(key).status_code == 403
     assert writer_only.get(key, version="1").status_code == 403
-    other_prefix = Api(devstack, scope="state:read:other:*")
+    other_prefix = ApiClient(devstack, scope="state:read:other:*")
     assert other_prefix.history(key).status_code == 403
 
 
 # --------------------------------------------------------------------------------------------------- TTL
 def test_a_ttl_written_as_a_whole_number_with_a_fraction_is_accepted(api, key):
     # JSON Schema's integer, the OpenAPI document's type for ttl_seconds, includes 147499321.0.
-    response = api.put_body(key, {"value": 1, "ttl_seconds": 147499321.0})
+    response = api.put(key, body=json.dumps({"value": 1, "ttl_seconds": 147499321.0}))
     assert response.status_code == 201, response.text
     assert response.json()["expires_at"] is not None
 
 
 @pytest.mark.parametrize("ttl", [0, -1, "2", 1.5, True, 0.5, 10 * 365 * 24 * 3600 + 1.0])
 def test_a_ttl_outside_1_s_to_10_years_is_400(api, key, ttl):
-    assert_problem(api.put_body(key, {"value": 1, "ttl_seconds": ttl}), 400)
+    assert_problem(api.put(key, body=json.dumps({"value": 1, "ttl_seconds": ttl})), 400)
     assert_problem(api.get(key), 404)
 
 
@@ -273,12 +252,7 @@ def test_patch_keeps_the_expiry_and_expires_at_is_in_the_envelope(api, key):
     put = api.put(key, {"a": 1}, ttl_seconds=600)
     expires_at = put.json()["expires_at"]
     assert expires_at is not None
-    patched = api.session.patch(
-        f"{api.base}/state/{key}",
-        data=json.dumps({"b": 2}),
-        headers={"Content-Type": "application/merge-patch+json"},
-        timeout=30,
-    )
+    patched = api.patch(key, {"b": 2})
     assert patched.json()["expires_at"] == expires_at
     assert api.get(key).json()["expires_at"] == expires_at
 
@@ -299,7 +273,7 @@ def crashing_stack(tmp_path_factory):
 
 
 def test_history_stays_complete_when_the_function_dies_after_the_write(crashing_stack):
-    api = Api(crashing_stack)
+    api = ApiClient(crashing_stack)
     ddb = dynamodb(crashing_stack)
     key = f"crash:{uuid.uuid4().hex[:12]}"
     outcomes, lags = [], []

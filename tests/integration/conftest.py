@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.doubles import LambdaContext
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS = REPO_ROOT / "events"
 
@@ -62,24 +64,6 @@ def http_event(
     else:
         event["requestContext"].pop("authorizer", None)
     return event
-
-
-class LambdaContext:
-    """Lambda's context object, with 10 s left of the invocation unless told otherwise."""
-
-    def __init__(self, remaining_ms: int = 10_000):
-        self.remaining_ms = remaining_ms
-
-    function_name = "test"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:test"
-    memory_limit_in_mb = 512
-    aws_request_id = "test-request"
-    log_group_name = "/aws/lambda/test"
-    log_stream_name = "test"
-
-    def get_remaining_time_in_millis(self):
-        return self.remaining_ms
 
 
 @pytest.fixture(scope="session")
@@ -143,25 +127,6 @@ def store(client, state_table):
     from state_core.storage.state import StateStore
 
     return StateStore(client, state_table)
-
-
-@pytest.fixture(scope="session")
-def dev_issuer(tmp_path_factory):
-    """The dev OIDC issuer (discovery + JWKS) on a free port, served from a background event loop."""
-    import asyncio
-    import threading
-
-    from devstack.oidc import DevIssuer
-
-    issuer = DevIssuer(tmp_path_factory.mktemp("issuer"), port=0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(issuer.start(), loop).result(timeout=10)
-    yield issuer
-    asyncio.run_coroutine_threadsafe(issuer.stop(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
 
 
 @pytest.fixture(scope="session")

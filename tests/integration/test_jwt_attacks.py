@@ -19,12 +19,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from state_core.security.tokens import bearer_token
+from tests.doubles import MonotonicClock
 from tests.jwt_support import (
     ABSENT,
     AUDIENCE,
     REPO_ROOT,
     Authorizer,
-    FakeClock,
     b64url,
     claims_for,
     ec_key,
@@ -550,7 +550,7 @@ def test_a_header_section_over_the_gateway_limit_is_denied(authz, issuer_key, cl
 
 def _primed(authz, valid):
     """The authorizer with its keys fetched once, on a fake clock."""
-    clock = FakeClock()
+    clock = MonotonicClock(1_000.0)
     authz.keys.clock = clock
     assert authz.allows(valid)
     return clock
@@ -635,7 +635,7 @@ def test_a_new_key_within_the_cooldown_waits_for_it(authz, host, claims, valid):
 def test_an_issuer_down_at_cold_start_is_asked_again_only_after_the_cooldown(authz, host, valid):
     # Given a cold authorizer whose issuer's discovery document is unavailable
     host.discovery_down = True
-    clock = FakeClock()
+    clock = MonotonicClock(1_000.0)
     authz.module.issuer().clock = clock
     # When requests keep coming for the cooldown (30 s), each is refused at once with 1 discovery request
     started = time.monotonic()

@@ -8,13 +8,13 @@ import time
 
 import boto3
 import pytest
-from conftest import LambdaContext, http_event
+from conftest import http_event
 
 from state_core import deadline
 from state_core.domain.errors import ServiceUnavailable
 from state_core.runtime import DYNAMODB_ATTEMPT_BUDGET_SECONDS, DYNAMODB_CONFIG
 from state_core.storage.state import StateStore
-from tests.doubles import FailingService
+from tests.doubles import FailingService, LambdaContext
 
 pytestmark = pytest.mark.integration
 

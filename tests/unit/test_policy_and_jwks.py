@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from state_core.security.jwks import JwksCache, JwksUnavailable, check_fetchable, parse_key_set
 from state_core.security.policy import PolicyError, parse_role_policy
 from state_core.security.principal import READ, WRITE, Principal
+from tests.doubles import MonotonicClock
 
 pytestmark = pytest.mark.unit
 
@@ -81,15 +82,8 @@ def test_symmetric_encryption_and_off_list_keys_are_skipped():
     assert set(parse_key_set(document, ["RS256"])) == {"good"}
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_failed_refresh_keeps_the_last_good_keys_and_waits_for_the_cooldown():
-    clock, answers, calls = Clock(), [{"keys": [_jwk("a")]}], []
+    clock, answers, calls = MonotonicClock(), [{"keys": [_jwk("a")]}], []
 
     def fetch(url):
         calls.append(url)
