@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(name, str(value))
 
 
-EMULATOR_CANARY = "tests/integration/test_emulator.py"
+EMULATOR_CANARY = "tests/devstack/test_emulator.py"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
