@@ -33,7 +33,7 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-async def run() -> None:
+async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, in order, read top to bottom
     from devstack.gateway import Gateway
     from devstack.moto_server import SerializedMotoServer
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer

@@ -308,7 +308,7 @@ class Gateway:
         self._access_log.write(json.dumps(record) + "\n")
         return response
 
-    async def _handle(
+    async def _handle(  # noqa: C901, PLR0911  API Gateway's request pipeline, one early answer per refusal
         self, request: web.Request, request_id: str, started: float, log: dict[str, Any]
     ) -> web.StreamResponse:
         refused = refusal(
@@ -432,7 +432,7 @@ class Gateway:
 
     # -- payload format 2.0 --------------------------------------------------------------------
 
-    def _event(
+    def _event(  # noqa: PLR0917  the parts of one request, built in one place
         self,
         request: web.Request,
         route: Route,

@@ -32,7 +32,7 @@ def current_issuer(state_dir: Path | None = None) -> str:
     return read_issuer_file(state_dir) or issuer_url(DEFAULT_OIDC_PORT)
 
 
-def mint(
+def mint(  # noqa: PLR0913  one keyword per claim a test or developer may set
     sub: str,
     scope: str,
     *,

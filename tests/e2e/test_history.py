@@ -372,7 +372,7 @@ def stale_read_excuse(read: Op, newer: list[Op], windows: list[FaultWindow]) -> 
     return latest
 
 
-def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: Findings) -> None:
+def check_key(ops: list[Op], killed: dict[str, str], faults: Faults, findings: Findings) -> None:  # noqa: C901, PLR0912, PLR0915  the checker's rules, one after another
     problems = findings.problems
     writes = [op for op in ops if op.acknowledged]
     versions = [op.version for op in writes]

@@ -741,7 +741,7 @@ def _mutate(rng, token, attacker_key, issuer_key, host_issuer):
         return token[:i] + rng.choice(_CHARS) + token[i + 1 :]
 
 
-def _structured_mutation(rng, token, attacker_key, issuer_key, host_issuer):
+def _structured_mutation(rng, token, attacker_key, issuer_key, host_issuer):  # noqa: PLR0911  one return per mutation
     header, payload, signature = token.split(".")
     op = rng.randrange(10)
     if op == 0:

@@ -239,7 +239,7 @@ class TokenVerifier:
         if algorithm in _EC_CURVES and jwk.get("crv") != _EC_CURVES[algorithm]:
             raise TokenRejected("the key is on another curve than the algorithm")
 
-    def _check_claims(self, claims: Mapping[str, Any]) -> VerifiedToken:
+    def _check_claims(self, claims: Mapping[str, Any]) -> VerifiedToken:  # noqa: C901, PLR0912  one check per claim, in the order they are validated
         settings = self.settings
         for name in self._required:
             if claims.get(name) is None:
