@@ -18,7 +18,7 @@ PYTHON ?= $(SAM_PYTHON313)
 
 PYTEST_ARGS ?=
 
-.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks token openapi layer-requirements events replay clean
+.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks format pre-commit token openapi layer-requirements events replay clean
 
 ## help: list the targets
 help:
@@ -73,6 +73,15 @@ checks: $(VENV_STAMP)
 	PYTHONPATH=layers/state_core $(VENV)/bin/lint-imports
 	$(PY) scripts/layer_requirements.py --check
 	$(PY) scripts/openapi.py --check
+
+## format: ruff format, then ruff check --fix: what `make checks` flags, fixed where ruff can
+format: $(VENV_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## pre-commit: install the git hook (.pre-commit-config.yaml) running the ruff checks of `make checks` on each commit
+pre-commit: $(VENV_STAMP)
+	$(VENV)/bin/pre-commit install
 
 ## verify: the long forms of the correctness checks (about 14 min): all 25,200 cache interleavings, 100 history seeds,
 ##         5,000 schemathesis cases against the OpenAPI document
