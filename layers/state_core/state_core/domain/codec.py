@@ -11,7 +11,7 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from state_core.domain.errors import CorruptStoredValue, InvalidJson, PayloadTooLarge
 
@@ -24,7 +24,8 @@ ENCODING_ZLIB = "zlib"
 ENCODING_IDENTITY = "identity"
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> NoReturn:
+    """json's `parse_constant` hook: NaN, Infinity and -Infinity are not JSON numbers, whoever parses."""
     raise InvalidJson(f"{name} is not a JSON number")
 
 
@@ -35,7 +36,9 @@ def _parse_float(text: str) -> float:
     return number
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's `object_pairs_hook`: parsers disagree on which duplicate member wins, so an object that
+    could mean two things is refused."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         # The name is not echoed: member names are part of the value, which no message may contain.
@@ -44,8 +47,8 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicates,
-    parse_constant=_reject_constant,
+    object_pairs_hook=object_without_duplicates,
+    parse_constant=reject_constant,
     parse_float=_parse_float,
 )
 

@@ -32,6 +32,8 @@ from typing import Any
 import jwt
 
 from state_core.config import AuthorizerSettings
+from state_core.domain.codec import object_without_duplicates, reject_constant
+from state_core.domain.errors import InvalidJson
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.security.jwks import JwksCache, discover_jwks_uri
 
@@ -81,20 +83,6 @@ class VerifiedToken:
         return {"sub": self.subject, "scopes": " ".join(self.scopes), "roles": json.dumps(list(self.roles))}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            # Parsers disagree on which duplicate wins; a token that means two things is refused.
-            raise TokenRejected("duplicate member in a JSON section")
-        result[name] = value
-    return result
-
-
-def _reject_constant(_: str) -> Any:
-    raise TokenRejected("NaN or Infinity in a JSON section")
-
-
 def _b64url_decode(segment: str, what: str) -> bytes:
     """Strict base64url: the RFC 7515 alphabet, no padding, and canonical (the unused low bits of the last
     character are zero), so exactly one text encodes each byte string."""
@@ -111,7 +99,11 @@ def _b64url_decode(segment: str, what: str) -> bytes:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=object_without_duplicates, parse_constant=reject_constant
+        )
+    except InvalidJson as exc:  # a duplicate member, NaN or Infinity: the same JSON rules as request bodies
+        raise TokenRejected(f"the {what} is not JSON: {exc.detail}") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TokenRejected(f"the {what} is not JSON") from exc
     if not isinstance(value, dict):
