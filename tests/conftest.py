@@ -97,6 +97,14 @@ def redis_server() -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture
+def raw_redis(redis_server: Any) -> Any:
+    """A plain client of the test redis-server, to look at or disturb the cache behind the code's back."""
+    import redis
+
+    return redis.Redis.from_url(redis_server.url)
+
+
 @pytest.fixture(scope="session")
 def state_template() -> Any:
     """The repository's template.yaml, loaded with local defaults."""

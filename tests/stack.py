@@ -63,6 +63,14 @@ class DevStack:
             if record.get("status") == 500 and record.get("integrationError") not in self.expected_crashes
         ]
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of `service` on the stack's moto server, with the dummy credentials it accepts."""
+        import boto3
+
+        from devstack.resources import DUMMY_CREDENTIALS
+
+        return boto3.client(service, endpoint_url=self.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
+
     def token(self, sub: str = "alice", scope: str = "state:read state:write", **kw: Any) -> str:
         from devstack.token import mint
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from typing import Any
 
-import boto3
 import jwt
 import pytest
 import requests
@@ -57,13 +56,7 @@ def test_token_cli_uses_the_running_stacks_issuer(devstack: Any, repo_root: Any)
 
 
 def test_stack_creates_the_template_resources(devstack: Any) -> None:
-    ddb = boto3.client(
-        "dynamodb",
-        endpoint_url=devstack.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    ddb = devstack.client("dynamodb")
     table = ddb.describe_table(TableName=devstack.table_name)["Table"]
     assert table["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
 
@@ -78,13 +71,7 @@ def test_request_without_token_is_401_and_with_token_reaches_the_handler(devstac
 
 
 def _secrets(devstack: Any) -> Any:
-    return boto3.client(
-        "secretsmanager",
-        endpoint_url=devstack.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return devstack.client("secretsmanager")
 
 
 def _cached_fields(redis_client: Any, key: str) -> set[bytes]:

@@ -99,7 +99,7 @@ def test_a_write_whose_handler_never_ran_past_it_still_yields_its_event(devstack
     from state_core.storage.state import StateStore
 
     key = f"ev:{uuid.uuid4().hex}"
-    ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
+    ddb = devstack.client("dynamodb")
     StateStore(ddb, devstack.table_name).write(
         key,
         StoredValue.encode(b'{"crashed":true}'),
@@ -137,11 +137,9 @@ def test_the_stream_brings_the_cache_to_a_version_the_handler_never_cached(devst
     redis_url = next(line.split()[1] for line in devstack.output if line.startswith("redis "))
     # The stack's Redis wants the AUTH token the functions read from Secrets Manager.
     auth_secret = next(line.split()[2] for line in devstack.output if line.startswith("redis auth "))
-    secrets = boto3.client(
-        "secretsmanager", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS
-    )
+    secrets = devstack.client("secretsmanager")
     cache = redis.Redis.from_url(redis_url, password=secrets.get_secret_value(SecretId=auth_secret)["SecretString"])
-    ddb = boto3.client("dynamodb", endpoint_url=devstack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
+    ddb = devstack.client("dynamodb")
 
     manager = StateManager(StateStore(ddb, devstack.table_name), clock=utc_now, metrics=NoMetrics())
     key = f"ev:{uuid.uuid4().hex}"

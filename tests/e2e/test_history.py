@@ -44,13 +44,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
 from devstack.event_tail import take_messages
 from devstack.redis_server import RedisServer
-from devstack.resources import DUMMY_CREDENTIALS
 from tests.stack import start_devstack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.verify]
@@ -199,7 +197,7 @@ def collect_events(history_stack):
     Called after every seed as well as at the end: the emulator's receive costs grow with the queue's
     length (about 1 s a call with 2,000 waiting), so a queue left to fill for 100 seeds took ten minutes
     to drain."""
-    sqs = boto3.client("sqs", endpoint_url=history_stack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
+    sqs = history_stack.client("sqs")
     url = sqs.get_queue_url(QueueName="state-service-local-state-changes")["QueueUrl"]
 
     def collect(events: set[tuple[str, int]]) -> int:

@@ -6,7 +6,6 @@ import random
 import time
 import uuid
 
-import boto3
 import pytest
 
 from tests.doubles import ApiClient
@@ -91,13 +90,7 @@ def test_one_byte_over_1_mib_is_413_and_nothing_is_written(client):
 
 
 def chunk_items(devstack, key):
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=devstack.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = devstack.client("dynamodb")
     pages = client.get_paginator("scan").paginate(
         TableName=devstack.table_name,
         FilterExpression="#owner = :k",

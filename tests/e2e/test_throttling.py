@@ -10,7 +10,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import pytest
 import requests
 
@@ -59,13 +58,7 @@ def test_a_burst_of_new_tokens_over_the_limit_is_429_and_writes_nothing(throttle
             assert answer.headers["Content-Type"].startswith("application/json")
 
     # Nothing of a refused request is in the table.
-    ddb = boto3.client(
-        "dynamodb",
-        endpoint_url=stack.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    ddb = stack.client("dynamodb")
     for (key, _), answer in zip(writers, answers, strict=True):
         items = ddb.query(
             TableName=stack.table_name,

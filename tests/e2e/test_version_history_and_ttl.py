@@ -12,12 +12,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import boto3
 import pytest
 import requests
 from test_change_events import Inbox
 
-from devstack.resources import DUMMY_CREDENTIALS
 from state_core.storage.history import encode_cursor
 from tests.doubles import ApiClient
 from tests.stack import start_devstack
@@ -40,10 +38,6 @@ def inbox(devstack) -> Inbox:
 @pytest.fixture
 def key() -> str:
     return f"hist:{uuid.uuid4().hex[:12]}"
-
-
-def dynamodb(stack: Any) -> Any:
-    return boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1", **DUMMY_CREDENTIALS)
 
 
 def all_versions(api: ApiClient, key: str, limit: int) -> list[list[int]]:
@@ -111,7 +105,7 @@ def test_a_large_version_is_read_from_its_blob_and_the_blob_goes_when_its_histor
     api.put(key, "small")
     assert api.get(key, version="1").json()["value"] == big
 
-    ddb = dynamodb(devstack)
+    ddb = devstack.client("dynamodb")
     item = ddb.get_item(TableName=devstack.table_name, Key={"pk": {"S": key}, "sk": {"S": "v#000000000001"}})["Item"]
     chunk = {"pk": {"S": f"chunk#{item['blob_id']['S']}#0000"}, "sk": {"S": "chunk"}}
     assert "Item" in ddb.get_item(TableName=devstack.table_name, Key=chunk)
@@ -274,7 +268,7 @@ def crashing_stack(tmp_path_factory):
 
 def test_history_stays_complete_when_the_function_dies_after_the_write(crashing_stack):
     api = ApiClient(crashing_stack)
-    ddb = dynamodb(crashing_stack)
+    ddb = crashing_stack.client("dynamodb")
     key = f"crash:{uuid.uuid4().hex[:12]}"
     outcomes, lags = [], []
     for n in range(4):

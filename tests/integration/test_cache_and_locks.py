@@ -8,7 +8,6 @@ import uuid
 
 import boto3
 import pytest
-import redis
 
 from devstack.redis_server import RedisServer
 from state_core.cache.breaker import CircuitBreaker
@@ -56,11 +55,6 @@ def key():
 @pytest.fixture
 def stack(redis_server, state_table):
     return Stack(redis_server.url, state_table)
-
-
-@pytest.fixture
-def raw_redis(redis_server):
-    return redis.Redis.from_url(redis_server.url)
 
 
 def cached_version(raw_redis, key):

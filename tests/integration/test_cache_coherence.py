@@ -82,11 +82,6 @@ def key():
     return f"coh:{uuid.uuid4().hex}"
 
 
-@pytest.fixture
-def raw(redis_server):
-    return redis.Redis.from_url(redis_server.url)
-
-
 def started(name, target):
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
@@ -100,10 +95,10 @@ WIPES = {
 
 
 @pytest.mark.parametrize("wipe", sorted(WIPES))
-def test_a_slow_fill_never_lands_where_a_newer_entry_was_wiped(redis_server, state_table, raw, key, wipe):
+def test_a_slow_fill_never_lands_where_a_newer_entry_was_wiped(redis_server, state_table, raw_redis, key, wipe):
     writer = Container(redis_server.url, state_table)
     writer.manager.put(key, "v1", actor="alice")
-    raw.delete(entry_key(key))  # the reader misses
+    raw_redis.delete(entry_key(key))  # the reader misses
     slow = Held(writer.store, "slow-reader", "get")
     reader = Container(redis_server.url, state_table, store=slow)
     thread = started("slow-reader", lambda: reader.manager.get(key))
@@ -111,7 +106,7 @@ def test_a_slow_fill_never_lands_where_a_newer_entry_was_wiped(redis_server, sta
 
     writer.manager.put(key, "v2", actor="alice")  # acknowledged
     writer.manager.get(key)  # version 2 cached with its value
-    WIPES[wipe](raw, key)
+    WIPES[wipe](raw_redis, key)
     slow.release.set()
     thread.join(10)
 
@@ -143,7 +138,7 @@ def test_a_slow_fill_never_lands_across_a_redis_restart(state_table, key):
 
 
 def test_a_stalled_write_through_never_reinstalls_its_value_where_a_newer_entry_was_wiped(
-    redis_server, state_table, raw, key
+    redis_server, state_table, raw_redis, key
 ):
     setup = Container(redis_server.url, state_table)
     setup.manager.put(key, "v1", actor="alice")
@@ -154,7 +149,7 @@ def test_a_stalled_write_through_never_reinstalls_its_value_where_a_newer_entry_
     assert stalled_store.reached.wait(10)  # version 2 is in DynamoDB, its write-through not sent
 
     setup.manager.put(key, "v3", actor="alice")  # acknowledged, cached with its value
-    raw.delete(entry_key(key))  # evicted
+    raw_redis.delete(entry_key(key))  # evicted
     stalled_store.release.set()
     thread.join(10)
 
@@ -224,7 +219,7 @@ class StallsOnce:
 
 
 def test_a_write_through_that_times_out_once_is_sent_again_before_the_write_is_acknowledged(
-    redis_server, state_table, raw, key
+    redis_server, state_table, raw_redis, key
 ):
     writer, reader = writer_and_reader(redis_server.url, state_table, key)
     writer.link._client = StallsOnce(writer.link._client)
@@ -235,11 +230,11 @@ def test_a_write_through_that_times_out_once_is_sent_again_before_the_write_is_a
     assert reader.manager.get(key).canonical_value == b'"v2"'
 
 
-def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_table, raw, key):
+def test_a_reset_connection_does_not_lose_the_write_through(redis_server, state_table, raw_redis, key):
     # Both containers now hold a pooled connection.
     writer, reader = writer_and_reader(redis_server.url, state_table, key)
 
-    raw.client_kill_filter(_type="normal", skipme=True)  # what a failover or a proxy restart does
+    raw_redis.client_kill_filter(_type="normal", skipme=True)  # what a failover or a proxy restart does
     writer.manager.put(key, "v2", actor="alice")
 
     assert reader.manager.get(key).canonical_value == b'"v2"'

@@ -109,11 +109,6 @@ def key():
     return f"trips:{uuid.uuid4().hex}"
 
 
-@pytest.fixture
-def raw_redis(redis_server):
-    return redis.Redis.from_url(redis_server.url)
-
-
 def test_a_cache_hit_get_is_one_redis_round_trip_and_no_dynamodb_call(manager, trips, key):
     manager.put(key, {"a": 1}, actor="alice")
     manager.get(key)  # fills the fence the first write-through of an uncached key leaves
