@@ -32,9 +32,9 @@ def document() -> dict[str, Any]:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
     from state_core.api.edge import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE
+    from state_core.api.history import DEFAULT_PAGE, MAX_PAGE, MAX_REQUESTED_VERSION
     from state_core.api.models import PutStateRequest
     from state_core.domain.keys import KEY_PATTERN
-    from state_core.storage.history import DEFAULT_PAGE, MAX_PAGE, MAX_REQUESTED_VERSION
 
     app = APIGatewayHttpResolver(enable_validation=True)
     for function in FUNCTIONS:

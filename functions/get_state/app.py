@@ -10,11 +10,11 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
+from state_core.api.history import page_body, page_limit, requested_version
 from state_core.observability import lambda_entry
 from state_core.runtime import history_reader, role_policy, state_manager
 from state_core.security import audit
 from state_core.security.principal import READ
-from state_core.storage.history import page_limit, requested_version
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -60,7 +60,7 @@ def get_history(key: str) -> Response[str]:
     edge.authorized_principal(event, READ, key, role_policy)
     limit = page_limit(edge.query_parameter(event, "limit"))
     page = history_reader().list(key, limit=limit, cursor=edge.query_parameter(event, "cursor"))
-    return edge.json_response(200, page.body())
+    return edge.json_response(200, page_body(page))
 
 
 app = edge.build_resolver(router)

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import schemathesis
 from schemathesis.core.parameters import ParameterLocation
 
-from state_core.storage.history import encode_cursor
+from state_core.service.history import encode_cursor
 
 HISTORY_PATH = "/state/{key}/history"
 

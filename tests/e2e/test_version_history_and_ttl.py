@@ -16,7 +16,7 @@ import pytest
 import requests
 from test_change_events import Inbox
 
-from state_core.storage.history import encode_cursor
+from state_core.service.history import encode_cursor
 from tests.doubles import ApiClient
 from tests.stack import start_devstack
 

@@ -480,7 +480,8 @@ def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws
 
 
 def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
-    from state_core.storage.history import HistoryReader, HistoryStore
+    from state_core.service.history import HistoryReader
+    from state_core.storage.history import HistoryStore
 
     # Given version 1 (a blob), version 2 (a blob) whose request-path history write failed, and version 3
     working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
@@ -505,8 +506,9 @@ def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_strea
 def test_the_sweep_never_collects_the_blob_of_a_replaced_version_the_stream_has_yet_to_record(aws, state_table):
     from datetime import timedelta
 
+    from state_core.service.history import HistoryReader
     from state_core.storage.blobs import WRITE_GRACE_SECONDS, BlobStore
-    from state_core.storage.history import HistoryReader, HistoryStore
+    from state_core.storage.history import HistoryStore
 
     # Given version 1 (a blob) whose request-path history write failed, replaced by version 2
     broken_metrics = RecordedMetrics()

@@ -11,8 +11,9 @@ import pytest
 from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.domain.writes import ConditionFailed
 from state_core.runtime import DYNAMODB_CONFIG
+from state_core.service.history import HistoryReader, decode_cursor, encode_cursor
 from state_core.service.manager import StateManager
-from state_core.storage.history import HistoryReader, HistoryStore, decode_cursor, encode_cursor, history_sort_key
+from state_core.storage.history import HistoryStore, history_sort_key
 from state_core.stream.lifecycle import StreamLifecycle, expiry_marker
 from tests.doubles import FailingService, NoMetrics
 

@@ -14,19 +14,13 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from state_core.api import edge
+from state_core.api.history import MAX_PAGE, MAX_REQUESTED_VERSION, page_limit, requested_version
 from state_core.api.models import PutStateRequest
 from state_core.domain.errors import BadRequest
 from state_core.domain.params import ascii_int
 from state_core.domain.records import MAX_TTL_SECONDS
 from state_core.security import audit
-from state_core.storage.history import (
-    MAX_PAGE,
-    MAX_REQUESTED_VERSION,
-    decode_cursor,
-    encode_cursor,
-    page_limit,
-    requested_version,
-)
+from state_core.service.history import decode_cursor, encode_cursor
 
 pytestmark = pytest.mark.unit
 

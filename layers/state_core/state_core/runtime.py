@@ -190,7 +190,7 @@ def history_store() -> Any:
 @functools.cache
 def history_reader() -> Any:
     """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
-    from state_core.storage.history import HistoryReader
+    from state_core.service.history import HistoryReader
 
     return HistoryReader(state_store(), history_store(), clock=utc_now)
 

@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from pydantic import BaseModel, ValidationError
 
+from state_core.api.history import HistoryPageModel
 from state_core.api.models import GatewayMessage, Problem, StateEnvelope, StateMetadata
 from state_core.domain.codec import MAX_BODY_BYTES, check_body_size
 from state_core.domain.errors import (
@@ -37,7 +38,6 @@ from state_core.security import audit
 from state_core.security.policy import PolicyError, RolePolicy
 from state_core.security.principal import Principal, authorize
 from state_core.service.manager import Expectation, StateView
-from state_core.storage.history import HistoryPageModel
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.types import (

@@ -1,4 +1,4 @@
-"""Version history: every version of a key, kept for a retention period, beside its state item.
+"""Version history in DynamoDB: every version of a key, kept for a retention period, beside its state item.
 
 Items: `pk = <key>, sk = v#<version, 12 digits>`, one per version, written with a plain PutItem of an item
 derived only from the state item's image (version, operation, actor, time, size, expiry, and the value:
@@ -7,7 +7,7 @@ Two writers, both idempotent:
 
 - the request path, right after its state write (best effort: a failure is only counted), so a version is
   in the history when its write is acknowledged;
-- publish_changes, for every state item image on the table's stream (transactional outbox): a function
+- the stream publisher, for every state item image on the table's stream (transactional outbox): a function
   that died after its state write still gets its version into the history, within the stream's lag.
 
 `ttl` (epoch seconds) = the version's time + the retention; DynamoDB's TTL then removes the item, and the
@@ -16,43 +16,26 @@ it. The current version is always served from the state item, whatever happened 
 
 A blob's marker (blobs.py) says "not yet claimed": the publisher deletes it once the version's history
 item exists, so the blob collector only ever looks at blobs of writes that died before their state item.
+
+Which version a reader may see, and when a missing one is gone for good, is decided in service/history.py.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from state_core.domain.codec import StoredValue
-from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
-from state_core.domain.params import ascii_int
+from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, entry_of_record, rfc3339_epoch
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.storage.blobs import MARKER_PREFIX
-from state_core.storage.state import dynamodb_errors, record_of_item, value_of_item
+from state_core.storage.state import dynamodb_errors, read_head, record_of_item, value_of_item
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
-MAX_PAGE = 1000
-DEFAULT_PAGE = 100
-# Sort keys hold 12 digits; `?version=` takes up to 15 (a version past the key's current one is a 404).
-MAX_HISTORY_VERSION = 10**12 - 1
-MAX_REQUESTED_VERSION = 10**15 - 1
-# How far the history may trail the state when a function died between its state write and its own
-# history write: the stream's lag (about a second; measured locally, README). Within this window after the
-# key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
-HISTORY_LAG_GRACE_SECONDS = 60
-_CURSOR_VERSION = "h1"
 _PAGE_NAMES = {
     f"#{name}": name
     for name in ("pk", "version", "operation", "actor", "occurred_at", "created_at", "value_size", "expires_at")
@@ -67,74 +50,6 @@ def is_history_sort_key(sort_key: str) -> bool:
     return sort_key.startswith(HISTORY_PREFIX)
 
 
-def _epoch(rfc3339_time: str) -> float:
-    return datetime.strptime(rfc3339_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One version as the history holds it. `value` / `blob` are both None for a deletion or an expiry."""
-
-    key: str
-    version: int
-    operation: str
-    actor: str
-    occurred_at: str
-    created_at: str | None
-    size: int | None
-    expires_at: float | None
-    value: StoredValue | None = None
-    blob: BlobRef | None = None
-
-    @property
-    def has_value(self) -> bool:
-        return self.value is not None or self.blob is not None
-
-    def summary(self) -> dict[str, Any]:
-        """What `GET /state/{key}/history` lists for the version (never the value)."""
-        return {
-            "version": self.version,
-            "operation": self.operation,
-            "actor": self.actor,
-            "occurred_at": self.occurred_at,
-            "size": self.size,
-        }
-
-    def record(self) -> StateRecord:
-        """The version as a state record, for the envelope."""
-        return StateRecord(
-            key=self.key,
-            version=self.version,
-            deleted=not self.has_value,
-            value=self.value,
-            created_at=self.created_at,
-            updated_at=self.occurred_at,
-            updated_by=self.actor,
-            expires_at=self.expires_at,
-            blob=self.blob,
-        )
-
-
-def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
-    """The history entry of a state record. A large value is referenced by its blob even when the record
-    holds it loaded (the request path's record does): the history never copies a blob."""
-    blob = None if record.deleted else record.blob
-    value = None if record.deleted or blob is not None else record.value
-    size = blob.size if blob is not None else (value.size if value is not None else None)
-    return HistoryEntry(
-        key=record.key,
-        version=record.version,
-        operation=operation,
-        actor=record.updated_by,
-        occurred_at=record.updated_at,
-        created_at=record.created_at,
-        size=size,
-        expires_at=record.expires_at,
-        value=value,
-        blob=blob,
-    )
-
-
 def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
     """The low-level item: a function of the version alone, so both writers write the same item."""
     item: dict[str, Any] = {
@@ -144,7 +59,7 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
         "operation": {"S": entry.operation},
         "actor": {"S": entry.actor},
         "occurred_at": {"S": entry.occurred_at},
-        "ttl": {"N": str(int(_epoch(entry.occurred_at)) + retention_seconds)},
+        "ttl": {"N": str(int(rfc3339_epoch(entry.occurred_at)) + retention_seconds)},
     }
     if entry.created_at is not None:
         item["created_at"] = {"S": entry.created_at}
@@ -180,58 +95,19 @@ def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
     )
 
 
-# ----------------------------------------------------------------------------------------------- cursors
-def _key_tag(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+def operation_of_state(item: Mapping[str, Any]) -> str:
+    """A state item's operation without its old image (the stream has both; a read has only this)."""
+    if item.get("deleted", {}).get("BOOL"):
+        return "expired" if "expired" in item else "deleted"
+    incarnation, write_id = item.get("incarnation", {}).get("S"), item.get("write_id", {}).get("S")
+    return "created" if incarnation is not None and incarnation == write_id else "updated"
 
 
-def _check(text: str) -> str:
-    return hashlib.sha256(text.encode("ascii")).hexdigest()[:8]
-
-
-def encode_cursor(key: str, version: int) -> str:
-    """Opaque: base64url of the format, a tag of the key, the last version listed, and a check over them
-    (a garbled or truncated cursor is refused, not read as another position). Not a secret: a caller that
-    forges a cursor for a key it may read can only skip to versions it may read anyway."""
-    text = f"{_CURSOR_VERSION}:{_key_tag(key)}:{version}"
-    text = f"{text}:{_check(text)}"
-    return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
-
-
-def decode_cursor(key: str, cursor: str) -> int:
-    """The version a cursor continues after; BadRequest if it is garbled or belongs to another key."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        fmt, tag, version_text, check = text.split(":")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("cursor is not a cursor this service issued") from None
-    version = ascii_int(version_text, low=1, high=MAX_HISTORY_VERSION)
-    intact = check == _check(f"{fmt}:{tag}:{version_text}")
-    if not intact or fmt != _CURSOR_VERSION or version is None:
-        raise BadRequest("cursor is not a cursor this service issued")
-    if tag != _key_tag(key):
-        raise BadRequest("cursor belongs to another key")
-    return version
-
-
-def page_limit(text: str | None) -> int:
-    """`?limit=N`: ASCII digits, 1 to MAX_PAGE."""
-    if text is None:
-        return DEFAULT_PAGE
-    limit = ascii_int(text, low=1, high=MAX_PAGE)
-    if limit is None:
-        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
-    return limit
-
-
-def requested_version(text: str | None) -> int | None:
-    """`?version=N`: ASCII digits, 1 to MAX_REQUESTED_VERSION."""
-    if text is None:
-        return None
-    version = ascii_int(text, low=1, high=MAX_REQUESTED_VERSION)
-    if version is None:
-        raise BadRequest(f"version must be an integer from 1 to {MAX_REQUESTED_VERSION}")
-    return version
+def entry_of_state_head(head: Mapping[str, Any]) -> HistoryEntry:
+    """The history entry of a state item read without its value (StateStore.head): its size is the
+    item's `value_size`, since an inline value is not there to measure."""
+    entry = entry_of_record(record_of_item(head), operation_of_state(head))
+    return replace(entry, size=int(head["value_size"]["N"])) if "value_size" in head else entry
 
 
 # -------------------------------------------------------------------------------------------------- store
@@ -262,6 +138,12 @@ class HistoryStore:
                 ConsistentRead=True,
             ).get("Item")
         return None if item is None else entry_of_item(item)
+
+    def current(self, key: str) -> HistoryEntry | None:
+        """The key's current version as the history lists it, read from its state item (without the value):
+        that version's own history item may trail it by the stream's lag, or have left retention."""
+        head = read_head(self._client, self._table, key)
+        return None if head is None else entry_of_state_head(head)
 
     def exists(self, key: str, version: int) -> bool:
         item = self._client.get_item(
@@ -329,113 +211,3 @@ class HistoryStore:
             if "LastEvaluatedKey" not in response:
                 return False
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-
-
-# ------------------------------------------------------------------------------------------------ reading
-class StateReads(Protocol):
-    """What reading history needs of the state store (storage.state.StateStore)."""
-
-    def get(self, key: str) -> StateRecord | None: ...
-    def head(self, key: str) -> dict[str, Any] | None: ...
-    def load_blob(self, blob: BlobRef) -> StoredValue | None: ...
-
-
-class HistoryEntryModel(BaseModel):
-    """One version in `GET /state/{key}/history`."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    version: int
-    operation: Literal["created", "updated", "deleted", "expired"]
-    actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
-    occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
-    size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
-
-
-class HistoryPageModel(BaseModel):
-    """A page of a key's versions, newest first."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    key: str
-    versions: list[HistoryEntryModel]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    key: str
-    entries: list[HistoryEntry]
-    next_cursor: str | None
-
-    def body(self) -> str:
-        return json.dumps(
-            {"key": self.key, "versions": [e.summary() for e in self.entries], "next_cursor": self.next_cursor},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-
-
-def operation_of_state(item: Mapping[str, Any]) -> str:
-    """A state item's operation without its old image (the stream has both; a read has only this)."""
-    if item.get("deleted", {}).get("BOOL"):
-        return "expired" if "expired" in item else "deleted"
-    incarnation, write_id = item.get("incarnation", {}).get("S"), item.get("write_id", {}).get("S")
-    return "created" if incarnation is not None and incarnation == write_id else "updated"
-
-
-class HistoryReader:
-    """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
-
-    def __init__(self, states: StateReads, history: HistoryStore, *, clock: Callable[[], datetime]) -> None:
-        self._states = states
-        self._history = history
-        self._clock = clock
-
-    def version(self, key: str, version: int) -> tuple[StateRecord, bytes]:
-        """Version `version` of `key` as a record and its canonical value.
-
-        NotFound if the version never existed (or is a deletion or expiry, which has no value); Gone if it
-        existed but its history item has left retention; ServiceUnavailable within the lag grace after the
-        key's latest write, when the history may not have caught up yet.
-        """
-        state = self._states.get(key)
-        if state is None or version > state.version:
-            raise NotFound(f"key {key} has no version {version}")
-        if version == state.version:
-            if state.deleted or state.value is None:  # StateStore.get loads a large value's blob
-                raise NotFound(f"version {version} of key {key} is a deletion and has no value")
-            return state, state.value.canonical()
-        found = self._history.get(key, version)
-        if found is None:
-            if self._clock().timestamp() - _epoch(state.updated_at) < HISTORY_LAG_GRACE_SECONDS:
-                raise ServiceUnavailable(f"version {version} of key {key} is not in the history yet; retry shortly")
-            raise Gone(f"version {version} of key {key} is beyond the history's retention")
-        if not found.has_value:
-            raise NotFound(f"version {version} of key {key} is a deletion and has no value")
-        value = found.value
-        if value is None and found.blob is not None:
-            value = self._states.load_blob(found.blob)
-            if value is None:
-                raise Gone(f"version {version} of key {key} is beyond the history's retention")
-        assert value is not None
-        return replace(found, value=value).record(), value.canonical()
-
-    def list(self, key: str, *, limit: int, cursor: str | None) -> HistoryPage:
-        """Versions newest first. The first page starts with the current version, taken from the state
-        item (its history item may have left retention, or trail it by the stream's lag)."""
-        before = None if cursor is None else decode_cursor(key, cursor)
-        entries, more = self._history.page(key, limit=limit, before=before)
-        if before is None:
-            head = self._states.head(key)
-            if head is None and not entries:
-                raise NotFound(f"key {key} has no history")
-            if head is not None and (not entries or entries[0].version < int(head["version"]["N"])):
-                current = entry_of_record(record_of_item(head), operation_of_state(head))
-                if "value_size" in head:
-                    current = replace(current, size=int(head["value_size"]["N"]))
-                entries = [current, *entries]
-                if len(entries) > limit:
-                    entries, more = entries[:limit], True
-        next_cursor = encode_cursor(key, entries[-1].version) if more and entries else None
-        return HistoryPage(key=key, entries=entries, next_cursor=next_cursor)

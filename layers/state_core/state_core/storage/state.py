@@ -315,15 +315,7 @@ class StateStore:
 
     def head(self, key: str) -> dict[str, Any] | None:
         """The state item without its value (strongly consistent), as DynamoDB returns it."""
-        with dynamodb_errors():
-            item: dict[str, Any] | None = self._client.get_item(
-                TableName=self._table,
-                Key=self._item_key(key),
-                ConsistentRead=True,
-                ProjectionExpression=", ".join(_HEAD_NAMES),
-                ExpressionAttributeNames=_HEAD_NAMES,
-            ).get("Item")
-        return item
+        return read_head(self._client, self._table, key)
 
     def load_blob(self, blob: BlobRef) -> StoredValue | None:
         with dynamodb_errors():
@@ -483,6 +475,19 @@ def retry_only_unapplied_writes(client: Any) -> None:
     events = getattr(getattr(client, "meta", None), "events", None)
     if events is not None:
         events.register_first("needs-retry.dynamodb.UpdateItem", _retry_only_unapplied, unique_id=_RETRY_HOOK_ID)
+
+
+def read_head(client: DynamoDBClient, table_name: str, key: str) -> dict[str, Any] | None:
+    """The key's state item without its value (strongly consistent), as DynamoDB returns it."""
+    with dynamodb_errors():
+        item: dict[str, Any] | None = client.get_item(
+            TableName=table_name,
+            Key={"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}},
+            ConsistentRead=True,
+            ProjectionExpression=", ".join(_HEAD_NAMES),
+            ExpressionAttributeNames=_HEAD_NAMES,
+        ).get("Item")
+    return item
 
 
 def value_of_item(item: Mapping[str, Any]) -> tuple[StoredValue | None, BlobRef | None]:

@@ -1,0 +1,85 @@
+"""The history's HTTP side: the query parameters of `GET /state/{key}?version=N` and
+`GET /state/{key}/history`, and the page that listing answers (its body, and its model for the OpenAPI
+document)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from state_core.domain.errors import BadRequest
+from state_core.domain.params import ascii_int
+
+if TYPE_CHECKING:
+    from state_core.domain.history import HistoryEntry
+    from state_core.service.history import HistoryPage
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+# The history numbers versions with 12 digits; `?version=` takes up to 15 (a version past the key's
+# current one is a 404, not a 400).
+MAX_REQUESTED_VERSION = 10**15 - 1
+
+
+def page_limit(text: str | None) -> int:
+    """`?limit=N`: ASCII digits, 1 to MAX_PAGE."""
+    if text is None:
+        return DEFAULT_PAGE
+    limit = ascii_int(text, low=1, high=MAX_PAGE)
+    if limit is None:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return limit
+
+
+def requested_version(text: str | None) -> int | None:
+    """`?version=N`: ASCII digits, 1 to MAX_REQUESTED_VERSION."""
+    if text is None:
+        return None
+    version = ascii_int(text, low=1, high=MAX_REQUESTED_VERSION)
+    if version is None:
+        raise BadRequest(f"version must be an integer from 1 to {MAX_REQUESTED_VERSION}")
+    return version
+
+
+class HistoryEntryModel(BaseModel):
+    """One version in `GET /state/{key}/history`."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    version: int
+    operation: Literal["created", "updated", "deleted", "expired"]
+    actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
+    occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
+    size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
+
+
+class HistoryPageModel(BaseModel):
+    """A page of a key's versions, newest first."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    versions: list[HistoryEntryModel]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+def version_summary(entry: HistoryEntry) -> dict[str, Any]:
+    """What the listing shows of a version (HistoryEntryModel's fields; never the value)."""
+    return {
+        "version": entry.version,
+        "operation": entry.operation,
+        "actor": entry.actor,
+        "occurred_at": entry.occurred_at,
+        "size": entry.size,
+    }
+
+
+def page_body(page: HistoryPage) -> str:
+    """The listing's JSON body (HistoryPageModel), built without the model on the request path."""
+    return json.dumps(
+        {"key": page.key, "versions": [version_summary(e) for e in page.entries], "next_cursor": page.next_cursor},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )

@@ -1,0 +1,146 @@
+"""Reading a key's history: `GET /state/{key}?version=N` and `GET /state/{key}/history`.
+
+The rules: the current version always comes from the state item (its history item may trail it by the
+stream's lag, or have left retention); an older version comes from its history item. A version that never
+existed, or that is a deletion or an expiry, is NotFound; one that existed but whose history item has left
+retention is Gone; shortly after the key's latest write, a missing older version is ServiceUnavailable
+(retry), since its history item may still be on its way from the stream. Pages run newest first and
+continue after an opaque cursor bound to their key.
+
+The stores come in through the ports below (storage/state.py and storage/history.py implement them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
+from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, rfc3339_epoch
+from state_core.domain.params import ascii_int
+
+if TYPE_CHECKING:
+    from state_core.domain.codec import StoredValue
+    from state_core.domain.records import BlobRef, StateRecord
+
+# How far the history may trail the state when a function died between its state write and its own
+# history write: the stream's lag (about a second; measured locally, README). Within this window after the
+# key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
+HISTORY_LAG_GRACE_SECONDS = 60
+_CURSOR_VERSION = "h1"
+
+
+class StateReads(Protocol):
+    """What reading history needs of the state store (storage.state.StateStore)."""
+
+    def get(self, key: str) -> StateRecord | None: ...
+    def load_blob(self, blob: BlobRef) -> StoredValue | None: ...
+
+
+class HistoryReads(Protocol):
+    """What reading history needs of the history store (storage.history.HistoryStore)."""
+
+    def get(self, key: str, version: int) -> HistoryEntry | None: ...
+    def current(self, key: str) -> HistoryEntry | None: ...
+    def page(self, key: str, *, limit: int, before: int | None) -> tuple[list[HistoryEntry], bool]: ...
+
+
+# ----------------------------------------------------------------------------------------------- cursors
+def _key_tag(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def _check(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:8]
+
+
+def encode_cursor(key: str, version: int) -> str:
+    """Opaque: base64url of the format, a tag of the key, the last version listed, and a check over them
+    (a garbled or truncated cursor is refused, not read as another position). Not a secret: a caller that
+    forges a cursor for a key it may read can only skip to versions it may read anyway."""
+    text = f"{_CURSOR_VERSION}:{_key_tag(key)}:{version}"
+    text = f"{text}:{_check(text)}"
+    return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(key: str, cursor: str) -> int:
+    """The version a cursor continues after; BadRequest if it is garbled or belongs to another key."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        fmt, tag, version_text, check = text.split(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("cursor is not a cursor this service issued") from None
+    version = ascii_int(version_text, low=1, high=MAX_HISTORY_VERSION)
+    intact = check == _check(f"{fmt}:{tag}:{version_text}")
+    if not intact or fmt != _CURSOR_VERSION or version is None:
+        raise BadRequest("cursor is not a cursor this service issued")
+    if tag != _key_tag(key):
+        raise BadRequest("cursor belongs to another key")
+    return version
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    key: str
+    entries: list[HistoryEntry]
+    next_cursor: str | None
+
+
+class HistoryReader:
+    """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
+
+    def __init__(self, states: StateReads, history: HistoryReads, *, clock: Callable[[], datetime]) -> None:
+        self._states = states
+        self._history = history
+        self._clock = clock
+
+    def version(self, key: str, version: int) -> tuple[StateRecord, bytes]:
+        """Version `version` of `key` as a record and its canonical value.
+
+        NotFound if the version never existed (or is a deletion or expiry, which has no value); Gone if it
+        existed but its history item has left retention; ServiceUnavailable within the lag grace after the
+        key's latest write, when the history may not have caught up yet.
+        """
+        state = self._states.get(key)
+        if state is None or version > state.version:
+            raise NotFound(f"key {key} has no version {version}")
+        if version == state.version:
+            if state.deleted or state.value is None:  # StateStore.get loads a large value's blob
+                raise NotFound(f"version {version} of key {key} is a deletion and has no value")
+            return state, state.value.canonical()
+        found = self._history.get(key, version)
+        if found is None:
+            if self._clock().timestamp() - rfc3339_epoch(state.updated_at) < HISTORY_LAG_GRACE_SECONDS:
+                raise ServiceUnavailable(f"version {version} of key {key} is not in the history yet; retry shortly")
+            raise Gone(f"version {version} of key {key} is beyond the history's retention")
+        if not found.has_value:
+            raise NotFound(f"version {version} of key {key} is a deletion and has no value")
+        value = found.value
+        if value is None and found.blob is not None:
+            value = self._states.load_blob(found.blob)
+            if value is None:
+                raise Gone(f"version {version} of key {key} is beyond the history's retention")
+        assert value is not None
+        return replace(found, value=value).record(), value.canonical()
+
+    def list(self, key: str, *, limit: int, cursor: str | None) -> HistoryPage:
+        """Versions newest first. The first page starts with the current version, taken from the state
+        item (its history item may have left retention, or trail it by the stream's lag)."""
+        before = None if cursor is None else decode_cursor(key, cursor)
+        entries, more = self._history.page(key, limit=limit, before=before)
+        if before is None:
+            current = self._history.current(key)
+            if current is None and not entries:
+                raise NotFound(f"key {key} has no history")
+            if current is not None and (not entries or entries[0].version < current.version):
+                entries = [current, *entries]
+                if len(entries) > limit:
+                    entries, more = entries[:limit], True
+        next_cursor = encode_cursor(key, entries[-1].version) if more and entries else None
+        return HistoryPage(key=key, entries=entries, next_cursor=next_cursor)
