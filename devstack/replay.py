@@ -60,7 +60,7 @@ def replayable_entry(body: str, *, bus_name: str, source: str) -> PutEventsReque
     """The dead letter's PutEvents entry if it is one the publisher could have written for this bus and
     source (a StateChanged detail naming a key and a version), else None."""
     from state_core.stream.events import StateChanged
-    from state_core.stream.publisher import dead_letter_entry
+    from state_core.stream.sender import dead_letter_entry
 
     try:
         entry = dead_letter_entry(body)
@@ -104,7 +104,7 @@ def replay(
     """Replay both sources once; `events_client` may be swapped (tests inject failures through it)."""
     if str(REPO_ROOT / "layers" / "state_core") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "layers" / "state_core"))
-    from state_core.stream.publisher import ChangePublisher
+    from state_core.stream.sender import ChangePublisher
 
     events: EventBridgeClient = events_client or _client("events", endpoint_url)
     sqs: SQSClient = _client("sqs", endpoint_url)

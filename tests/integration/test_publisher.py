@@ -18,7 +18,7 @@ from devstack.stream_poller import lambda_record
 from state_core.service.manager import StateManager
 from state_core.storage.state import StateStore
 from state_core.stream.events import Operation, event_id
-from state_core.stream.publisher import ChangePublisher, PublishPolicy
+from state_core.stream.sender import ChangePublisher, PublishPolicy
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -535,7 +535,7 @@ def test_the_replay_sends_only_this_stacks_state_changed_entries_and_reads_bound
     aws, manager, state_table, moto_server
 ):
     from devstack.replay import replay
-    from state_core.stream.publisher import DEAD_LETTER_FORMAT
+    from state_core.stream.sender import DEAD_LETTER_FORMAT
 
     # Given a dead-letter queue and a failure bucket that someone besides the publisher wrote to
     suffix = uuid.uuid4().hex[:8]

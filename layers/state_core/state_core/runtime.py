@@ -206,7 +206,7 @@ def change_publisher() -> Any:
     from state_core.observability import logger
     from state_core.storage.history import HistoryStore
     from state_core.stream.lifecycle import StreamLifecycle
-    from state_core.stream.publisher import ChangePublisher
+    from state_core.stream.sender import ChangePublisher
 
     settings = publisher_settings()
     table_name = service_settings().table_name
