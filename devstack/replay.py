@@ -104,7 +104,8 @@ def replay(
     """Replay both sources once; `events_client` may be swapped (tests inject failures through it)."""
     if str(REPO_ROOT / "layers" / "state_core") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "layers" / "state_core"))
-    from state_core.stream.sender import ChangePublisher
+    from state_core.stream.publisher import ChangePublisher
+    from state_core.stream.sender import EventSender
 
     events: EventBridgeClient = events_client or _client("events", endpoint_url)
     sqs: SQSClient = _client("sqs", endpoint_url)
@@ -141,15 +142,11 @@ def replay(
             report.dead_letters_replayed += 1
 
     # 2. Failure records: whole stream batches, through the function's own publisher.
-    publisher = ChangePublisher(
-        events,
-        bus_name=bus_name,
-        dead_letters=sqs,
-        dead_letter_queue_url=dead_letter_queue_url,
-        metrics=_NoMetrics(),
-        log=_StructuredLog(logging.getLogger("replay")),
-        source=event_source,
+    log = _StructuredLog(logging.getLogger("replay"))
+    sender = EventSender(
+        events, dead_letters=sqs, dead_letter_queue_url=dead_letter_queue_url, metrics=_NoMetrics(), log=log
     )
+    publisher = ChangePublisher(sender, bus_name=bus_name, log=log, source=event_source)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=failure_bucket):
         for item in page.get("Contents") or []:
             records = _failure_records(s3, failure_bucket, item)

@@ -18,7 +18,8 @@ from devstack.stream_poller import lambda_record
 from state_core.service.manager import StateManager
 from state_core.storage.state import StateStore
 from state_core.stream.events import Operation, event_id
-from state_core.stream.sender import ChangePublisher, PublishPolicy
+from state_core.stream.publisher import ChangePublisher
+from state_core.stream.sender import EventSender, PublishPolicy
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
 
 pytestmark = pytest.mark.integration
@@ -119,17 +120,17 @@ def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
 
 
 def publisher(aws: dict[str, Any], events_client: Any, *, log: Log | None = None, **more: Any) -> ChangePublisher:
-    return ChangePublisher(
+    log = log or Log()
+    sender = EventSender(
         events_client,
-        bus_name=aws["bus"],
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"],
         metrics=RecordedMetrics(),
-        log=log or Log(),
+        log=log,
         policy=PublishPolicy(max_attempts=3, base_backoff_seconds=0.01, max_backoff_seconds=0.02),
         sleep=lambda _seconds: None,
-        **more,
     )
+    return ChangePublisher(sender, bus_name=aws["bus"], log=log, **more)
 
 
 def up_to(records: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
@@ -209,16 +210,17 @@ def test_records_that_cannot_even_be_dead_lettered_are_reported_as_batch_item_fa
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, 1, actor="alice")
     records = stream_records(state_table, {key})
-    broken = ChangePublisher(
+    log = Log()
+    broken_sender = EventSender(
         FlakyEvents(aws["events"], {(key, 1): -1}),
-        bus_name=aws["bus"],
         dead_letters=aws["sqs"],
         dead_letter_queue_url=aws["dlq"] + "-missing",
         metrics=RecordedMetrics(),
-        log=Log(),
+        log=log,
         policy=PublishPolicy(max_attempts=2, base_backoff_seconds=0.01),
         sleep=lambda _seconds: None,
     )
+    broken = ChangePublisher(broken_sender, bus_name=aws["bus"], log=log)
 
     outcome = broken.publish(records)
 
@@ -377,19 +379,21 @@ def collecting_publisher(aws: dict[str, Any], state_table: str, *, lag_seconds: 
     from datetime import timedelta
 
     from state_core.storage.history import HistoryStore
+    from state_core.stream.blob_collection import BlobCollection
     from state_core.stream.lifecycle import StreamLifecycle
 
     client = boto3.client("dynamodb", region_name=REGION)
     store = StateStore(client, state_table)
     history = HistoryStore(client, state_table, retention_seconds=90 * 86_400)
     lifecycle = StreamLifecycle(client, state_table, history=history, states=store, blobs=store.blobs, clock=utc_now)
-    return publisher(
-        aws,
-        aws["events"],
-        blobs=store.blobs,
+    blobs = BlobCollection(
+        store.blobs,
         lifecycle=lifecycle,
+        metrics=RecordedMetrics(),
+        log=Log(),
         clock=lambda: utc_now() + timedelta(seconds=lag_seconds),
     )
+    return publisher(aws, aws["events"], blobs=blobs, lifecycle=lifecycle)
 
 
 def history_managers(state_table: str, broken_metrics: RecordedMetrics) -> tuple[StateManager, StateManager]:

@@ -31,6 +31,7 @@ def reset_runtime():
         "service_settings",
         "role_policy",
         "redis_link",
+        "state_cache",
         "state_manager",
         "state_store",
         "history_store",

@@ -93,7 +93,7 @@ class ServiceSettings(_Settings):
 
 
 class PublisherSettings(_Settings):
-    """publish_changes: the stream's event publisher, with the history items and expiries it writes."""
+    """publish_changes: the stream's event publisher (its table and history settings are ServiceSettings')."""
 
     event_bus_name: str = Field(validation_alias="STATE_EVENT_BUS_NAME", min_length=1)
     event_source: str = Field(default="state.service", min_length=1, validation_alias="STATE_EVENT_SOURCE")
@@ -101,8 +101,6 @@ class PublisherSettings(_Settings):
     # The value rides in the detail only while the detail stays under this (default 64 KB).
     # Capped well below EventBridge's 256 KB per entry, so an entry always fits a request.
     max_detail_bytes: int = Field(default=65_536, ge=1_024, le=200_000, validation_alias="STATE_EVENT_MAX_VALUE_BYTES")
-    # The history items it writes from the stream must equal the request path's (ServiceSettings).
-    history_retention_days: int = Field(default=90, ge=1, le=3650, validation_alias="STATE_HISTORY_RETENTION_DAYS")
 
 
 class AuthorizerSettings(_Settings):

@@ -1,7 +1,12 @@
-"""Composition root: clients and the StateManager, built once per container from validated settings.
+"""Composition root: settings, clients, stores and services, each built once per container.
 
 Nothing here runs at import: the first invocation builds what it needs, so tests (and the local stack)
-can point the environment at their emulator before any client exists.
+can point the environment at their emulator before any client exists. Each builder is cached
+(`functools.cache`), so every part is built once and shared: one botocore session, one DynamoDB client,
+one StateStore (and its BlobStore), one HistoryStore for the request path, the history reader and the
+stream publisher alike. What only some functions need (Redis, the history reader, the stream's parts) is
+imported inside its builder, so a handler's cold start pays only for what it uses; their types are
+imported for the checker alone.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import botocore.session
 from botocore.config import Config
@@ -19,14 +24,22 @@ from state_core.config import PublisherSettings, ServiceSettings
 from state_core.observability import logger, metrics
 from state_core.security.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
 from state_core.service.manager import PatchPolicy, StateManager
-from state_core.storage.blobs import BlobStore
 from state_core.storage.state import StateStore
 
 if TYPE_CHECKING:
+    import redis
     from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_events.client import EventBridgeClient
     from mypy_boto3_secretsmanager.client import SecretsManagerClient
     from mypy_boto3_sqs.client import SQSClient
+
+    from state_core.cache.link import RedisLink
+    from state_core.cache.state_cache import RedisStateCache
+    from state_core.service.history import HistoryReader
+    from state_core.storage.blobs import BlobStore
+    from state_core.storage.history import HistoryStore
+    from state_core.stream.publisher import ChangePublisher
+    from state_core.stream.repair import CacheRepairer
 
 # botocore's default 60 s read timeout would turn a slow table into an API Gateway timeout (30 s):
 # fail fast, let standard-mode retries (with their own backoff and retry quota) absorb blips, then 503.
@@ -60,9 +73,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# ------------------------------------------------------------------------------------------------ settings
 @functools.cache
 def service_settings() -> ServiceSettings:
     return ServiceSettings.from_environ(os.environ)
+
+
+@functools.cache
+def publisher_settings() -> PublisherSettings:
+    return PublisherSettings.from_environ(os.environ)
 
 
 @functools.cache
@@ -72,6 +91,7 @@ def role_policy() -> RolePolicy:
     return load_role_policy(service_settings().policy_file or DEFAULT_POLICY_FILE)
 
 
+# ------------------------------------------------------------------------------------------------- clients
 @functools.cache
 def botocore_session() -> botocore.session.Session:
     """One botocore session per container: a second one would load its data files again (~35 ms of CPU
@@ -92,7 +112,27 @@ def dynamodb_client() -> DynamoDBClient:
 
 
 @functools.cache
-def redis_link() -> Any:
+def events_client() -> EventBridgeClient:
+    return cast("EventBridgeClient", botocore_session().create_client("events", config=EVENTS_CONFIG))
+
+
+@functools.cache
+def sqs_client() -> SQSClient:
+    return cast("SQSClient", botocore_session().create_client("sqs", config=EVENTS_CONFIG))
+
+
+def secrets_client() -> SecretsManagerClient:
+    """Secrets Manager, only ever created by the first Redis call of a container that has Redis."""
+    from state_core.cache.credentials import SECRETS_CONFIG_OPTIONS
+
+    return cast(
+        "SecretsManagerClient",
+        botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS)),
+    )
+
+
+@functools.cache
+def redis_link() -> RedisLink | None:
     """The Redis link (client + breaker) when an endpoint is configured, else None. Imports redis only then.
     The link opens at its first call: the secrets are read then, not at import or when Redis is off."""
     settings = service_settings()
@@ -102,7 +142,7 @@ def redis_link() -> Any:
     from state_core.cache.credentials import read_credentials
     from state_core.cache.link import RedisLink, connect
 
-    def open_link() -> tuple[Any, bytes]:
+    def open_link() -> tuple[redis.Redis, bytes]:
         credentials = read_credentials(
             secrets_client(),
             auth_secret_arn=settings.redis_auth_secret_arn,
@@ -130,16 +170,43 @@ def redis_link() -> Any:
     )
 
 
-def secrets_client() -> SecretsManagerClient:
-    """Secrets Manager, only ever created by the first Redis call of a container that has Redis."""
-    from state_core.cache.credentials import SECRETS_CONFIG_OPTIONS
+# -------------------------------------------------------------------------------------------------- stores
+@functools.cache
+def state_store() -> StateStore:
+    return StateStore(dynamodb_client(), service_settings().table_name)
 
-    return cast(
-        "SecretsManagerClient",
-        botocore_session().create_client("secretsmanager", config=Config(**SECRETS_CONFIG_OPTIONS)),
+
+def blob_store() -> BlobStore:
+    """The one BlobStore: the state store's own (it reads and writes the blobs of large values)."""
+    return state_store().blobs
+
+
+@functools.cache
+def history_store() -> HistoryStore:
+    """One history store for both of its writers (the request path and the stream publisher) and the
+    reader: both writers must write the same item for a version, retention included."""
+    from state_core.storage.history import HistoryStore
+
+    settings = service_settings()
+    return HistoryStore(
+        dynamodb_client(), settings.table_name, retention_seconds=settings.history_retention_days * 86_400
     )
 
 
+@functools.cache
+def state_cache() -> RedisStateCache | None:
+    """The Redis read cache over the one link, when Redis is configured (else None)."""
+    link = redis_link()
+    if link is None:
+        return None
+    from state_core.cache.state_cache import CachePolicy, RedisStateCache
+
+    return RedisStateCache(
+        link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=service_settings().cache_ttl_seconds)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ services
 @functools.cache
 def state_manager() -> StateManager:
     # Only the local stack's workers arm failpoints from STATE_FAILPOINTS_SPEC, before this runs; anywhere
@@ -148,14 +215,10 @@ def state_manager() -> StateManager:
         raise RuntimeError("STATE_FAILPOINTS_SPEC is set but nothing armed it: failpoints run only in the local stack")
     settings = service_settings()
     link = redis_link()
-    cache = lock = None
+    lock = None
     if link is not None:
         from state_core.cache.lock import LockPolicy, RedisKeyLock
-        from state_core.cache.state_cache import CachePolicy, RedisStateCache
 
-        cache = RedisStateCache(
-            link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=settings.cache_ttl_seconds)
-        )
         lock = RedisKeyLock(
             link,
             metrics,
@@ -166,29 +229,14 @@ def state_manager() -> StateManager:
         history=history_store(),
         clock=utc_now,
         metrics=metrics,
-        cache=cache,
+        cache=state_cache(),
         lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
     )
 
 
 @functools.cache
-def state_store() -> StateStore:
-    return StateStore(dynamodb_client(), service_settings().table_name)
-
-
-@functools.cache
-def history_store() -> Any:
-    from state_core.storage.history import HistoryStore
-
-    settings = service_settings()
-    return HistoryStore(
-        dynamodb_client(), settings.table_name, retention_seconds=settings.history_retention_days * 86_400
-    )
-
-
-@functools.cache
-def history_reader() -> Any:
+def history_reader() -> HistoryReader:
     """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
     from state_core.service.history import HistoryReader
 
@@ -196,54 +244,47 @@ def history_reader() -> Any:
 
 
 @functools.cache
-def publisher_settings() -> PublisherSettings:
-    return PublisherSettings.from_environ(os.environ)
-
-
-@functools.cache
-def change_publisher() -> Any:
-    """The stream's ChangePublisher: EventBridge and its dead-letter queue."""
-    from state_core.observability import logger
-    from state_core.storage.history import HistoryStore
+def change_publisher() -> ChangePublisher:
+    """The stream's publisher: history upkeep and blob collection, then EventBridge and its dead-letter queue."""
+    from state_core.stream.blob_collection import BlobCollection
     from state_core.stream.lifecycle import StreamLifecycle
-    from state_core.stream.sender import ChangePublisher
+    from state_core.stream.publisher import ChangePublisher
+    from state_core.stream.sender import EventSender
 
     settings = publisher_settings()
-    table_name = service_settings().table_name
-    blobs = BlobStore(dynamodb_client(), table_name)
-    return ChangePublisher(
-        cast("EventBridgeClient", botocore_session().create_client("events", config=EVENTS_CONFIG)),
-        bus_name=settings.event_bus_name,
-        dead_letters=cast("SQSClient", botocore_session().create_client("sqs", config=EVENTS_CONFIG)),
+    lifecycle = StreamLifecycle(
+        dynamodb_client(),
+        service_settings().table_name,
+        history=history_store(),
+        states=state_store(),
+        blobs=blob_store(),
+        clock=utc_now,
+    )
+    sender = EventSender(
+        events_client(),
+        dead_letters=sqs_client(),
         dead_letter_queue_url=settings.dead_letter_queue_url,
         metrics=metrics,
-        blobs=blobs,
-        lifecycle=StreamLifecycle(
-            dynamodb_client(),
-            table_name,
-            history=HistoryStore(
-                dynamodb_client(), table_name, retention_seconds=settings.history_retention_days * 86_400
-            ),
-            states=StateStore(dynamodb_client(), table_name),
-            blobs=blobs,
-            clock=utc_now,
-        ),
         log=logger,
+    )
+    return ChangePublisher(
+        sender,
+        bus_name=settings.event_bus_name,
+        log=logger,
+        lifecycle=lifecycle,
+        blobs=BlobCollection(blob_store(), lifecycle=lifecycle, metrics=metrics, log=logger, clock=utc_now),
         source=settings.event_source,
         max_detail_bytes=settings.max_detail_bytes,
     )
 
 
 @functools.cache
-def cache_repairer() -> Any:
-    """The stream's cache repair (repair.py), over the same Redis link and signing key as the state functions."""
-    from state_core.cache.state_cache import CachePolicy, RedisStateCache
+def cache_repairer() -> CacheRepairer | None:
+    """The stream's cache repair (repair.py), over the same Redis link and signing key as the state functions;
+    None without Redis (nothing to repair)."""
+    cache = state_cache()
+    if cache is None:
+        return None
     from state_core.stream.repair import CacheRepairer
 
-    link = redis_link()
-    if link is None:
-        return None  # no cache, nothing to repair
-    cache = RedisStateCache(
-        link, metrics, clock=utc_now, policy=CachePolicy(entry_ttl_seconds=service_settings().cache_ttl_seconds)
-    )
     return CacheRepairer(cache, metrics=metrics, log=logger)

@@ -1,4 +1,4 @@
-"""The stream's side of history and expiry, run by publish_changes for each batch.
+"""The stream's side of history and expiry, run by the publisher (publisher.py) for each batch.
 
 - **History:** every state item image gets its history item (history.py), idempotently; a version whose
   function died right after its state write still gets there, within the stream's lag. A large value's

@@ -1,15 +1,11 @@
-"""The sender of StateChanged events. The cache repair runs on its own mapping (repair.py).
+"""Sending StateChanged events to EventBridge, and keeping those it could not send in a dead-letter queue.
 
-For one batch of stream records it:
-
-1. records history and expiries (lifecycle.py) and collects blobs nothing refers to any more;
-2. sends the events with PutEvents, in stream order (version order per key), batched by count and size;
-   `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in
-   version order, with bounded attempts and jittered backoff;
-3. puts every event that is still failing into its own SQS dead-letter queue (the built event, ready for
-   `make replay`), and reports success for it: the stream moves on, nothing is dropped silently;
-4. reports as batch item failures only the records it could not even dead-letter (or could not build),
-   so Lambda retries from there and, after its retries, writes them to the on-failure destination.
+- PutEvents in stream order (version order per key), batched by count and size (events.batches);
+  `FailedEntryCount` is checked entry by entry and only the failed entries are retried, still in version
+  order, with bounded attempts and jittered backoff (PublishPolicy), while the invocation has time for it;
+- every event still failing then goes to the SQS dead-letter queue as its own message (the built entry,
+  ready for `make replay`, which reads it back with dead_letter_entry);
+- what could not even be dead-lettered is handed back to the caller, to fail the batch for the stream.
 """
 
 from __future__ import annotations
@@ -17,24 +13,14 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state_core.domain.ports import Log, MetricsSink
-from state_core.domain.records import BlobRef
-from state_core.stream.events import (
-    DEFAULT_EVENT_SOURCE,
-    DEFAULT_MAX_DETAIL_BYTES,
-    ChangeEvent,
-    StreamChange,
-    batches,
-    build_change,
-)
+from state_core.stream.events import ChangeEvent, batches
 
 if TYPE_CHECKING:
     from mypy_boto3_events.client import EventBridgeClient
@@ -42,21 +28,6 @@ if TYPE_CHECKING:
 
 # What a dead-letter message holds, so replays can tell formats apart if it ever changes.
 DEAD_LETTER_FORMAT = "state-changed-dead-letter/1"
-
-
-class BlobCollector(Protocol):
-    """blobs.BlobStore's cleanup side."""
-
-    def delete(self, key: str, refs: Iterable[BlobRef]) -> None: ...
-    def collect(self, key: str, *, as_of: datetime) -> list[str]: ...
-
-
-class Lifecycle(Protocol):
-    """lifecycle.StreamLifecycle: history items, expiry markers and their removals."""
-
-    def record_versions(self, changes: Sequence[StreamChange]) -> None: ...
-    def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None: ...
-    def release_replaced(self, key: str, previous_version: int | None, blob: BlobRef) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,127 +48,27 @@ class PublishPolicy:
         return random.uniform(0, min(self.max_backoff_seconds, self.base_backoff_seconds * 2**attempt))  # noqa: S311
 
 
-@dataclass(frozen=True, slots=True)
-class PublishOutcome:
-    published: int
-    dead_lettered: int
-    failed_sequence_numbers: list[str]  # for batchItemFailures, in stream order
-
-
-class ChangePublisher:
-    """Publishes a batch of stream records; see the module docstring for the steps."""
+class EventSender:
+    """PutEvents with per-entry retries, then the dead-letter queue for what still fails."""
 
     def __init__(
         self,
         events_client: EventBridgeClient,
         *,
-        bus_name: str,
         dead_letters: SQSClient,
         dead_letter_queue_url: str,
         metrics: MetricsSink,
-        blobs: BlobCollector | None = None,
-        lifecycle: Lifecycle | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         log: Log,
-        source: str = DEFAULT_EVENT_SOURCE,
-        max_detail_bytes: int = DEFAULT_MAX_DETAIL_BYTES,
         policy: PublishPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._events = events_client
-        self._bus = bus_name
         self._dead_letters = dead_letters
         self._dlq_url = dead_letter_queue_url
-        self._blobs = blobs
-        self._lifecycle = lifecycle
-        self._clock = clock
         self._metrics = metrics
         self._log = log
-        self._source = source
-        self._max_detail_bytes = max_detail_bytes
         self._policy = policy or PublishPolicy()
         self._sleep = sleep
-
-    def publish(
-        self, records: Sequence[Mapping[str, Any]], remaining_seconds: Callable[[], float] | None = None
-    ) -> PublishOutcome:
-        """Publish the events of `records` (Lambda's DynamoDB stream records, in stream order)."""
-        changes: list[StreamChange] = []
-        unbuildable: list[str] = []
-        for position, record in enumerate(records):
-            try:
-                change = build_change(
-                    record,
-                    position=position,
-                    source=self._source,
-                    bus_name=self._bus,
-                    max_detail_bytes=self._max_detail_bytes,
-                )
-            except (KeyError, ValueError, TypeError) as exc:
-                # A record we cannot read is a bug, not an outage: let Lambda retry it and, after its
-                # retries, keep the whole record in the on-failure destination (S3).
-                sequence_number = str((record.get("dynamodb") or {}).get("SequenceNumber", ""))
-                self._log.error("unreadable stream record", sequence_number=sequence_number, error=repr(exc))
-                unbuildable.append(sequence_number)
-                continue
-            if change is not None:
-                changes.append(change)
-        if self._lifecycle is not None:
-            # Before anything is collected or published; a DynamoDB error fails the batch, which Lambda
-            # retries (both are idempotent), so no version is ever missing from the history.
-            self._lifecycle.record_versions(changes)
-            self._lifecycle.on_removals(records)
-        self.collect_blobs(changes)
-        events = [change.event for change in changes if change.event is not None]
-        failed = self.send(events, remaining_seconds)
-        undelivered = self.dead_letter(failed)
-        failures = [s for s in unbuildable if s] + [event.sequence_number for event in undelivered]
-        order = {str((r.get("dynamodb") or {}).get("SequenceNumber", "")): i for i, r in enumerate(records)}
-        return PublishOutcome(
-            published=len(events) - len(failed),
-            dead_lettered=len(failed) - len(undelivered),
-            failed_sequence_numbers=sorted(set(failures), key=lambda s: order.get(s, -1)),
-        )
-
-    def collect_blobs(self, changes: Iterable[StreamChange]) -> None:
-        """Remove value blobs nothing refers to any more: the one each change replaced (with history, only
-        if the replaced version's history item is already gone: lifecycle.py), and any unclaimed blob of
-        the key that neither its current state nor its history names (writes that died between their
-        chunks and their state item), aged by the stream record's time. Best effort: `make sweep-blobs`
-        is the backstop."""
-        blobs = self._blobs
-        if blobs is None:
-            return
-        latest: dict[str, StreamChange] = {}
-        for change in changes:
-            if change.record is None:
-                continue
-            latest[change.record.key] = change
-            if change.replaced_blob is not None:
-                with self._cleanup_guard():
-                    if self._lifecycle is None:
-                        blobs.delete(change.record.key, [change.replaced_blob])
-                    else:
-                        # History items refer to blobs too: the replaced one may still be retained.
-                        previous = change.event.detail.previous_version if change.event is not None else None
-                        self._lifecycle.release_replaced(change.record.key, previous, change.replaced_blob)
-        for key, change in latest.items():
-            if change.recorded_at is None:
-                continue  # without the record's time an abandoned write cannot be told from a recent one
-            # The record's time, not the clock: every write of the key up to the record has been claimed by
-            # now (stream order), while writes after it may not be, however far the stream lags behind. The
-            # clock only caps it, should DynamoDB's clock run ahead of the writers'.
-            as_of = min(change.recorded_at, self._clock())
-            with self._cleanup_guard():
-                blobs.collect(key, as_of=as_of)
-
-    @contextmanager
-    def _cleanup_guard(self) -> Iterator[None]:
-        try:
-            yield
-        except Exception as exc:
-            self._log.warning("blob cleanup failed", error=type(exc).__name__)
-            self._metrics.add_metric(name="BlobCleanupErrors", unit="Count", value=1)
 
     def send(
         self, events: Sequence[ChangeEvent], remaining_seconds: Callable[[], float] | None = None
