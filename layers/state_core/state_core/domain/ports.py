@@ -1,16 +1,21 @@
 """The collaborators the core is handed rather than builds, as protocols: the state store, the read cache,
-the per-key lock and the history (the StateManager's), and the metrics and log sinks every part uses.
+the per-key lock and the history (the StateManager's), what the history reader reads, and the metrics and
+log sinks every part uses.
 runtime.py wires the real ones (DynamoDB, Redis, Powertools); tests hand in their own."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue
-from state_core.domain.records import StateRecord
+from state_core.domain.records import BlobRef, StateRecord
 from state_core.domain.writes import Precondition, WriteResult
+
+if TYPE_CHECKING:
+    # Only the history reader's ports name it: the handlers that import these ports need not load it.
+    from state_core.domain.history import HistoryEntry
 
 
 class MetricsSink(Protocol):
@@ -55,6 +60,22 @@ class HistoryRecorder(Protocol):
     idempotently."""
 
     def record(self, record: StateRecord, operation: str) -> None: ...
+
+
+class StateReads(Protocol):
+    """What reading history needs of the state store (storage.state.StateStore)."""
+
+    def get(self, key: str) -> StateRecord | None: ...
+    def load_blob(self, blob: BlobRef) -> StoredValue | None: ...
+
+
+class HistoryReads(Protocol):
+    """The history's read side (storage.history.HistoryStore): a version, the current version as the history
+    lists it (from the state item), and a page of versions older than `before`, newest first."""
+
+    def get(self, key: str, version: int) -> HistoryEntry | None: ...
+    def current(self, key: str) -> HistoryEntry | None: ...
+    def page(self, key: str, *, limit: int, before: int | None) -> tuple[list[HistoryEntry], bool]: ...
 
 
 class Cache(Protocol):

@@ -7,7 +7,8 @@ retention is Gone; shortly after the key's latest write, a missing older version
 (retry), since its history item may still be on its way from the stream. Pages run newest first and
 continue after an opaque cursor bound to their key.
 
-The stores come in through the ports below (storage/state.py and storage/history.py implement them).
+The stores come in through the domain's ports (StateReads, HistoryReads), which storage/state.py and
+storage/history.py implement.
 """
 
 from __future__ import annotations
@@ -18,36 +19,21 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, rfc3339_epoch
 from state_core.domain.params import ascii_int
 
 if TYPE_CHECKING:
-    from state_core.domain.codec import StoredValue
-    from state_core.domain.records import BlobRef, StateRecord
+    from state_core.domain.ports import HistoryReads, StateReads
+    from state_core.domain.records import StateRecord
 
 # How far the history may trail the state when a function died between its state write and its own
 # history write: the stream's lag (about a second; measured locally, README). Within this window after the
 # key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
 HISTORY_LAG_GRACE_SECONDS = 60
 _CURSOR_VERSION = "h1"
-
-
-class StateReads(Protocol):
-    """What reading history needs of the state store (storage.state.StateStore)."""
-
-    def get(self, key: str) -> StateRecord | None: ...
-    def load_blob(self, blob: BlobRef) -> StoredValue | None: ...
-
-
-class HistoryReads(Protocol):
-    """What reading history needs of the history store (storage.history.HistoryStore)."""
-
-    def get(self, key: str, version: int) -> HistoryEntry | None: ...
-    def current(self, key: str) -> HistoryEntry | None: ...
-    def page(self, key: str, *, limit: int, before: int | None) -> tuple[list[HistoryEntry], bool]: ...
 
 
 # ----------------------------------------------------------------------------------------------- cursors
