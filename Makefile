@@ -89,7 +89,7 @@ pre-commit: $(VENV_STAMP)
 verify: $(VENV_STAMP) redis-server
 	STATE_VERIFY=1 $(PY) -m pytest -m verify --timeout=3600 -s $(PYTEST_ARGS)
 
-## bench: benchmarks against least-work baselines, one table (README "Performance"); BENCH_ARGS=--help for options
+## bench: benchmarks against least-work baselines, one table (docs/performance.md); BENCH_ARGS=--help for options
 .PHONY: bench
 bench: $(VENV_STAMP) redis-server
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""The stage's throttling over real HTTP (README "Limits and throttling"): past a route's burst the gateway
+"""The stage's throttling over real HTTP (docs/operations.md, "Limits and throttling"): past a route's burst the gateway
 answers 429 {"message":"Too Many Requests"} as API Gateway does, before the authorizer, so nothing is
 written and no token is checked. A stack of its own with a low burst; the template's limits (the default)
 are high enough for every other test, which the rest of the e2e suite shows."""

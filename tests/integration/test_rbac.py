@@ -409,7 +409,7 @@ def test_an_auth0_access_token(invoke, authorizer_for, host, issuer_key):
     }
     token = sign(issuer_key, auth0, typ="at+jwt")
     assert status(through(invoke, authz, token, "put", f"team:{uuid.uuid4().hex}")) == 201  # by role
-    # `auth0|...` cannot appear in a key, so `${sub}` grants nothing for it (README: map a key-safe claim).
+    # `auth0|...` cannot appear in a key, so `${sub}` grants nothing for it (docs/security.md: map a key-safe claim).
     self_only = sign(
         issuer_key, {**auth0, "https://state.example.com/roles": [], "scope": "state:read:user:${sub}:*"}, typ="at+jwt"
     )

@@ -28,7 +28,8 @@ CORE = f"{LAYER}/state_core"
 
 # Written so that this file does not match itself.
 OUTSIDE_REFERENCES = re.compile(
-    r"\.\./shared|\bDESIGN(?:\.md|\s*\u00a7)|\bissues?\s+#?\d",
+    # The outside contract was named in capitals; docs/design.md, in lower case, is the project's own page.
+    r"\.\./shared|(?-i:\bDESIGN\.md)|\bDESIGN\s*\u00a7|\bissues?\s+#?\d",
     re.IGNORECASE,
 )
 DOTTED_CORE_NAME = re.compile(r"(?<![\w.])state_core(?:\.\w+)+")

@@ -53,7 +53,8 @@ class ServiceSettings(_Settings):
     # well within the 1 s the contract allows for stale reads. A dead Redis then costs one timeout per
     # container per window (50 ms every 0.5 s).
     redis_breaker_seconds: float = Field(default=0.5, ge=0.1, le=300.0, validation_alias="STATE_REDIS_BREAKER_SECONDS")
-    # Bounds Redis memory, and how long an entry a failover rolled back can be served (README "Cache and locks").
+    # Bounds Redis memory, and how long an entry a failover rolled back can be served
+    # (docs/design.md, "Lifetimes and memory").
     cache_ttl_seconds: int = Field(default=300, ge=60, le=86_400, validation_alias="STATE_CACHE_TTL_SECONDS")
     lock_lease_ms: int = Field(default=2000, ge=100, le=10_000, validation_alias="STATE_LOCK_LEASE_MS")
     lock_wait_ms: int = Field(default=2000, ge=0, le=5_000, validation_alias="STATE_LOCK_WAIT_MS")

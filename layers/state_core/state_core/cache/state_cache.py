@@ -7,7 +7,7 @@ metadata and value under a key that never reaches Redis: whoever can write Redis
 alter one or move one to another key. An entry whose MAC is missing or wrong, that is larger than any entry
 this service writes, or whose value does not decode within the size limit is a miss (CacheIntegrityFailures),
 never a value and never an error. What the MAC cannot stop: putting back an older entry of the same key
-that this service once signed (a rollback; see README "Cache and locks").
+that this service once signed (a rollback; see docs/design.md, "Partitions and failovers").
 
 Every cache write (fill after a miss, write-through after a write, tombstone after a delete, repair from
 the stream) goes through one Lua step that stores the entry only if its version is newer than the cached

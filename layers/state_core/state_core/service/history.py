@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from state_core.domain.records import StateRecord
 
 # How far the history may trail the state when a function died between its state write and its own
-# history write: the stream's lag (about a second; measured locally, README). Within this window after the
+# history write: the stream's lag (about a second; measured locally, benchmarks/results/). Within this window after the
 # key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
 HISTORY_LAG_GRACE_SECONDS = 60
 _CURSOR_VERSION = "h1"
