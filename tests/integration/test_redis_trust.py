@@ -133,6 +133,9 @@ def functions(configure, invoke, redis_server, secrets_manager, capsys, caplog):
         STATE_CACHE_SIGNING_SECRET_ARN=new_secret(secrets_manager, signing_key),
         STATE_REDIS_AUTH_SECRET_ARN="",
         STATE_REDIS_BREAKER_SECONDS="1",
+        # These tests are about what the cache trusts, not about a slow Redis: on a loaded machine the 50 ms
+        # default can time a read out, which is a miss that never reaches the signature check.
+        STATE_REDIS_TIMEOUT_MS="1000",
     )
     return Functions(invoke, redis.Redis.from_url(redis_server.url), signing_key.encode(), capsys, caplog)
 
