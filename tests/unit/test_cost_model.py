@@ -4,6 +4,7 @@ the tables it generates, so the page's figures are computed, never typed in."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -103,7 +104,18 @@ def test_the_request_path_makes_one_dynamodb_write_per_write_request() -> None:
     assert ops["GET, cache miss"].read_units == 1
 
 
-def test_the_model_uses_the_template_s_memory_size() -> None:
+def test_the_model_uses_the_template_s_memory_size_and_retention() -> None:
     template = (REPO_ROOT / "template.yaml").read_text(encoding="utf-8")
     assert f"MemorySize: {cost_model.MEMORY_MB}\n" in template
     assert template.count("MemorySize:") == 1, "a function overrides MemorySize: the model needs it per function"
+    retention = re.search(r"HistoryRetentionDays:\n\s+Type: Number\n\s+Default: (\d+)", template)
+    assert retention is not None
+    assert int(retention.group(1)) == cost_model.HISTORY_RETENTION_DAYS
+
+
+def test_the_model_uses_the_core_s_chunk_size_and_history_page() -> None:
+    from state_core.api.history import DEFAULT_PAGE
+    from state_core.storage.blobs import CHUNK_BYTES
+
+    assert cost_model.CHUNK_BYTES == CHUNK_BYTES
+    assert cost_model.HISTORY_PAGE == DEFAULT_PAGE
