@@ -4,6 +4,7 @@ trips, API requests, events, log bytes) priced per million operations, and the f
 python scripts/cost_model.py          # print the tables
 python scripts/cost_model.py --write  # embed them in docs/capacity.md (between the cost-model markers)
 python scripts/cost_model.py --check  # exit 1 if docs/capacity.md does not hold what this prints
+python scripts/cost_model.py --measure [RUNS]  # measure the handlers' CPU ms (CPU_MS) on this machine
 
 Every figure in the tables comes from the constants below, so a changed measurement, item size or price
 is one edit here and a `--write`; docs/capacity.md explains where each constant comes from.
@@ -12,7 +13,10 @@ is one edit here and a `--write`; docs/capacity.md explains where each constant 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,11 +70,12 @@ def read_units(total_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------------------ measured CPU and assumed waits
-# CPU ms of each handler in the calling thread only (time.thread_time; moto serves from its own threads and
-# redis-server is its own process), on the development machine (AMD EPYC, Python 3.13), medians of three
-# runs of 100 (10 for 1 MiB), load average 2-6, 2026-12-01. The request path's best-effort history PutItem
-# was still in the code then: its client CPU (a bare PutItem, 1.13 ms) is taken off PUT, PATCH and DELETE,
-# which make one DynamoDB write once it is gone.
+# CPU ms of each handler in the calling thread only (`--measure`: time.thread_time; moto serves from its own
+# threads and redis-server is its own process), on the development machine (AMD EPYC, Python 3.13), medians
+# of three runs of 100 (10 for 1 MiB), load average 2-6, 2026-12-01. The request path's best-effort history
+# PutItem was still in the code then (`request_path_writes_history: 1`): its client CPU (a bare PutItem,
+# 1.13 ms) is taken off PUT, PATCH and DELETE, which make one DynamoDB write once it is gone. Measured again
+# without it, set HISTORY_PUT_CPU_MS to 0.
 HISTORY_PUT_CPU_MS = 1.13
 CPU_MS = {
     "get_hit": 0.29,
@@ -491,11 +496,168 @@ def with_tables(doc: str) -> str:
     return doc[:start] + "\n" + tables() + doc[doc.index(END) :]
 
 
+# ------------------------------------------------------------------------------------------------ measuring
+def _thread_cpu_ms(call: Callable[[int], object], runs: int, before: Callable[[int], object] | None = None) -> float:
+    """Median CPU ms of `call` in this thread: not moto's (its own threads) nor redis-server's (a process)."""
+    samples = []
+    for i in range(runs):
+        if before is not None:
+            before(i)
+        started = time.thread_time()
+        call(i)
+        samples.append(time.thread_time() - started)
+    return round(statistics.median(samples) * 1000, 3)
+
+
+def measure(runs: int) -> dict[str, float]:  # noqa: PLR0915  one block per operation, as in the table
+    """CPU ms of every handler of the table, against the benchmark's moto server and redis-server.
+
+    Also `bare_put_item` (a PutItem's client CPU) and `request_path_writes_history` (1 when a PUT's history
+    item is there before any publisher ran): while the request path writes history, HISTORY_PUT_CPU_MS is
+    the PutItem's CPU; once it does not, 0."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "state_core")]
+    import importlib
+    import json
+    import os
+    import uuid
+
+    import boto3
+    import redis
+
+    from devstack.stream_poller import lambda_record
+    from devstack.token import mint
+
+    # The benchmark's harness and the tests' doubles are outside the type-checked tree: used as they are.
+    common: Any = importlib.import_module("benchmarks.common")
+    inprocess: Any = importlib.import_module("benchmarks.inprocess")
+    doubles: Any = importlib.import_module("tests.doubles")
+    load_module, quiet_stdout = common.load_module, common.quiet_stdout
+    services, SMALL_VALUE, LARGE_VALUE = inprocess.services, inprocess.SMALL_VALUE, inprocess.LARGE_VALUE
+    LambdaContext = doubles.LambdaContext
+
+    figures: dict[str, float] = {}
+    with services() as svc, quiet_stdout():
+        events = boto3.client("events", region_name="us-east-1")
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        suffix = uuid.uuid4().hex[:8]
+        events.create_event_bus(Name=f"cost-{suffix}")
+        dead_letters = sqs.create_queue(QueueName=f"cost-{suffix}")["QueueUrl"]
+        os.environ.update({"STATE_EVENT_BUS_NAME": f"cost-{suffix}", "STATE_EVENTS_DLQ_URL": dead_letters})
+        http_event = load_module("cost_events", ROOT / "tests" / "integration" / "conftest.py").http_event
+        context = LambdaContext()
+        names = ("get_state", "put_state", "patch_state", "delete_state", "authorizer", "publish_changes")
+        handlers = {
+            name: load_module(f"cost_{name}", ROOT / "functions" / name / "app.py").lambda_handler
+            for name in (*names, "repair_cache")
+        }
+        raw = redis.Redis.from_url(svc.redis_url)
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+
+        def call(function: str, event: dict[str, Any]) -> None:
+            status = handlers[function](event, context).get("statusCode", 200)
+            if status >= 300:
+                raise RuntimeError(f"{function} answered {status}: the figures would measure an error")
+
+        def drop(key: str) -> Callable[[int], object]:
+            from state_core.cache.state_cache import entry_key
+
+            return lambda _: raw.delete(entry_key(key))
+
+        key, large = f"cost:{uuid.uuid4().hex}", f"cost:{uuid.uuid4().hex}"
+        put = http_event("put", key, body={"value": SMALL_VALUE})
+        for _ in range(3):
+            call("put_state", put)
+        history_item = {"pk": {"S": key}, "sk": {"S": "v#000000000003"}}
+        figures["request_path_writes_history"] = float("Item" in ddb.get_item(TableName=svc.table, Key=history_item))
+        get = http_event("get", key)
+        call("get_state", get)
+        figures["get_hit"] = _thread_cpu_ms(lambda _: call("get_state", get), runs)
+        figures["get_miss"] = _thread_cpu_ms(lambda _: call("get_state", get), runs, before=drop(key))
+        figures["put"] = _thread_cpu_ms(lambda _: call("put_state", put), runs)
+        call("get_state", get)
+
+        def patch(i: int) -> None:
+            body = json.dumps({"count": i})
+            call("patch_state", http_event("patch", key, body=body, content_type="application/merge-patch+json"))
+
+        figures["patch"] = _thread_cpu_ms(patch, runs)
+        doomed = [f"cost:{uuid.uuid4().hex}" for _ in range(runs)]
+        for name in doomed:
+            call("put_state", http_event("put", name, body={"value": SMALL_VALUE}))
+        figures["delete"] = _thread_cpu_ms(lambda i: call("delete_state", http_event("delete", doomed[i])), runs)
+        # A full history page, with the history items the publisher writes (whether the request path does or not).
+        for _ in range(max(0, HISTORY_PAGE + 2 - (3 + 2 * runs))):
+            call("put_state", put)
+        # The small key's state records as Lambda delivers them.
+        streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        arn = ddb.describe_table(TableName=svc.table)["Table"]["LatestStreamArn"]
+        records: list[dict[str, Any]] = []
+        for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+            iterator = streams.get_shard_iterator(
+                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while iterator:
+                page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                records += [
+                    lambda_record(record, arn)
+                    for record in page["Records"]
+                    if record["dynamodb"]["Keys"] == {"pk": {"S": key}, "sk": {"S": "state"}}
+                    and "NewImage" in record["dynamodb"]
+                ]
+                iterator = page.get("NextShardIterator") if page["Records"] else None
+        for start in range(0, len(records), 100):
+            handlers["publish_changes"]({"Records": records[start : start + 100]}, context)
+        listing = http_event("get", key)
+        listing["rawPath"] = listing["requestContext"]["http"]["path"] = f"/state/{key}/history"
+        listing["routeKey"] = listing["requestContext"]["routeKey"] = "GET /state/{key}/history"
+        figures["history_list"] = _thread_cpu_ms(lambda _: call("get_state", listing), runs)
+        old = http_event("get", key, query={"version": "2"})
+        figures["version_read"] = _thread_cpu_ms(lambda _: call("get_state", old), runs)
+        large_put, large_get = http_event("put", large, body={"value": LARGE_VALUE}), http_event("get", large)
+        call("put_state", large_put)
+        large_runs = max(5, runs // 10)
+        figures["large_put"] = _thread_cpu_ms(lambda _: call("put_state", large_put), large_runs)
+        call("get_state", large_get)
+        figures["large_get_hit"] = _thread_cpu_ms(lambda _: call("get_state", large_get), large_runs)
+        figures["large_get_miss"] = _thread_cpu_ms(lambda _: call("get_state", large_get), large_runs, drop(large))
+
+        def per_change(function: str, batch: int) -> float:
+            batches = [{"Records": records[i % (len(records) - batch) :][:batch]} for i in range(runs)]
+            return round(_thread_cpu_ms(lambda i: handlers[function](batches[i], context), runs) / batch, 3)
+
+        for batch in (1, 25):
+            figures[f"publish_batch{batch}"] = per_change("publish_changes", batch)
+            figures[f"repair_batch{batch}"] = per_change("repair_cache", batch)
+
+        token = mint("alice", "state:read state:write", issuer=svc.issuer, state_dir=svc.issuer_dir)
+        authorize = json.loads((ROOT / "events" / "authorizer.json").read_text())
+        authorize["headers"] = {"authorization": f"Bearer {token}"}
+        authorize["identitySource"] = [f"Bearer {token}"]
+        handlers["authorizer"](authorize, context)
+        figures["authorizer"] = _thread_cpu_ms(lambda _: handlers["authorizer"](authorize, context), runs)
+
+        from state_core.runtime import state_manager
+
+        client = state_manager()._store._client  # type: ignore[attr-defined]  # the handlers' own client
+        item = ddb.get_item(TableName=svc.table, Key={"pk": {"S": key}, "sk": {"S": "state"}})["Item"]
+        figures["bare_put_item"] = _thread_cpu_ms(
+            lambda i: client.put_item(TableName=svc.table, Item={**item, "sk": {"S": f"cost#{i}"}}), runs
+        )
+    return figures
+
+
 def main(argv: list[str]) -> int:
     if "--check" in argv:
         if embedded(DOC.read_text(encoding="utf-8")) != tables():
             print(f"{DOC.relative_to(ROOT)} is out of date: run python scripts/cost_model.py --write", file=sys.stderr)
             return 1
+        return 0
+    if "--measure" in argv:
+        position = argv.index("--measure") + 1
+        runs = int(argv[position]) if position < len(argv) else 100
+        for name, value in measure(runs).items():
+            print(f"{name}: {value}")
+        print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
         return 0
     if "--write" in argv:
         DOC.write_text(with_tables(DOC.read_text(encoding="utf-8")), encoding="utf-8")
