@@ -442,8 +442,8 @@ def history_storage_line(writes_per_day: int = 1_000_000, prices: Prices = PRICE
     gb = items * (HISTORY_ITEM_BYTES + ITEM_STORAGE_OVERHEAD_BYTES) / 1e9
     monthly = gb * (prices.dynamodb_storage_gb_month + prices.dynamodb_pitr_gb_month)
     return (
-        f"History kept by {writes_per_day:,} small writes a day for {HISTORY_RETENTION_DAYS} days: {items:,} items,"
-        f" {gb:,.1f} GB, ${monthly:,.2f} a month with point-in-time recovery."
+        f"History kept by {writes_per_day:,} small writes a day for {HISTORY_RETENTION_DAYS} days:\n"
+        f"{items:,} items, {gb:,.1f} GB, ${monthly:,.2f} a month with point-in-time recovery."
     )
 
 
