@@ -386,7 +386,7 @@ def fixed_costs(prices: Prices = PRICES) -> list[FixedCost]:
         FixedCost(
             "Redis: two cache.t4g.micro (primary and replica)",
             2 * prices.elasticache_t4g_micro_hour * HOURS_PER_MONTH,
-            "with Redis only",
+            "with Redis",
         ),
         FixedCost("interface endpoints: EventBridge and SQS (the publisher's), two AZs", 2 * endpoint, "with Redis"),
         FixedCost("interface endpoint: Secrets Manager (the Redis functions'), two AZs", endpoint, "with Redis"),
