@@ -73,6 +73,7 @@ checks: $(VENV_STAMP)
 	PYTHONPATH=layers/state_core $(VENV)/bin/lint-imports
 	$(PY) scripts/layer_requirements.py --check
 	$(PY) scripts/openapi.py --check
+	$(PY) scripts/cost_model.py --check
 
 ## format: ruff format, then ruff check --fix: what `make checks` flags, fixed where ruff can
 format: $(VENV_STAMP)
