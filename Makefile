@@ -95,6 +95,12 @@ verify: $(VENV_STAMP) redis-server
 bench: $(VENV_STAMP) redis-server
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
+## load: a mixed workload (locust) against `make dev` on :3000, or any API_URL with TOKEN or TOKEN_COMMAND;
+##       throughput, p50/p99 and errors per operation; LOAD_ARGS=--help for the options (docs/performance.md)
+.PHONY: load
+load: $(VENV_STAMP)
+	$(PY) -m benchmarks.load $(LOAD_ARGS)
+
 ## unit / integration / e2e: one scope of the test suite
 unit integration e2e: $(VENV_STAMP) redis-server
 	$(PY) -m pytest -m $@ $(PYTEST_ARGS)
