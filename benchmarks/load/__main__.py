@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--api-url", default=os.environ.get("API_URL"), help=f"the API's base URL (API_URL; default {LOCAL_URL})")
     add("--token-command", default=os.environ.get("TOKEN_COMMAND"), help="prints a bearer token (TOKEN_COMMAND)")
+    add("--token-refresh", default="10m", help="fetch a new token this often (TOKEN_COMMAND, dev tokens)")
     add("--duration", default="30s", help="how long to run, e.g. 45s, 5m, 1h30m (default 30s)")
     add("--warmup", default="20s", help="run this long first, uncounted: cold starts kept out (default 20s)")
     add("--users", type=int, default=4, help="concurrent users, each one request at a time (default 4)")
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rate", type=float, default=0.0, help="target requests/s over all users; 0: as fast as answered")
     default_mix = ",".join(f"{name}={weight}" for name, weight in DEFAULT_MIX.items())
     add("--mix", type=parse_mix, default=dict(DEFAULT_MIX), help=f"operation weights (default {default_mix})")
-    add("--key-space", type=int, default=1000, help="keys the uncontended requests spread over (default 1000)")
+    add("--key-space", type=int, default=200, help="keys the uncontended requests spread over (default 200)")
     add("--contended-share", type=float, default=0.1, help="share of requests on the hot keys (default 0.1)")
     add("--hot-keys", type=int, default=1, help="how many hot keys (default 1)")
     add("--large-bytes", type=int, default=256 * 1024, help="size of a large value (default 262144; max ~1 MiB)")
@@ -70,20 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def get_token(args: argparse.Namespace, local: bool) -> str:
+def token_source(args: argparse.Namespace, local: bool) -> Callable[[], str] | None:
+    """Where fresh tokens come from: TOKEN_COMMAND, or the dev issuer for the local stack; None for a
+    fixed TOKEN."""
     if os.environ.get("TOKEN"):
-        return os.environ["TOKEN"]
+        return None
     if args.token_command:
-        # The user's own command (e.g. one calling their identity provider), run as their shell would.
-        completed = subprocess.run(args.token_command, shell=True, capture_output=True, text=True, check=False)  # noqa: S602
-        if completed.returncode != 0 or not completed.stdout.strip():
-            raise ValueError(f"the token command failed ({completed.returncode}): {completed.stderr.strip()[-500:]}")
-        return completed.stdout.strip()
+        command: str = args.token_command
+        return lambda: run_token_command(command)
     if local:
         from devstack.token import mint
 
-        return mint("load", "state:read state:write")
+        return lambda: mint("load", "state:read state:write")
     raise ValueError("set TOKEN or TOKEN_COMMAND (--token-command) for a deployed API_URL")
+
+
+def run_token_command(command: str) -> str:
+    # The user's own command (e.g. one calling their identity provider), run as their shell would.
+    completed = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)  # noqa: S602
+    if completed.returncode != 0 or not completed.stdout.strip():
+        raise ValueError(f"the token command failed ({completed.returncode}): {completed.stderr.strip()[-500:]}")
+    return completed.stdout.strip()
+
+
+def refresh_tokens(fetch: Callable[[], str], every: float) -> None:
+    """Replace the users' token every `every` seconds, so a run outlives its tokens; a failed fetch keeps
+    the old token (its requests then fail as 401s, counted)."""
+    while True:
+        gevent.sleep(every)
+        try:
+            StateUser.token = fetch()
+        except (ValueError, OSError) as error:
+            print(f"load: could not refresh the token: {error}", file=sys.stderr)
 
 
 def preflight(api_url: str, token: str, key: str) -> str | None:
@@ -160,7 +180,12 @@ def print_summary(summary: dict[str, Any], seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     api_url = (args.api_url or LOCAL_URL).rstrip("/")
-    token = get_token(args, local=not args.api_url)
+    duration, warmup = parse_timespan(args.duration), parse_timespan(args.warmup)
+    token_refresh = parse_timespan(args.token_refresh)
+    if args.users < 1 or args.spawn_rate <= 0 or token_refresh < 1:
+        raise ValueError("users >= 1, a spawn rate above 0 and a token refresh of 1 s or more")
+    fetch_token = token_source(args, local=not args.api_url)
+    token = fetch_token() if fetch_token else os.environ["TOKEN"]
     workload = Workload(
         mix=args.mix,
         key_space=args.key_space,
@@ -186,7 +211,6 @@ def run(args: argparse.Namespace) -> int:
 
     environment.events.request.add_listener(count_status)
     runner = environment.create_local_runner()
-    duration, warmup = parse_timespan(args.duration), parse_timespan(args.warmup)
     print(
         f"load: {args.users} users against {api_url} for {duration} s (after {warmup} s of warm-up), "
         f"keys {workload.key_prefix}-*, mix {args.mix}"
@@ -198,19 +222,24 @@ def run(args: argparse.Namespace) -> int:
             print_stats(environment.stats)
 
     printer = gevent.spawn(progress) if args.progress_interval > 0 else None
+    refresher = gevent.spawn(refresh_tokens, fetch_token, token_refresh) if fetch_token else None
     runner.start(args.users, spawn_rate=args.spawn_rate)
-    warmup_errors = 0
-    if warmup > 0:
-        gevent.sleep(warmup)
-        warmup_errors = environment.stats.total.num_failures
-        environment.stats.reset_all()
-        statuses.clear()
-        print(f"load: warm-up over ({warmup_errors} errors), counting from now")
-    started = time.monotonic()
-    gevent.spawn_later(duration, runner.quit)
-    runner.greenlet.join()
-    if printer is not None:
-        printer.kill()
+    warmup_errors, started = 0, time.monotonic()
+    try:
+        if warmup > 0:
+            gevent.sleep(warmup)
+            warmup_errors = environment.stats.total.num_failures
+            environment.stats.reset_all()
+            statuses.clear()
+            print(f"load: warm-up over ({warmup_errors} errors), counting from now")
+        started = time.monotonic()
+        gevent.spawn_later(duration, runner.quit)
+        runner.greenlet.join()
+    except KeyboardInterrupt:  # Ctrl-C ends the run early, with its summary
+        runner.quit()
+    for greenlet in (printer, refresher):
+        if greenlet is not None:
+            greenlet.kill()
 
     print_stats(environment.stats, current=False)
     print_percentile_stats(environment.stats)

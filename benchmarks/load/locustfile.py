@@ -65,7 +65,6 @@ class StateUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = random.Random()
-        self.headers = {"Authorization": f"Bearer {self.token}"}
         self.small = filler(self.workload.small_bytes, self.rng)
         self.large = filler(self.workload.large_bytes, self.rng)
 
@@ -73,7 +72,13 @@ class StateUser(FastHttpUser):
         self, operation: str, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> None:
         with self.client.request(
-            method, path, name=operation, headers={**self.headers, **(headers or {})}, catch_response=True, **kwargs
+            method,
+            path,
+            name=operation,
+            # The class's token, read at each request: the wrapper may replace it while the users run.
+            headers={"Authorization": f"Bearer {StateUser.token}", **(headers or {})},
+            catch_response=True,
+            **kwargs,
         ) as response:
             _check(response, operation)
 

@@ -32,7 +32,7 @@ class Workload:
     """What the users do: the mix of operations by weight, over which keys, at what rate."""
 
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    key_space: int = 1000
+    key_space: int = 200
     # The share of requests that go to the few hot keys instead of the key space: contention on the
     # per-key locks (PATCH) and on the version conditions (PUT, DELETE).
     contended_share: float = 0.1
