@@ -14,13 +14,13 @@ import boto3
 import pytest
 
 from devstack.event_tail import take_messages
-from devstack.stream_poller import lambda_record
 from state_core.service.manager import StateManager
 from state_core.storage.state import StateStore
 from state_core.stream.events import Operation, event_id
 from state_core.stream.publisher import ChangePublisher
 from state_core.stream.sender import EventSender, PublishPolicy
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
+from tests.streams import stream_records, up_to
 
 pytestmark = pytest.mark.integration
 
@@ -94,24 +94,6 @@ def manager(state_table: str) -> StateManager:
     return StateManager(store, clock=utc_now, metrics=RecordedMetrics())
 
 
-def stream_records(state_table: str, keys: set[str]) -> list[dict[str, Any]]:
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    streams = boto3.client("dynamodbstreams", region_name=REGION)
-    arn = ddb.describe_table(TableName=state_table)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records += response["Records"]
-            if not response["Records"]:
-                break
-            iterator = response.get("NextShardIterator")
-    return [lambda_record(r, arn) for r in records if r["dynamodb"]["Keys"]["pk"]["S"] in keys]
-
-
 def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     while messages := take_messages(sqs, queue):
@@ -131,17 +113,6 @@ def publisher(aws: dict[str, Any], events_client: Any, *, log: Log | None = None
         sleep=lambda _seconds: None,
     )
     return ChangePublisher(sender, bus_name=aws["bus"], log=log, **more)
-
-
-def up_to(records: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
-    """The records of one key until its `version`: a batch of a stream that lags behind the table."""
-    batch = []
-    for record in records:
-        new = record["dynamodb"].get("NewImage") or {}
-        if "version" in new and int(new["version"]["N"]) > version:
-            break
-        batch.append(record)
-    return batch
 
 
 def test_only_the_refused_entries_are_retried_in_version_order(aws, manager, state_table):
@@ -396,54 +367,32 @@ def collecting_publisher(aws: dict[str, Any], state_table: str, *, lag_seconds: 
     return publisher(aws, aws["events"], blobs=blobs, lifecycle=lifecycle)
 
 
-def history_managers(state_table: str, broken_metrics: RecordedMetrics) -> tuple[StateManager, StateManager]:
-    """Two request paths with history: one whose history writes land, one whose history writes fail."""
-    from botocore.config import Config
-
-    from state_core.storage.history import HistoryStore
-    from tests.doubles import FailingService
-
-    client = boto3.client("dynamodb", region_name=REGION)
-    store = StateStore(client, state_table)
-    broken_client = boto3.client("dynamodb", region_name=REGION, config=Config(retries={"max_attempts": 1}))
-    broken_client.meta.events.register("before-send.dynamodb", FailingService(500, "InternalServerError"))
-    retention = 90 * 86_400
-    working = StateManager(
-        store,
-        history=HistoryStore(client, state_table, retention_seconds=retention),
-        clock=utc_now,
-        metrics=RecordedMetrics(),
+def plain_manager(state_table: str) -> StateManager:
+    """A request path as deployed: it writes state items only, the stream writes their history."""
+    return StateManager(
+        StateStore(boto3.client("dynamodb", region_name=REGION), state_table), clock=utc_now, metrics=RecordedMetrics()
     )
-    broken = StateManager(
-        store,
-        history=HistoryStore(broken_client, state_table, retention_seconds=retention),
-        clock=utc_now,
-        metrics=broken_metrics,
-    )
-    return working, broken
 
 
 def chunks_exist(state_table: str, blob: Any) -> bool:
     return StateStore(boto3.client("dynamodb", region_name=REGION), state_table).blobs.load(blob) is not None
 
 
-def two_blob_versions_the_second_unrecorded(state_table: str) -> tuple[Any, str, Any, Any]:
-    """A key at version 2, both versions blobs, version 2's request-path history write failed: the manager
-    that still records history, the key, version 2's value and its write."""
-    broken_metrics = RecordedMetrics()
-    working, broken = history_managers(state_table, broken_metrics)
+def two_blob_versions_unrecorded(state_table: str) -> tuple[Any, str, Any, Any]:
+    """A key at version 2, both versions blobs, neither in the history yet (the stream has not run): the
+    manager, the key, version 2's value and its write."""
+    manager = plain_manager(state_table)
     key = f"blob:{uuid.uuid4().hex}"
-    working.put(key, large_value(), actor="alice")
+    manager.put(key, large_value(), actor="alice")
     second = large_value()
-    written = broken.put(key, second, actor="alice")
+    written = manager.put(key, second, actor="alice")
     assert written.record.blob is not None
-    assert broken_metrics.count("HistoryWriteErrors") == 1
-    return working, key, second, written
+    return manager, key, second, written
 
 
 def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, state_table):
-    # Given version 1 (a blob) and version 2 (a blob) whose request-path history write failed
-    working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
+    # Given version 1 (a blob) and version 2 (a blob), neither recorded yet
+    manager, key, second, written = two_blob_versions_unrecorded(state_table)
 
     # When the stream, lagging past the write grace, repairs a batch that ends at version 1
     batch = up_to(stream_records(state_table, {key}), 1)
@@ -451,7 +400,7 @@ def test_a_lagging_batch_never_collects_the_blob_of_the_current_version(aws, sta
 
     # Then version 2 still reads back, its chunks all there
     assert chunks_exist(state_table, written.record.blob)
-    assert json.loads(working.get(key).canonical_value) == second
+    assert json.loads(manager.get(key).canonical_value) == second
 
 
 def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws, state_table):
@@ -461,13 +410,13 @@ def test_the_blob_of_a_write_that_died_before_the_record_s_time_is_collected(aws
     from state_core.storage.state import new_write_id
 
     # Given a write that died between its blob and its state item more than the grace before a later write
-    working, _ = history_managers(state_table, RecordedMetrics())
+    manager = plain_manager(state_table)
     key = f"blob:{uuid.uuid4().hex}"
     client = boto3.client("dynamodb", region_name=REGION)
     blobs = StateStore(client, state_table).blobs
     stored = StoredValue.encode(json.dumps(large_value()).encode())
     died = blobs.put(key, new_write_id(), stored, utc_now() - timedelta(seconds=301))
-    working.put(key, "small", actor="alice")
+    manager.put(key, "small", actor="alice")
 
     # When the stream publishes that write, without any lag
     collecting_publisher(aws, state_table, lag_seconds=0).publish(stream_records(state_table, {key}))
@@ -487,9 +436,9 @@ def test_a_lagging_batch_never_collects_the_blob_of_a_replaced_version_the_strea
     from state_core.service.history import HistoryReader
     from state_core.storage.history import HistoryStore
 
-    # Given version 1 (a blob), version 2 (a blob) whose request-path history write failed, and version 3
-    working, key, second, written = two_blob_versions_the_second_unrecorded(state_table)
-    working.put(key, "small", actor="alice")
+    # Given version 1 (a blob), version 2 (a blob) and version 3, none recorded yet
+    manager, key, second, written = two_blob_versions_unrecorded(state_table)
+    manager.put(key, "small", actor="alice")
 
     # When the stream, lagging past the write grace, repairs a batch that ends at version 1, then the rest
     records = stream_records(state_table, {key})
@@ -514,14 +463,12 @@ def test_the_sweep_never_collects_the_blob_of_a_replaced_version_the_stream_has_
     from state_core.storage.blobs import WRITE_GRACE_SECONDS, BlobStore
     from state_core.storage.history import HistoryStore
 
-    # Given version 1 (a blob) whose request-path history write failed, replaced by version 2
-    broken_metrics = RecordedMetrics()
-    _, broken = history_managers(state_table, broken_metrics)
+    # Given version 1 (a blob), replaced by version 2, neither recorded yet
+    manager = plain_manager(state_table)
     key = f"blob:{uuid.uuid4().hex}"
     first = large_value()
-    broken.put(key, first, actor="alice")
-    broken.put(key, "small", actor="alice")
-    assert broken_metrics.count("HistoryWriteErrors") == 2
+    manager.put(key, first, actor="alice")
+    manager.put(key, "small", actor="alice")
 
     # When the sweep runs once any write would have finished, with the stream still behind
     client = boto3.client("dynamodb", region_name=REGION)

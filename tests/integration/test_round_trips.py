@@ -9,6 +9,7 @@ import uuid
 import boto3
 import pytest
 import redis
+from conftest import http_event
 
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink
@@ -144,7 +145,7 @@ def test_a_delete_is_one_dynamodb_write_and_one_redis_tombstone(manager, trips, 
 
     manager.delete(key, actor="alice")
 
-    assert len(trips.dynamodb) == 1
+    assert trips.dynamodb == ["UpdateItem"]
     assert trips.redis == [["EVALSHA"]]
 
 
@@ -201,3 +202,31 @@ def test_a_patch_after_redis_lost_its_scripts_loads_them_once_then_is_back_to_tw
     # The resend wrote the entry and released the lock.
     assert int(raw_redis.hget(entry_key(key), "v")) == view_version == 3
     assert raw_redis.exists(f"lk:{{{key}}}") == 0
+
+
+@pytest.fixture
+def deployed_calls(invoke):
+    """The DynamoDB calls of the functions as runtime.py wires them (the history store included), counted on
+    the runtime's own client; here without Redis, so a PATCH reads the key from DynamoDB."""
+    from state_core import runtime
+
+    invoke("get_state", http_event("get", f"trips:{uuid.uuid4().hex}"))  # builds the runtime's client
+    calls = RoundTrips()
+    events = runtime.dynamodb_client().meta.events
+    events.register("before-call.dynamodb", calls.dynamodb_call)
+    yield calls
+    events.unregister("before-call.dynamodb", calls.dynamodb_call)
+
+
+def test_each_write_of_the_deployed_functions_writes_one_dynamodb_item(invoke, deployed_calls, key):
+    # The history item of each version comes from the stream (publish_changes), never from the request path.
+    assert invoke("put_state", http_event("put", key, body={"value": {"a": 1}}))["statusCode"] == 201
+    assert deployed_calls.dynamodb == ["UpdateItem"]
+    deployed_calls.reset()
+
+    assert invoke("patch_state", http_event("patch", key, body={"b": 2}))["statusCode"] == 200
+    assert deployed_calls.dynamodb == ["GetItem", "UpdateItem"]
+    deployed_calls.reset()
+
+    assert invoke("delete_state", http_event("delete", key))["statusCode"] == 204
+    assert deployed_calls.dynamodb == ["UpdateItem"]

@@ -33,17 +33,16 @@ ROUTES = {
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
     # Batch* reach the chunks of large values (blobs.py), which sit in the same table.
-    # Query: the history listing. PutItem: each write's history item (storage/history.py).
+    # Query: the history listing. No PutItem: the request path never writes history (the stream does).
     "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"},
-    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem"},
+    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem"},
     "PatchStateFunction": {
         "dynamodb:GetItem",
         "dynamodb:BatchGetItem",
         "dynamodb:UpdateItem",
         "dynamodb:BatchWriteItem",
-        "dynamodb:PutItem",
     },
-    "DeleteStateFunction": {"dynamodb:UpdateItem", "dynamodb:PutItem"},
+    "DeleteStateFunction": {"dynamodb:UpdateItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"

@@ -3,8 +3,8 @@
 Nothing here runs at import: the first invocation builds what it needs, so tests (and the local stack)
 can point the environment at their emulator before any client exists. Each builder is cached
 (`functools.cache`), so every part is built once and shared: one botocore session, one DynamoDB client,
-one StateStore (and its BlobStore), one HistoryStore for the request path, the history reader and the
-stream publisher alike. What only some functions need (Redis, the history reader, the stream's parts) is
+one StateStore (and its BlobStore), one HistoryStore for the history reader and the stream publisher
+(its only writer) alike. What only some functions need (Redis, the history reader, the stream's parts) is
 imported inside its builder, so a handler's cold start pays only for what it uses; their types are
 imported for the checker alone.
 """
@@ -183,8 +183,8 @@ def blob_store() -> BlobStore:
 
 @functools.cache
 def history_store() -> HistoryStore:
-    """One history store for both of its writers (the request path and the stream publisher) and the
-    reader: both writers must write the same item for a version, retention included."""
+    """One history store for its writer (the stream publisher) and its reader. The request path never
+    writes history: each write is one DynamoDB item, and the stream records every version."""
     from state_core.storage.history import HistoryStore
 
     settings = service_settings()
@@ -226,7 +226,6 @@ def state_manager() -> StateManager:
         )
     return StateManager(
         state_store(),
-        history=history_store(),
         clock=utc_now,
         metrics=metrics,
         cache=state_cache(),

@@ -62,7 +62,7 @@ class HistoryEntry:
 
 def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
     """The history entry of a state record. A large value is referenced by its blob even when the record
-    holds it loaded (the request path's record does): the history never copies a blob."""
+    holds it loaded (a record read back does): the history never copies a blob."""
     blob = None if record.deleted else record.blob
     value = None if record.deleted or blob is not None else record.value
     size = blob.size if blob is not None else (value.size if value is not None else None)

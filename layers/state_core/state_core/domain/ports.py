@@ -55,13 +55,6 @@ class Store(Protocol):
     def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
 
 
-class HistoryRecorder(Protocol):
-    """The history's write side (storage.history.HistoryStore): the history item of a version, written
-    idempotently."""
-
-    def record(self, record: StateRecord, operation: str) -> None: ...
-
-
 class StateReads(Protocol):
     """What reading history needs of the state store (storage.state.StateStore)."""
 

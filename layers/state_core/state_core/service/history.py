@@ -1,11 +1,13 @@
 """Reading a key's history: `GET /state/{key}?version=N` and `GET /state/{key}/history`.
 
-The rules: the current version always comes from the state item (its history item may trail it by the
-stream's lag, or have left retention); an older version comes from its history item. A version that never
-existed, or that is a deletion or an expiry, is NotFound; one that existed but whose history item has left
-retention is Gone; shortly after the key's latest write, a missing older version is ServiceUnavailable
-(retry), since its history item may still be on its way from the stream. Pages run newest first and
-continue after an opaque cursor bound to their key.
+Only the stream writes history items (stream/lifecycle.py), in version order per key, so the history
+trails the state by the stream's lag. The rules: the current version always comes from the state item (its
+history item may not be written yet, or have left retention); an older version comes from its history item.
+A version that never existed, or that is a deletion or an expiry, is NotFound; one that existed but whose
+history item has left retention is Gone; shortly after the key's latest write, a missing older version is
+ServiceUnavailable (retry), since its history item may still be on its way from the stream, and so is a
+first page that would skip versions between the newest recorded one and the current one. Pages run newest
+first and continue after an opaque cursor bound to their key.
 
 The stores come in through the domain's ports (StateReads, HistoryReads), which storage/state.py and
 storage/history.py implement.
@@ -29,9 +31,9 @@ if TYPE_CHECKING:
     from state_core.domain.ports import HistoryReads, StateReads
     from state_core.domain.records import StateRecord
 
-# How far the history may trail the state when a function died between its state write and its own
-# history write: the stream's lag (about a second; measured locally, benchmarks/results/). Within this window after the
-# key's latest write, a missing older version answers 503 (retry) rather than a premature 410.
+# How far the history may trail the state: the stream's lag (the publisher writes every history item; about
+# a second, measured locally in benchmarks/results/). Within this window after the key's latest write, a missing
+# older version answers 503 (retry) rather than a premature 410, and a listing that would skip it 503 too.
 HISTORY_LAG_GRACE_SECONDS = 60
 _CURSOR_VERSION = "h1"
 
@@ -102,7 +104,7 @@ class HistoryReader:
             return state, state.value.canonical()
         found = self._history.get(key, version)
         if found is None:
-            if self._clock().timestamp() - rfc3339_epoch(state.updated_at) < HISTORY_LAG_GRACE_SECONDS:
+            if self._within_lag_grace(state.updated_at):
                 raise ServiceUnavailable(f"version {version} of key {key} is not in the history yet; retry shortly")
             raise Gone(f"version {version} of key {key} is beyond the history's retention")
         if not found.has_value:
@@ -124,9 +126,21 @@ class HistoryReader:
             current = self._history.current(key)
             if current is None and not entries:
                 raise NotFound(f"key {key} has no history")
-            if current is not None and (not entries or entries[0].version < current.version):
+            newest_recorded = entries[0].version if entries else 0
+            if (
+                current is not None
+                and newest_recorded < current.version - 1
+                and self._within_lag_grace(current.occurred_at)
+            ):
+                # The stream records a key's versions in order, so a gap under the current version is the
+                # stream's lag: a page without them would look complete and later grow in the middle.
+                raise ServiceUnavailable(f"the history of key {key} has not caught up yet; retry shortly")
+            if current is not None and newest_recorded < current.version:
                 entries = [current, *entries]
                 if len(entries) > limit:
                     entries, more = entries[:limit], True
         next_cursor = encode_cursor(key, entries[-1].version) if more and entries else None
         return HistoryPage(key=key, entries=entries, next_cursor=next_cursor)
+
+    def _within_lag_grace(self, latest_write: str) -> bool:
+        return self._clock().timestamp() - rfc3339_epoch(latest_write) < HISTORY_LAG_GRACE_SECONDS

@@ -18,7 +18,7 @@ from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue, canonical_json, check_depth, check_value_size
 from state_core.domain.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
 from state_core.domain.merge_patch import apply_merge_patch
-from state_core.domain.ports import Cache, HistoryRecorder, KeyLock, MetricsSink, Store
+from state_core.domain.ports import Cache, KeyLock, MetricsSink, Store
 from state_core.domain.records import StateRecord
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 
@@ -67,10 +67,8 @@ class StateManager:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        history: HistoryRecorder | None = None,
     ) -> None:
         self._store = store
-        self._history = history
         self._cache = cache
         self._lock = lock
         self._clock = clock
@@ -155,7 +153,6 @@ class StateManager:
                 continue
             if failpoints.ENABLED:
                 failpoints.hit("after_db_write_before_cache", key=key)
-            self._record_history(result.record, "created" if result.created else "updated")
             self._cache_write(CacheEntry(result.record))
             return result
         raise ServiceUnavailable("the key changed too often to be written; retry shortly")
@@ -191,7 +188,6 @@ class StateManager:
         if failpoints.ENABLED:
             failpoints.hit("after_db_write_before_cache", key=key)
             failpoints.hit("before_lock_release", key=key)
-        self._record_history(result.record, "updated")
         self._write_through_and_release(CacheEntry(result.record), lease)
         return result, canonical
 
@@ -285,7 +281,6 @@ class StateManager:
             raise _precondition_failed(key, current, now) from None
         if failpoints.ENABLED:
             failpoints.hit("after_db_write_before_cache", key=key)
-        self._record_history(tombstone, "deleted")
         # A versioned tombstone, so a slow fill of an older version cannot bring the key back.
         self._cache_write(CacheEntry(tombstone))
         return tombstone
@@ -304,17 +299,7 @@ class StateManager:
             # records its history and event, and repairs the cache.
             return
         self._metrics.add_metric(name="Expiries", unit="Count", value=1)
-        self._record_history(tombstone, "expired")
         self._cache_write(CacheEntry(tombstone))
-
-    def _record_history(self, record: StateRecord, operation: str) -> None:
-        """Best effort: the stream writes the same item (history.py), so a failure here only delays it."""
-        if self._history is None:
-            return
-        try:
-            self._history.record(record, operation)
-        except Exception:  # any failure is covered by the stream's idempotent write
-            self._metrics.add_metric(name="HistoryWriteErrors", unit="Count", value=1)
 
     def _cache_fill(self, entry: CacheEntry) -> None:
         if self._cache is not None:

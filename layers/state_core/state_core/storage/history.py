@@ -3,12 +3,9 @@
 Items: `pk = <key>, sk = v#<version, 12 digits>`, one per version, written with a plain PutItem of an item
 derived only from the state item's image (version, operation, actor, time, size, expiry, and the value:
 inline bytes, or the reference of its blob, never a copy), so writing it twice writes the same thing.
-Two writers, both idempotent:
-
-- the request path, right after its state write (best effort: a failure is only counted), so a version is
-  in the history when its write is acknowledged;
-- the stream publisher, for every state item image on the table's stream (transactional outbox): a function
-  that died after its state write still gets its version into the history, within the stream's lag.
+One writer: the stream publisher, for every state item image on the table's stream (transactional
+outbox), in version order per key; the request path writes only the state item, so each write request is
+one DynamoDB write and the history trails the state by the stream's lag.
 
 `ttl` (epoch seconds) = the version's time + the retention; DynamoDB's TTL then removes the item, and the
 publisher, seeing that REMOVE on the stream, releases the item's blob unless the state item still uses
@@ -51,7 +48,8 @@ def is_history_sort_key(sort_key: str) -> bool:
 
 
 def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
-    """The low-level item: a function of the version alone, so both writers write the same item."""
+    """The low-level item: a function of the version alone, so a retried or replayed batch writes the same
+    item."""
     item: dict[str, Any] = {
         "pk": {"S": entry.key},
         "sk": {"S": history_sort_key(entry.version)},
