@@ -7,7 +7,10 @@ Two sources, both written by the change-event path so that no event is lost for 
 2. the stream's S3 on-failure bucket: each object is Lambda's invocation record with the batch's
    stream records; they go through the same ChangePublisher as in the function (events built
    again, failed entries retried and dead-lettered), and the object is deleted once every record
-   is published or dead-lettered.
+   is published or dead-lettered. Given the table (``--table``), the replay first writes the
+   batch's history items, which only the publisher writes and which the failed batch never did
+   (not its expiry markers: the batch is old, and an old version's marker would replace the
+   key's current one).
 
 Replays are safe to repeat: an event's ``event_id`` is derived from key, version and operation,
 so a consumer drops the duplicates a replay may cause. Both sources can be written by more than the
@@ -24,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.type_defs import ObjectTypeDef
     from mypy_boto3_sqs.client import SQSClient
+
+    from state_core.stream.events import StreamChange
 
 # Lambda's invocation payloads are at most 6 MB; an on-failure record wraps one with a little metadata.
 MAX_FAILURE_RECORD_BYTES = 8 * 1_048_576
@@ -100,6 +107,7 @@ def replay(
     failure_bucket: str,
     event_source: str = "state.service",
     events_client: Any = None,
+    table_name: str | None = None,
 ) -> ReplayReport:
     """Replay both sources once; `events_client` may be swapped (tests inject failures through it)."""
     if str(REPO_ROOT / "layers" / "state_core") not in sys.path:
@@ -146,7 +154,8 @@ def replay(
     sender = EventSender(
         events, dead_letters=sqs, dead_letter_queue_url=dead_letter_queue_url, metrics=_NoMetrics(), log=log
     )
-    publisher = ChangePublisher(sender, bus_name=bus_name, log=log, source=event_source)
+    lifecycle = None if table_name is None else _HistoryOnly(_client("dynamodb", endpoint_url), table_name)
+    publisher = ChangePublisher(sender, bus_name=bus_name, log=log, source=event_source, lifecycle=lifecycle)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=failure_bucket):
         for item in page.get("Contents") or []:
             records = _failure_records(s3, failure_bucket, item)
@@ -186,6 +195,34 @@ def _failure_records(s3: S3Client, bucket: str, item: ObjectTypeDef) -> list[Any
 _LOG = logging.getLogger("replay")
 
 
+class _HistoryOnly:
+    """The publisher's lifecycle step reduced to the history items (and blob claims) of the batch."""
+
+    def __init__(self, dynamodb: Any, table_name: str) -> None:
+        from datetime import UTC, datetime
+
+        from state_core.storage.history import HistoryStore
+        from state_core.storage.state import StateStore
+        from state_core.stream.lifecycle import StreamLifecycle
+
+        retention_days = int(os.environ.get("STATE_HISTORY_RETENTION_DAYS", "90"))
+        store = StateStore(dynamodb, table_name)
+        self._lifecycle = StreamLifecycle(
+            dynamodb,
+            table_name,
+            history=HistoryStore(dynamodb, table_name, retention_seconds=retention_days * 86_400),
+            states=store,
+            blobs=store.blobs,
+            clock=lambda: datetime.now(UTC),
+        )
+
+    def record_versions(self, changes: Sequence[StreamChange]) -> None:
+        self._lifecycle.record_history(changes)
+
+    def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None:
+        pass  # an old batch's removals are the live publisher's business, long since done or retried
+
+
 class _NoMetrics:
     def add_metric(self, name: str, unit: Any, value: float) -> None:
         pass
@@ -210,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     bucket = local_table_name("StreamFailureBucket").lower()
     parser.add_argument("--bucket", default=bucket, help="StreamFailureBucketName output")
     parser.add_argument("--source", default="state.service", help="the EventSource parameter")
+    parser.add_argument(
+        "--table", default=local_table_name("StateTable"), help="TableName output: the replayed versions' history"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     dlq_url = (
@@ -224,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         dead_letter_queue_url=dlq_url,
         failure_bucket=args.bucket,
         event_source=args.source,
+        table_name=args.table or None,
     )
     print(json.dumps(report.__dict__))
 

@@ -200,6 +200,7 @@ def test_records_that_cannot_even_be_dead_lettered_are_reported_as_batch_item_fa
 
 def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, state_table, moto_server):
     from devstack.replay import replay
+    from state_core.storage.history import HistoryStore
 
     # Given a batch that the event source mapping gave up on (its S3 on-failure record)
     key = f"pub:{uuid.uuid4().hex}"
@@ -214,13 +215,21 @@ def test_failure_records_in_the_bucket_are_replayed_and_removed(aws, manager, st
 
     # When it is replayed
     report = replay(
-        endpoint_url=moto_server, bus_name=aws["bus"], dead_letter_queue_url=aws["dlq"], failure_bucket=aws["bucket"]
+        endpoint_url=moto_server,
+        bus_name=aws["bus"],
+        dead_letter_queue_url=aws["dlq"],
+        failure_bucket=aws["bucket"],
+        table_name=state_table,
     )
 
-    # Then both changes arrive and the record is gone
+    # Then both changes arrive, both versions are in the history (the batch never wrote them, and nothing
+    # else does), and the record is gone
     assert report.failure_records_replayed == 1
     details = [d["detail"] for d in drain(aws["sqs"], aws["queue"])]
     assert [(d["version"], d["operation"]) for d in details] == [(1, "created"), (2, "deleted")]
+    history = HistoryStore(boto3.client("dynamodb", region_name=REGION), state_table, retention_seconds=86_400)
+    entries, _ = history.page(key, limit=10, before=None)
+    assert [(e.version, e.operation) for e in entries] == [(2, "deleted"), (1, "created")]
     assert aws["s3"].list_objects_v2(Bucket=aws["bucket"]).get("KeyCount") == 0
 
 

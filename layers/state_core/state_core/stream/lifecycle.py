@@ -1,8 +1,9 @@
 """The stream's side of history and expiry, run by the publisher (publisher.py) for each batch.
 
-- **History:** every state item image gets its history item (history.py), idempotently; a version whose
-  function died right after its state write still gets there, within the stream's lag. A large value's
-  blob is then claimed (its marker dropped): the history item refers to it from now on.
+- **History:** every state item image gets its history item (history.py), idempotently. This is the
+  history's only writer (the request path writes the state item alone), so the history trails the state
+  by the stream's lag; service/history.py answers reads in that window. A large value's blob is then
+  claimed (its marker dropped): the history item refers to it from now on.
 - **Expiry markers:** a version with an expiry gets the key's marker item (`pk = <key>, sk = expiry`,
   `ttl` = its expiry). State items never carry `ttl`: DynamoDB's TTL would delete the version counter with
   them. DynamoDB's TTL removes the marker (days late at worst; locally devstack's TTL emulator, ~1 s), and
@@ -91,14 +92,24 @@ class StreamLifecycle:
         """History items and expiry markers for the batch's new versions. Raises on a DynamoDB error, so the
         batch is retried (both writes are idempotent; the events are at least once anyway)."""
         for change in changes:
-            record, event = change.record, change.event
-            if record is None or event is None:
-                continue
-            self._history.record(record, event.detail.operation.value)
-            if record.blob is not None:
-                self._history.claim_blob(record.key, record.blob)
-            if not record.deleted and record.expires_at is not None:
+            self._record_history(change)
+            record = change.record
+            if record is not None and change.event is not None and not record.deleted and record.expires_at is not None:
                 self._client.put_item(TableName=self._table, Item=expiry_marker(record))
+
+    def record_history(self, changes: Sequence[StreamChange]) -> None:
+        """History items only, for a batch replayed out of order (devstack/replay.py): an old version's expiry
+        marker would replace the key's current one."""
+        for change in changes:
+            self._record_history(change)
+
+    def _record_history(self, change: StreamChange) -> None:
+        record, event = change.record, change.event
+        if record is None or event is None:
+            return
+        self._history.record(record, event.detail.operation.value)
+        if record.blob is not None:
+            self._history.claim_blob(record.key, record.blob)
 
     def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Expiry markers and history items that DynamoDB's TTL removed."""
