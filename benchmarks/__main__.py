@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 64 concurrent PATCHes")
-    parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "contention", "cold"))
+    parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "capacity", "contention", "cold"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(LAYER))
@@ -31,11 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     rows: list[Row] = []
-    if "inprocess" not in args.skip:
+    capacity: list[dict[str, object]] = []
+    if "inprocess" not in args.skip or "capacity" not in args.skip:
         from benchmarks import inprocess
 
         with inprocess.services() as svc:
-            rows += inprocess.run(svc, args.runs, args.large_runs)
+            if "inprocess" not in args.skip:
+                rows += inprocess.run(svc, args.runs, args.large_runs)
+            if "capacity" not in args.skip:
+                capacity = inprocess.capacity(svc)
     if "contention" not in args.skip:
         from benchmarks import contention
 
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rows += cold_start.run(args.cold_runs)
 
-    print(format_table(rows))
+    if rows:
+        print(format_table(rows))
     for r in rows:
         if r.name.startswith("cold import get_state") or (r.notes and "top_imports" not in r.notes):
             details = (
@@ -58,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(f"{r.name}: {json.dumps(details)}")
+    if capacity:
+        from benchmarks.capacity import format_capacity
+
+        print("\nWrite capacity (WCU, computed from the items written; worst-case incompressible values):\n")
+        print(format_capacity(capacity))
     machine = {
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
@@ -75,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine,
                 "seconds": round(time.monotonic() - started, 1),
                 "rows": [r.as_json() for r in rows],
+                "capacity": capacity,
             },
             indent=2,
         )

@@ -32,3 +32,9 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
     assert any(name.startswith("64 concurrent PATCH") for name in rows)
     assert any(name.startswith("cold import") for name in rows)
+    capacity = {(c["value"], c["operation"]): c for c in json.loads(results.read_text())["capacity"]}
+    assert {(size, op) for size in ("100 B", "4 KiB", "1 MiB") for op in ("PUT create", "PATCH", "DELETE")} <= set(
+        capacity
+    )
+    # One item per write on the request path: a small value's PUT is one WCU.
+    assert capacity["100 B", "PUT create"]["request_path_wcu"] == 1
