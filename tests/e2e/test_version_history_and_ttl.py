@@ -184,6 +184,7 @@ def test_an_unknown_cursor_and_a_cursor_for_another_key_are_400(api, key):
     for k in (key, other):
         for n in range(3):
             api.put(k, n)
+    caught_up(api, other)
     cursor = api.history(other, limit="1").json()["next_cursor"]
     assert cursor
     assert "another key" in assert_problem(api.history(key, cursor=cursor), 400)["detail"]
