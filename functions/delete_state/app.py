@@ -21,10 +21,12 @@ router = APIGatewayHttpRouter()
 @router.delete(
     "/state/<key>",
     summary="Delete a key",
-    responses={
-        204: {"description": "Deleted; the ETag names the tombstone's version", "headers": edge.ETAG_HEADER},
-        **edge.error_responses(400, 403, 404, 412, 503),
-    },
+    responses=edge.documented(
+        lambda doc: {
+            204: {"description": "Deleted; the ETag names the tombstone's version", "headers": doc.ETAG_HEADER},
+            **doc.error_responses(400, 403, 404, 412, 503),
+        }
+    ),
 )
 def delete_state(key: str) -> Response[str]:
     event = router.current_event

@@ -25,12 +25,14 @@ router = APIGatewayHttpRouter()
 @router.get(
     "/state/<key>",
     summary="Read a key's current state, or one of its versions",
-    responses={
-        200: edge.ENVELOPE_RESPONSE,
-        304: {"description": "Not modified", "headers": edge.ETAG_HEADER},
-        **edge.error_responses(400, 403, 404, 503),
-        410: edge.GONE_RESPONSE,
-    },
+    responses=edge.documented(
+        lambda doc: {
+            200: doc.ENVELOPE_RESPONSE,
+            304: {"description": "Not modified", "headers": doc.ETAG_HEADER},
+            **doc.error_responses(400, 403, 404, 503),
+            410: doc.GONE_RESPONSE,
+        }
+    ),
 )
 def get_state(key: str) -> Response[str]:
     event = router.current_event
@@ -51,7 +53,7 @@ def get_state(key: str) -> Response[str]:
 @router.get(
     "/state/<key>/history",
     summary="List a key's versions, newest first",
-    responses={200: edge.HISTORY_RESPONSE, **edge.error_responses(400, 403, 404, 503)},
+    responses=edge.documented(lambda doc: {200: doc.HISTORY_RESPONSE, **doc.error_responses(400, 403, 404, 503)}),
 )
 def get_history(key: str) -> Response[str]:
     event = router.current_event

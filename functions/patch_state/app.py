@@ -22,7 +22,9 @@ router = APIGatewayHttpRouter()
 @router.patch(
     "/state/<key>",
     summary="Merge-patch a key's value (RFC 7396)",
-    responses={200: edge.ENVELOPE_RESPONSE, **edge.error_responses(400, 403, 404, 412, 413, 415, 422, 503)},
+    responses=edge.documented(
+        lambda doc: {200: doc.ENVELOPE_RESPONSE, **doc.error_responses(400, 403, 404, 412, 413, 415, 422, 503)}
+    ),
 )
 def patch_state(key: str) -> Response[str]:
     event = router.current_event

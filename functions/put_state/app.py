@@ -23,11 +23,13 @@ router = APIGatewayHttpRouter()
 @router.put(
     "/state/<key>",
     summary="Create or replace a key's value",
-    responses={
-        200: edge.METADATA_RESPONSE,
-        201: {**edge.METADATA_RESPONSE, "description": "Created"},
-        **edge.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
-    },
+    responses=edge.documented(
+        lambda doc: {
+            200: doc.METADATA_RESPONSE,
+            201: {**doc.METADATA_RESPONSE, "description": "Created"},
+            **doc.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
+        }
+    ),
 )
 def put_state(key: str) -> Response[str]:
     event = router.current_event

@@ -8,15 +8,13 @@ import base64
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
-from pydantic import BaseModel, ValidationError
 
-from state_core.api.history import HistoryPageModel
-from state_core.api.models import GatewayMessage, Problem, StateEnvelope, StateMetadata
 from state_core.domain.codec import MAX_BODY_BYTES, check_body_size
 from state_core.domain.errors import (
     BadRequest,
@@ -40,91 +38,47 @@ from state_core.security.principal import Principal, authorize
 from state_core.service.manager import Expectation, StateView
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.event_handler.openapi.types import (
-        OpenAPIResponse,
-        OpenAPIResponseContentModel,
-        OpenAPIResponseContentSchema,
-        OpenAPIResponseHeader,
-    )
+    from collections.abc import Iterator
+    from types import ModuleType
+
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+    from pydantic import BaseModel
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 PROBLEM_TYPE_BASE = "https://state.service/problems/"
 
-Model = TypeVar("Model", bound=BaseModel)
-
 # Fields whose wrong value is a bad request (400) rather than a body of the wrong shape (422): a ttl_seconds
 # outside 1 s..10 years, or not an integer, is a bad parameter in a body of the right shape.
 _BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
 
-_ERROR_DESCRIPTIONS = {
-    400: "Invalid key, JSON, body, header or query parameter",
-    401: "No bearer token (API Gateway)",
-    403: "Not allowed for this key; or the token was refused (API Gateway)",
-    404: "Absent, deleted or expired; or no such route (API Gateway)",
-    412: "Precondition failed",
-    413: "Value or body too large; or the request is over API Gateway's limits",
-    415: "Unsupported media type",
-    422: "Body of the wrong shape",
-    429: "Throttled by the API's stage limits (API Gateway); retry later",
-    503: (
-        "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
-        " or a write whose outcome is unknown (write-outcome-unknown): read the key, or retry with If-Match."
-        " Or the stored value is unreadable (stored-value-unreadable). See Retry-After"
-    ),
-}
-# What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
-_GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
-# What a function answers, as an RFC 9457 problem document.
-_SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
+_documenting = False
 
 
-def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
-    """The OpenAPI responses of the error statuses an operation can answer, the gateway's included."""
-    responses: dict[int, OpenAPIResponse] = {}
-    for status in sorted({*statuses, *_GATEWAY_STATUSES}):
-        content: dict[str, OpenAPIResponseContentSchema | OpenAPIResponseContentModel] = {}
-        if status in _SERVICE_STATUSES:
-            content[PROBLEM_CONTENT_TYPE] = {"model": Problem}
-        if status in _GATEWAY_STATUSES:
-            content[JSON_CONTENT_TYPE] = {"model": GatewayMessage}
-        responses[status] = {"description": _ERROR_DESCRIPTIONS[status], "content": content}
-        if status == 503:
-            responses[status]["headers"] = RETRY_AFTER_HEADER
-    return responses
+@contextmanager
+def documenting() -> Iterator[None]:
+    """While the OpenAPI generator loads the handlers: their routes declare their responses."""
+    global _documenting
+    _documenting = True
+    try:
+        yield
+    finally:
+        _documenting = False
 
 
-def _required_header(description: str, pattern: str) -> OpenAPIResponseHeader:
-    # Powertools' OpenAPIResponseHeader lacks OpenAPI's `required`, which it passes through to the document.
-    return cast(
-        "OpenAPIResponseHeader",
-        {"description": description, "required": True, "schema": {"type": "string", "pattern": pattern}},
-    )
+def documented(
+    declare: Callable[[ModuleType], dict[int, OpenAPIResponse]],
+) -> dict[int, OpenAPIResponse] | None:
+    """A route's `responses=`: `declare(state_core.api.openapi)` for the OpenAPI generator, None at run time.
+    The resolver only reads them to write the document, and building them costs the response models and
+    pydantic at every cold start."""
+    if not _documenting:
+        return None
+    from state_core.api import openapi
 
-
-# The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
-ETAG_HEADER = {"ETag": _required_header('The version as a strong entity tag, e.g. "3".', '^"[0-9]+"$')}
-RETRY_AFTER_HEADER = {"Retry-After": _required_header("Seconds to wait before retrying.", "^[0-9]+$")}
-ENVELOPE_RESPONSE: OpenAPIResponse = {
-    "description": "The state",
-    "headers": ETAG_HEADER,
-    "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}},
-}
-GONE_RESPONSE: OpenAPIResponse = {
-    "description": "The version existed but is beyond the history's retention",
-    "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
-}
-HISTORY_RESPONSE: OpenAPIResponse = {
-    "description": "A page of the key's versions, newest first",
-    "content": {JSON_CONTENT_TYPE: {"model": HistoryPageModel}},
-}
-METADATA_RESPONSE: OpenAPIResponse = {
-    "description": "The state's metadata",
-    "headers": ETAG_HEADER,
-    "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
-}
+    return declare(openapi)
 
 
 def problem(error: StateError) -> Response[str]:
@@ -261,6 +215,8 @@ def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> 
 
 def validated[Model: BaseModel](model: type[Model], data: Any) -> Model:
     """`data` as `model`, or 422 naming each wrong field (never echoing the input: it may be a value)."""
+    from pydantic import ValidationError  # loaded already with the model: only PUT validates a body
+
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,13 +1,11 @@
 """The history's HTTP side: the query parameters of `GET /state/{key}?version=N` and
-`GET /state/{key}/history`, and the page that listing answers (its body, and its model for the OpenAPI
-document)."""
+`GET /state/{key}/history`, and the body of the page that listing answers (its model, for the OpenAPI
+document only, is in openapi.py)."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 from state_core.domain.errors import BadRequest
 from state_core.domain.params import ascii_int
@@ -43,30 +41,8 @@ def requested_version(text: str | None) -> int | None:
     return version
 
 
-class HistoryEntryModel(BaseModel):
-    """One version in `GET /state/{key}/history`."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    version: int
-    operation: Literal["created", "updated", "deleted", "expired"]
-    actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
-    occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
-    size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
-
-
-class HistoryPageModel(BaseModel):
-    """A page of a key's versions, newest first."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    key: str
-    versions: list[HistoryEntryModel]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
-
-
 def version_summary(entry: HistoryEntry) -> dict[str, Any]:
-    """What the listing shows of a version (HistoryEntryModel's fields; never the value)."""
+    """What the listing shows of a version (openapi.HistoryEntryModel's fields; never the value)."""
     return {
         "version": entry.version,
         "operation": entry.operation,
@@ -77,7 +53,7 @@ def version_summary(entry: HistoryEntry) -> dict[str, Any]:
 
 
 def page_body(page: HistoryPage) -> str:
-    """The listing's JSON body (HistoryPageModel), built without the model on the request path."""
+    """The listing's JSON body (openapi.HistoryPageModel), built without the model on the request path."""
     return json.dumps(
         {"key": page.key, "versions": [version_summary(e) for e in page.entries], "next_cursor": page.next_cursor},
         separators=(",", ":"),

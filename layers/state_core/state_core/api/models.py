@@ -1,5 +1,5 @@
-"""The HTTP API's bodies as pydantic models: PUT's request is validated with its model; the others
-document the responses (built without a model on the request path) in the OpenAPI document."""
+"""The request bodies the service validates with pydantic: PUT's. The responses' models, which only
+document the bodies (built without a model on the request path), are in api/openapi.py."""
 
 from __future__ import annotations
 
@@ -31,43 +31,3 @@ class PutStateRequest(BaseModel):
         default=None,
         description="Expire the key this many seconds after the write.",
     )
-
-
-class StateMetadata(BaseModel):
-    """The envelope without its value: what PUT answers."""
-
-    # Responses are built from StateRecord.metadata_fields(); the model documents them (OpenAPI).
-    model_config = ConfigDict(defer_build=True)
-
-    key: str
-    version: int = Field(description="1 on first write, +1 on every change, never reused.")
-    created_at: str = Field(description="RFC 3339 UTC time the key was (re)created.")
-    updated_at: str
-    updated_by: str = Field(description="Subject of the caller that made the last change.")
-    expires_at: str | None = Field(description="RFC 3339 UTC expiry, or null when the key has no TTL.")
-
-
-class StateEnvelope(StateMetadata):
-    """What GET and PATCH answer."""
-
-    value: Any = Field(description="The stored JSON value.")
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem document, the body of every error the service itself answers."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    current_version: int | None = Field(default=None, description="On 412: the key's current version.")
-
-
-class GatewayMessage(BaseModel):
-    """API Gateway's own answer (401, 403, 404, 413, 429), e.g. {"message": "Unauthorized"}."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    message: str

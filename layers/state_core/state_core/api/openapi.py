@@ -1,0 +1,152 @@
+"""The routes' responses as the OpenAPI document declares them, with the pydantic models of their bodies.
+
+Only scripts/openapi.py imports this (through edge.documented): the handlers build their bodies without
+these models and the resolver does not validate, so at run time they would only cost every function's
+cold start pydantic and the models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from state_core.api.edge import JSON_CONTENT_TYPE, PROBLEM_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.openapi.types import (
+        OpenAPIResponse,
+        OpenAPIResponseContentModel,
+        OpenAPIResponseContentSchema,
+        OpenAPIResponseHeader,
+    )
+
+
+class StateMetadata(BaseModel):
+    """The envelope without its value: what PUT answers."""
+
+    # Responses are built from StateRecord.metadata_fields(); the model documents them (OpenAPI).
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    version: int = Field(description="1 on first write, +1 on every change, never reused.")
+    created_at: str = Field(description="RFC 3339 UTC time the key was (re)created.")
+    updated_at: str
+    updated_by: str = Field(description="Subject of the caller that made the last change.")
+    expires_at: str | None = Field(description="RFC 3339 UTC expiry, or null when the key has no TTL.")
+
+
+class StateEnvelope(StateMetadata):
+    """What GET and PATCH answer."""
+
+    value: Any = Field(description="The stored JSON value.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem document, the body of every error the service itself answers."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    current_version: int | None = Field(default=None, description="On 412: the key's current version.")
+
+
+class GatewayMessage(BaseModel):
+    """API Gateway's own answer (401, 403, 404, 413, 429), e.g. {"message": "Unauthorized"}."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    message: str
+
+
+class HistoryEntryModel(BaseModel):
+    """One version in `GET /state/{key}/history`."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    version: int
+    operation: Literal["created", "updated", "deleted", "expired"]
+    actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
+    occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
+    size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
+
+
+class HistoryPageModel(BaseModel):
+    """A page of a key's versions, newest first."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    versions: list[HistoryEntryModel]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid key, JSON, body, header or query parameter",
+    401: "No bearer token (API Gateway)",
+    403: "Not allowed for this key; or the token was refused (API Gateway)",
+    404: "Absent, deleted or expired; or no such route (API Gateway)",
+    412: "Precondition failed",
+    413: "Value or body too large; or the request is over API Gateway's limits",
+    415: "Unsupported media type",
+    422: "Body of the wrong shape",
+    429: "Throttled by the API's stage limits (API Gateway); retry later",
+    503: (
+        "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
+        " or a write whose outcome is unknown (write-outcome-unknown): read the key, or retry with If-Match."
+        " Or the stored value is unreadable (stored-value-unreadable). See Retry-After"
+    ),
+}
+# What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
+_GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
+# What a function answers, as an RFC 9457 problem document.
+_SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
+
+
+def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
+    """The OpenAPI responses of the error statuses an operation can answer, the gateway's included."""
+    responses: dict[int, OpenAPIResponse] = {}
+    for status in sorted({*statuses, *_GATEWAY_STATUSES}):
+        content: dict[str, OpenAPIResponseContentSchema | OpenAPIResponseContentModel] = {}
+        if status in _SERVICE_STATUSES:
+            content[PROBLEM_CONTENT_TYPE] = {"model": Problem}
+        if status in _GATEWAY_STATUSES:
+            content[JSON_CONTENT_TYPE] = {"model": GatewayMessage}
+        responses[status] = {"description": _ERROR_DESCRIPTIONS[status], "content": content}
+        if status == 503:
+            responses[status]["headers"] = RETRY_AFTER_HEADER
+    return responses
+
+
+def _required_header(description: str, pattern: str) -> OpenAPIResponseHeader:
+    # Powertools' OpenAPIResponseHeader lacks OpenAPI's `required`, which it passes through to the document.
+    return cast(
+        "OpenAPIResponseHeader",
+        {"description": description, "required": True, "schema": {"type": "string", "pattern": pattern}},
+    )
+
+
+# The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
+ETAG_HEADER = {"ETag": _required_header('The version as a strong entity tag, e.g. "3".', '^"[0-9]+"$')}
+RETRY_AFTER_HEADER = {"Retry-After": _required_header("Seconds to wait before retrying.", "^[0-9]+$")}
+ENVELOPE_RESPONSE: OpenAPIResponse = {
+    "description": "The state",
+    "headers": ETAG_HEADER,
+    "content": {JSON_CONTENT_TYPE: {"model": StateEnvelope}},
+}
+GONE_RESPONSE: OpenAPIResponse = {
+    "description": "The version existed but is beyond the history's retention",
+    "content": {PROBLEM_CONTENT_TYPE: {"model": Problem}},
+}
+HISTORY_RESPONSE: OpenAPIResponse = {
+    "description": "A page of the key's versions, newest first",
+    "content": {JSON_CONTENT_TYPE: {"model": HistoryPageModel}},
+}
+METADATA_RESPONSE: OpenAPIResponse = {
+    "description": "The state's metadata",
+    "headers": ETAG_HEADER,
+    "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
+}
