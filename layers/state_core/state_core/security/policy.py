@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from typing import Any, ClassVar, Literal
 
 from state_core.security.principal import GRANT
 
@@ -33,42 +32,50 @@ class PolicyError(Exception):
     """The policy file is missing or invalid; every request is refused until it is fixed."""
 
 
-class RolePolicy(BaseModel):
+# A dataclass that pydantic validates (parse_role_policy), not a pydantic model: the handlers import this
+# module, and only the first request that loads the policy pays for pydantic.
+@dataclass(frozen=True)
+class RolePolicy:
     """Roles to grants, as loaded from the policy file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     version: Literal[1]
     roles: dict[str, tuple[str, ...]]
-
-    @field_validator("roles")
-    @classmethod
-    def _grants_are_scopes(cls, roles: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-        for role, grants in roles.items():
-            if not role:
-                raise ValueError("a role name is empty")
-            for grant in grants:
-                if not GRANT.match(grant):
-                    raise ValueError(
-                        f"role {role}: {grant!r} is not state:read|state:write[:<key pattern>]"
-                        " (${sub} only before ':' or at the end)"
-                    )
-        return roles
 
     def grants_for(self, roles: Iterable[str]) -> frozenset[str]:
         """The grants (scope-shaped strings) the given roles hold; unknown roles grant nothing."""
         return frozenset(grant for role in roles for grant in self.roles.get(role, ()))
 
 
+def _grant_errors(roles: dict[str, tuple[str, ...]]) -> list[str]:
+    for role, grants in roles.items():
+        if not role:
+            return ["roles: a role name is empty"]
+        for grant in grants:
+            if not GRANT.match(grant):
+                return [
+                    f"roles: role {role}: {grant!r} is not state:read|state:write[:<key pattern>]"
+                    " (${sub} only before ':' or at the end)"
+                ]
+    return []
+
+
 def parse_role_policy(document: Mapping[str, object] | object) -> RolePolicy:
+    from pydantic import TypeAdapter, ValidationError
+
     try:
-        return RolePolicy.model_validate(document)
+        policy = TypeAdapter(RolePolicy).validate_python(document)
     except ValidationError as exc:
-        reasons = "; ".join(
+        reasons = [
             f"{'.'.join(str(part) for part in error['loc']) or 'policy'}: {error['msg']}"
             for error in exc.errors(include_url=False, include_input=False)
-        )
-        raise PolicyError(f"invalid role policy: {reasons}") from exc
+        ]
+    else:
+        reasons = _grant_errors(policy.roles)
+        if not reasons:
+            return policy
+    raise PolicyError(f"invalid role policy: {'; '.join(reasons)}")
 
 
 def load_role_policy(path: str | Path) -> RolePolicy:
