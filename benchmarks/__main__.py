@@ -52,17 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(format_table(rows))
     for r in rows:
-        if r.name.startswith("cold import get_state") or (r.notes and "top_imports" not in r.notes):
-            details = (
-                r.notes
-                if "top_imports" not in r.notes
-                else {
-                    "top imports (ms, self time by package)": [
-                        f"{entry['package']} {entry['ms']}" for entry in r.notes["top_imports"]
-                    ]
-                }
+        if "top_imports" in r.notes:
+            print(
+                f"{r.name}: then its first request's builders {r.notes['first_use_ms']} ms; top imports (ms, self time"
+                f" by package): {', '.join(f'{entry["package"]} {entry["ms"]}' for entry in r.notes['top_imports'])}"
             )
-            print(f"{r.name}: {json.dumps(details)}")
+        elif r.notes:
+            print(f"{r.name}: {json.dumps(r.notes)}")
     if capacity:
         from benchmarks.capacity import format_capacity
 
