@@ -38,8 +38,8 @@ FIRST_USE = {
     + "; from state_core.api.models import PutStateRequest; PutStateRequest.model_validate({'value': 1})",
     "patch_state": _STATE_FIRST_USE,
     "delete_state": _STATE_FIRST_USE,
-    # The settings, and the JWKS fetcher (its HTTPS handler loads the CA certificates).
-    "authorizer": "from state_core.security import jwks; app.issuer(); jwks._opener()",
+    # The settings and the issuer's verifier (the JWKS fetcher is built at import).
+    "authorizer": "app.issuer()",
 }
 # Enough configuration for the builders above; Redis configured, so its client and scripts are imported too.
 _SETTINGS = {
