@@ -5,8 +5,10 @@ trails the state by the stream's lag. The rules: the current version always come
 history item may not be written yet, or have left retention); an older version comes from its history item.
 A version that never existed, or that is a deletion or an expiry, is NotFound; one that existed but whose
 history item has left retention is Gone; shortly after the key's latest write, a missing older version is
-ServiceUnavailable (retry), since its history item may still be on its way from the stream, and so is a
-first page that would skip versions between the newest recorded one and the current one. Pages run newest
+ServiceUnavailable (retry), since its history item may still be on its way from the stream. A first page
+that would skip versions between the newest recorded one and the current one starts at the newest recorded
+one instead (the history as of the stream's position: it trails the state, never has a hole), and is 503
+only while the stream has recorded none of the key's versions. Pages run newest
 first and continue after an opaque cursor bound to their key.
 
 The stores come in through the domain's ports (StateReads, HistoryReads), which storage/state.py and
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 # How far the history may trail the state: the stream's lag (the publisher writes every history item; about
 # a second, measured locally in benchmarks/results/). Within this window after the key's latest write, a missing
-# older version answers 503 (retry) rather than a premature 410, and a listing that would skip it 503 too.
+# older version answers 503 (retry) rather than a premature 410, and a listing stops short of it.
 HISTORY_LAG_GRACE_SECONDS = 60
 _CURSOR_VERSION = "h1"
 
@@ -119,7 +121,8 @@ class HistoryReader:
 
     def list(self, key: str, *, limit: int, cursor: str | None) -> HistoryPage:
         """Versions newest first. The first page starts with the current version, taken from the state
-        item (its history item may have left retention, or trail it by the stream's lag)."""
+        item (its history item may have left retention, or trail it by the stream's lag), unless versions
+        under it are still on their way from the stream: then it starts at the newest recorded one."""
         before = None if cursor is None else decode_cursor(key, cursor)
         entries, more = self._history.page(key, limit=limit, before=before)
         if before is None:
@@ -127,15 +130,18 @@ class HistoryReader:
             if current is None and not entries:
                 raise NotFound(f"key {key} has no history")
             newest_recorded = entries[0].version if entries else 0
-            if (
+            lagging = (
                 current is not None
                 and newest_recorded < current.version - 1
                 and self._within_lag_grace(current.occurred_at)
-            ):
-                # The stream records a key's versions in order, so a gap under the current version is the
-                # stream's lag: a page without them would look complete and later grow in the middle.
+            )
+            # The stream records a key's versions in order, so a gap under the current version is its lag. Then
+            # the page starts at the newest recorded version: it trails the state but has no hole, and a key
+            # written faster than the stream's lag still lists (a 503 there would not end while writes go on).
+            if lagging and not entries:
+                # Nothing recorded yet: an empty page, or the current version alone, would look complete.
                 raise ServiceUnavailable(f"the history of key {key} has not caught up yet; retry shortly")
-            if current is not None and newest_recorded < current.version:
+            if not lagging and current is not None and newest_recorded < current.version:
                 entries = [current, *entries]
                 if len(entries) > limit:
                     entries, more = entries[:limit], True
