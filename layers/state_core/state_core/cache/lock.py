@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from state_core import deadline as invocation
 from state_core.cache.breaker import RedisUnavailable
+from state_core.cache.state_cache import WRITE_THROUGH_ATTEMPTS
 from state_core.domain.cached import CacheEntry
 from state_core.domain.ports import MetricsSink
 
@@ -273,30 +274,35 @@ class RedisKeyLock:
     def release(self, lease: Lease) -> None:
         """Release if still ours, handing the lock to the next waiter; on Redis trouble the lease simply
         expires."""
+        self._send_release(lease)
+        self._held(lease)
+
+    def _send_release(self, lease: Lease) -> None:
         try:
             self._link.pipeline(lambda pipe: pipe.evalsha(*self._release_args(lease)), scripts=(self._release,))
         except RedisUnavailable:
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
-        self._held(lease)
 
     def write_and_release(self, lease: Lease, cache: RedisStateCache, entry: CacheEntry) -> None:
         """The write-through of `entry`, then the release, in one round trip. Both are idempotent, so a
         resend after NOSCRIPT is safe. Sent even while the breaker is open, like every write-through
-        (RedisStateCache.write_if_newer); after a timeout the write-through alone is tried once more, and a
-        write-through that did not land is kept for replay. The lease then expires."""
-        try:
-            cache.replay_pending(bypass_breaker=True)
+        (RedisStateCache.write_if_newer), and after a timeout sent once more, release included: a release
+        that did not land would leave the queue waiting out the whole lease. A write-through that did not
+        land is kept for replay, and the lease then expires."""
 
-            def queue(pipe: Any) -> None:
-                cache.queue_write(pipe, entry)
-                pipe.evalsha(*self._release_args(lease))
+        def queue(pipe: Any) -> None:
+            cache.queue_write(pipe, entry)
+            pipe.evalsha(*self._release_args(lease))
 
-            self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
-        except RedisUnavailable as trouble:
-            cache.read_failed()  # counted as a cache error, like any failed cache call
-            self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
-            if trouble.timed_out:
-                cache.write_through_again(entry)
-            else:
-                cache.remember(entry)
+        for attempt in range(1, WRITE_THROUGH_ATTEMPTS + 1):
+            try:
+                cache.replay_pending(bypass_breaker=True)
+                self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
+                break
+            except RedisUnavailable as trouble:
+                cache.read_failed()  # counted as a cache error, like any failed cache call
+                self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
+                if attempt == WRITE_THROUGH_ATTEMPTS or not trouble.timed_out:
+                    cache.remember(entry)
+                    break
         self._held(lease)
