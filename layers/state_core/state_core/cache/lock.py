@@ -189,7 +189,8 @@ class RedisKeyLock:
             replies = self._link.pipeline(lambda pipe: self._queue_enter(pipe, lease, cache, deadline), scripts=scripts)
             held, holder_ttl_ms, position, entry = self._entered(replies, key, cache)
             while not held:
-                left = deadline - self._monotonic()
+                # Blocking ends, socket timeout included, within the wait: a hung Redis cannot hold us longer.
+                left = deadline - self._monotonic() - policy.socket_slack_seconds
                 if left <= 0.001:
                     # Leaving takes us out of the queue, or gives us the lock if it was just handed over.
                     replies = self._link.pipeline(
