@@ -42,10 +42,10 @@ def _totals(records: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
-    """Each waiter's wait against (its queue position + 2) hold times, where a hold time is either the
-    holders' median LockHoldTime (taking the lock to its release landing, as the holder sees it) or the
-    key's mean interval between grants, 1 / throughput (which adds the woken waiter's own wake-up: the
-    time its process takes to run again, large on a loaded machine)."""
+    """How many waiters were overtaken, and each waiter's wait against (its queue position + 2) hold times,
+    where a hold time is either the holders' median LockHoldTime (taking the lock to its release landing, as
+    the holder sees it) or the key's mean interval between grants, 1 / throughput (which adds the woken
+    waiter's own wake-up: the time its process takes to run again, large on a loaded machine)."""
     holds = [v for record in records for v in _values(record, "LockHoldTime")]
     hold = statistics.median(holds) if holds else math.nan
     interval = 1000 / throughput
@@ -54,6 +54,16 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
         for record in records
         for wait, position in zip(_values(record, "LockWaitTime"), _values(record, "LockQueuePosition"), strict=False)
     ]
+
+    # Overtaken: the lock was granted more often between its entry and its turn than it had waiters ahead.
+    overtaken = sum(
+        1
+        for record in records
+        for position, ahead in zip(
+            _values(record, "LockQueuePosition"), _values(record, "LockGrantsAhead"), strict=False
+        )
+        if ahead > position
+    )
 
     def over(unit: float) -> int:
         return sum(1 for wait, position in pairs if wait > (position + 2) * unit)
@@ -67,6 +77,7 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
         "waiters": len(pairs),
         "max_queue_position": int(max((position for _, position in pairs), default=0)),
         "wait_ms_median": round(statistics.median([wait for wait, _ in pairs]), 1) if pairs else 0.0,
+        "overtaken": overtaken,
         "waits_over_position_plus_2_holds": over(hold),
         "worst_wait_in_position_plus_2_holds": worst(hold),
         "waits_over_position_plus_2_intervals": over(interval),

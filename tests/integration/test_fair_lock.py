@@ -82,6 +82,8 @@ def test_waiters_get_the_lock_in_arrival_order(redis_server, raw_redis, key):
     assert all(waiter.lease is not None for waiter in waiters)
     assert all(waiter.metrics.count("LockTimeouts") == 0 for waiter in waiters)
     assert [waiter.metrics.count("LockQueuePosition") for waiter in waiters] == list(range(8))
+    # Nobody overtook anybody: the lock was granted exactly once per waiter ahead.
+    assert [waiter.metrics.count("LockGrantsAhead") for waiter in waiters] == list(range(8))
     assert not raw_redis.exists(lock_key(key), f"lq:{{{key}}}", f"ld:{{{key}}}")
 
 

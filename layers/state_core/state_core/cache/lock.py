@@ -28,15 +28,20 @@ if TYPE_CHECKING:
     from state_core.cache.link import RedisLink
     from state_core.cache.state_cache import RedisStateCache
 
-# KEYS: lock, queue, deadlines. Hands the lock to the first waiter still inside its wait, with a short
-# lease (the waiter lengthens it on waking: a waiter that died in the queue holds the key only briefly),
-# dropping those whose wait ran out: they have left or are leaving.
+# KEYS: lock, queue, deadlines, grant count (how many times the lock was granted: a waiter compares it at
+# entry and at its turn, to show nobody overtook it). Hands the lock to the first waiter still inside its
+# wait, with a short lease (the waiter lengthens it on waking: a waiter that died in the queue holds the key
+# only briefly), dropping those whose wait ran out: they have left or are leaving.
 _HAND_OVER = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function hand_over(now, handoff_ms, wake_prefix)
+local function granted(keep_ms)
+  redis.call('INCR', KEYS[4])
+  redis.call('PEXPIRE', KEYS[4], keep_ms)
+end
+local function hand_over(now, handoff_ms, wake_prefix, keep_ms)
   while true do
     local head = redis.call('LPOP', KEYS[2])
     if not head then return false end
@@ -44,6 +49,7 @@ local function hand_over(now, handoff_ms, wake_prefix)
     redis.call('HDEL', KEYS[3], head)
     if until_ms > now then
       redis.call('SET', KEYS[1], head, 'PX', handoff_ms)
+      granted(keep_ms)
       local wake = wake_prefix .. head
       redis.call('DEL', wake)
       redis.call('RPUSH', wake, '1')
@@ -56,7 +62,8 @@ end
 
 # ARGV: token, lease ms, handoff ms, wait left ms, wake prefix, leaving (1/0), queue lifetime ms.
 # Takes the lock if it is ours (handed over), free (after handing it to a live waiter ahead of us, if any),
-# else queues us once (or, leaving, takes us out of the queue). Returns {held, holder's ttl ms, position}.
+# else queues us once (or, leaving, takes us out of the queue). Returns {held, holder's ttl ms, position,
+# grant count}.
 _ENTER = (
     _HAND_OVER
     + """
@@ -64,18 +71,19 @@ local token = ARGV[1]
 local wake = ARGV[5] .. token
 local holder = redis.call('GET', KEYS[1])
 if not holder then
-  holder = hand_over(now_ms(), tonumber(ARGV[3]), ARGV[5])
+  holder = hand_over(now_ms(), tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[7]))
+  if not holder then granted(tonumber(ARGV[7])) end
 end
 if holder == token or not holder then
   redis.call('SET', KEYS[1], token, 'PX', tonumber(ARGV[2]))
   if redis.call('HDEL', KEYS[3], token) == 1 then redis.call('LREM', KEYS[2], 1, token) end
   redis.call('DEL', wake)
-  return {1, 0, 0}
+  return {1, 0, -1, tonumber(redis.call('GET', KEYS[4]) or '0')}
 end
 if ARGV[6] == '1' then
   if redis.call('HDEL', KEYS[3], token) == 1 then redis.call('LREM', KEYS[2], 1, token) end
   redis.call('DEL', wake)
-  return {0, 0, -1}
+  return {0, 0, -1, 0}
 end
 if redis.call('HEXISTS', KEYS[3], token) == 0 then
   redis.call('RPUSH', KEYS[2], token)
@@ -83,17 +91,18 @@ if redis.call('HEXISTS', KEYS[3], token) == 0 then
 end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[7]))
-return {0, redis.call('PTTL', KEYS[1]), redis.call('LPOS', KEYS[2], token) or -1}
+local position = redis.call('LPOS', KEYS[2], token) or -1
+return {0, redis.call('PTTL', KEYS[1]), position, tonumber(redis.call('GET', KEYS[4]) or '0')}
 """
 )
 
-# ARGV: token, handoff ms, wake prefix. Release only a lock we still hold (after our lease expired, another
-# writer may), handing it to the next live waiter.
+# ARGV: token, handoff ms, wake prefix, keys' lifetime ms. Release only a lock we still hold (after our
+# lease expired, another writer may), handing it to the next live waiter.
 _RELEASE = (
     _HAND_OVER
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if not hand_over(now_ms(), tonumber(ARGV[2]), ARGV[3]) then redis.call('DEL', KEYS[1]) end
+if not hand_over(now_ms(), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])) then redis.call('DEL', KEYS[1]) end
 return 1
 """
 )
@@ -103,8 +112,8 @@ def lock_key(key: str) -> str:
     return f"lk:{{{key}}}"
 
 
-def _keys(key: str) -> tuple[str, str, str]:
-    return lock_key(key), f"lq:{{{key}}}", f"ld:{{{key}}}"
+def _keys(key: str) -> tuple[str, str, str, str]:
+    return lock_key(key), f"lq:{{{key}}}", f"ld:{{{key}}}", f"lg:{{{key}}}"
 
 
 def _wake_prefix(key: str) -> str:
@@ -187,7 +196,7 @@ class RedisKeyLock:
                 cache.replay_pending()
             # The release goes along: after Redis lost its scripts, one reload covers the whole PATCH.
             replies = self._link.pipeline(lambda pipe: self._queue_enter(pipe, lease, cache, deadline), scripts=scripts)
-            held, holder_ttl_ms, position, entry = self._entered(replies, key, cache)
+            (held, holder_ttl_ms, position, grants_at_entry), entry = self._entered(replies, key, cache)
             while not held:
                 # Blocking ends, socket timeout included, within the wait: a hung Redis cannot hold us longer.
                 left = deadline - self._monotonic() - policy.socket_slack_seconds
@@ -196,7 +205,7 @@ class RedisKeyLock:
                     replies = self._link.pipeline(
                         lambda pipe: self._queue_enter(pipe, lease, cache, deadline, leaving=True), scripts=scripts
                     )
-                    held, _, _, entry = self._entered(replies, key, cache)
+                    (held, _, _, grants), entry = self._entered(replies, key, cache)
                     if not held:
                         self._metrics.add_metric(name="LockTimeouts", unit="Count", value=1)
                         return None, entry
@@ -213,14 +222,16 @@ class RedisKeyLock:
                 replies = self._link.pipeline(
                     wait_then_enter, scripts=scripts, timeout_seconds=block + policy.socket_slack_seconds
                 )
-                held, holder_ttl_ms, _, entry = self._entered(replies, key, cache)
+                (held, holder_ttl_ms, _, grants), entry = self._entered(replies, key, cache)
         except RedisUnavailable:
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
             if cache is not None:
                 cache.read_failed()
             return None, None
         if position >= 0:
-            self._waited(started, position)
+            # Grants between our entry and our turn, ours excluded: our position (one per waiter queued
+            # ahead) when nobody overtook us, fewer when some ahead gave up.
+            self._waited(started, position, grants - grants_at_entry - 1)
         return Lease(key, lease.token, self._monotonic()), entry
 
     def _queue_enter(
@@ -230,30 +241,28 @@ class RedisKeyLock:
         keys = _keys(lease.key)
         left_ms = max(1, int((deadline - self._monotonic()) * 1000))
         handoff_ms = int(policy.handoff_seconds * 1000)
-        keep_ms = int((policy.max_wait_seconds + policy.lease_seconds) * 1000) + handoff_ms
         args = (lease.token, int(policy.lease_seconds * 1000), handoff_ms, left_ms, _wake_prefix(lease.key))
-        pipe.evalsha(self._enter.sha, len(keys), *keys, *args, int(leaving), keep_ms)
+        pipe.evalsha(self._enter.sha, len(keys), *keys, *args, int(leaving), self._keep_ms())
         if cache is not None:
             cache.queue_get(pipe, lease.key)
 
     @staticmethod
     def _entered(
         replies: list[Any], key: str, cache: RedisStateCache | None
-    ) -> tuple[bool, int, int, CacheEntry | None]:
+    ) -> tuple[tuple[bool, int, int, int], CacheEntry | None]:
         """Whether we hold the lock, the holder's remaining lease (ms), our place in the queue (-1: not
-        queued) and the cache entry read after it."""
-        if cache is None:
-            held, holder_ttl_ms, position = replies[-1]
-            return bool(held), int(holder_ttl_ms), int(position), None
-        held, holder_ttl_ms, position = replies[-2]
-        return bool(held), int(holder_ttl_ms), int(position), cache.entry_from(key, replies[-1])
+        queued), the key's grant count; and the cache entry read after it."""
+        held, holder_ttl_ms, position, grants = replies[-1] if cache is None else replies[-2]
+        entry = None if cache is None else cache.entry_from(key, replies[-1])
+        return (bool(held), int(holder_ttl_ms), int(position), int(grants)), entry
 
-    def _waited(self, started: float, position: int) -> None:
+    def _waited(self, started: float, position: int, grants_ahead: int) -> None:
         self._metrics.add_metric(name="LockWaits", unit="Count", value=1)
         self._metrics.add_metric(
             name="LockWaitTime", unit="Milliseconds", value=round((self._monotonic() - started) * 1000, 1)
         )
         self._metrics.add_metric(name="LockQueuePosition", unit="Count", value=position)
+        self._metrics.add_metric(name="LockGrantsAhead", unit="Count", value=grants_ahead)
 
     def _held(self, lease: Lease) -> None:
         """From taking the lock to its release landing: the time the next waiter waits per holder ahead."""
@@ -270,7 +279,13 @@ class RedisKeyLock:
             lease.token,
             int(self._policy.handoff_seconds * 1000),
             _wake_prefix(lease.key),
+            self._keep_ms(),
         )
+
+    def _keep_ms(self) -> int:
+        """How long the queue's keys outlive their last use: any waiter's wait and a holder's lease."""
+        policy = self._policy
+        return int((policy.max_wait_seconds + policy.lease_seconds + policy.handoff_seconds) * 1000)
 
     def release(self, lease: Lease) -> None:
         """Release if still ours, handing the lock to the next waiter; on Redis trouble the lease simply
