@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=300, help="runs of each in-process row")
     parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of 64 concurrent PATCHes")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each count of concurrent PATCHes (8, 64, 256)")
     parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "capacity", "contention", "cold"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)

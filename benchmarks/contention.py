@@ -1,10 +1,16 @@
-"""64 concurrent PATCHes on one key through the local stack (`python -m devstack` as a subprocess): their
-throughput against the serialized limit 1 / (read + write time), measured on the same moto server, with
-lost updates (must be 0), retries and lock waits from the PATCH function's metrics."""
+"""8, 64 and 256 concurrent PATCHes on one key through the local stack (`python -m devstack` as a
+subprocess): their throughput against 1 / (one uncontended PATCH's latency) measured through the same stack
+in the same run, with lost updates (must be 0), conflicts, retries, lock waits and timeouts from the PATCH
+function's metrics, and every waiter's wait against (its queue position + 2) hold times.
+
+The local stack runs at most LOCAL_MAX_CONCURRENCY (8 by default) workers per function and queues the rest
+of the requests in the gateway, so at most that many PATCHes reach the lock at once however many writers
+the benchmark starts; a deployed Lambda would run one worker per concurrent request."""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -16,18 +22,67 @@ from typing import Any
 
 from benchmarks.common import REPO_ROOT, Row, load_module, percentile
 
-WRITERS = 64
+WRITERS = (8, 64, 256)
+NAMES = ("Conflicts", "Retries", "LockWaits", "LockTimeouts", "LockErrors")
 
 
-def _metric_totals(log: Path, names: tuple[str, ...]) -> dict[str, int]:
-    totals = dict.fromkeys(names, 0.0)
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if line.startswith("{") and '"_aws"' in line:
-            record = json.loads(line)
-            for name in names:
-                value = record.get(name, 0)
-                totals[name] += sum(value) if isinstance(value, list) else value
-    return {name: int(total) for name, total in totals.items()}
+def _records(log: Path) -> list[dict[str, Any]]:
+    """The PATCH function's metric records (one per invocation), in order."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line) for line in lines if line.startswith("{") and '"_aws"' in line]
+
+
+def _values(record: dict[str, Any], name: str) -> list[float]:
+    value = record.get(name, [])
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
+def _totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    return {name.lower(): int(sum(sum(_values(record, name)) for record in records)) for name in NAMES}
+
+
+def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
+    """How many waiters were overtaken, and each waiter's wait against (its queue position + 2) hold times,
+    where a hold time is either the holders' median LockHoldTime (taking the lock to its release landing, as
+    the holder sees it) or the key's mean interval between grants, 1 / throughput (which adds the woken
+    waiter's own wake-up: the time its process takes to run again, large on a loaded machine)."""
+    holds = [v for record in records for v in _values(record, "LockHoldTime")]
+    hold = statistics.median(holds) if holds else math.nan
+    interval = 1000 / throughput
+    pairs = [
+        (wait, position)
+        for record in records
+        for wait, position in zip(_values(record, "LockWaitTime"), _values(record, "LockQueuePosition"), strict=False)
+    ]
+
+    # Overtaken: the lock was granted more often between its entry and its turn than it had waiters ahead.
+    overtaken = sum(
+        1
+        for record in records
+        for position, ahead in zip(
+            _values(record, "LockQueuePosition"), _values(record, "LockGrantsAhead"), strict=False
+        )
+        if ahead > position
+    )
+
+    def over(unit: float) -> int:
+        return sum(1 for wait, position in pairs if wait > (position + 2) * unit)
+
+    def worst(unit: float) -> float:
+        return round(max((wait / ((position + 2) * unit) for wait, position in pairs), default=0.0), 2)
+
+    return {
+        "hold_ms_median": round(hold, 1),
+        "grant_interval_ms": round(interval, 1),
+        "waiters": len(pairs),
+        "max_queue_position": int(max((position for _, position in pairs), default=0)),
+        "wait_ms_median": round(statistics.median([wait for wait, _ in pairs]), 1) if pairs else 0.0,
+        "overtaken": overtaken,
+        "waits_over_position_plus_2_holds": over(hold),
+        "worst_wait_in_position_plus_2_holds": worst(hold),
+        "waits_over_position_plus_2_intervals": over(interval),
+        "worst_wait_in_position_plus_2_intervals": worst(interval),
+    }
 
 
 def _serialized_limit_seconds(moto_url: str, table: str, runs: int = 100) -> tuple[float, float]:
@@ -60,84 +115,119 @@ def _serialized_limit_seconds(moto_url: str, table: str, runs: int = 100) -> tup
     return statistics.median(samples), percentile(samples, 0.99)
 
 
-def run(rounds: int) -> list[Row]:
+def _uncontended_patch_seconds(stack: Any, headers: dict[str, str], runs: int = 60) -> tuple[float, float]:
+    """Median and p99 of one PATCH at a time on one key through the stack: 1 / this is what one key could
+    take if the lock cost nothing."""
     import requests
 
+    session = requests.Session()
+    url = f"{stack.base_url}/state/uncontended:{uuid.uuid4().hex}"
+    session.put(url, json={"value": {}}, headers=headers, timeout=30).raise_for_status()
+    samples = []
+    for i in range(runs + 10):
+        started = time.perf_counter()
+        session.patch(
+            url,
+            data=json.dumps({f"m{i}": i}),
+            headers={**headers, "Content-Type": "application/merge-patch+json"},
+            timeout=30,
+        ).raise_for_status()
+        if i >= 10:
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples), percentile(samples, 0.99)
+
+
+def _round(stack: Any, headers: dict[str, str], writers: int) -> tuple[float, int, int, set[int]]:
+    """One round of `writers` concurrent PATCHes on a fresh key: (throughput, lost, refused, statuses)."""
+    import requests
+
+    session = requests.Session()
+    url = f"{stack.base_url}/state/contended:{uuid.uuid4().hex}"
+    created = session.put(url, json={"value": {}}, headers=headers, timeout=30)
+    if created.status_code != 201:
+        raise RuntimeError(f"the local stack answered the benchmark's PUT {created.status_code}: {created.text}")
+    statuses: list[tuple[int, int]] = []
+    gate = threading.Barrier(writers + 1)
+
+    def add_member(index: int) -> None:
+        gate.wait()
+        response = requests.patch(
+            url,
+            data=json.dumps({f"m{index}": index}),
+            headers={**headers, "Content-Type": "application/merge-patch+json"},
+            timeout=60,
+        )
+        statuses.append((index, response.status_code))
+
+    threads = [threading.Thread(target=add_member, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    members = session.get(url, headers=headers, timeout=30).json().get("value") or {}
+    # Lost: acknowledged (200) but not in the final value. A 503 was never acknowledged.
+    acknowledged = [index for index, status in statuses if status == 200]
+    lost = sum(1 for index in acknowledged if members.get(f"m{index}") != index)
+    return len(acknowledged) / elapsed, lost, writers - len(acknowledged), {status for _, status in statuses}
+
+
+def run(rounds: int, writer_counts: tuple[int, ...] = WRITERS) -> list[Row]:
     fixtures = load_module("bench_fixtures", REPO_ROOT / "tests" / "conftest.py")
     stack = fixtures.start_devstack(Path(tempfile.mkdtemp(prefix="bench-devstack-")))
+    rows = []
     try:
         headers = {"Authorization": f"Bearer {stack.token()}"}
-        session = requests.Session()
         log = stack.log_dir / "PatchStateFunction.log"
-        names = ("Conflicts", "Retries", "LockWaits", "LockTimeouts")
-        throughputs, lost, refused, statuses_seen = [], 0, 0, set()
-        before = _metric_totals(log, names)
         # A warm-up round starts the PATCH workers (cold starts are another row's business).
-        for round_number in range(rounds + 1):
-            url = f"{stack.base_url}/state/contended:{uuid.uuid4().hex}"
-            created = session.put(url, json={"value": {}}, headers=headers, timeout=30)
-            if created.status_code != 201:
-                raise RuntimeError(
-                    f"the local stack answered the benchmark's PUT {created.status_code}: {created.text}"
+        _round(stack, headers, max(writer_counts))
+        uncontended_median, uncontended_p99 = _uncontended_patch_seconds(stack, headers)
+        for writers in writer_counts:
+            time.sleep(1.0)  # the workers' last metric lines reach the log
+            seen = len(_records(log))
+            throughputs, lost, refused, statuses_seen = [], 0, 0, set()
+            for round_number in range(1, rounds + 1):
+                throughput, round_lost, round_refused, statuses = _round(stack, headers, writers)
+                throughputs.append(throughput)
+                lost, refused = lost + round_lost, refused + round_refused
+                statuses_seen |= statuses
+                print(f"{writers} writers, round {round_number}: {throughput:.1f} op/s", file=sys.stderr)
+            time.sleep(1.0)
+            records = _records(log)[seen:]
+            rows.append(
+                Row(
+                    f"{writers} concurrent PATCH (local stack)",
+                    "1 / uncontended PATCH latency",
+                    statistics.median(throughputs),
+                    min(throughputs),
+                    len(throughputs),
+                    1 / uncontended_median,
+                    1 / uncontended_p99,
+                    unit="op/s",
+                    higher_is_better=True,
+                    notes={
+                        "lost_updates": lost,
+                        "refused_503": refused,
+                        "statuses": sorted(statuses_seen),
+                        "patches": writers * len(throughputs),
+                        "worker_concurrency": stack_concurrency(),
+                        **_totals(records),
+                        **_waits(records, statistics.median(throughputs)),
+                    },
                 )
-            statuses: list[tuple[int, int]] = []
-            gate = threading.Barrier(WRITERS + 1)
-
-            def add_member(
-                index: int, url: str = url, statuses: list[tuple[int, int]] = statuses, gate: Any = gate
-            ) -> None:
-                gate.wait()
-                response = requests.patch(
-                    url,
-                    data=json.dumps({f"m{index}": index}),
-                    headers={**headers, "Content-Type": "application/merge-patch+json"},
-                    timeout=30,
-                )
-                statuses.append((index, response.status_code))
-
-            threads = [threading.Thread(target=add_member, args=(i,)) for i in range(WRITERS)]
-            for thread in threads:
-                thread.start()
-            gate.wait()
-            started = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - started
-            state = session.get(url, headers=headers, timeout=30).json()
-            if round_number == 0:
-                before = _metric_totals(log, names)
-                continue
-            statuses_seen.update(status for _, status in statuses)
-            members = state.get("value") or {}
-            # Lost: acknowledged (200) but not in the final value. A 503 was never acknowledged.
-            acknowledged = [index for index, status in statuses if status == 200]
-            lost += sum(1 for index in acknowledged if members.get(f"m{index}") != index)
-            refused += WRITERS - len(acknowledged)
-            throughputs.append(len(acknowledged) / elapsed)
-            print(f"round {round_number}: {len(acknowledged)} acknowledged in {elapsed:.2f} s", file=sys.stderr)
-        time.sleep(1.0)  # the workers' last EMF lines reach the log
-        after = _metric_totals(log, names)
-        limit_median, limit_p99 = _serialized_limit_seconds(stack.moto_url, stack.table_name)
+            )
+        limit_median, _ = _serialized_limit_seconds(stack.moto_url, stack.table_name)
+        for row in rows:
+            row.notes["limit_getitem_putitem_op_s"] = round(1 / limit_median, 1)
     finally:
         stack.stop()
-    counts = {name.lower(): after[name] - before[name] for name in names}
-    return [
-        Row(
-            f"{WRITERS} concurrent PATCH (local stack)",
-            "1 / (GetItem + cond. PutItem)",
-            statistics.median(throughputs),
-            min(throughputs),
-            len(throughputs),
-            1 / limit_median,
-            1 / limit_p99,
-            unit="op/s",
-            higher_is_better=True,
-            notes={
-                "lost_updates": lost,
-                "refused_503": refused,
-                "statuses": sorted(statuses_seen),
-                "patches": WRITERS * len(throughputs),
-                **counts,
-            },
-        )
-    ]
+    return rows
+
+
+def stack_concurrency() -> int:
+    """How many PATCH workers the local stack runs at once."""
+    from devstack.workers import max_concurrency_from_env
+
+    return max_concurrency_from_env()

@@ -234,13 +234,14 @@ def operations() -> list[Operation]:
         write_units=write_units(STATE_ITEM_BYTES),
         redis_round_trips=2,
     )
-    # Lock polls every 5-30 ms (17.5 on average) while queued; the DynamoDB work is the same.
+    # A queued writer blocks on its wake-up list (one more round trip, answered by the handoff) and looks
+    # again every 250 ms at most (LockPolicy.watch_seconds) while it waits; the DynamoDB work is the same.
     queued = CONTENDED_QUEUE * patch.duration_ms
     contended = replace(
         patch,
         name=f"PATCH, contended ({CONTENDED_QUEUE} ahead)",
         queued_ms=queued,
-        redis_round_trips=patch.redis_round_trips + queued / 17.5,
+        redis_round_trips=patch.redis_round_trips + 1 + queued // 250,
     )
     page_bytes = (HISTORY_PAGE + 1) * HISTORY_ITEM_BYTES
     large_reads = 1 + sum(read_units(chunk) for chunk in LARGE_CHUNKS)

@@ -156,9 +156,9 @@ def test_an_uncontended_patch_pipelines_lock_with_read_and_write_through_with_un
 
     manager.patch(key, {"b": 2}, actor="alice")
 
-    # Round trip 1: SET NX PX + GET (lock, and whether we hold it) + the bounded read (a script); round
-    # trip 2: write-if-newer + compare-and-delete.
-    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
+    # Round trip 1: the lock's enter script (take it, or queue) + the bounded read (a script); round
+    # trip 2: write-if-newer + the release (compare, hand over or delete).
+    assert trips.redis == [["EVALSHA", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     # The cached version saves the DynamoDB read; the conditional write is the only call.
     assert trips.dynamodb == ["UpdateItem"]
 
@@ -172,7 +172,7 @@ def test_a_patch_with_a_cold_cache_reads_dynamodb_once_and_still_takes_two_redis
 
     manager.patch(key, {"b": 2}, actor="alice")
 
-    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
+    assert trips.redis == [["EVALSHA", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     assert trips.dynamodb == ["GetItem", "UpdateItem"]
 
 
@@ -188,17 +188,17 @@ def test_a_patch_after_redis_lost_its_scripts_loads_them_once_then_is_back_to_tw
     trips.reset()
     view_version = manager.patch(key, {"c": 3}, actor="alice")[0].record.version
 
-    # NOSCRIPT costs the load of the three scripts and one resend, once; the resent SET NX finds our own
-    # lock and the PATCH still holds it.
+    # NOSCRIPT costs the load of the four scripts (the lock's two, the cache's two) and one resend, once.
     assert first == [
-        ["SET", "GET", "EVALSHA"],
+        ["EVALSHA", "EVALSHA"],
         ["SCRIPT"],
         ["SCRIPT"],
         ["SCRIPT"],
-        ["SET", "GET", "EVALSHA"],
+        ["SCRIPT"],
+        ["EVALSHA", "EVALSHA"],
         ["EVALSHA", "EVALSHA"],
     ]
-    assert trips.redis == [["SET", "GET", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
+    assert trips.redis == [["EVALSHA", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
     # The resend wrote the entry and released the lock.
     assert int(raw_redis.hget(entry_key(key), "v")) == view_version == 3
     assert raw_redis.exists(f"lk:{{{key}}}") == 0

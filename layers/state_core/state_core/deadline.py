@@ -40,6 +40,12 @@ def budget(remaining_seconds: float | None, clock: Callable[[], float] = time.mo
         _deadline.reset(token)
 
 
+def remaining(clock: Callable[[], float] = time.monotonic) -> float | None:
+    """Seconds left of the invocation's budget (None outside one)."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - clock()
+
+
 def guard(client: BaseClient, *, needed_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
     """Refuse to send a request of `client` when less than `needed_seconds` of the budget is left.
 

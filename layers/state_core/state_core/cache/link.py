@@ -65,6 +65,7 @@ class RedisLink:
         self._breaker = breaker
         self._on_error = on_error
         self._on_open_error = on_open_error
+        self._blocking: redis.Redis | None = None
 
     @property
     def signing_key(self) -> bytes:
@@ -79,17 +80,28 @@ class RedisLink:
         return Script(None, source.encode("utf-8"))  # type: ignore[arg-type]
 
     def pipeline(
-        self, queue: Callable[[Any], None], scripts: Sequence[Any] = (), *, bypass_breaker: bool = False
+        self,
+        queue: Callable[[Any], None],
+        scripts: Sequence[Any] = (),
+        *,
+        bypass_breaker: bool = False,
+        timeout_seconds: float | None = None,
     ) -> list[Any]:
         """Send the commands `queue` puts on a pipeline in one round trip (no MULTI) and return their
         replies; a failed command raises as a whole. Scripts go as raw EVALSHA: redis-py's own pipelined
         scripts cost a SCRIPT EXISTS round trip on every execute. When the server lacks one (first use, or
         after a restart), `scripts` are loaded and the commands sent once more, so they must be idempotent.
+        `timeout_seconds`: the socket timeout for this call instead of the short one (a pipeline that
+        blocks in Redis, such as a lock waiter's BLPOP, must be given longer than it blocks, and no more).
         """
 
         def send(client: redis.Redis) -> list[Any]:
             for attempt in range(2):
-                pipe = client.pipeline(transaction=False)
+                pipe = (
+                    client.pipeline(transaction=False)
+                    if timeout_seconds is None
+                    else self._slow(client, timeout_seconds)
+                )
                 queue(pipe)
                 replies = pipe.execute(raise_on_error=False)
                 if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
@@ -103,6 +115,21 @@ class RedisLink:
             raise AssertionError("unreachable")
 
         return self.run(send, bypass_breaker=bypass_breaker)
+
+    def _slow(self, client: redis.Redis, timeout_seconds: float) -> Any:
+        """A pipeline on a connection of a pool kept for blocking calls, with its socket timeout set for
+        this call (each call sets its own, so the pool's connections never lend a long timeout to the
+        short calls)."""
+        if self._blocking is None:
+            pool = client.connection_pool
+            self._blocking = redis.Redis(
+                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+            )
+        pipe = self._blocking.pipeline(transaction=False)
+        connection = self._blocking.connection_pool.get_connection()
+        connection.update_current_socket_timeout(timeout_seconds)
+        pipe.connection = connection  # released back to the pool by the pipeline's reset
+        return pipe
 
     def run(self, operation: Callable[[redis.Redis], Result], *, bypass_breaker: bool = False) -> Result:
         """Run `operation` with the client unless the breaker is open; any Redis trouble opens it.
