@@ -20,12 +20,13 @@ from typing import Any, ClassVar
 from locust import FastHttpUser, constant, constant_throughput
 from locust.contrib.fasthttp import ResponseContextManager
 
-from benchmarks.load.workload import OPERATIONS, Workload, filler
+from benchmarks.load.workload import OPERATIONS, RETRY_LATER_IS_EXPECTED, Workload, filler
 
 
 def _check(response: ResponseContextManager, operation: str) -> None:
     status = response.status_code
-    if status in OPERATIONS[operation]:
+    retry_after = response.headers.get("Retry-After") if response.headers is not None else None
+    if status in OPERATIONS[operation] or (status == 503 and operation in RETRY_LATER_IS_EXPECTED and retry_after):
         response.success()
     elif status == 0:
         response.failure(f"no response: {getattr(response, 'error', None)!r}")

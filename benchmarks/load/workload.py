@@ -21,6 +21,9 @@ OPERATIONS: dict[str, frozenset[int]] = {
     "large put": frozenset({200, 201}),
     "large get": frozenset({200, 404}),
 }
+# Operations whose 503 with Retry-After is the contract, not load shedding: a key's history listing while the
+# stream has recorded none of its versions yet (its first second or so); a client retries after Retry-After.
+RETRY_LATER_IS_EXPECTED = frozenset({"history"})
 MIX_NAMES = ("get", "put", "patch", "delete", "history", "large")
 DEFAULT_MIX: dict[str, int] = {"get": 50, "put": 15, "patch": 20, "delete": 3, "history": 8, "large": 4}
 # Large values get keys of their own, few of them, so a large GET mostly finds what a large PUT wrote.
