@@ -353,11 +353,6 @@ class RedisStateCache:
         failed; a failed write is kept and replayed once Redis answers again."""
         return self._write(entry, "through", "", bypass_breaker=True, attempts=attempts)
 
-    def write_through_again(self, entry: CacheEntry) -> bool:
-        """A write-through sent along with other commands timed out (the first of its attempts): the attempts
-        it has left, alone (see write_if_newer)."""
-        return self.write_if_newer(entry, attempts=WRITE_THROUGH_ATTEMPTS - 1)
-
     def repair(self, entry: CacheEntry) -> bool:
         """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is
         what closes the window other containers' open breakers leave). Raises RedisUnavailable on trouble,
