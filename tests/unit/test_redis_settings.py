@@ -2,9 +2,8 @@
 environment, and no Redis without the key that signs its entries."""
 
 import pytest
-from pydantic import ValidationError
 
-from state_core.config import ServiceSettings
+from state_core.config import ServiceSettings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +33,7 @@ def settings(url, *, auth=AUTH, signing=SIGNING):
     ],
 )
 def test_an_auth_token_over_plain_tcp_to_another_host_is_refused(url):
-    with pytest.raises(ValidationError, match=r"must be rediss:// \(TLS\) when an AUTH token is configured"):
+    with pytest.raises(SettingsError, match=r"must be rediss:// \(TLS\) when an AUTH token is configured"):
         settings(url)
 
 
@@ -59,18 +58,18 @@ def test_without_an_auth_token_plain_tcp_stays_possible():
 
 
 def test_a_password_in_the_url_is_refused():
-    with pytest.raises(ValidationError, match="must not carry a password"):
+    with pytest.raises(SettingsError, match="must not carry a password"):
         settings("rediss://:hunter2@cache.example.internal:6379", auth="")
 
 
 @pytest.mark.parametrize("url", ["http://cache.example.internal:6379", "unix:///tmp/redis.sock", "cache:6379"])
 def test_only_redis_urls_are_accepted(url):
-    with pytest.raises(ValidationError, match="redis:// or rediss://"):
+    with pytest.raises(SettingsError, match="redis:// or rediss://"):
         settings(url)
 
 
 def test_redis_without_a_signing_key_is_refused():
-    with pytest.raises(ValidationError, match="STATE_CACHE_SIGNING_SECRET_ARN"):
+    with pytest.raises(SettingsError, match="STATE_CACHE_SIGNING_SECRET_ARN"):
         settings("rediss://cache.example.internal:6379", signing="")
 
 

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Literal, cast
 
 from state_core.security.principal import GRANT
 
@@ -32,13 +32,9 @@ class PolicyError(Exception):
     """The policy file is missing or invalid; every request is refused until it is fixed."""
 
 
-# A dataclass that pydantic validates (parse_role_policy), not a pydantic model: the handlers import this
-# module, and only the first request that loads the policy pays for pydantic.
 @dataclass(frozen=True)
 class RolePolicy:
     """Roles to grants, as loaded from the policy file."""
-
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     version: Literal[1]
     roles: dict[str, tuple[str, ...]]
@@ -48,7 +44,25 @@ class RolePolicy:
         return frozenset(grant for role in roles for grant in self.roles.get(role, ()))
 
 
-def _grant_errors(roles: dict[str, tuple[str, ...]]) -> list[str]:
+def _shape_errors(document: object) -> list[str]:
+    """What keeps `document` from being {"version": 1, "roles": {name: [grant, ...]}}; names no grant's value
+    beyond what a reader needs to find it."""
+    if not isinstance(document, Mapping):
+        return ["policy: must be a JSON object"]
+    reasons = [f"{name}: unknown member" for name in sorted(map(str, set(document) - {"version", "roles"}))]
+    version = document.get("version")
+    if type(version) is not int or version != 1:
+        reasons.append("version: must be 1")
+    roles = document.get("roles")
+    if not isinstance(roles, Mapping):
+        return [*reasons, "roles: must be an object of role names to lists of grants"]
+    for role, grants in roles.items():
+        if not isinstance(grants, list) or not all(isinstance(grant, str) for grant in grants):
+            reasons.append(f"roles: role {role}: must be a list of grant strings")
+    return reasons
+
+
+def _grant_errors(roles: Mapping[str, list[str]]) -> list[str]:
     for role, grants in roles.items():
         if not role:
             return ["roles: a role name is empty"]
@@ -62,19 +76,12 @@ def _grant_errors(roles: dict[str, tuple[str, ...]]) -> list[str]:
 
 
 def parse_role_policy(document: Mapping[str, object] | object) -> RolePolicy:
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        policy = TypeAdapter(RolePolicy).validate_python(document)
-    except ValidationError as exc:
-        reasons = [
-            f"{'.'.join(str(part) for part in error['loc']) or 'policy'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False)
-        ]
-    else:
-        reasons = _grant_errors(policy.roles)
+    reasons = _shape_errors(document)
+    if not reasons:
+        roles = cast("Mapping[str, list[str]]", cast("Mapping[str, object]", document)["roles"])  # checked above
+        reasons = _grant_errors(roles)
         if not reasons:
-            return policy
+            return RolePolicy(version=1, roles={role: tuple(grants) for role, grants in roles.items()})
     raise PolicyError(f"invalid role policy: {'; '.join(reasons)}")
 
 
