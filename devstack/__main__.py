@@ -35,7 +35,7 @@ def _env_int(name: str, default: int) -> int:
 
 async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, in order, read top to bottom
     from devstack.gateway import Gateway
-    from devstack.moto_server import SerializedMotoServer
+    from devstack.moto_server import MotoProcess
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer
     from devstack.redis_server import RedisServer
     from devstack.resources import client, create_resources, ensure_secret
@@ -51,7 +51,7 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
     log_dir.mkdir(parents=True, exist_ok=True)
     template_path = Path(os.environ.get("STATE_TEMPLATE") or REPO_ROOT / "template.yaml")
 
-    moto: SerializedMotoServer | None = None
+    moto: MotoProcess | None = None
     redis: RedisServer | None = None
     issuer: DevIssuer | None = None
     gateway: Gateway | None = None
@@ -61,7 +61,8 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
     try:
         endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
         if not endpoint_url:
-            moto = await asyncio.to_thread(SerializedMotoServer(port=_env_int("MOTO_PORT", 5000)).start)
+            moto = MotoProcess(port=_env_int("MOTO_PORT", 5000), log_path=log_dir / "moto.log")
+            moto = await asyncio.to_thread(moto.start)
             endpoint_url = moto.endpoint_url
 
         # REDIS_URL=none runs without Redis (no cache, no locks), as a deployment without an endpoint.

@@ -15,10 +15,14 @@ page the developer opens could read or reset the local data: this one answers on
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -122,15 +126,89 @@ class SerializedMotoServer:
         self.stop()
 
 
+class MotoProcess:
+    """The serialized moto server in a process of its own (`python -m devstack.moto_server`).
+
+    The local stack's gateway, stream poller and TTL sweeper are Python threads of one process; moto beside
+    them would share their interpreter lock, and every emulated DynamoDB call (a lock holder's write among
+    them) would wait for the gateway's work on dozens of open requests. As a process of its own it runs on
+    its own, as DynamoDB does apart from API Gateway. It exits with its parent, even a killed one.
+    """
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self._host = host
+        self._port = port
+        self._log_path = log_path
+        self._process: subprocess.Popen[str] | None = None
+        self._endpoint_url = ""
+
+    @property
+    def endpoint_url(self) -> str:
+        if not self._endpoint_url:
+            raise RuntimeError("call start() first")
+        return self._endpoint_url
+
+    def start(self, timeout: float = 60.0) -> MotoProcess:
+        log: IO[str] | int = open(self._log_path, "a") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        command = [sys.executable, "-m", "devstack.moto_server", "--port", str(self._port), "--host", self._host]
+        self._process = subprocess.Popen(
+            [*command, "--exit-with-parent"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        if not isinstance(log, int):
+            log.close()  # the child has its own copy
+        banner = self._process.stdout
+        assert banner is not None
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def read_banner() -> None:
+            for line in banner:  # drained to the end, so the child never blocks on a full pipe
+                if not ready.is_set():
+                    lines.append(line)
+                    ready.set()
+
+        threading.Thread(target=read_banner, name="moto-banner", daemon=True).start()
+        if not ready.wait(timeout) or not lines or " on http://" not in lines[0]:
+            self.stop()
+            raise RuntimeError(f"moto did not start (see {self._log_path or 'its stderr'})")
+        self._endpoint_url = lines[0].rsplit(" on ", 1)[1].strip()
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+        self._process = None
+
+
+def _exit_with(parent: int, stopped: threading.Event) -> None:
+    """Stop once `parent` is gone (re-parented children see another parent id)."""
+    while not stopped.wait(0.5):
+        if os.getppid() != parent:
+            stopped.set()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="moto server that serves one request at a time")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--exit-with-parent", action="store_true", help="stop when the parent process is gone")
     args = parser.parse_args(argv)
+    parent = os.getppid()
     server = SerializedMotoServer(port=args.port, host=args.host).start()
     print(f"moto (serialized) listening on {server.endpoint_url}", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    if args.exit_with_parent:
+        threading.Thread(target=_exit_with, args=(parent, stopped), daemon=True).start()
     try:
         stopped.wait()
     except KeyboardInterrupt:

@@ -105,6 +105,36 @@ def test_a_release_hands_the_lock_to_the_waiter_at_once(redis_server, raw_redis,
     waiter.join(5)
 
 
+def test_holds_and_queue_times_are_timed_on_redis_clock_and_tile_with_no_idle_gap(redis_server, raw_redis, key):
+    """The lock is the next waiter's from the instant the release hands it over (same script, same Redis
+    clock reading), so a queue is never idle between two holders, and the waiter's queue time is exactly the
+    part of the hold ahead of it that it waited through."""
+    holder, holder_metrics = new_lock(redis_server.url)
+    lease = holder.acquire(key)
+    assert lease is not None
+    assert lease.granted_ms > 0
+    waiters = [Waiter(redis_server.url, key, hold=0.05, name=f"w{i}") for i in range(3)]
+    for i, waiter in enumerate(waiters):
+        waiter.start()
+        wait_until(lambda i=i: queued(raw_redis, key) == i + 1)
+    time.sleep(0.15)
+    holder.release(lease)
+    for waiter in waiters:
+        waiter.join(5)
+    holds = [holder_metrics.count("LockHoldTime"), *(w.metrics.count("LockHoldTime") for w in waiters)]
+    assert holds[0] >= 150
+    assert all(hold >= 50 for hold in holds[1:])
+    leases = [lease, *(waiter.lease for waiter in waiters)]
+    # Each grant is the previous holder's release, to the millisecond: no gap between holders.
+    for before, after, held in zip(leases, leases[1:], holds, strict=False):
+        assert after.granted_ms == before.granted_ms + held
+    for position, waiter in enumerate(waiters):
+        queue_ms = waiter.metrics.count("LockQueueTime")
+        # Queued while the holds ahead ran, and never longer than the wait the waiter itself saw.
+        assert queue_ms <= waiter.metrics.count("LockWaitTime") + 1
+        assert queue_ms >= sum(holds[1 : position + 1]) + 100
+
+
 def test_a_dead_holders_lease_expires_and_the_next_waiter_gets_the_lock(redis_server, raw_redis, key):
     policy = LockPolicy(lease_seconds=0.4, max_wait_seconds=2.0)
     dead, _ = new_lock(redis_server.url, policy)

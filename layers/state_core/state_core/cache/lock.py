@@ -52,7 +52,7 @@ local function hand_over(now, handoff_ms, wake_prefix, keep_ms)
       granted(keep_ms)
       local wake = wake_prefix .. head
       redis.call('DEL', wake)
-      redis.call('RPUSH', wake, '1')
+      redis.call('RPUSH', wake, now)
       redis.call('PEXPIRE', wake, until_ms - now + handoff_ms)
       return head
     end
@@ -63,7 +63,7 @@ end
 # ARGV: token, lease ms, handoff ms, wait left ms, wake prefix, leaving (1/0), queue lifetime ms.
 # Takes the lock if it is ours (handed over), free (after handing it to a live waiter ahead of us, if any),
 # else queues us once (or, leaving, takes us out of the queue). Returns {held, holder's ttl ms, position,
-# grant count}.
+# grant count, a time on Redis's clock: when the lock became ours (0: the wake-up carried it), or now}.
 _ENTER = (
     _HAND_OVER
     + """
@@ -75,15 +75,17 @@ if not holder then
   if not holder then granted(tonumber(ARGV[7])) end
 end
 if holder == token or not holder then
+  local granted_at = now_ms()
+  if holder == token then granted_at = tonumber(redis.call('LPOP', wake) or '0') end
   redis.call('SET', KEYS[1], token, 'PX', tonumber(ARGV[2]))
   if redis.call('HDEL', KEYS[3], token) == 1 then redis.call('LREM', KEYS[2], 1, token) end
   redis.call('DEL', wake)
-  return {1, 0, -1, tonumber(redis.call('GET', KEYS[4]) or '0')}
+  return {1, 0, -1, tonumber(redis.call('GET', KEYS[4]) or '0'), granted_at}
 end
 if ARGV[6] == '1' then
   if redis.call('HDEL', KEYS[3], token) == 1 then redis.call('LREM', KEYS[2], 1, token) end
   redis.call('DEL', wake)
-  return {0, 0, -1, 0}
+  return {0, 0, -1, 0, 0}
 end
 if redis.call('HEXISTS', KEYS[3], token) == 0 then
   redis.call('RPUSH', KEYS[2], token)
@@ -92,18 +94,20 @@ end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[7]))
 local position = redis.call('LPOS', KEYS[2], token) or -1
-return {0, redis.call('PTTL', KEYS[1]), position, tonumber(redis.call('GET', KEYS[4]) or '0')}
+return {0, redis.call('PTTL', KEYS[1]), position, tonumber(redis.call('GET', KEYS[4]) or '0'), now_ms()}
 """
 )
 
 # ARGV: token, handoff ms, wake prefix, keys' lifetime ms. Release only a lock we still hold (after our
-# lease expired, another writer may), handing it to the next live waiter.
+# lease expired, another writer may), handing it to the next live waiter. Returns when, on Redis's clock (0:
+# it was no longer ours).
 _RELEASE = (
     _HAND_OVER
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if not hand_over(now_ms(), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])) then redis.call('DEL', KEYS[1]) end
-return 1
+local now = now_ms()
+if not hand_over(now, tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])) then redis.call('DEL', KEYS[1]) end
+return now
 """
 )
 
@@ -142,8 +146,11 @@ class LockPolicy:
 class Lease:
     key: str
     token: str
-    # When it was taken (monotonic), for the hold time the release reports.
+    # When it was taken (monotonic), for the hold time the release reports when Redis's clock cannot.
     taken_at: float = 0.0
+    # When Redis made it ours (ms on Redis's clock; 0: unknown): a hold then runs from the handoff to the
+    # release on one clock, so a woken waiter's own wake-up counts as its hold, as it does for the key.
+    granted_ms: int = 0
 
 
 class RedisKeyLock:
@@ -196,7 +203,8 @@ class RedisKeyLock:
                 cache.replay_pending()
             # The release goes along: after Redis lost its scripts, one reload covers the whole PATCH.
             replies = self._link.pipeline(lambda pipe: self._queue_enter(pipe, lease, cache, deadline), scripts=scripts)
-            (held, holder_ttl_ms, position, grants_at_entry), entry = self._entered(replies, key, cache)
+            (held, holder_ttl_ms, position, grants_at_entry, stamp_ms), entry = self._entered(replies, key, cache)
+            queued_ms = stamp_ms
             while not held:
                 # Blocking ends, socket timeout included, within the wait: a hung Redis cannot hold us longer.
                 left = deadline - self._monotonic() - policy.socket_slack_seconds
@@ -205,7 +213,7 @@ class RedisKeyLock:
                     replies = self._link.pipeline(
                         lambda pipe: self._queue_enter(pipe, lease, cache, deadline, leaving=True), scripts=scripts
                     )
-                    (held, _, _, grants), entry = self._entered(replies, key, cache)
+                    (held, _, _, grants, stamp_ms), entry = self._entered(replies, key, cache)
                     if not held:
                         self._metrics.add_metric(name="LockTimeouts", unit="Count", value=1)
                         return None, entry
@@ -222,7 +230,9 @@ class RedisKeyLock:
                 replies = self._link.pipeline(
                     wait_then_enter, scripts=scripts, timeout_seconds=block + policy.socket_slack_seconds
                 )
-                (held, holder_ttl_ms, _, grants), entry = self._entered(replies, key, cache)
+                (held, holder_ttl_ms, _, grants, stamp_ms), entry = self._entered(replies, key, cache)
+                if held and not stamp_ms and replies[0]:
+                    stamp_ms = int(replies[0][1])  # the wake-up we blocked on carried the handoff's time
         except RedisUnavailable:
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
             if cache is not None:
@@ -231,8 +241,8 @@ class RedisKeyLock:
         if position >= 0:
             # Grants between our entry and our turn, ours excluded: our position (one per waiter queued
             # ahead) when nobody overtook us, fewer when some ahead gave up.
-            self._waited(started, position, grants - grants_at_entry - 1)
-        return Lease(key, lease.token, self._monotonic()), entry
+            self._waited(started, position, grants - grants_at_entry - 1, stamp_ms - queued_ms if stamp_ms else None)
+        return Lease(key, lease.token, self._monotonic(), stamp_ms), entry
 
     def _queue_enter(
         self, pipe: Any, lease: Lease, cache: RedisStateCache | None, deadline: float, *, leaving: bool = False
@@ -249,26 +259,34 @@ class RedisKeyLock:
     @staticmethod
     def _entered(
         replies: list[Any], key: str, cache: RedisStateCache | None
-    ) -> tuple[tuple[bool, int, int, int], CacheEntry | None]:
+    ) -> tuple[tuple[bool, int, int, int, int], CacheEntry | None]:
         """Whether we hold the lock, the holder's remaining lease (ms), our place in the queue (-1: not
-        queued), the key's grant count; and the cache entry read after it."""
-        held, holder_ttl_ms, position, grants = replies[-1] if cache is None else replies[-2]
+        queued), the key's grant count, the script's time stamp (ms on Redis's clock); and the cache entry
+        read after it."""
+        held, holder_ttl_ms, position, grants, stamp_ms = replies[-1] if cache is None else replies[-2]
         entry = None if cache is None else cache.entry_from(key, replies[-1])
-        return (bool(held), int(holder_ttl_ms), int(position), int(grants)), entry
+        return (bool(held), int(holder_ttl_ms), int(position), int(grants), int(stamp_ms)), entry
 
-    def _waited(self, started: float, position: int, grants_ahead: int) -> None:
+    def _waited(self, started: float, position: int, grants_ahead: int, queued_ms: int | None) -> None:
+        """The wait as the waiter saw it (its own wake-up included), and on Redis's clock from joining the
+        queue to being handed the lock: the queue's own time, comparable with the holds ahead."""
         self._metrics.add_metric(name="LockWaits", unit="Count", value=1)
         self._metrics.add_metric(
             name="LockWaitTime", unit="Milliseconds", value=round((self._monotonic() - started) * 1000, 1)
         )
+        if queued_ms is not None:
+            self._metrics.add_metric(name="LockQueueTime", unit="Milliseconds", value=max(0, queued_ms))
         self._metrics.add_metric(name="LockQueuePosition", unit="Count", value=position)
         self._metrics.add_metric(name="LockGrantsAhead", unit="Count", value=grants_ahead)
 
-    def _held(self, lease: Lease) -> None:
-        """From taking the lock to its release landing: the time the next waiter waits per holder ahead."""
-        self._metrics.add_metric(
-            name="LockHoldTime", unit="Milliseconds", value=round((self._monotonic() - lease.taken_at) * 1000, 1)
-        )
+    def _held(self, lease: Lease, released_ms: int) -> None:
+        """From the lock becoming ours to its release, on Redis's clock when both ends are known (else as
+        this process saw it): the time the next waiter waits per holder ahead."""
+        if lease.granted_ms and released_ms:
+            held_ms = float(max(0, released_ms - lease.granted_ms))
+        else:
+            held_ms = round((self._monotonic() - lease.taken_at) * 1000, 1)
+        self._metrics.add_metric(name="LockHoldTime", unit="Milliseconds", value=held_ms)
 
     def _release_args(self, lease: Lease) -> tuple[Any, ...]:
         keys = _keys(lease.key)
@@ -290,14 +308,18 @@ class RedisKeyLock:
     def release(self, lease: Lease) -> None:
         """Release if still ours, handing the lock to the next waiter; on Redis trouble the lease simply
         expires."""
-        self._send_release(lease)
-        self._held(lease)
+        self._held(lease, self._send_release(lease))
 
-    def _send_release(self, lease: Lease) -> None:
+    def _send_release(self, lease: Lease) -> int:
+        """When the release landed (ms on Redis's clock), 0 if it did not or the lock was no longer ours."""
         try:
-            self._link.pipeline(lambda pipe: pipe.evalsha(*self._release_args(lease)), scripts=(self._release,))
+            replies = self._link.pipeline(
+                lambda pipe: pipe.evalsha(*self._release_args(lease)), scripts=(self._release,)
+            )
         except RedisUnavailable:
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
+            return 0
+        return int(replies[-1] or 0)
 
     def write_and_release(self, lease: Lease, cache: RedisStateCache, entry: CacheEntry) -> None:
         """The write-through of `entry`, then the release, in one round trip. Both are idempotent, so a
@@ -310,10 +332,12 @@ class RedisKeyLock:
             cache.queue_write(pipe, entry)
             pipe.evalsha(*self._release_args(lease))
 
+        released_ms = 0
         for attempt in range(1, WRITE_THROUGH_ATTEMPTS + 1):
             try:
                 cache.replay_pending(bypass_breaker=True)
-                self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
+                replies = self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
+                released_ms = int(replies[-1] or 0)
                 break
             except RedisUnavailable as trouble:
                 cache.read_failed()  # counted as a cache error, like any failed cache call
@@ -321,4 +345,4 @@ class RedisKeyLock:
                 if attempt == WRITE_THROUGH_ATTEMPTS or not trouble.timed_out:
                     cache.remember(entry)
                     break
-        self._held(lease)
+        self._held(lease, released_ms)
