@@ -174,6 +174,9 @@ class StateTemplate:
     raw: dict[str, Any]
     parameter_overrides: dict[str, str] = field(default_factory=dict)
     physical_names: dict[str, str] = field(default_factory=dict)
+    # A deployed URL prefix -> the local listener that stands in for it (the WebSocket API's management
+    # endpoint, https://<api>.execute-api.<region>.amazonaws.com): applied to every function's environment.
+    url_rewrites: dict[str, str] = field(default_factory=dict)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -205,6 +208,12 @@ class StateTemplate:
 
     def resolve(self, value: Any) -> Any:
         return _Resolver(self).resolve(value)
+
+    def _local_url(self, value: str) -> str:
+        for deployed, local in self.url_rewrites.items():
+            if value == deployed or value.startswith(deployed + "/"):
+                return local + value[len(deployed) :]
+        return value
 
     def condition(self, name: str) -> bool:
         return _Resolver(self).condition(name)
@@ -244,7 +253,7 @@ class StateTemplate:
         for source in (glob, own):
             variables = self.resolve(((source.get("Environment") or {}).get("Variables")) or {})
             for key, val in (variables or {}).items():
-                env[key] = _scalar_str(val)
+                env[key] = self._local_url(_scalar_str(val))
 
         layers: list[Path] = []
         raw_layers = list(glob.get("Layers") or []) + list(own.get("Layers") or [])

@@ -76,6 +76,8 @@ class InvokeResult:
     payload: Any = None
     error: str | None = None  # "timeout", "handler", "init", "crash", "marshal"
     error_type: str | None = None
+    # The handler's exception text: API Gateway's authorizers answer 401 when it is "Unauthorized".
+    error_message: str | None = None
     duration_ms: float = 0.0
     worker_pid: int | None = None
     request_id: str = ""
@@ -388,7 +390,14 @@ class WorkerPool:
         if kind == "ok":
             return InvokeResult(ok=True, payload=json.loads(info), duration_ms=duration, **base)
         error = "marshal" if kind == "marshal_error" else "handler"
-        return InvokeResult(ok=False, error=error, error_type=info.get("errorType"), duration_ms=duration, **base)
+        return InvokeResult(
+            ok=False,
+            error=error,
+            error_type=info.get("errorType"),
+            error_message=info.get("errorMessage"),
+            duration_ms=duration,
+            **base,
+        )
 
     def _log_line(self, text: str) -> None:
         with contextlib.suppress(OSError), open(self.config.log_path, "a", encoding="utf-8") as fh:
