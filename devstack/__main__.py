@@ -6,7 +6,9 @@ emulator), the template's resources in it, the dev OIDC issuer (unless
 ``STATE_OIDC_ISSUER`` names a real one), and the gateway with the template's
 routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 
-Environment: PORT (3000), MOTO_PORT (5000), OIDC_PORT (3001), STATE_DIR
+Environment: PORT (3000), LOCAL_WS_PORT (3001: the template's WebSocket API and its @connections endpoint,
+devstack/websocket.py; LOCAL_WS_IDLE_TIMEOUT_SECONDS, LOCAL_WS_MAX_CONNECTION_SECONDS), MOTO_PORT (5000),
+OIDC_PORT (3002), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
 token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
@@ -43,6 +45,7 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
     from devstack.template import REPO_ROOT, STACK_NAME, load_template
     from devstack.token import mint
     from devstack.ttl_sweeper import TtlSweeper
+    from devstack.websocket import DEFAULT_WS_PORT, WS_PORT_ENV, WebSocketGateway
     from devstack.workers import LogEcho
 
     state_dir = Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".local").resolve()
@@ -55,6 +58,7 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
     redis: RedisServer | None = None
     issuer: DevIssuer | None = None
     gateway: Gateway | None = None
+    sockets: WebSocketGateway | None = None
     echo: LogEcho | None = None
     pollers: list[StreamPoller] = []
     sweeper: TtlSweeper | None = None
@@ -110,6 +114,16 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
         failpoint_env = {k: v for k, v in os.environ.items() if k in ("STATE_FAILPOINTS", "STATE_FAILPOINTS_SPEC")}
         if failpoint_env:
             failpoint_env["STATE_LOCAL_STACK"] = "1"
+        # Before the functions' environments are built: a management endpoint in them becomes the local one.
+        sockets = WebSocketGateway.for_template(
+            template,
+            state_dir,
+            endpoint_url=endpoint_url,
+            common_env=failpoint_env,
+            port=_env_int(WS_PORT_ENV, DEFAULT_WS_PORT),
+        )
+        if sockets is not None:
+            await sockets.start()
         gateway = Gateway(
             template=template,
             state_dir=state_dir,
@@ -135,6 +149,8 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
 
         print(f"template      {template.path}")
         print(f"gateway       {gateway.base_url}")
+        if sockets is not None:
+            print(f"websocket     {sockets.url} (@connections: {sockets.management_url}/@connections/{{id}})")
         print(f"emulator      {endpoint_url}" + ("" if moto else " (external)"))
         print(f"oidc issuer   {issuer_url}" + ("" if issuer else " (external)"))
         print(
@@ -152,6 +168,9 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
             print(f"throttling    {burst} burst, {rate:g}/s per route (429 beyond)")
         for route in gateway.routes:
             print(f"route         {route.route_key} -> {route.function}")
+        if sockets is not None and sockets.spec is not None:
+            for ws_route in sockets.spec.routes.values():
+                print(f"ws route      {ws_route.route_key} -> {ws_route.function}")
         if issuer is not None:
             token = mint("dev", "state:read state:write", issuer=issuer_url, state_dir=state_dir, audience=audience)
             print("try:")
@@ -173,6 +192,9 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
             await asyncio.to_thread(sweeper.stop)
         for poller in pollers:
             await asyncio.to_thread(poller.stop)
+        if sockets is not None:
+            # Its connections' $disconnect runs while the rest of the stack is still up.
+            await sockets.stop()
         if gateway is not None:
             await gateway.stop()
         if echo is not None:

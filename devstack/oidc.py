@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.template import REPO_ROOT
 
-DEFAULT_OIDC_PORT = 3001
+# 3001 is the WebSocket API's (devstack/websocket.py).
+DEFAULT_OIDC_PORT = 3002
 ISSUER_DIR = "dev-issuer"
 KEY_FILE = "key.pem"
 ISSUER_FILE = "issuer.txt"

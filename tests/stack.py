@@ -38,6 +38,8 @@ class DevStack:
     moto_url: str
     issuer: str
     state_dir: Path
+    # The WebSocket API's listener (http://127.0.0.1:<port>): its URL when the template has one.
+    ws_base_url: str
     table_name: str
     output: list[str] = field(default_factory=list)
     # Integration errors a test provokes on purpose (a failpoint killing the function, an init timeout):
@@ -103,13 +105,14 @@ def start_devstack(
 ) -> DevStack:
     """Run ``python -m devstack`` on free ports and wait for ``devstack ready``. `expected_crashes`: the
     integration errors the test provokes on purpose (DevStack.server_errors)."""
-    port, moto_port, oidc_port, redis_port = free_port(), free_port(), free_port(), free_port()
+    port, moto_port, oidc_port, redis_port, ws_port = free_port(), free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "STATE_OIDC_ISSUER", "REDIS_URL")}
     env.update(
         {
             "PORT": str(port),
             "MOTO_PORT": str(moto_port),
             "OIDC_PORT": str(oidc_port),
+            "LOCAL_WS_PORT": str(ws_port),
             "REDIS_PORT": str(redis_port),
             "STATE_DIR": str(state_dir),
             "PYTHONUNBUFFERED": "1",
@@ -131,6 +134,7 @@ def start_devstack(
         moto_url=env.get("AWS_ENDPOINT_URL") or f"http://127.0.0.1:{moto_port}",
         issuer=env.get("STATE_OIDC_ISSUER") or f"http://127.0.0.1:{oidc_port}",
         state_dir=state_dir,
+        ws_base_url=f"http://127.0.0.1:{env['LOCAL_WS_PORT']}",
         table_name="state-service-local-StateTable",
         expected_crashes=expected_crashes,
     )
