@@ -470,7 +470,8 @@ class WebSocketGateway:
             protocols=(protocol,) if protocol else (),
             # aiohttp refuses a message of exactly max_msg_size; API Gateway takes one of 128 KB.
             max_msg_size=MAX_MESSAGE_BYTES + 1,
-            autoping=True,
+            # Pings are answered below, without counting as activity.
+            autoping=False,
             heartbeat=None,
         )
         await ws.prepare(request)
@@ -508,7 +509,12 @@ class WebSocketGateway:
                 msg = await ws.receive(timeout=min(idle_at, end_at) - now)
             except TimeoutError:
                 continue
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type == WSMsgType.PING:
+                # Answered, but not activity: only messages keep a connection from idling (the strict
+                # reading: a client that sends messages to stay connected works on AWS either way).
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 connection.last_active = time.time()
                 self.stats.messages += 1
                 self._spawn(self._on_message(connection, msg.data, binary=msg.type == WSMsgType.BINARY))

@@ -51,6 +51,14 @@ class RunningSockets:
             aws_secret_access_key="testing",
         )
 
+    def connection_ids(self) -> set[str]:
+        """The open connections, read on the gateway's own loop (the dict changes as connections come and go)."""
+
+        async def snapshot() -> set[str]:
+            return set(self.gateway.connections)
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), self.loop).result(timeout=10)
+
     def records(self) -> list[dict[str, Any]]:
         """The events the fixture's $connect and $disconnect functions got, in order."""
         if not self.record_file.exists():
@@ -543,9 +551,17 @@ def test_idle_timeout_and_max_duration_close_the_connection(tmp_path: Path) -> N
 
         async def scenario(url: str) -> tuple[float, int | None, float, int | None]:
             async with aiohttp.ClientSession() as session:
-                idle = await session.ws_connect(url, headers=ALLOW)
+                idle = await session.ws_connect(url, headers=ALLOW, autoping=False)
                 started = time.monotonic()
+                # Pings are answered but keep nothing alive.
+                await idle.ping(b"are you there")
+                pong = await idle.receive(timeout=5)
+                assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"are you there")
+                await asyncio.sleep(0.5)
+                await idle.ping()
                 msg = await idle.receive(timeout=10)
+                if msg.type == aiohttp.WSMsgType.PONG:
+                    msg = await idle.receive(timeout=10)
                 assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
                 idle_after = time.monotonic() - started
                 await idle.close()
@@ -586,9 +602,9 @@ def test_a_thousand_connections_each_receive_a_post(ws: RunningSockets) -> None:
                 async with semaphore:
                     return await session.ws_connect(ws.url, headers=ALLOW)
 
-            before = set(ws.gateway.connections)
+            before = ws.connection_ids()
             sockets = list(await asyncio.gather(*(connect() for _ in range(count))))
-            ids = set(ws.gateway.connections) - before
+            ids = ws.connection_ids() - before
             assert len(ids) == count
             started = time.monotonic()
 
@@ -607,3 +623,62 @@ def test_a_thousand_connections_each_receive_a_post(ws: RunningSockets) -> None:
     delivered, elapsed = run(scenario())
     assert delivered == count
     assert elapsed < 30
+
+
+# --- hostile and odd requests -------------------------------------------------------------------
+
+
+def test_a_plain_http_request_to_the_stage_is_not_upgraded(ws: RunningSockets) -> None:
+    import requests
+
+    response = requests.get(f"{ws.gateway.base_url}/prod", timeout=10)
+    assert response.status_code == 426
+    assert response.json() == {"message": "Upgrade Required"}
+
+
+def test_a_failing_connect_function_refuses_with_500(ws: RunningSockets) -> None:
+    async def scenario() -> int:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                # The fixture's int("abc") raises: the integration failed.
+                await session.ws_connect(ws.url + "?status=abc", headers=ALLOW)
+            return refused.value.status
+
+    assert run(scenario()) == 500
+
+
+def test_a_binary_post_arrives_as_a_binary_frame(ws: RunningSockets) -> None:
+    client = ws.management()
+
+    async def scenario() -> Any:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws.url, headers=ALLOW) as socket:
+            connection_id = await connection_id_of(socket)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                None, lambda: client.post_to_connection(ConnectionId=connection_id, Data=b"\xff\x00\xfe")
+            )
+            msg = await socket.receive(timeout=10)
+            return msg.type, msg.data
+
+    assert run(scenario()) == (aiohttp.WSMsgType.BINARY, b"\xff\x00\xfe")
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_other_methods_on_a_connection_are_not_found(ws: RunningSockets, method: str) -> None:
+    import requests
+
+    response = requests.request(method, f"{ws.gateway.management_url}/@connections/AAAAAAAAAAA=", timeout=10)
+    assert response.status_code == 404
+
+
+def test_a_foreign_host_cannot_reach_the_management_api(ws: RunningSockets) -> None:
+    import requests
+
+    # DNS rebinding: a page on evil.example resolved to 127.0.0.1 must not post to connections.
+    response = requests.post(
+        f"{ws.gateway.management_url}/@connections/AAAAAAAAAAA=",
+        data=b"x",
+        headers={"Host": f"evil.example:{ws.gateway.port}"},
+        timeout=10,
+    )
+    assert response.status_code == 403
