@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from devstack.loopback import refusal
 from devstack.template import ACCOUNT_ID, REGION, StateTemplate, TemplateError
@@ -196,6 +196,70 @@ def websocket_api_spec(template: StateTemplate, logical_id: str) -> WebSocketApi
     if not stages or not isinstance(stages[0], str):
         raise TemplateError(f"{logical_id}: no Stage with a StageName")
     return WebSocketApiSpec(logical_id, api_id, stages[0], tuple(selection.group("path").split(".")), routes)
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+
+class FrameSizeGuard:
+    """Between aiohttp's protocol and its WebSocket parser: reads each frame's header as the bytes pass, since
+    aiohttp hands over whole messages only. API Gateway closes a connection with 1009 when a data frame is over
+    32 KB, whatever the message's size, and browsers send a message as one frame: the limit a browser meets."""
+
+    def __init__(self, parser: Any, queue: Any, limit: int = MAX_FRAME_BYTES) -> None:
+        self._parser = parser
+        self._queue = queue
+        self._limit = limit
+        self._pending = b""  # the start of a header split across reads
+        self._skip = 0  # the current frame's payload bytes still to come
+        self._refused = False
+
+    def _first_oversized(self, data: bytes) -> int | None:
+        """Where in ``data`` the first frame over the limit starts (negative: in an earlier read), or None."""
+        carried = len(self._pending)
+        buffer = self._pending + data if carried else data
+        self._pending = b""
+        pos = 0
+        while pos < len(buffer):
+            if self._skip:
+                step = min(self._skip, len(buffer) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            if len(buffer) - pos < 2:
+                self._pending = buffer[pos:]
+                return None
+            opcode, length, masked = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F, buffer[pos + 1] & 0x80
+            extended = 2 if length == 126 else 8 if length == 127 else 0
+            header = 2 + extended + (4 if masked else 0)
+            if len(buffer) - pos < header:
+                self._pending = buffer[pos:]
+                return None
+            if extended:
+                length = int.from_bytes(buffer[pos + 2 : pos + 2 + extended], "big")
+            if opcode in (0x0, 0x1, 0x2) and length > self._limit:  # continuation, text, binary
+                return pos - carried
+            pos += header
+            self._skip = length
+        return None
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._refused:
+            return True, b""
+        data = bytes(data)
+        oversized = self._first_oversized(data)
+        if oversized is None:
+            result: tuple[bool, bytes] = self._parser.feed_data(data)
+            return result
+        self._refused = True
+        if oversized > 0:
+            self._parser.feed_data(data[:oversized])  # the frames before it are delivered
+        # As aiohttp fails a message over max_msg_size: receive() closes with this code.
+        self._queue.set_exception(WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"frame over {self._limit} bytes"))
+        return True, b""
+
+    def feed_eof(self) -> None:
+        self._parser.feed_eof()
 
 
 # --- connections --------------------------------------------------------------------------------
@@ -475,6 +539,10 @@ class WebSocketGateway:
             heartbeat=None,
         )
         await ws.prepare(request)
+        # The guard goes in after the handshake: a client sends no frame before the 101 (RFC 6455 4.1), so
+        # aiohttp's parser has seen none yet. aiohttp offers no public hook for this.
+        handler = request.protocol
+        handler._payload_parser = FrameSizeGuard(handler._payload_parser, ws._reader)
         connection = Connection(
             connection_id=connection_id,
             ws=ws,

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from devstack.template import load_template
-from devstack.websocket import MAX_MESSAGE_BYTES, WebSocketGateway, api_id_for
+from devstack.websocket import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WebSocketGateway, api_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -401,7 +401,8 @@ def test_a_message_over_128_kb_closes_the_connection_with_1009(ws: RunningSocket
         async with aiohttp.ClientSession() as session:
             socket = await session.ws_connect(ws.url, headers=ALLOW, max_msg_size=0)
             connection_id = await connection_id_of(socket)
-            await socket.send_str("x" * (MAX_MESSAGE_BYTES + 1))
+            # Frames within the frame limit, a message one byte over the message limit.
+            send_raw(socket, fragmented(b"x" * (MAX_MESSAGE_BYTES + 1)))
             msg = await socket.receive(timeout=10)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
             await socket.close()
@@ -412,11 +413,75 @@ def test_a_message_over_128_kb_closes_the_connection_with_1009(ws: RunningSocket
     assert ws.wait_disconnect(connection_id)["disconnectStatusCode"] == 1009
 
 
+def masked_frame(payload: bytes, opcode: int, *, fin: bool) -> bytes:
+    """One client frame, built by hand: aiohttp's client sends every message as a single frame."""
+    import os
+    import struct
+
+    first = (0x80 if fin else 0) | opcode
+    if len(payload) < 126:
+        header = struct.pack("!BB", first, 0x80 | len(payload))
+    elif len(payload) < 1 << 16:
+        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, len(payload))
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def fragmented(message: bytes) -> bytes:
+    """A text message as frames of at most 32 KB each, as API Gateway wants a long message sent."""
+    chunks = [message[i : i + MAX_FRAME_BYTES] for i in range(0, len(message), MAX_FRAME_BYTES)]
+    last = len(chunks) - 1
+    return b"".join(masked_frame(c, 0x1 if i == 0 else 0x0, fin=i == last) for i, c in enumerate(chunks))
+
+
+def send_raw(socket: aiohttp.ClientWebSocketResponse, data: bytes) -> None:
+    socket._writer.transport.write(data)
+
+
+def test_a_frame_over_32_kb_closes_the_connection_with_1009(ws: RunningSockets) -> None:
+    async def scenario() -> tuple[int | None, str]:
+        async with aiohttp.ClientSession() as session:
+            socket = await session.ws_connect(ws.url, headers=ALLOW)
+            connection_id = await connection_id_of(socket)
+            # One frame of 32 KB + 1, in one message well under 128 KB: what a browser sends.
+            await socket.send_str(json.dumps({"type": "echo", "pad": "x" * MAX_FRAME_BYTES}))
+            msg = await socket.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+            await socket.close()
+            return socket.close_code, connection_id
+
+    code, connection_id = run(scenario())
+    assert code == 1009
+    assert ws.wait_disconnect(connection_id)["disconnectStatusCode"] == 1009
+
+
+def test_a_message_split_into_32_kb_frames_is_delivered_whole(ws: RunningSockets) -> None:
+    body = json.dumps({"type": "echo", "pad": "y" * (100 * 1024)}).encode()
+
+    async def scenario() -> Any:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws.url, headers=ALLOW) as socket:
+            # Four frames and then a whole second message in one write, split mid-header in another: the
+            # guard follows frame boundaries across reads.
+            stream = fragmented(body) + masked_frame(json.dumps({"type": "echo", "n": 2}).encode(), 0x1, fin=True)
+            send_raw(socket, stream[:3])
+            await asyncio.sleep(0.05)
+            send_raw(socket, stream[3:])
+            # Messages are dispatched concurrently, as API Gateway invokes per message: answers in any order.
+            answers = [json.loads((await receive_json(socket))["event"]["body"]) for _ in range(2)]
+            return sorted(answers, key=lambda answer: "pad" in answer)
+
+    small, large = run(scenario())
+    assert small == {"type": "echo", "n": 2}
+    assert large == json.loads(body)
+
+
 def test_a_message_at_the_limit_is_delivered(ws: RunningSockets) -> None:
     async def scenario() -> int:
         async with aiohttp.ClientSession() as session, session.ws_connect(ws.url, headers=ALLOW) as socket:
             body = json.dumps({"type": "oneway", "pad": ""})
-            await socket.send_str(body[:-2] + "x" * (MAX_MESSAGE_BYTES - len(body)) + '"}')
+            send_raw(socket, fragmented((body[:-2] + "x" * (MAX_MESSAGE_BYTES - len(body)) + '"}').encode()))
             await socket.send_str(json.dumps({"type": "echo"}))
             return len((await receive_json(socket))["route"])
 
@@ -517,7 +582,7 @@ def test_sequential_posts_to_one_connection_arrive_in_order(ws: RunningSockets) 
             session.ws_connect(ws.url, headers=ALLOW) as socket,
         ):
             connection_id = await connection_id_of(socket)
-            url = f"{ws.gateway.management_url}/@connections/{connection_id}"
+            url = f"{ws.gateway.management_url}/@connections/{quote(connection_id, safe='')}"
             for n in range(50):
                 async with session.post(url, data=str(n).encode()) as response:
                     assert response.status == 200
