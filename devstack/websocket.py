@@ -60,6 +60,22 @@ AUTHORIZER = "AWS::ApiGatewayV2::Authorizer"
 ROUTE_RESPONSE = "AWS::ApiGatewayV2::RouteResponse"
 STAGE = "AWS::ApiGatewayV2::Stage"
 
+# The fields of the local access log (logs/websocket-access.log), one JSON line per connect, message,
+# disconnect and management call: never a body, a header or a token.
+ACCESS_LOG_FIELDS = (
+    "requestId",
+    "connectionId",
+    "sourceIp",
+    "requestTime",
+    "eventType",
+    "routeKey",
+    "status",
+    "integrationLatency",
+    "authorizerError",
+    "integrationError",
+    "error",
+)
+
 _MANAGEMENT_PATH = re.compile(r"^(?:/(?P<stage>[^/]+))?/@connections/(?P<id>[^/]+)$")
 _SELECTION = re.compile(r"^\$\{?request\.body\.(?P<path>[A-Za-z0-9_.$-]+)\}?$")
 _FUNCTION_ARN = re.compile(r":function:(?P<name>[^:/]+)")
@@ -366,6 +382,7 @@ class WebSocketGateway:
         return cls(template=template, api_logical_id=logical_id, state_dir=state_dir, **settings)
 
     def __post_init__(self) -> None:
+        self._access_log: Any = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.spec: WebSocketApiSpec | None = None
@@ -400,6 +417,7 @@ class WebSocketGateway:
         self.spec = websocket_api_spec(self.template, self.api_logical_id)
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        self._access_log = (log_dir / "websocket-access.log").open("a", buffering=1, encoding="utf-8")
         concurrency = self.max_concurrency or max_concurrency_from_env()
         for logical_id in sorted(self.spec.functions):
             config = WorkerConfig.from_spec(
@@ -423,6 +441,15 @@ class WebSocketGateway:
             self._runner = None
         for pool in self.pools.values():
             await asyncio.to_thread(pool.close)
+        if self._access_log is not None:
+            self._access_log.close()
+            self._access_log = None
+
+    def _access(self, record: dict[str, Any]) -> None:
+        if self._access_log is None:
+            return
+        record.setdefault("requestTime", time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()))
+        self._access_log.write(json.dumps({name: record.get(name, "-") for name in ACCESS_LOG_FIELDS}) + "\n")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -442,7 +469,17 @@ class WebSocketGateway:
             stage = management.group("stage")
             if stage is not None and unquote(stage) != self.spec.stage:
                 return _message(403, "Forbidden", "ForbiddenException")
-            return await self._manage(request, unquote(management.group("id")))
+            connection_id = unquote(management.group("id"))
+            response = await self._manage(request, connection_id)
+            self._access(
+                {
+                    "connectionId": connection_id,
+                    "sourceIp": request.remote,
+                    "routeKey": f"{request.method} /@connections",
+                    "status": response.status,
+                }
+            )
+            return response
         if unquote(raw_path).rstrip("/") != f"/{self.spec.stage}":
             # API Gateway's answer to a path outside its stage.
             return _message(403, "Forbidden")
@@ -505,29 +542,39 @@ class WebSocketGateway:
         event, query = self._connect_event(request, connection_id, _request_id(), connected_at)
         context = event["requestContext"]
         headers = event["headers"]
+        log: dict[str, Any] = {
+            "requestId": context["requestId"],
+            "connectionId": connection_id,
+            "sourceIp": context["identity"]["sourceIp"],
+            "requestTime": context["requestTime"],
+            "eventType": "CONNECT",
+            "routeKey": "$connect",
+        }
+
+        def refuse(response: web.Response, **why: Any) -> web.Response:
+            self.stats.refused += 1
+            self._access({**log, **why, "status": response.status})
+            return response
 
         route = self.spec.routes.get("$connect")
         authorizer_context: dict[str, Any] | None = None
         protocol: str | None = None
         if route is not None:
             if route.authorizer is not None:
-                decision = await self._authorize(route.authorizer, event, headers, query)
+                decision = await self._authorize(route.authorizer, event, headers, query, log)
                 if isinstance(decision, web.Response):
-                    self.stats.refused += 1
-                    return decision
+                    return refuse(decision)
                 authorizer_context = decision
                 context["authorizer"] = authorizer_context
             result = await self._invoke(route.function, event)
+            log["integrationLatency"] = round(result.duration_ms, 1)
             if not result.ok:
-                self.stats.refused += 1
-                return _message(500, "Internal server error")
+                return refuse(_message(500, "Internal server error"), integrationError=result.error_type)
             status, answer_headers, body = _proxy_answer(result.payload)
             if status is None:
-                self.stats.refused += 1
-                return _message(502, "Internal server error")
+                return refuse(_message(502, "Internal server error"), integrationError="malformed response")
             if not 200 <= status < 300:
-                self.stats.refused += 1
-                return web.Response(status=status, text=body or "", content_type="application/json")
+                return refuse(web.Response(status=status, text=body or "", content_type="application/json"))
             protocol = next((v for k, v in answer_headers.items() if k.lower() == "sec-websocket-protocol"), None)
 
         ws = web.WebSocketResponse(
@@ -555,6 +602,7 @@ class WebSocketGateway:
         )
         self.connections[connection_id] = connection
         self.stats.connects += 1
+        self._access({**log, "status": 101})
         try:
             await self._serve(connection)
         finally:
@@ -596,7 +644,12 @@ class WebSocketGateway:
                 return
 
     async def _authorize(
-        self, authorizer: WsAuthorizer, event: dict[str, Any], headers: dict[str, str], query: dict[str, str]
+        self,
+        authorizer: WsAuthorizer,
+        event: dict[str, Any],
+        headers: dict[str, str],
+        query: dict[str, str],
+        log: dict[str, Any],
     ) -> dict[str, Any] | web.Response:
         assert self.spec is not None
         lower_headers = {k.lower(): v for k, v in headers.items()}
@@ -628,10 +681,12 @@ class WebSocketGateway:
             # An authorizer that throws "Unauthorized" means 401, as in API Gateway; any other failure, 500.
             if result.error == "handler" and result.error_message == "Unauthorized":
                 return _message(401, "Unauthorized")
+            log["authorizerError"] = result.error_type
             return _message(500, "Internal server error")
         answer = result.payload
         allowed = _policy_allows(answer, method_arn)
         if allowed is None:
+            log["authorizerError"] = "malformed authorizer response"
             return _message(500, "Internal server error")
         if not allowed:
             return _message(403, "Forbidden")
@@ -640,6 +695,7 @@ class WebSocketGateway:
             not isinstance(v, str | int | float | bool) or v is None for v in extra.values()
         ):
             # API Gateway accepts only string, number and boolean context values.
+            log["authorizerError"] = "malformed authorizer context"
             return _message(500, "Internal server error")
         return {
             **extra,
@@ -669,8 +725,17 @@ class WebSocketGateway:
     async def _on_message(self, connection: Connection, data: str | bytes, *, binary: bool) -> None:
         assert self.spec is not None
         request_id = _request_id()
-        route = self.spec.routes.get(self._select(data, binary))
+        selected = self._select(data, binary)
+        route = self.spec.routes.get(selected)
+        log: dict[str, Any] = {
+            "requestId": request_id,
+            "connectionId": connection.connection_id,
+            "sourceIp": connection.source_ip,
+            "eventType": "MESSAGE",
+            "routeKey": selected,
+        }
         if route is None:
+            self._access({**log, "status": 403, "error": "Forbidden"})
             # No route and no $default: API Gateway answers on the socket, not with a close.
             await self._reply(
                 connection, {"message": "Forbidden", "connectionId": connection.connection_id, "requestId": request_id}
@@ -686,12 +751,15 @@ class WebSocketGateway:
         body = base64.b64encode(data).decode("ascii") if isinstance(data, bytes) else data
         event = {"requestContext": context, "body": body, "isBase64Encoded": isinstance(data, bytes)}
         result = await self._invoke(route.function, event)
+        log["integrationLatency"] = round(result.duration_ms, 1)
         if not result.ok:
+            self._access({**log, "status": 500, "integrationError": result.error_type})
             await self._reply(
                 connection,
                 {"message": "Internal server error", "connectionId": connection.connection_id, "requestId": request_id},
             )
             return
+        self._access({**log, "status": 200})
         if route.two_way:
             _, _, answer = _proxy_answer(result.payload)
             if answer is not None:
@@ -735,9 +803,24 @@ class WebSocketGateway:
             "isBase64Encoded": False,
         }
         self.stats.disconnect_invocations += 1
+        log: dict[str, Any] = {
+            "requestId": request_id,
+            "connectionId": connection.connection_id,
+            "sourceIp": connection.source_ip,
+            "eventType": "DISCONNECT",
+            "routeKey": "$disconnect",
+            "error": f"{code} {reason}",
+        }
         # Best effort, as in API Gateway: nobody is there to hear of a failure.
-        with contextlib.suppress(Exception):
-            await self._invoke(route.function, event)
+        try:
+            result = await self._invoke(route.function, event)
+        except Exception as exc:
+            self._access({**log, "status": 500, "integrationError": type(exc).__name__})
+            return
+        log["integrationLatency"] = round(result.duration_ms, 1)
+        if not result.ok:
+            log["integrationError"] = result.error_type
+        self._access({**log, "status": 200 if result.ok else 500})
 
     async def _invoke(self, function: str, event: dict[str, Any]) -> InvokeResult:
         try:

@@ -460,7 +460,7 @@ class LogEcho:
 
     def _poll(self) -> None:
         for path in sorted(self.log_dir.glob("*.log")):
-            if path.name == "access.log":
+            if path.name in ("access.log", "websocket-access.log"):
                 continue
             offset = self._offsets.get(path, 0)
             try:

@@ -747,3 +747,39 @@ def test_a_foreign_host_cannot_reach_the_management_api(ws: RunningSockets) -> N
         timeout=10,
     )
     assert response.status_code == 403
+
+
+def test_the_access_log_records_every_step_without_bodies_or_tokens(ws: RunningSockets) -> None:
+    secret = "allow-carol-and-a-secret-token-text"
+
+    async def scenario() -> str:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await session.ws_connect(ws.url, headers={"Authorization": "Bearer deny"})
+            async with session.ws_connect(ws.url, headers={"Authorization": f"Bearer {secret}"}) as socket:
+                await socket.send_str(json.dumps({"type": "echo", "value": "a-value-never-logged"}))
+                answer = await receive_json(socket)
+                await socket.send_str(json.dumps({"type": "fail"}))
+                await receive_json(socket)
+                return str(answer["event"]["requestContext"]["connectionId"])
+
+    connection_id = run(scenario())
+    ws.wait_disconnect(connection_id)
+    log_path = ws.record_file.parent / "logs" / "websocket-access.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = log_path.read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text.splitlines()]
+        mine = [(r["eventType"], r["routeKey"], r["status"]) for r in records if r["connectionId"] == connection_id]
+        if ("DISCONNECT", "$disconnect", 200) in mine:
+            break
+        time.sleep(0.05)
+    assert mine == [
+        ("CONNECT", "$connect", 101),
+        ("MESSAGE", "echo", 200),
+        ("MESSAGE", "fail", 500),
+        ("DISCONNECT", "$disconnect", 200),
+    ]
+    assert any(r["eventType"] == "CONNECT" and r["status"] == 403 for r in records)
+    assert secret not in text
+    assert "a-value-never-logged" not in text
