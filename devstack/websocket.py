@@ -720,7 +720,8 @@ class WebSocketGateway:
         if isinstance(value, dict | list) or value is None:
             return "$default"
         key = json.dumps(value) if isinstance(value, bool) else str(value)
-        return key if key in self.spec.routes else "$default"
+        # $connect and $disconnect are the connection's own: no message selects them.
+        return key if key in self.spec.routes and not key.startswith("$") else "$default"
 
     async def _on_message(self, connection: Connection, data: str | bytes, *, binary: bool) -> None:
         assert self.spec is not None

@@ -355,6 +355,19 @@ def test_route_selection_named_default_non_json_and_two_way(ws: RunningSockets) 
     ]
 
 
+@pytest.mark.parametrize("key", ["$connect", "$disconnect", "$default"])
+def test_a_message_never_selects_the_connections_own_routes(ws: RunningSockets, key: str) -> None:
+    async def scenario() -> str:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws.url, headers=ALLOW) as socket:
+            await socket.send_str(json.dumps({"type": key}))
+            return str((await receive_json(socket))["route"])
+
+    before = len(ws.records())
+    assert run(scenario()) == "$default"
+    # Only this connection's own $connect (and later its $disconnect) ran: no event of the message's making.
+    assert all(r["requestContext"]["eventType"] in ("CONNECT", "DISCONNECT") for r in ws.records()[before:])
+
+
 def test_an_integration_failure_sends_api_gateways_error_frame(ws: RunningSockets) -> None:
     async def scenario() -> tuple[Any, bool]:
         async with aiohttp.ClientSession() as session, session.ws_connect(ws.url, headers=ALLOW) as socket:
