@@ -5,8 +5,9 @@ other sort or partition keys.
 Item attributes: version (N), value (B) or blob_id / blob_chunks / blob_sha256 (a large value's blob, see
 blobs.py), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339), updated_by (S), expires_at
 (N, epoch seconds), incarnation (S: write id of the write that created this life of the key), write_id (S),
-deleted (BOOL, tombstones only). A tombstone keeps `version`, so a re-created key
-goes on counting, and drops value, created_at, incarnation and expires_at.
+deleted (BOOL, tombstones only), list_shard (S, live items only: the listing index's partition, see
+storage/listing.py). A tombstone keeps `version`, so a re-created key goes on counting, and drops value,
+created_at, incarnation, expires_at and list_shard.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from state_core.deadline import OutOfTime
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
+from state_core.domain.listing import LIST_SHARD_ATTRIBUTE, list_shard
 from state_core.domain.records import BlobRef, StateRecord, rfc3339
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 from state_core.storage.blobs import BlobStore
@@ -85,6 +87,7 @@ _NAMES = {
     "#blob_id": "blob_id",
     "#blob_chunks": "blob_chunks",
     "#blob_sha256": "blob_sha256",
+    "#list_shard": LIST_SHARD_ATTRIBUTE,
 }
 
 # Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
@@ -200,6 +203,8 @@ class StateStore:
             "#write_id = :write_id",
             "#created_at = :now" if fresh else "#created_at = if_not_exists(#created_at, :now)",
             "#incarnation = :write_id" if fresh else "#incarnation = if_not_exists(#incarnation, :write_id)",
+            # Live items only carry it: the listing index holds exactly the live keys (storage/listing.py).
+            "#list_shard = :list_shard",
         ]
         removes = ["#deleted", "#expired"]
         values: dict[str, Any] = {
@@ -210,6 +215,7 @@ class StateStore:
             ":now": {"S": rfc3339(now)},
             ":actor": {"S": actor},
             ":write_id": {"S": write_id},
+            ":list_shard": {"S": list_shard(key)},
         }
         if blob is None:
             sets.append("#value = :value")
@@ -274,7 +280,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
                 " #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard"
             ),
             condition=condition,
             values=values,
@@ -306,7 +312,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
                 " #updated_by = :actor, #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard"
             ),
             condition=_EXPIRABLE,
             values=values,
