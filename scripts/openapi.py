@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "layers" / "state_core"))
 TARGET = ROOT / "docs" / "openapi.json"
-FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state")
+FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state")
 
 
 def _router(function: str) -> Any:
@@ -33,6 +33,7 @@ def document() -> dict[str, Any]:
 
     from state_core.api.edge import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE, documenting
     from state_core.api.history import DEFAULT_PAGE, MAX_PAGE, MAX_REQUESTED_VERSION
+    from state_core.api.listing import DEFAULT_LIST_PAGE, MAX_LIST_PAGE
     from state_core.api.models import PutStateRequest
     from state_core.domain.keys import KEY_PATTERN
 
@@ -110,6 +111,42 @@ def document() -> dict[str, Any]:
                 "The previous page's next_cursor (opaque, bound to the key); any other value is refused (400)."
             ),
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        },
+    ]
+    listing = schema["paths"]["/state"]["get"]
+    listing["parameters"] = [
+        {
+            "name": "prefix",
+            "in": "query",
+            "required": False,
+            "description": (
+                "List the keys that start with this (empty or absent: every key, for a caller granted every key)."
+                " A caller granted no key under it is refused (403)."
+            ),
+            "schema": {"type": "string", "pattern": f"^({KEY_PATTERN})?$"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_PAGE, "default": DEFAULT_LIST_PAGE},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": (
+                "The previous page's next_cursor (opaque, signed for the caller and the prefix); any other value,"
+                " or one issued to another caller or for another prefix, is refused (400)."
+            ),
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,400}$"},
+        },
+        {
+            "name": "include",
+            "in": "query",
+            "required": False,
+            "description": "value: list each key's value too (the page then stops early rather than exceed 2 MB).",
+            "schema": {"type": "string", "enum": ["value"]},
         },
     ]
     for operations in schema["paths"].values():

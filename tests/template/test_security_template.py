@@ -140,7 +140,10 @@ def test_only_the_redis_functions_roles_may_read_exactly_the_two_secrets(with_re
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 if any(action.startswith("secretsmanager:") for action in actions):
                     reads[logical_id] = (actions, statement["Resource"], properties.get("Roles"))
-    assert set(reads) == {"RedisSecretsPolicy"}
+    # Besides Redis's two: the listing's role reads its cursor key, and nothing else.
+    assert set(reads) == {"RedisSecretsPolicy", "ListStateRole"}
+    assert reads["ListStateRole"][0] == ["secretsmanager:GetSecretValue"]
+    assert reads["ListStateRole"][1] == with_redis.resolve({"Ref": "ListCursorKey"})
     actions, resources, roles = reads["RedisSecretsPolicy"]
     assert actions == ["secretsmanager:GetSecretValue"]
     assert resources == [SIGNING_SECRET_ARN, AUTH_SECRET_ARN]
@@ -276,7 +279,8 @@ def test_network_interface_and_tracing_permissions_only_when_used():
 
     template = _loaded(DEPLOYMENTS["redis-and-tracing"])
     in_vpc = {lid for lid in template.function_ids() if "VpcConfig" in template.properties(lid)}
-    assert in_vpc == {lid for lid in template.function_ids() if lid != "AuthorizerFunction"}
+    # The authorizer and the listing never use Redis, so they stay outside its VPC.
+    assert in_vpc == {lid for lid in template.function_ids() if lid not in ("AuthorizerFunction", "ListStateFunction")}
     for function_id, (role, _) in _function_roles(template).items():
         statements = list(_statements(template, role))
         actions = {a for s in statements for a in _as_list(s["Action"])}

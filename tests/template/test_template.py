@@ -29,6 +29,8 @@ ROUTES = {
     ("DELETE", "/state/{key}"): "DeleteStateFunction",
     # A read of the same key with the same permission, served by the GET function.
     ("GET", "/state/{key}/history"): "GetStateFunction",
+    # Listing by prefix reads many keys: a function and role of its own.
+    ("GET", "/state"): "ListStateFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
@@ -48,6 +50,7 @@ STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
 PUBLISHER_FUNCTION = "PublishChangesFunction"
 REPAIR_FUNCTION = "RepairCacheFunction"
+LIST_FUNCTION = "ListStateFunction"
 # The event source mapping's stream reads, on the table's streams only (never the table).
 STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 TABLE = "StateTable"
@@ -154,7 +157,13 @@ def lambda_authorizer() -> dict[str, Any]:
 
 
 def test_the_template_defines_the_four_state_functions_the_authorizer_and_the_publisher():
-    assert set(FUNCTIONS) == {*STATE_FUNCTIONS, AUTHORIZER_FUNCTION, PUBLISHER_FUNCTION, REPAIR_FUNCTION}
+    assert set(FUNCTIONS) == {
+        *STATE_FUNCTIONS,
+        LIST_FUNCTION,
+        AUTHORIZER_FUNCTION,
+        PUBLISHER_FUNCTION,
+        REPAIR_FUNCTION,
+    }
 
 
 @pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
@@ -229,8 +238,43 @@ def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id)
             assert as_list(statement["Resource"]) == ["*"]
         elif actions <= STREAM_ACTIONS:
             assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/stream/*"}]
+        elif actions == {"dynamodb:Query"} and function_id == LIST_FUNCTION:
+            assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}]
         elif any(action.startswith("dynamodb:") for action in actions):
             assert as_list(statement["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
+
+
+def test_the_list_function_may_query_only_the_listing_index_and_read_state_items():
+    statements = function_statements(LIST_FUNCTION)
+    dynamodb = {
+        action: as_list(s["Resource"])
+        for s in statements
+        for action in as_list(s["Action"])
+        if action.startswith("dynamodb:")
+    }
+    secrets = [s for s in statements if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
+
+    # Never Scan, never a write; Query on the index alone (not the table's key space).
+    assert dynamodb == {
+        "dynamodb:Query": [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}],
+        "dynamodb:BatchGetItem": [{"Fn::GetAtt": [TABLE, "Arn"]}],
+    }
+    assert [as_list(s["Resource"]) for s in secrets] == [[{"Ref": "ListCursorKey"}]]
+    assert props(LIST_FUNCTION)["Environment"]["Variables"] == {
+        "STATE_LIST_CURSOR_SECRET_ARN": {"Ref": "ListCursorKey"}
+    }
+    # It never uses Redis, so it never joins Redis's VPC.
+    assert "VpcConfig" not in props(LIST_FUNCTION)
+
+
+def test_the_listing_index_is_sparse_and_projects_only_what_a_listing_shows():
+    (index,) = props(TABLE)["GlobalSecondaryIndexes"]
+    key_schema = {(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]}
+
+    assert index["IndexName"] == "ListIndex"
+    assert key_schema == {("list_shard", "HASH"), ("pk", "RANGE")}
+    assert index["Projection"]["ProjectionType"] == "INCLUDE"
+    assert "value" not in index["Projection"]["NonKeyAttributes"]
 
 
 def test_the_authorizer_has_no_access_to_the_table():
@@ -347,7 +391,7 @@ def reserved_concurrency(function_id: str, **parameters: str) -> Any:
 
 
 RESERVATION_PARAMETERS = {
-    **dict.fromkeys(STATE_FUNCTIONS, "StateFunctionReservedConcurrency"),
+    **dict.fromkeys([*STATE_FUNCTIONS, LIST_FUNCTION], "StateFunctionReservedConcurrency"),
     AUTHORIZER_FUNCTION: "AuthorizerReservedConcurrency",
     PUBLISHER_FUNCTION: "PublisherReservedConcurrency",
     REPAIR_FUNCTION: "PublisherReservedConcurrency",

@@ -185,6 +185,8 @@ class ServiceSettings(_Settings):
     policy_file: str = text("STATE_POLICY_FILE", "")
     # Every version is kept this long (the current version always, from the state item).
     history_retention_days: int = integer("STATE_HISTORY_RETENTION_DAYS", 90, low=1, high=3650)
+    # The key that signs listing cursors (Secrets Manager ARN, read at the first listing); only list_state has it.
+    list_cursor_secret_arn: str = text("STATE_LIST_CURSOR_SECRET_ARN", "")
 
     def check(self) -> None:
         """Redis is trusted only over a safe link, and only with signed entries."""

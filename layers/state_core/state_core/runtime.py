@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from state_core.cache.link import RedisLink
     from state_core.cache.state_cache import RedisStateCache
     from state_core.service.history import HistoryReader
+    from state_core.service.listing import KeyLister
     from state_core.storage.blobs import BlobStore
     from state_core.storage.history import HistoryStore
     from state_core.stream.publisher import ChangePublisher
@@ -240,6 +241,40 @@ def history_reader() -> HistoryReader:
     from state_core.service.history import HistoryReader
 
     return HistoryReader(state_store(), history_store(), clock=utc_now)
+
+
+@functools.cache
+def key_lister() -> KeyLister:
+    """`GET /state?prefix=`: the listing index, and cursors signed with the key named by
+    STATE_LIST_CURSOR_SECRET_ARN, read once per container at the first listing. Without the key nothing
+    is listed (a cursor could not be checked): the error names the secret, never its value."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from state_core.cache.credentials import CredentialsError, read_secret
+    from state_core.domain.errors import ServiceUnavailable
+    from state_core.domain.listing import LIST_SHARDS
+    from state_core.security.list_cursor import ListCursors
+    from state_core.service.listing import KeyLister
+    from state_core.storage.listing import ListIndexStore
+
+    settings = service_settings()
+    if not settings.list_cursor_secret_arn:
+        raise RuntimeError("STATE_LIST_CURSOR_SECRET_ARN is not set: listing cursors cannot be signed")
+    try:
+        signing_key = read_secret(secrets_client(), settings.list_cursor_secret_arn).encode("utf-8")
+    except CredentialsError as exc:
+        # Not cached (functools.cache keeps no exception): the next listing tries again.
+        logger.error("listing cursor key unavailable", extra={"reason": str(exc)})
+        raise ServiceUnavailable("listing is unavailable for a moment; retry shortly") from exc
+    return KeyLister(
+        ListIndexStore(dynamodb_client(), settings.table_name),
+        ListCursors(signing_key),
+        clock=utc_now,
+        log=logger,
+        metrics=metrics,
+        # One query per shard at once; botocore's clients are safe to share between threads.
+        executor=ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list-shard"),
+    )
 
 
 @functools.cache

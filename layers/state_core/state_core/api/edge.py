@@ -141,6 +141,21 @@ def authorized_principal(
     """The caller, if it holds `permission` on `key` by scope or by role; Forbidden/Unauthenticated
     otherwise. The decision goes into the request's audit record. `role_policy` (runtime.role_policy in
     the handlers) loads the policy on the first call: a policy that does not load refuses the request."""
+    principal, policy = authenticated_principal(event, role_policy)
+    try:
+        authorize(principal, permission, key, policy)
+    except Forbidden:
+        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        raise
+    audit.note_decision("allow")
+    return principal
+
+
+def authenticated_principal(
+    event: APIGatewayProxyEventV2, role_policy: Callable[[], RolePolicy]
+) -> tuple[Principal, RolePolicy]:
+    """The caller and the role policy, the decision noted as a denial until the caller allows it. A policy
+    that does not load refuses the request (fail closed, not even scopes are honoured)."""
     audit.note_decision("deny")
     context = event.request_context.authorizer.get_lambda if event.request_context.authorizer else None
     principal = Principal.from_authorizer_context(context)
@@ -152,13 +167,7 @@ def authorized_principal(
         logger.error("role policy unavailable; refusing every request", extra={"reason": str(exc)})
         metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
         raise Forbidden("the service's role policy is unavailable") from exc
-    try:
-        authorize(principal, permission, key, policy)
-    except Forbidden:
-        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
-        raise
-    audit.note_decision("allow")
-    return principal
+    return principal, policy
 
 
 def body_bytes(event: APIGatewayProxyEventV2) -> bytes:

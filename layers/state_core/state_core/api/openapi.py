@@ -84,6 +84,36 @@ class HistoryPageModel(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
+class ListedKeyModel(BaseModel):
+    """One key in `GET /state?prefix=`."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    version: int
+    updated_at: str = Field(description="RFC 3339 UTC time of the key's last change.")
+    size: int = Field(description="Bytes of the value's canonical JSON.")
+    expires_at: str | None = Field(description="RFC 3339 UTC expiry, or null when the key has no TTL.")
+    value: Any = Field(default=None, description="With include=value: the stored JSON value (absent otherwise).")
+    value_omitted: bool | None = Field(
+        default=None,
+        description="With include=value: true when the value is not in the page (a large value, stored as a"
+        " blob, or one that fails its checks): read it with GET /state/{key}.",
+    )
+
+
+class ListPageModel(BaseModel):
+    """A page of the keys under a prefix that the caller may read, in key order."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    prefix: str
+    keys: list[ListedKeyModel]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (same caller, same prefix) for the next page; null on the last page."
+    )
+
+
 _ERROR_DESCRIPTIONS = {
     400: "Invalid key, JSON, body, header or query parameter",
     401: "No bearer token (API Gateway)",
@@ -144,6 +174,10 @@ GONE_RESPONSE: OpenAPIResponse = {
 HISTORY_RESPONSE: OpenAPIResponse = {
     "description": "A page of the key's versions, newest first",
     "content": {JSON_CONTENT_TYPE: {"model": HistoryPageModel}},
+}
+LIST_RESPONSE: OpenAPIResponse = {
+    "description": "A page of the keys under the prefix that the caller may read, in key order",
+    "content": {JSON_CONTENT_TYPE: {"model": ListPageModel}},
 }
 METADATA_RESPONSE: OpenAPIResponse = {
     "description": "The state's metadata",

@@ -53,6 +53,11 @@ def read_credentials(
     return RedisCredentials(username=username, password=password, signing_key=signing_key)
 
 
+def read_secret(client: SecretsManagerClient, arn: str) -> str:
+    """One secret's string, for the other keys the functions fetch at first use (the listing cursors')."""
+    return _secret_string(client, arn)
+
+
 def _secret_string(client: SecretsManagerClient, arn: str) -> str:
     try:
         response = client.get_secret_value(SecretId=arn)

@@ -16,6 +16,7 @@ from state_core.domain.writes import Precondition, WriteResult
 if TYPE_CHECKING:
     # Only the history reader's ports name it: the handlers that import these ports need not load it.
     from state_core.domain.history import HistoryEntry
+    from state_core.domain.listing import KeyRange, ListedKey
 
 
 class MetricsSink(Protocol):
@@ -87,3 +88,18 @@ class KeyLock(Protocol):
     def release(self, lease: Any) -> None: ...
     def acquire_and_read(self, key: str, cache: Any) -> tuple[Any | None, CacheEntry | None]: ...
     def write_and_release(self, lease: Any, cache: Any, entry: CacheEntry) -> None: ...
+
+
+class ListIndex(Protocol):
+    """The listing index (storage.listing.ListIndexStore): one shard's keys within a range, in key order, and
+    whether more follow; and the state items of listed keys, with inline values."""
+
+    def query(self, shard: str, key_range: KeyRange, *, limit: int) -> tuple[list[ListedKey], bool]: ...
+    def values(self, keys: list[str]) -> dict[str, StateRecord]: ...
+
+
+class ListCursorSigner(Protocol):
+    """The listing's cursors (security.list_cursor.ListCursors): bound to the caller and the prefix."""
+
+    def issue(self, subject: str, prefix: str, last_key: str) -> str: ...
+    def last_key(self, cursor: str, *, subject: str, prefix: str) -> str: ...

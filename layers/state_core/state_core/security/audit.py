@@ -7,8 +7,8 @@ and are written whatever the functions' log level. `observability.lambda_entry` 
 the handler answered: it sees the event (who, which key) and the response (status, ETag = version); the
 handler's authorization step notes its decision here, and a handler that serves more than one kind of
 request under one operation (`get`: the current state, an old version, the history) notes which one.
-A record never holds a value or a token: only the subject, the action, the key, the decision, the status
-and the version.
+A record never holds a value or a token: only the subject, the action, the key (a listing: its prefix), the
+decision, the status and the version.
 
 Requests that API Gateway answers itself (no token, rejected or cached-rejected token, unmatched route)
 never reach a handler; the HTTP API's access log (template.yaml, `StateApi` AccessLogSettings) covers them.
@@ -35,8 +35,9 @@ PERMISSIONS = {
     "put": "state:write",
     "patch": "state:write",
     "delete": "state:write",
+    "list": "state:read",
 }
-Action = Literal["get", "get_version", "list_history", "put", "patch", "delete"]
+Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list"]
 
 Decision = Literal["allow", "deny"]
 
@@ -45,17 +46,24 @@ audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
 
 _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
 _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
+_prefix: ContextVar[str | None] = ContextVar("audit_prefix", default=None)
 
 
 def begin() -> None:
     """Start a request: no decision yet, and the action is the operation's until a handler says otherwise."""
     _decision.set(None)
     _action.set(None)
+    _prefix.set(None)
 
 
 def note_action(action: Action) -> None:
     """What this request does, when its operation covers more than one action (`get_version` under `get`)."""
     _action.set(action)
+
+
+def note_prefix(prefix: str) -> None:
+    """The validated prefix a listing read (an invalid one is never noted: it could be anything)."""
+    _prefix.set(prefix)
 
 
 def note_decision(decision: Decision) -> None:
@@ -99,6 +107,8 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "permission": PERMISSIONS.get(action),
         # Only a valid key is written: an invalid one (400 before any I/O) could be anything.
         "key": _valid_key(raw_key),
+        # A listing's (validated) prefix; None for every other action.
+        "prefix": _prefix.get(),
         "decision": decision,
         "status": status,
         "version": _version(response),

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from state_core.domain.errors import Forbidden, Unauthenticated
-from state_core.domain.keys import is_key_segment
+from state_core.domain.errors import Forbidden, InvalidKey, Unauthenticated
+from state_core.domain.keys import is_key_segment, validate_key
+from state_core.domain.listing import KeyRange
 
 if TYPE_CHECKING:
     from state_core.security.policy import RolePolicy
@@ -74,6 +75,44 @@ class Principal:
 
     def allows(self, permission: str, key: str, policy: RolePolicy | None = None) -> bool:
         return any(_matches(pattern, key, self.subject) for pattern in self.patterns_for(permission, policy))
+
+    def ranges_under(self, permission: str, prefix: str, policy: RolePolicy | None = None) -> list[KeyRange]:
+        """The key ranges under `prefix` this principal holds `permission` on, disjoint and in key order; empty
+        when its grants cover no key under `prefix`. A grant narrower than the prefix narrows the range
+        (`user:alice:*` under `user:` is the range of `user:alice:`), an exact-key grant is that one key, a
+        grant wider than the prefix covers all of it. The empty prefix is covered only by a grant on every
+        key: listing everything is for full-access callers alone."""
+        covered: set[tuple[str, bool]] = set()
+        for pattern in self.patterns_for(permission, policy):
+            if _SUB in pattern:
+                if not is_key_segment(self.subject):
+                    continue
+                pattern = pattern.replace(_SUB, self.subject)
+            if pattern.endswith("*"):
+                granted = pattern[:-1]
+                if granted.startswith(prefix):
+                    covered.add((granted, False))
+                elif prefix.startswith(granted):
+                    covered.add((prefix, False))
+            elif pattern.startswith(prefix) and _is_key(pattern):
+                covered.add((pattern, True))
+        if prefix == "" and ("", False) not in covered:
+            return []
+        wider = [start for start, exact in covered if not exact]
+        kept = [
+            (start, exact)
+            for start, exact in covered
+            if not any(start.startswith(other) and (exact or other != start) for other in wider)
+        ]
+        return sorted(KeyRange.key(start) if exact else KeyRange.prefix(start) for start, exact in kept)
+
+
+def _is_key(text: str) -> bool:
+    try:
+        validate_key(text)
+    except InvalidKey:
+        return False
+    return True
 
 
 def _matches(pattern: str, key: str, subject: str) -> bool:
