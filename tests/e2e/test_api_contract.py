@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.resources import local_table_name
+
 pytestmark = [pytest.mark.e2e, pytest.mark.verify]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +36,7 @@ OPERATIONS = {
     "PATCH /state/{key}",
     "DELETE /state/{key}",
     "GET /state/{key}/history",
+    "GET /state",
 }
 
 
@@ -42,6 +45,10 @@ def test_schemathesis_with_all_checks_finds_no_failure(devstack, tmp_path: Path)
     env = {
         **os.environ,
         "STATE_FUZZ_TOKEN": devstack.token(sub="fuzz", scope="state:read state:write"),
+        # The hooks sign listing cursors for the fuzzer's cases with the stack's own key (contract_hooks.py).
+        "STATE_FUZZ_LIST_CURSOR_KEY": devstack.client("secretsmanager").get_secret_value(
+            SecretId=local_table_name("ListCursorKey")
+        )["SecretString"],
         "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO_ROOT / "layers" / "state_core")]),
     }
     command = [
@@ -56,6 +63,11 @@ def test_schemathesis_with_all_checks_finds_no_failure(devstack, tmp_path: Path)
         devstack.base_url,
         "--checks",
         "all",
+        # API Gateway answers a method no route declares with its own 404, never 405: checked exactly below
+        # (test_undeclared_methods_get_api_gateways_404). Schemathesis excuses that 404 only on paths with a
+        # generated parameter, and a check named on its command line cannot be turned off per path.
+        "--exclude-checks",
+        "unsupported_method",
         "--seed",
         str(SEED),
         "--max-examples",
@@ -91,3 +103,17 @@ def test_schemathesis_with_all_checks_finds_no_failure(devstack, tmp_path: Path)
     assert report["test_cases"]["generated"] >= MIN_CASES, report["test_cases"]
     assert sum(sent.values()) >= MIN_CASES, sent
     assert min(sent.values()) >= MIN_CASES_PER_OPERATION, sent
+
+
+def test_undeclared_methods_get_api_gateways_404(devstack) -> None:
+    """What schemathesis's unsupported-method check would ask (405) is not what API Gateway answers: an HTTP
+    API route is a method and a path, so any other method on a documented path is its 404, before a function."""
+    import requests
+
+    document = json.loads((REPO_ROOT / "docs" / "openapi.json").read_text())
+    headers = {"Authorization": f"Bearer {devstack.token(sub='fuzz', scope='state:read state:write')}"}
+    for path, operations in document["paths"].items():
+        url = devstack.base_url + path.replace("{key}", "user:fuzz:k")
+        for method in sorted({"GET", "PUT", "PATCH", "DELETE", "POST", "TRACE"} - {m.upper() for m in operations}):
+            response = requests.request(method, url, headers=headers, timeout=30)
+            assert (response.status_code, response.json()) == (404, {"message": "Not Found"}), (method, path)
