@@ -427,6 +427,15 @@ def test_each_sample_event_is_a_template_route_with_an_authorizer_context(sample
     assert all(isinstance(value, str) for value in context.values())
 
 
+def test_the_listing_sample_is_its_route_with_an_authorizer_context():
+    event = json.loads((REPO_ROOT / "events" / "list_state.json").read_text(encoding="utf-8"))
+
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "GET /state"
+    assert ROUTES[("GET", "/state")] == LIST_FUNCTION
+    assert "pathParameters" not in event
+    assert event["requestContext"]["authorizer"]["lambda"]["sub"]
+
+
 def test_the_authorizer_sample_is_a_request_payload_2_0():
     event = json.loads((REPO_ROOT / "events" / "authorizer.json").read_text(encoding="utf-8"))
 
