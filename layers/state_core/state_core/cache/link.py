@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
@@ -66,6 +67,7 @@ class RedisLink:
         self._on_error = on_error
         self._on_open_error = on_open_error
         self._blocking: redis.Redis | None = None
+        self._subscribers: redis.Redis | None = None
 
     @property
     def signing_key(self) -> bytes:
@@ -130,6 +132,39 @@ class RedisLink:
         connection.update_current_socket_timeout(timeout_seconds)
         pipe.connection = connection  # released back to the pool by the pipeline's reset
         return pipe
+
+    def subscribe(self, channel: str, *, timeout_seconds: float) -> PubSub:
+        """A subscription to `channel` on a connection of its own (a pool kept for subscriptions: a
+        subscribed connection can do nothing else, and it is held for a whole wait), once Redis has
+        confirmed it: a message published after this returns reaches it. Through the breaker; the caller
+        closes it."""
+
+        def open_subscription(client: redis.Redis) -> PubSub:
+            if self._subscribers is None:
+                pool = client.connection_pool
+                own = redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+                self._subscribers = redis.Redis(connection_pool=own)
+            subscription: PubSub = self._subscribers.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                subscription.subscribe(channel)
+                confirmed = subscription.get_message(timeout=timeout_seconds)
+                if confirmed is None or confirmed.get("type") != "subscribe":
+                    raise redis.TimeoutError("the subscription was not confirmed in time")
+            except BaseException:
+                subscription.close()
+                raise
+            return subscription
+
+        return self.run(open_subscription)
+
+    def listen(self, subscription: PubSub, timeout_seconds: float) -> dict[str, Any] | None:
+        """The subscription's next message within `timeout_seconds` (None: none came); a broken
+        connection is Redis trouble like any other (RedisUnavailable, the breaker opens)."""
+        message: dict[str, Any] | None = self.run(
+            lambda _: subscription.get_message(ignore_subscribe_messages=True, timeout=timeout_seconds),
+            bypass_breaker=True,
+        )
+        return message
 
     def run(self, operation: Callable[[redis.Redis], Result], *, bypass_breaker: bool = False) -> Result:
         """Run `operation` with the client unless the breaker is open; any Redis trouble opens it.

@@ -61,7 +61,7 @@ end
 """
 
 # KEYS[1] the entry, KEYS[2] its fill lease. ARGV: version, metadata, value bytes, lifetime (ms), MAC, mode,
-# lease token, the fence's metadata and MAC.
+# lease token, the fence's metadata and MAC, the key's change channel.
 #
 # Mode 'fill' (a read's fill after its miss): only while the lease that miss took is still there, i.e. no
 # other cache write, restart, eviction or flush happened since; a slow fill that read an older version is
@@ -73,6 +73,8 @@ end
 # only over an entry that holds one; over nothing or a fence, a write-through stores the version as a fence:
 # a write that stalled between DynamoDB and Redis may land after newer versions' entries were wiped, and
 # with its value it would be served as current. Fills are the exception, the lease proves they are current.
+# Whatever was stored is announced on the key's change channel (its version, nothing else), in the same step,
+# so a long-poll waiting on that channel hears of a version as soon as the cache holds it.
 # Something that is not one of our hashes (another type, a version that is not a number) is replaced rather
 # than raising: a script error would open the breaker and cost the container its cache for a window.
 _WRITE_IF_NEWER = (
@@ -107,6 +109,7 @@ else
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', metadata, 'd', data, 's', mac)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[10], ARGV[1])
 return 1
 """
 )
@@ -174,6 +177,12 @@ def entry_key(key: str) -> str:
 
 def lease_key(key: str) -> str:
     return f"ls:{{{key}}}"
+
+
+def change_channel(key: str) -> str:
+    """The pub/sub channel a key's new versions are announced on. A channel is no key, but the hash tag
+    puts it in the key's slot, ready for sharded pub/sub (SPUBLISH, Redis 7) if Redis is ever a cluster."""
+    return f"ch:{{{key}}}"
 
 
 def entry_fields(entry: CacheEntry) -> tuple[str, bytes]:
@@ -412,7 +421,18 @@ class RedisStateCache:
         fence_metadata = entry_fields(entry.fence())[0].encode("utf-8")
         fence_mac = entry_mac(signing_key, key, version, fence_metadata, b"")
         lifetime = self._policy.lifetime_ms(entry.record, self._clock())
-        arguments = [version, encoded_metadata, data, lifetime, mac, mode, token, fence_metadata, fence_mac]
+        arguments = [
+            version,
+            encoded_metadata,
+            data,
+            lifetime,
+            mac,
+            mode,
+            token,
+            fence_metadata,
+            fence_mac,
+            change_channel(key),
+        ]
         return [entry_key(key), lease_key(key)], arguments
 
     def _store(
