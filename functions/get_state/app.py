@@ -1,6 +1,6 @@
-"""GET /state/{key}: read a key's current state, or one of its versions (`?version=N`);
-GET /state/{key}/history: list its versions. Both are reads with `state:read` on the key, so one function
-and one read-only role serve them."""
+"""GET /state/{key}: read a key's current state, or one of its versions (`?version=N`), or long-poll it
+(`If-None-Match` with `Prefer: wait=N`); GET /state/{key}/history: list its versions. Both are reads with
+`state:read` on the key, so one function and one read-only role serve them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
 from state_core.api.history import page_body, page_limit, requested_version
+from state_core.domain.errors import NotFound
 from state_core.observability import lambda_entry
-from state_core.runtime import history_reader, role_policy, state_manager
+from state_core.runtime import change_waiter, history_reader, role_policy, state_manager
 from state_core.security import audit
 from state_core.security.principal import READ
 
@@ -46,8 +47,25 @@ def get_state(key: str) -> Response[str]:
     if version is not None:
         record, value = history_reader().version(key, version)
         return edge.state_response(200, record, value)
-    view = state_manager().get(key, consistent=consistent)
-    return edge.read_response(event, view)
+    wait = edge.requested_wait(event)
+    if wait is None or "if-none-match" not in event.headers:
+        return edge.read_response(event, state_manager().get(key, consistent=consistent))
+    # A long-poll: answered as soon as the key's version is not one the client holds, else 304 at the end.
+    waiter = change_waiter()
+    seconds = waiter.applicable_wait(wait)
+    applied = {"Preference-Applied": f"wait={seconds}"}
+    try:
+        view = waiter.wait(
+            key,
+            unchanged=lambda version: edge.not_modified(event, version),
+            wait_seconds=seconds,
+            consistent=consistent,
+        )
+    except NotFound as missing:
+        return edge.problem(missing, applied)
+    response = edge.read_response(event, view)
+    response.headers.update(applied)
+    return response
 
 
 @router.get(

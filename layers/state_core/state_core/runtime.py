@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from state_core.cache.state_cache import RedisStateCache
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
+    from state_core.service.waiting import ChangeWaiter
     from state_core.storage.blobs import BlobStore
     from state_core.storage.history import HistoryStore
     from state_core.stream.publisher import ChangePublisher
@@ -275,6 +276,25 @@ def key_lister() -> KeyLister:
         # One query per shard at once; botocore's clients are safe to share between threads.
         executor=ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list-shard"),
     )
+
+
+@functools.cache
+def change_waiter() -> ChangeWaiter:
+    """The long-poll of `GET /state/{key}`: notified through Redis's change channels when Redis is
+    configured, polling DynamoDB otherwise (and whenever the subscription is unavailable)."""
+    from state_core.service.waiting import ChangeWaiter, WaitPolicy
+
+    link = redis_link()
+    feed = None
+    if link is not None:
+        import time
+
+        from state_core.cache.watch import RedisChangeFeed
+
+        feed = RedisChangeFeed(link, metrics, monotonic=time.monotonic)
+    # The wait ends early enough for one more DynamoDB read (its attempts' budget) and the answer.
+    policy = WaitPolicy(answer_margin_seconds=DYNAMODB_ATTEMPT_BUDGET_SECONDS + 0.2)
+    return ChangeWaiter(state_manager(), feed, clock=utc_now, metrics=metrics, policy=policy)
 
 
 @functools.cache

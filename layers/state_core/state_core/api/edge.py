@@ -81,15 +81,15 @@ def documented(
     return declare(openapi)
 
 
-def problem(error: StateError) -> Response[str]:
-    """The one place a domain error becomes an RFC 9457 problem document."""
+def problem(error: StateError, headers: dict[str, str] | None = None) -> Response[str]:
+    """The one place a domain error becomes an RFC 9457 problem document (with `headers` added)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + error.slug,
         "title": error.title,
         "status": error.status,
         "detail": error.detail,
     }
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if isinstance(error, PreconditionFailed):
         body["current_version"] = error.current_version
         if error.current_version is not None:
@@ -254,6 +254,44 @@ def not_modified(event: APIGatewayProxyEventV2, version: int) -> bool:
         if match is not None and int(match.group(2)) == version:
             return True
     return False
+
+
+# RFC 7240's grammar for one preference: token [BWS "=" BWS word] *(OWS ";" [OWS parameter]), where a word
+# is a token or a quoted string; parameters are read past (none is defined for `wait`).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 - RFC 9110's token, not a secret
+_WORD = rf'(?:{_TOKEN}|"(?:[^"\\\x00-\x1f\x7f]|\\[\t\x20-\x7e])*")'
+_PREFERENCE = re.compile(
+    rf"[ \t]*({_TOKEN})(?:[ \t]*=[ \t]*({_WORD}))?(?:[ \t]*;[ \t]*(?:{_TOKEN}(?:[ \t]*=[ \t]*{_WORD})?)?)*[ \t]*\Z"
+)
+_NAME = re.compile(rf"[ \t]*({_TOKEN})")
+# Commas outside quoted strings separate preferences (API Gateway also joins repeated headers with them).
+_ELEMENTS = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
+# Longer than any wait anyone means: clamped without converting an unbounded digit string.
+_MAX_WAIT_DIGITS = 9
+
+
+def requested_wait(event: APIGatewayProxyEventV2) -> int | None:
+    """The seconds of RFC 7240's `Prefer: wait=<delta-seconds>`, or None when the request names no wait or a
+    malformed one. As RFC 7240 asks, a preference is never an error: the first `wait` counts (later ones are
+    ignored), and one that is not delta-seconds (negative, fractional, empty, other scripts' digits) is
+    ignored like any preference the service does not understand, so the request is answered at once."""
+    header = event.headers.get("prefer")
+    if not header:
+        return None
+    for element in _ELEMENTS.findall(header):
+        name = _NAME.match(element)
+        if name is None or name.group(1).lower() != "wait":
+            continue
+        match = _PREFERENCE.match(element)
+        word = match.group(2) if match is not None else None
+        if word is None:
+            return None
+        digits = word[1:-1] if word.startswith('"') else word
+        if re.fullmatch(r"[0-9]+", digits) is None:
+            return None
+        stripped = digits.lstrip("0") or "0"
+        return int(stripped) if len(stripped) <= _MAX_WAIT_DIGITS else 10**_MAX_WAIT_DIGITS
+    return None
 
 
 def query_parameter(event: APIGatewayProxyEventV2, name: str) -> str | None:

@@ -1,6 +1,6 @@
 """The collaborators the core is handed rather than builds, as protocols: the state store, the read cache,
-the per-key lock and the history (the StateManager's), what the history reader reads, and the metrics and
-log sinks every part uses.
+the per-key lock and the history (the StateManager's), what the history reader reads, a key's change feed
+(the long-poll's), and the metrics and log sinks every part uses.
 runtime.py wires the real ones (DynamoDB, Redis, Powertools); tests hand in their own."""
 
 from __future__ import annotations
@@ -103,3 +103,17 @@ class ListCursorSigner(Protocol):
 
     def issue(self, subject: str, prefix: str, last_key: str) -> str: ...
     def last_key(self, cursor: str, *, subject: str, prefix: str) -> str: ...
+
+
+class Subscription(Protocol):
+    """One key's change notifications for one wait (cache.watch.RedisSubscription)."""
+
+    def next_versions(self, timeout: float) -> list[int] | None: ...
+    def close(self) -> None: ...
+
+
+class ChangeFeed(Protocol):
+    """Where a key's new versions are announced (cache.watch.RedisChangeFeed); `subscribe` answers None
+    when the feed cannot be reached, and a broken subscription answers None to `next_versions`."""
+
+    def subscribe(self, key: str) -> Subscription | None: ...
