@@ -29,7 +29,7 @@ from aiohttp import web
 
 from devstack.loopback import refusal
 from devstack.template import ACCOUNT_ID, REGION, AuthorizerSpec, Route, StateTemplate
-from devstack.workers import InvokeResult, WorkerConfig, WorkerPool, max_concurrency_from_env
+from devstack.workers import InvokeResult, WorkerConfig, WorkerPool, max_concurrency_for
 
 # API Gateway HTTP API quotas: "Total combined size of request line and header
 # values: 10240 bytes" and "Payload size: 10 MB" (neither adjustable).
@@ -229,7 +229,6 @@ class Gateway:
         self._buckets: dict[str, TokenBucket] = {}
         self._runner: web.AppRunner | None = None
         self._access_log = (self.log_dir / "access.log").open("a", buffering=1, encoding="utf-8")
-        concurrency = self.max_concurrency or max_concurrency_from_env()
         needed = {r.function for r in self.routes} | {a.function for a in self.authorizers.values()}
         for logical_id in sorted(needed):
             spec = self.template.function(logical_id)
@@ -237,6 +236,7 @@ class Gateway:
             config = WorkerConfig.from_spec(
                 spec, log_dir=self.log_dir, endpoint_url=self.endpoint_url, overrides=overrides
             )
+            concurrency = self.max_concurrency or max_concurrency_for(logical_id)
             self.pools[logical_id] = WorkerPool(config, max_concurrency=concurrency)
 
     @property

@@ -429,6 +429,21 @@ def max_concurrency_from_env() -> int:
     return int(os.environ.get("LOCAL_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY))
 
 
+# Functions whose invocations wait rather than work: a long-poll holds its GET worker for up to 25 s, so 50
+# clients polling one key would queue behind the default 8. Workers still start only on demand, so the
+# higher bound costs nothing until that many requests are in flight.
+FUNCTION_MAX_CONCURRENCY = {"GetStateFunction": 64}
+
+
+def max_concurrency_for(logical_id: str) -> int:
+    """`LOCAL_MAX_CONCURRENCY_<LogicalId>` if set, else the larger of the function's own bound
+    (FUNCTION_MAX_CONCURRENCY) and `LOCAL_MAX_CONCURRENCY`."""
+    own = os.environ.get(f"LOCAL_MAX_CONCURRENCY_{logical_id}")
+    if own is not None:
+        return int(own)
+    return max(FUNCTION_MAX_CONCURRENCY.get(logical_id, 0), max_concurrency_from_env())
+
+
 # --- console echo of the function logs ----------------------------------------------------------
 
 
