@@ -12,7 +12,8 @@ OIDC_PORT (3002), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
 token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
-LOG_LEVEL, LOCAL_MAX_CONCURRENCY, STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
+LOG_LEVEL, LOCAL_MAX_CONCURRENCY (LOCAL_MAX_CONCURRENCY_<LogicalId> for one function; the GET function
+runs up to 64 for long-polls), STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
 devstack/ttl_sweeper.py, since moto never expires items), LOCAL_THROTTLING_BURST_LIMIT and
 LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default).
 """

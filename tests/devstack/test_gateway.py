@@ -534,3 +534,16 @@ def test_throttling_comes_from_the_template_unless_the_environment_says_otherwis
     assert throttling_from_env(state.stage_throttling()) == (5, 500.0)
     monkeypatch.setenv(THROTTLING_RATE_ENV, "0.5")
     assert throttling_from_env(None) == (5, 0.5)
+
+
+def test_the_get_function_may_run_enough_workers_for_fifty_long_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devstack.workers import max_concurrency_for
+
+    monkeypatch.delenv("LOCAL_MAX_CONCURRENCY", raising=False)
+    monkeypatch.delenv("LOCAL_MAX_CONCURRENCY_GetStateFunction", raising=False)
+    assert max_concurrency_for("GetStateFunction") == 64
+    assert max_concurrency_for("PutStateFunction") == 8
+    monkeypatch.setenv("LOCAL_MAX_CONCURRENCY", "100")
+    assert max_concurrency_for("GetStateFunction") == 100
+    monkeypatch.setenv("LOCAL_MAX_CONCURRENCY_GetStateFunction", "3")
+    assert max_concurrency_for("GetStateFunction") == 3
