@@ -25,11 +25,11 @@ router = APIGatewayHttpRouter()
 
 @router.get(
     "/state/<key>",
-    summary="Read a key's current state, or one of its versions",
+    summary="Read a key's current state, or one of its versions; with If-None-Match and Prefer: wait=N, long-poll",
     responses=edge.documented(
         lambda doc: {
-            200: doc.ENVELOPE_RESPONSE,
-            304: {"description": "Not modified", "headers": doc.ETAG_HEADER},
+            200: {**doc.ENVELOPE_RESPONSE, "headers": {**doc.ETAG_HEADER, **doc.PREFERENCE_APPLIED_HEADER}},
+            304: {"description": "Not modified", "headers": {**doc.ETAG_HEADER, **doc.PREFERENCE_APPLIED_HEADER}},
             **doc.error_responses(400, 403, 404, 503),
             410: doc.GONE_RESPONSE,
         }

@@ -162,6 +162,16 @@ def _required_header(description: str, pattern: str) -> OpenAPIResponseHeader:
 # The version as a strong entity tag: on every answer that names a version (200, 201, 204, 304).
 ETAG_HEADER = {"ETag": _required_header('The version as a strong entity tag, e.g. "3".', '^"[0-9]+"$')}
 RETRY_AFTER_HEADER = {"Retry-After": _required_header("Seconds to wait before retrying.", "^[0-9]+$")}
+# A long-poll's answer (If-None-Match with `Prefer: wait=N`, RFC 7240): the wait it was given.
+PREFERENCE_APPLIED_HEADER = {
+    "Preference-Applied": cast(
+        "OpenAPIResponseHeader",
+        {
+            "description": "On a long-poll's answer: the wait applied, e.g. wait=25 (longer waits are clamped).",
+            "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+        },
+    )
+}
 ENVELOPE_RESPONSE: OpenAPIResponse = {
     "description": "The state",
     "headers": ETAG_HEADER,
