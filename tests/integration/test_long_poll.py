@@ -8,6 +8,7 @@ import uuid
 
 import boto3
 import pytest
+import redis
 
 from state_core.cache.breaker import CircuitBreaker
 from state_core.cache.link import RedisLink, connect
@@ -95,15 +96,19 @@ def reader(redis_server, state_table):
     return Service(redis_server.url, state_table)
 
 
-def settle(service, key):
-    """Wait until the waiter's subscription is in place (Redis counts it), so the test's write comes after."""
-    deadline = time.monotonic() + 5
-    client = service.link._client
+def settle(service, key, count=1):
+    """Wait until `count` waiters are subscribed (Redis counts them) and past their first read (they count
+    themselves), so that the test's write comes during their wait, not before it."""
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if client.pubsub_numsub(change_channel(key))[0][1] >= 1:
+        try:
+            listening = service.link is None or service.link._client.pubsub_numsub(change_channel(key))[0][1] >= count
+        except redis.ConnectionError:
+            listening = True  # a waiter whose Redis is down polls: nothing to subscribe to
+        if listening and service.metrics.count("LongPolls") >= count:
             return
         time.sleep(0.005)
-    raise AssertionError("the waiter did not subscribe")
+    raise AssertionError("the waiters did not begin to wait")
 
 
 # --- the notification -------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ def test_without_redis_a_waiter_gets_the_new_version_within_its_poll_interval(re
     reader = Service(redis_server.url, state_table, redis=False)
     writer.manager.put(key, 1, actor="alice")
     waiting = Waiting(reader, key, {1}, 10)
-    time.sleep(0.3)
+    settle(reader, key)
 
     writer.manager.put(key, 2, actor="alice")
     acknowledged = time.monotonic()
@@ -223,10 +228,7 @@ def test_a_key_that_expires_during_the_wait_is_not_found_when_it_expires(writer,
 def test_fifty_waiters_on_one_key_all_wake(writer, reader, key):
     writer.manager.put(key, 1, actor="alice")
     waiters = [Waiting(reader, key, {1}, 15) for _ in range(50)]
-    deadline = time.monotonic() + 10
-    while reader.link._client.pubsub_numsub(change_channel(key))[0][1] < 50:
-        assert time.monotonic() < deadline, "not every waiter subscribed"
-        time.sleep(0.01)
+    settle(reader, key, count=50)
 
     writer.manager.put(key, 2, actor="alice")
     acknowledged = time.monotonic()
@@ -243,9 +245,13 @@ def test_a_late_write_through_of_an_older_version_does_not_wake_the_waiter_into_
     writer.manager.put(key, "v1", actor="alice")
     first = writer.store.get(key)
     writer.manager.put(key, "v2", actor="alice")
-    raw_redis.delete(entry_key(key))  # wiped: the late write-through of version 1 lands, as a fence
     waiting = Waiting(reader, key, {2}, 1.5)
     settle(reader, key)
+    deadline = time.monotonic() + 5
+    while not raw_redis.hexists(entry_key(key), "d"):  # the waiter's first read has filled version 2
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    raw_redis.delete(entry_key(key))  # wiped: the late write-through of version 1 lands, as a fence
 
     assert writer.cache.write_if_newer(CacheEntry(first))
     raw_redis.publish(change_channel(key), b"1")
@@ -307,7 +313,7 @@ def test_with_redis_down_the_waiter_polls(redis_server, state_table, key):
     reader = Service("redis://127.0.0.1:1", state_table)  # nothing listens there: refused at once
     writer.manager.put(key, 1, actor="alice")
     waiting = Waiting(reader, key, {1}, 10)
-    time.sleep(0.3)
+    settle(reader, key)
 
     writer.manager.put(key, 2, actor="alice")
     acknowledged = time.monotonic()
