@@ -321,3 +321,60 @@ def test_with_redis_down_the_waiter_polls(redis_server, state_table, key):
     assert waiting.join().record.version == 2
     assert waiting.answered_at - acknowledged < POLICY.poll_seconds + 0.3
     assert reader.metrics.count("LongPollFeedUnavailable") == 1
+
+
+def test_a_write_acknowledged_before_the_wait_but_missing_from_the_cache_is_answered_within_the_recheck(
+    writer, reader, redis_server, state_table, key
+):
+    # The cache holds version 1 with its value; version 2 is written by a writer that cannot reach Redis (the
+    # documented window in which a plain read may still be stale), then the long-poll for "1" begins.
+    writer.manager.put(key, 1, actor="alice")
+    writer.manager.get(key)
+    writer.manager.put(key, 1, actor="alice")  # over a value: the write-through stores version 2's value
+    assert reader.manager.get(key).record.version == 2
+    Service(redis_server.url, state_table, redis=False).manager.put(key, 3, actor="alice")
+    assert reader.manager.get(key).record.version == 2  # stale: the write-through of 3 never happened
+    started = time.monotonic()
+
+    answer = Waiting(reader, key, {2}, 10).join()
+
+    assert answer.record.version == 3
+    assert time.monotonic() - started < POLICY.recheck_seconds + 0.3
+
+
+def test_an_entry_evicted_during_the_wait_still_wakes_the_waiter_with_the_new_version(writer, reader, raw_redis, key):
+    writer.manager.put(key, "v1", actor="alice")
+    waiting = Waiting(reader, key, {1}, 10)
+    settle(reader, key)
+    raw_redis.delete(entry_key(key))  # evicted: the next write-through stores a fence, not a value
+
+    writer.manager.put(key, "v2", actor="alice")
+    acknowledged = time.monotonic()
+
+    answer = waiting.join()
+    assert (answer.record.version, answer.canonical_value) == (2, b'"v2"')
+    assert waiting.answered_at - acknowledged < NOTIFIED_WITHIN_SECONDS
+    assert reader.metrics.count("LongPollWakeups") == 1
+
+
+def test_two_writers_racing_during_the_wait_never_make_it_answer_what_the_client_holds_or_older(
+    writer, redis_server, state_table, key
+):
+    other = Service(redis_server.url, state_table)
+    writer.manager.put(key, 0, actor="alice")
+    for _ in range(5):
+        reader = Service(redis_server.url, state_table)
+        held = reader.manager.get(key, consistent=True).record.version
+        waiting = Waiting(reader, key, {held}, 10)
+        settle(reader, key)
+        threads = [
+            threading.Thread(target=service.manager.put, args=(key, n), kwargs={"actor": "alice"})
+            for n, service in enumerate((writer, other))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        answer = waiting.join()
+        assert answer.record.version in (held + 1, held + 2)
+        assert answer.canonical_value in (b"0", b"1")
