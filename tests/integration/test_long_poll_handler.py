@@ -190,7 +190,7 @@ def test_star_waits_while_the_key_exists_and_answers_404_when_it_is_deleted(invo
 
 def test_a_key_that_does_not_exist_is_404_at_once(invoke, key):
     response, took = get(invoke, key, **{"If-None-Match": '"1"', "Prefer": "wait=10"})
-    assert response["statusCode"] == 404
+    assert (response["statusCode"], header(response, "Preference-Applied")) == (404, "wait=10")
     assert took < QUICK_SECONDS
 
 

@@ -140,10 +140,11 @@ class RedisLink:
         closes it."""
 
         def open_subscription(client: redis.Redis) -> PubSub:
-            if self._subscribers is None:
-                pool = client.connection_pool
-                own = redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
-                self._subscribers = redis.Redis(connection_pool=own)
+            with self._open_lock:
+                if self._subscribers is None:
+                    pool = client.connection_pool
+                    own = redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+                    self._subscribers = redis.Redis(connection_pool=own)
             subscription: PubSub = self._subscribers.pubsub()  # type: ignore[no-untyped-call]
             try:
                 subscription.subscribe(channel)
