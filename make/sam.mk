@@ -57,6 +57,7 @@ validate: $(TOOLS_STAMP)
 sam-build: $(TOOLS_STAMP)
 	@test -x "$(SAM_PYTHON313)" || { echo "python3.13 not found; set SAM_PYTHON313" >&2; exit 1; }
 	$(SAM_ENV) $(SAM) build --template $(SAM_TEMPLATE) --build-dir $(SAM_BUILD_DIR)
+	"$(SAM_PYTHON313)" scripts/check_layer_bytecode.py $(SAM_BUILD_DIR)/StateCoreLayer/python
 
 .PHONY: tools validate sam-build
 
