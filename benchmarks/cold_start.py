@@ -34,8 +34,7 @@ print(imported - started, time.process_time() - imported)
 _STATE_FIRST_USE = "from state_core import runtime; runtime.role_policy(); runtime.state_manager()"
 FIRST_USE = {
     "get_state": _STATE_FIRST_USE + "; runtime.history_reader()",
-    "put_state": _STATE_FIRST_USE
-    + "; from state_core.api.models import PutStateRequest; PutStateRequest.model_validate({'value': 1})",
+    "put_state": _STATE_FIRST_USE + "; from state_core.api.bodies import parse_put_body; parse_put_body({'value': 1})",
     "patch_state": _STATE_FIRST_USE,
     "delete_state": _STATE_FIRST_USE,
     # Its policy and DynamoDB client (the cursor key's secret is a network read, not measured here).

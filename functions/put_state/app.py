@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
-from state_core.api.models import PutStateRequest
+from state_core.api.bodies import parse_put_body
 from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
 from state_core.runtime import role_policy, state_manager
@@ -37,7 +37,7 @@ def put_state(key: str) -> Response[str]:
     principal = edge.authorized_principal(event, WRITE, key, role_policy)
     expect = edge.expectation(event, allow_if_none_match=True)
     edge.require_content_type(event, edge.JSON_CONTENT_TYPE)
-    request = edge.validated(PutStateRequest, parse_json(edge.body_bytes(event)))
+    request = parse_put_body(parse_json(edge.body_bytes(event)))
     result = state_manager().put(
         key, request.value, actor=principal.subject, ttl_seconds=request.ttl_seconds, expect=expect
     )

@@ -14,6 +14,7 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from state_core.api import edge
+from state_core.api.bodies import parse_put_body
 from state_core.api.history import MAX_PAGE, MAX_REQUESTED_VERSION, page_limit, requested_version
 from state_core.api.models import PutStateRequest
 from state_core.domain.errors import BadRequest
@@ -149,9 +150,10 @@ def test_consistent_good_forms():
 def test_a_ttl_that_is_a_whole_number_written_with_a_fraction_is_that_integer(ttl, expected):
     # JSON Schema's "integer" (the OpenAPI document's type) includes 147499321.0.
     assert PutStateRequest.model_validate({"value": 1, "ttl_seconds": ttl}).ttl_seconds == expected
+    assert parse_put_body({"value": 1, "ttl_seconds": ttl}).ttl_seconds == expected
 
 
 @pytest.mark.parametrize("ttl", [1.5, "5", True, 0.0, float(MAX_TTL_SECONDS + 1), 1e308, float("nan"), [5]])
 def test_a_ttl_that_is_not_a_whole_number_in_range_is_a_bad_request(ttl):
     with pytest.raises(BadRequest, match="ttl_seconds"):
-        edge.validated(PutStateRequest, {"value": 1, "ttl_seconds": ttl})
+        parse_put_body({"value": 1, "ttl_seconds": ttl})

@@ -3,8 +3,8 @@
 The domain core never reads the environment; `runtime.py` parses these settings and passes plain values in.
 
 Plain frozen dataclasses with a small parser rather than pydantic models: every function (the authorizer too)
-parses one of these before its first answer, and importing pydantic costs about half of `import boto3` (80 ms
-here), which only PUT, the one function with a body to validate, otherwise needs (docs/decisions.md).
+parses one of these before its first answer, and importing pydantic costs about half of `import boto3` (60-80
+ms here) for what a few bounds checks do (docs/decisions.md).
 Each field says where it comes from and what it accepts; a bad environment is refused as a whole, with every
 variable that is wrong and why, and never with a value that could be a secret.
 """

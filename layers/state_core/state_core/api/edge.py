@@ -25,7 +25,6 @@ from state_core.domain.errors import (
     PreconditionFailed,
     ServiceUnavailable,
     StateError,
-    UnprocessableBody,
     UnsupportedMediaType,
 )
 from state_core.domain.keys import validate_key
@@ -42,16 +41,11 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-    from pydantic import BaseModel
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 PROBLEM_TYPE_BASE = "https://state.service/problems/"
-
-# Fields whose wrong value is a bad request (400) rather than a body of the wrong shape (422): a ttl_seconds
-# outside 1 s..10 years, or not an integer, is a bad parameter in a body of the right shape.
-_BAD_REQUEST_FIELDS = {("ttl_seconds",)}
 
 
 _documenting = False
@@ -220,22 +214,6 @@ def expectation(event: APIGatewayProxyEventV2, *, allow_if_none_match: bool) -> 
         if expected is not None:
             raise BadRequest("If-Match and If-None-Match cannot be combined")
     return Expectation(if_match=expected, if_none_match_any=if_none_match is not None)
-
-
-def validated[Model: BaseModel](model: type[Model], data: Any) -> Model:
-    """`data` as `model`, or 422 naming each wrong field (never echoing the input: it may be a value)."""
-    from pydantic import ValidationError  # loaded already with the model: only PUT validates a body
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        reasons = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}" for error in errors
-        )
-        if all(error["loc"][:1] in _BAD_REQUEST_FIELDS for error in errors):
-            raise BadRequest(f"the body does not match {model.__name__}: {reasons}") from exc
-        raise UnprocessableBody(f"the body does not match {model.__name__}: {reasons}") from exc
 
 
 def etag(version: int) -> str:

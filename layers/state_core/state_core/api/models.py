@@ -1,5 +1,6 @@
-"""The request bodies the service validates with pydantic: PUT's. The responses' models, which only
-document the bodies (built without a model on the request path), are in api/openapi.py."""
+"""PUT's body as a pydantic model: the documented contract the OpenAPI document is generated from (and the
+reference tests/unit/test_put_body.py holds the request path's own check, api/bodies.py, to). The responses'
+models are in api/openapi.py. Neither is imported by a function."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ TtlSeconds = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS), BeforeValidat
 class PutStateRequest(BaseModel):
     """Body of `PUT /state/{key}`."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)  # only PUT validates it
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     value: Any = Field(description="Any JSON value; its canonical form is at most 1 MiB.")
     ttl_seconds: TtlSeconds | None = Field(
