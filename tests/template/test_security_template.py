@@ -279,8 +279,9 @@ def test_network_interface_and_tracing_permissions_only_when_used():
 
     template = _loaded(DEPLOYMENTS["redis-and-tracing"])
     in_vpc = {lid for lid in template.function_ids() if "VpcConfig" in template.properties(lid)}
-    # The authorizer and the listing never use Redis, so they stay outside its VPC.
-    assert in_vpc == {lid for lid in template.function_ids() if lid not in ("AuthorizerFunction", "ListStateFunction")}
+    # Outside the VPC: the authorizer (only the issuer's JWKS), the listing and the watch functions (no Redis).
+    outside = {"AuthorizerFunction", "ListStateFunction", "WatchSocketFunction", "WatchFanoutFunction"}
+    assert in_vpc == {lid for lid in template.function_ids() if lid not in outside}
     for function_id, (role, _) in _function_roles(template).items():
         statements = list(_statements(template, role))
         actions = {a for s in statements for a in _as_list(s["Action"])}
@@ -338,5 +339,14 @@ def test_the_sam_transform_adds_no_role_and_no_managed_policy(template, deployme
             assert resource["Properties"]["Role"]["Fn::GetAtt"][0] in roles, lid
         if resource["Type"] == "AWS::Lambda::Permission":
             # Invocations only from this API (its routes, or its authorizers).
-            source = resource["Properties"]["SourceArn"]["Fn::Sub"]
+            source_arn = resource["Properties"]["SourceArn"]
+            if resource["Properties"]["Principal"] == "events.amazonaws.com":
+                # The watch sweep's schedule: only its own rule.
+                assert source_arn == {"Fn::GetAtt": ["WatchFanoutFunctionSweep", "Arn"]}, lid
+                continue
+            source = source_arn["Fn::Sub"]
+            if isinstance(source, str):
+                # The WebSocket watch API's integration (written in the template, not by SAM).
+                assert source.endswith(":${WatchApi}/*"), lid
+                continue
             assert source[1]["__ApiId__"] == {"Ref": "StateApi"}, lid

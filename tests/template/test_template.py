@@ -51,6 +51,7 @@ AUTHORIZER_FUNCTION = "AuthorizerFunction"
 PUBLISHER_FUNCTION = "PublishChangesFunction"
 REPAIR_FUNCTION = "RepairCacheFunction"
 LIST_FUNCTION = "ListStateFunction"
+WATCH_FUNCTIONS = ("WatchSocketFunction", "WatchFanoutFunction")
 # The event source mapping's stream reads, on the table's streams only (never the table).
 STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 TABLE = "StateTable"
@@ -163,6 +164,7 @@ def test_the_template_defines_the_four_state_functions_the_authorizer_and_the_pu
         AUTHORIZER_FUNCTION,
         PUBLISHER_FUNCTION,
         REPAIR_FUNCTION,
+        *WATCH_FUNCTIONS,
     }
 
 
@@ -254,7 +256,11 @@ def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id)
         elif actions == {"dynamodb:Query"} and function_id == LIST_FUNCTION:
             assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}]
         elif any(action.startswith("dynamodb:") for action in actions):
-            assert as_list(statement["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
+            # The watch functions also keep their connections and subscriptions in the watch table.
+            allowed = [[{"Fn::GetAtt": [TABLE, "Arn"]}]]
+            if function_id in WATCH_FUNCTIONS:
+                allowed.append([{"Fn::GetAtt": ["WatchTable", "Arn"]}])
+            assert as_list(statement["Resource"]) in allowed
 
 
 def test_the_list_function_may_query_only_the_listing_index_and_read_state_items():
@@ -408,6 +414,9 @@ RESERVATION_PARAMETERS = {
     AUTHORIZER_FUNCTION: "AuthorizerReservedConcurrency",
     PUBLISHER_FUNCTION: "PublisherReservedConcurrency",
     REPAIR_FUNCTION: "PublisherReservedConcurrency",
+    # The watch's routes share the state functions' setting (Globals); its fan-out, the stream functions'.
+    "WatchSocketFunction": "StateFunctionReservedConcurrency",
+    "WatchFanoutFunction": "PublisherReservedConcurrency",
 }
 
 

@@ -230,6 +230,15 @@ class PublisherSettings(_Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class WatchSettings(_Settings):
+    """The WebSocket watch (watch_socket, watch_fanout): its table and the stage's @connections endpoint."""
+
+    watch_table_name: str = text("STATE_WATCH_TABLE_NAME", min_length=3)
+    # https://<api id>.execute-api.<region>.amazonaws.com/<stage>: where PostToConnection goes.
+    endpoint: str = text("STATE_WS_ENDPOINT", min_length=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class AuthorizerSettings(_Settings):
     """The Lambda authorizer."""
 

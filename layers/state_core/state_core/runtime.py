@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.session
 from botocore.config import Config
 
 from state_core import deadline, failpoints
-from state_core.config import PublisherSettings, ServiceSettings
+from state_core.config import AuthorizerSettings, PublisherSettings, ServiceSettings, WatchSettings
 from state_core.observability import logger, metrics
 from state_core.security.policy import DEFAULT_POLICY_FILE, RolePolicy, load_role_policy
 from state_core.service.manager import PatchPolicy, StateManager
@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 
     from state_core.cache.link import RedisLink
     from state_core.cache.state_cache import RedisStateCache
+    from state_core.security.tokens import VerifiedToken
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
     from state_core.service.waiting import ChangeWaiter
+    from state_core.service.watch import WatchService
     from state_core.storage.blobs import BlobStore
     from state_core.storage.history import HistoryStore
     from state_core.stream.publisher import ChangePublisher
@@ -69,6 +71,11 @@ EVENTS_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 3},
     tcp_keepalive=True,
 )
+
+
+# @connections: the poster retries throttling itself (storage/connections.py); botocore's retries on top would
+# multiply the attempts of a post that holds up the rest of its connection's changes.
+CONNECTIONS_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 1})
 
 
 def utc_now() -> datetime:
@@ -342,3 +349,52 @@ def cache_repairer() -> CacheRepairer | None:
     from state_core.stream.repair import CacheRepairer
 
     return CacheRepairer(cache, metrics=metrics, log=logger)
+
+
+# ------------------------------------------------------------------------------------------------- watch
+@functools.cache
+def watch_settings() -> WatchSettings:
+    return WatchSettings.from_environ(os.environ)
+
+
+@functools.cache
+def _token_issuer() -> Any:
+    from state_core.security.tokens import DiscoveredVerifier
+
+    def fetch_failed(reason: str) -> None:
+        logger.warning("JWKS fetch failed; keeping the last good key set", extra={"reason": reason})
+
+    return DiscoveredVerifier(AuthorizerSettings.from_environ(os.environ), on_fetch_error=fetch_failed)
+
+
+def verify_token(token: str) -> VerifiedToken:
+    """The HTTP authorizer's verification (security/tokens.py), for the WebSocket's $connect and refresh."""
+    result: VerifiedToken = _token_issuer().verifier().verify(token)
+    return result
+
+
+@functools.cache
+def watch_service() -> WatchService:
+    """Connections, subscriptions and delivery (service/watch.py) over the watch table and @connections."""
+    from state_core.service.watch import WatchService
+    from state_core.storage.connections import ApiGatewayPoster
+    from state_core.storage.watch import WatchStore
+
+    settings = watch_settings()
+    management = botocore_session().create_client(
+        "apigatewaymanagementapi", endpoint_url=settings.endpoint, config=CONNECTIONS_CONFIG
+    )
+
+    def policy() -> RolePolicy:
+        return role_policy()
+
+    return WatchService(
+        WatchStore(dynamodb_client(), settings.watch_table_name),
+        ApiGatewayPoster(management),
+        states=state_store(),
+        history=history_store(),
+        policy=policy,
+        clock=utc_now,
+        metrics=metrics,
+        log=logger,
+    )

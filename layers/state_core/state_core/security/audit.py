@@ -121,3 +121,39 @@ def emit(operation: str, event: dict[str, Any], response: Any, status: int | Non
     if operation in PERMISSIONS:
         # Nested: Powertools drops top-level keys whose value is None, and every field is always present.
         audit_logger.info("audit", extra={"audit": record(operation, event, response, status)})
+
+
+WatchAction = Literal["watch_connect", "watch_subscribe", "watch_unsubscribe", "watch_refresh", "watch_message"]
+
+
+def emit_watch(
+    action: WatchAction,
+    event: dict[str, Any],
+    *,
+    subject: str | None,
+    status: int,
+    key: str | None = None,
+    prefix: str | None = None,
+) -> None:
+    """The audit record of one WebSocket request (a connect or a message): who, which key or prefix, the
+    decision and the status. Never the message body nor the token."""
+    context = event.get("requestContext") or {}
+    decision: Decision | None = "deny" if status in (401, 403) else ("allow" if status < 400 else None)
+    audit_logger.info(
+        "audit",
+        extra={
+            "audit": {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "request_id": context.get("requestId"),
+                "connection_id": context.get("connectionId"),
+                "subject": subject,
+                "action": action,
+                "permission": None if action in ("watch_connect", "watch_refresh") else "state:read",
+                "key": _valid_key(key),
+                "prefix": _valid_key(prefix),
+                "decision": decision,
+                "status": status,
+                "source_ip": (context.get("identity") or {}).get("sourceIp"),
+            }
+        },
+    )

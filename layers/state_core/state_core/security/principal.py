@@ -106,6 +106,18 @@ class Principal:
         ]
         return sorted(KeyRange.key(start) if exact else KeyRange.prefix(start) for start, exact in kept)
 
+    def allows_every_key_under(self, permission: str, prefix: str, policy: RolePolicy | None = None) -> bool:
+        """Whether `permission` covers every key that starts with `prefix` (a watch of a prefix): only a
+        wildcard grant whose pattern, `${sub}` expanded, is a prefix of it; an exact-key grant never does."""
+        for pattern in self.patterns_for(permission, policy):
+            if _SUB in pattern:
+                if not is_key_segment(self.subject):
+                    continue
+                pattern = pattern.replace(_SUB, self.subject)
+            if pattern.endswith("*") and prefix.startswith(pattern[:-1]):
+                return True
+        return False
+
 
 def _is_key(text: str) -> bool:
     try:

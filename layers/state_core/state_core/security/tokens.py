@@ -77,6 +77,8 @@ class VerifiedToken:
     subject: str
     scopes: tuple[str, ...]
     roles: tuple[str, ...]
+    # The token's exp: a WebSocket connection is closed when it passes (the HTTP authorizer does not need it).
+    expires_at: int = 0
 
     def authorizer_context(self) -> dict[str, str]:
         """Simple-response context values must be strings: scopes space-separated, roles a JSON array."""
@@ -274,7 +276,7 @@ class TokenVerifier:
         roles = claims.get(settings.roles_claim)
         if roles is not None and (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)):
             raise TokenRejected(f"{settings.roles_claim} must be an array of strings")
-        return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(roles or ()))
+        return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(roles or ()), expires_at=expires)
 
     def _check_token_kind(self, claims: Mapping[str, Any]) -> None:
         """Refuse a token whose claims say it is not an access token (an ID token unless accepted)."""

@@ -1,0 +1,384 @@
+"""The WebSocket watch's rules: connecting, subscribing (with replay), delivering changes, the sweep.
+
+Every version goes out through one protocol on its watermark (docs/watch.md, "Delivery"): claim it
+(`delivered = v - 1`, no live lease), then post it; a deliverer that finds a gap takes the watermark's lease
+and catches up from the history; one that finds a live lease records `pending` and leaves the version to the
+holder, which releases only once nothing is pending. The subscribe handler's replay and the stream's
+fan-out are the two deliverers, and they race only through those conditional writes.
+
+The collaborators come in through ports (domain/watch.py, domain/ports.py); the principal is authorized
+with security/principal.py against the stored scopes and roles at subscription and again at delivery.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
+from state_core.domain.history import rfc3339_epoch
+from state_core.domain.watch import (
+    ChangeNote,
+    Connection,
+    ConnectionGone,
+    ConnectionPoster,
+    LeaseLost,
+    PostThrottled,
+    Subscribe,
+    Subscription,
+    SubscriptionExists,
+    WatchStore,
+    decode_cursor,
+    message,
+    targets_of,
+    value_for_message,
+)
+from state_core.security.principal import READ, Principal
+
+if TYPE_CHECKING:
+    from state_core.domain.history import HistoryEntry
+    from state_core.domain.ports import HistoryReads, Log, MetricsSink, StateReads
+    from state_core.domain.records import StateRecord
+    from state_core.security.policy import RolePolicy
+
+LEASE_SECONDS = 15.0
+# How long a replay waits for versions the stream has not recorded in the history yet (its lag).
+HISTORY_WAIT_SECONDS = 3.0
+HISTORY_POLL_SECONDS = 0.2
+# The history may trail the state by the stream's lag (service/history.py's grace): a version missing from
+# it this soon after the key's latest write is on its way, not gone.
+HISTORY_LAG_GRACE_SECONDS = 60
+EXPIRY_NOTICE_SECONDS = 300
+FANOUT_THREADS = 32
+
+
+class HistoryBehind(ServiceUnavailable):
+    """A version to replay is not in the history yet (the stream lags): retry shortly."""
+
+
+class CursorTooOld(Exception):
+    """A version to replay has left the history's retention: the subscription must resync."""
+
+
+def principal_of(connection: Connection) -> Principal:
+    return Principal(subject=connection.subject, scopes=frozenset(connection.scopes), roles=connection.roles)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One change for one subscription, with the token its claim is made with (the stream record's
+    sequence number, the same on a retried batch)."""
+
+    subscription: Subscription
+    note: ChangeNote
+    token: str
+
+
+class WatchService:
+    def __init__(  # noqa: PLR0913  one collaborator each, keyword-only
+        self,
+        store: WatchStore,
+        poster: ConnectionPoster,
+        *,
+        states: StateReads,
+        history: HistoryReads,
+        policy: Callable[[], RolePolicy | None],
+        clock: Callable[[], datetime],
+        metrics: MetricsSink,
+        log: Log,
+        sleep: Callable[[float], None] = time.sleep,
+        threads: int = FANOUT_THREADS,
+    ) -> None:
+        self.store = store
+        self.poster = poster
+        self._states = states
+        self._history = history
+        self._policy = policy
+        self._clock = clock
+        self._metrics = metrics
+        self._log = log
+        self._sleep = sleep
+        self._threads = threads
+
+    def now(self) -> float:
+        return self._clock().timestamp()
+
+    # ----------------------------------------------------------------------------------- the socket side
+    def connect(self, connection: Connection) -> None:
+        self.store.put_connection(connection)
+
+    def disconnect(self, connection_id: str) -> None:
+        self.store.forget_connection(connection_id)
+
+    def refresh(self, connection: Connection, fresh: Connection) -> None:
+        """Replace the stored principal by a fresh token's, only for the same subject."""
+        if fresh.subject != connection.subject or not self.store.replace_principal(fresh):
+            raise Forbidden("refresh needs a token of the connection's own subject")
+
+    def authorize(self, connection: Connection, request: Subscribe) -> None:
+        principal = principal_of(connection)
+        policy = self._policy()
+        if request.key is not None:
+            if not principal.allows(READ, request.key, policy):
+                raise Forbidden(f"{READ} is not granted on key {request.key}")
+        elif not principal.allows_every_key_under(READ, str(request.prefix), policy):
+            raise Forbidden(f"{READ} is not granted on every key under prefix {request.prefix}")
+
+    def subscribe(self, connection: Connection, request: Subscribe) -> None:
+        """Authorize, store, answer `subscribed`, and replay after `since`: all under the watermark's lease
+        for a key, so the fan-out's live changes wait for the replay (as `pending`) and follow it."""
+        self.authorize(connection, request)
+        if request.prefix is not None and request.since is not None:
+            raise BadRequest("since is supported on key subscriptions only; list the prefix, then subscribe")
+        since = None if request.since is None or request.key is None else decode_cursor(request.key, request.since)
+        subscription = Subscription(connection.connection_id, request.id, request.key, request.prefix)
+        if request.key is None:
+            self._add(subscription, connection)
+            self.poster.post(
+                connection.connection_id, message({"type": "subscribed", "id": request.id, "prefix": request.prefix})
+            )
+            return
+        key = request.key
+        token = f"r{uuid.uuid4().hex}"
+        # The lease before the index entry: from the moment the fan-out can see the subscription, it finds
+        # the lease and leaves what it has to the replay.
+        if self.store.subscription(connection.connection_id, request.id) is not None:
+            raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+        if self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now()) is None:
+            raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+        if not self.store.add_subscription(subscription, connection.expires_at):
+            self.store.release(subscription, key, token)
+            raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+        try:
+            current = self._states.get(key)
+            current_version = 0 if current is None else current.version
+            if since is not None and since > current_version:
+                raise BadRequest("since is a cursor of a version this key does not have")
+            start = current_version if since is None else since
+            self.store.start_at(subscription, key, start, token)
+            self.poster.post(
+                connection.connection_id,
+                message({"type": "subscribed", "id": request.id, "key": key, "version": start}),
+            )
+            self._deliver_under_lease(connection, subscription, key, token=token, upto=current_version, known={})
+        except BaseException:
+            self._abandon(subscription, key, token)
+            raise
+
+    def _add(self, subscription: Subscription, connection: Connection) -> None:
+        if not self.store.add_subscription(subscription, connection.expires_at):
+            raise SubscriptionExists(f"subscription {subscription.subscription_id} already exists on this connection")
+
+    def _abandon(self, subscription: Subscription, key: str, token: str) -> None:
+        """A replay that failed: the subscription goes (the client is told and subscribes again)."""
+        try:
+            self.store.remove_subscription(subscription)
+        except Exception:
+            self._log.warning("could not remove a failed subscription", extra={"key": key})
+
+    def unsubscribe(self, connection: Connection, subscription_id: str) -> None:
+        subscription = self.store.subscription(connection.connection_id, subscription_id)
+        if subscription is not None:
+            self.store.remove_subscription(subscription)
+        self.poster.post(connection.connection_id, message({"type": "unsubscribed", "id": subscription_id}))
+
+    # ------------------------------------------------------------------------------------ the catch-up
+    def _deliver_under_lease(
+        self,
+        connection: Connection,
+        subscription: Subscription,
+        key: str,
+        *,
+        token: str,
+        upto: int,
+        known: dict[int, ChangeNote],
+    ) -> None:
+        """Holding the lease: send every version after the delivered one up to `upto`, then up to whatever
+        became pending meanwhile, then release."""
+        mark = self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now())
+        if mark is None:
+            raise LeaseLost(f"the lease of {key} was taken over")
+        delivered = mark.delivered if mark.delivered is not None else upto - 1
+        target = max(upto, mark.pending or 0)
+        principal = principal_of(connection)
+        while True:
+            version = delivered + 1
+            while version <= target:
+                try:
+                    note = known.get(version) or self._note_of(key, version)
+                except CursorTooOld:
+                    # Kubernetes' 410: the client reads the key and watches on from what it read.
+                    self.poster.post(
+                        connection.connection_id,
+                        message(
+                            {
+                                "type": "resync",
+                                "subscription": subscription.subscription_id,
+                                "key": key,
+                                "reason": f"version {version} has left the history's retention",
+                            }
+                        ),
+                    )
+                    current = self._states.get(key)
+                    version = max(version, 0 if current is None else current.version)
+                    self.store.advance(subscription, key, version, token)
+                    delivered, version = version, version + 1
+                    target = max(target, delivered)
+                    continue
+                if principal.allows(READ, key, self._policy()):
+                    self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
+                self.store.advance(subscription, key, version, token)
+                delivered, version = version, version + 1
+            pending = self.store.release(subscription, key, token)
+            if pending is None:
+                return
+            if pending <= delivered:
+                # Refused only for want of a recorded `delivered` (a watermark nothing was sent on yet).
+                self.store.advance(subscription, key, delivered, token)
+            target = max(target, pending)
+
+    def _note_of(self, key: str, version: int) -> ChangeNote:
+        """Version `version` of `key` from the history (the current one from the state item), waiting a
+        little for versions the stream has not recorded yet."""
+        waited = 0.0
+        while True:
+            entry = self._history.get(key, version)
+            if entry is not None:
+                return self._note_of_entry(entry)
+            current = self._states.get(key)
+            if current is not None and current.version == version:
+                return self._note_of_record(current)
+            lagging = current is not None and self.now() - rfc3339_epoch(current.updated_at) < HISTORY_LAG_GRACE_SECONDS
+            if not lagging:
+                raise CursorTooOld(key)
+            if waited >= HISTORY_WAIT_SECONDS:
+                raise HistoryBehind(f"version {version} of key {key} is not in the history yet; retry shortly")
+            self._sleep(HISTORY_POLL_SECONDS)
+            waited += HISTORY_POLL_SECONDS
+
+    def _note_of_entry(self, entry: HistoryEntry) -> ChangeNote:
+        value = entry.value
+        value_json, omitted = value_for_message(
+            value.canonical() if value is not None else None, entry.size if entry.has_value else None
+        )
+        return ChangeNote(entry.key, entry.version, entry.operation, entry.occurred_at, value_json, omitted)
+
+    def _note_of_record(self, record: StateRecord) -> ChangeNote:
+        head = self._history.current(record.key)
+        operation = head.operation if head is not None and head.version == record.version else "updated"
+        value = None if record.deleted or record.value is None else record.value
+        value_json, omitted = value_for_message(value.canonical() if value is not None else None, None)
+        return ChangeNote(record.key, record.version, operation, record.updated_at, value_json, omitted)
+
+    # ------------------------------------------------------------------------------------- the fan-out
+    def fan_out(self, changes: Iterable[tuple[ChangeNote, str]]) -> None:
+        """Send each change (with its claim token) to every subscription of its key and of its segment
+        prefixes: connections in parallel, each connection's changes one after the other, in order."""
+        per_connection: dict[str, list[Delivery]] = defaultdict(list)
+        subscribers: dict[str, list[tuple[str, str]]] = {}
+        for note, token in changes:
+            for target in targets_of(note.key):
+                if target not in subscribers:
+                    subscribers[target] = self.store.subscribers(target)
+                for connection_id, subscription_id in subscribers[target]:
+                    is_key = target.startswith("k#")
+                    subscription = Subscription(
+                        connection_id, subscription_id, target[2:] if is_key else None, None if is_key else target[2:]
+                    )
+                    per_connection[connection_id].append(Delivery(subscription, note, token))
+        if not per_connection:
+            return
+        connections = self.store.connections(per_connection)
+        with ThreadPoolExecutor(max_workers=min(self._threads, len(per_connection))) as pool:
+            for result in pool.map(
+                lambda cid: self._deliver_to(cid, connections.get(cid), per_connection[cid]), per_connection
+            ):
+                self._metrics.add_metric(name="WatchMessages", unit="Count", value=result)
+
+    def _deliver_to(self, connection_id: str, connection: Connection | None, deliveries: list[Delivery]) -> int:
+        """A connection's changes in order; the number of messages sent."""
+        if connection is None:
+            # An index entry whose connection went (a $disconnect halfway): nothing to send to.
+            return 0
+        if connection.expires_at <= self.now():
+            self.close(connection_id, "token-expired")
+            return 0
+        sent = 0
+        try:
+            for delivery in deliveries:
+                sent += self._deliver(connection, delivery, deliveries)
+        except ConnectionGone:
+            self.store.forget_connection(connection_id)
+            self._metrics.add_metric(name="WatchConnectionsGone", unit="Count", value=1)
+        return sent
+
+    def _deliver(self, connection: Connection, delivery: Delivery, batch: list[Delivery]) -> int:
+        subscription, note, token = delivery.subscription, delivery.note, delivery.token
+        key, version = note.key, note.version
+        for _ in range(3):
+            refused = self.store.claim(subscription, key, version, token, self.now())
+            if refused is None:
+                if not principal_of(connection).allows(READ, key, self._policy()):
+                    return 0  # its version is consumed: a watcher never receives a key it may not read
+                try:
+                    self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
+                except PostThrottled:
+                    self.store.unclaim(subscription, key, version, token)
+                    self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
+                    return 0
+                return 1
+            if refused.delivered is not None and refused.delivered >= version:
+                return 0  # sent already (by the replay, or before a retried batch)
+            if refused.leased(self.now()):
+                if self.store.note_pending(subscription, key, version, self.now()):
+                    return 0  # the lease holder sends it
+                continue  # the lease went meanwhile: claim again
+            # A gap (a throttled post given back, or a replay that died): catch up under the lease.
+            known = {d.note.version: d.note for d in batch if d.note.key == key and d.subscription == subscription}
+            catch_up = f"c{uuid.uuid4().hex}"
+            try:
+                self._deliver_under_lease(connection, subscription, key, token=catch_up, upto=version, known=known)
+            except (LeaseLost, HistoryBehind):
+                self.store.note_pending(subscription, key, version, self.now())
+                return 0
+            return 1
+        return 0
+
+    # ------------------------------------------------------------------------------------------- expiry
+    def close(self, connection_id: str, reason: str) -> None:
+        try:
+            self.poster.post(connection_id, message({"type": "closing", "reason": reason}))
+            self.poster.close(connection_id)
+        except ConnectionGone:
+            pass
+        self.store.forget_connection(connection_id)
+        self._metrics.add_metric(name="WatchConnectionsClosed", unit="Count", value=1)
+
+    def sweep(self) -> None:
+        """Warn connections whose token expires within 5 minutes; close those whose token has expired."""
+        now = self.now()
+        for connection in self.store.expiring(now + EXPIRY_NOTICE_SECONDS):
+            if connection.expires_at <= now:
+                self.close(connection.connection_id, "token-expired")
+            elif not connection.warned:
+                try:
+                    self.poster.post(
+                        connection.connection_id,
+                        message(
+                            {
+                                "type": "expiring",
+                                "expires_at": connection.expires_at,
+                                "detail": "the token expires soon: send refresh with a new token",
+                            }
+                        ),
+                    )
+                except ConnectionGone:
+                    self.store.forget_connection(connection.connection_id)
+                    continue
+                self.store.mark_warned(connection.connection_id)

@@ -1,0 +1,421 @@
+"""The watch table in DynamoDB: connections, subscriptions, the index of subscriptions by target, watermarks.
+
+Items (docs/watch.md, "What is stored"): everything of a connection under `c#<connection id>` (its
+principal, its subscriptions, its watermarks), and one index entry per subscription under the watched
+target (`t#k#<key>` / `t#p#<prefix>`), read with strongly consistent Queries so that a subscription written
+before a change is seen by that change's fan-out. Watermarks move only by conditional writes: the claim of
+version v needs v - 1 delivered (or nothing yet) and no live lease; a lease holder's writes need its lease.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from state_core.domain.watch import Connection, LeaseLost, Subscription, Watermark
+from state_core.storage.state import dynamodb_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+CONNECTION_SK = "conn"
+# Everything of a connection outlives its token by a day at most, even if $disconnect never ran.
+RETAIN_PAST_EXPIRY_SECONDS = 86_400
+
+
+def _conn_pk(connection_id: str) -> str:
+    return f"c#{connection_id}"
+
+
+def _index_pk(target: str) -> str:
+    return f"t#{target}"
+
+
+def _watermark_key(s: Subscription, key: str) -> dict[str, Any]:
+    return {"pk": {"S": _conn_pk(s.connection_id)}, "sk": {"S": f"w#{s.subscription_id}#{key}"}}
+
+
+def _failed(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _watermark(item: dict[str, Any] | None) -> Watermark:
+    item = item or {}
+
+    def number(name: str) -> float | None:
+        return float(item[name]["N"]) if name in item else None
+
+    delivered, pending = number("delivered"), number("pending")
+    return Watermark(
+        delivered=None if delivered is None else int(delivered),
+        claim=item.get("claim", {}).get("S"),
+        lease_by=item.get("lease_by", {}).get("S"),
+        lease_until=number("lease_until"),
+        pending=None if pending is None else int(pending),
+    )
+
+
+def _connection(item: dict[str, Any]) -> Connection:
+    return Connection(
+        connection_id=item["pk"]["S"][2:],
+        subject=item["subject"]["S"],
+        scopes=tuple(item.get("scopes", {}).get("SS", [])),
+        roles=tuple(item.get("roles", {}).get("SS", [])),
+        expires_at=int(item["exp"]["N"]),
+        warned=item.get("warned", {}).get("BOOL", False),
+    )
+
+
+class WatchStore:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    # ------------------------------------------------------------------------------------- connections
+    def _principal_values(self, connection: Connection) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            ":subject": {"S": connection.subject},
+            ":exp": {"N": str(connection.expires_at)},
+            ":ttl": {"N": str(connection.expires_at + RETAIN_PAST_EXPIRY_SECONDS)},
+        }
+        return values
+
+    def put_connection(self, connection: Connection) -> None:
+        item: dict[str, Any] = {
+            "pk": {"S": _conn_pk(connection.connection_id)},
+            "sk": {"S": CONNECTION_SK},
+            "subject": {"S": connection.subject},
+            "exp": {"N": str(connection.expires_at)},
+            "ttl": {"N": str(connection.expires_at + RETAIN_PAST_EXPIRY_SECONDS)},
+        }
+        # String sets cannot be empty: no scopes, no member.
+        if connection.scopes:
+            item["scopes"] = {"SS": sorted(set(connection.scopes))}
+        if connection.roles:
+            item["roles"] = {"SS": sorted(set(connection.roles))}
+        with dynamodb_errors():
+            self._client.put_item(TableName=self._table, Item=item)
+
+    def connection(self, connection_id: str) -> Connection | None:
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": _conn_pk(connection_id)}, "sk": {"S": CONNECTION_SK}},
+                ConsistentRead=True,
+            ).get("Item")
+        return None if item is None else _connection(item)
+
+    def connections(self, connection_ids: Iterable[str]) -> dict[str, Connection]:
+        wanted = list(dict.fromkeys(connection_ids))
+        found: dict[str, Connection] = {}
+        for start in range(0, len(wanted), 100):
+            keys: list[dict[str, Any]] = [
+                {"pk": {"S": _conn_pk(c)}, "sk": {"S": CONNECTION_SK}} for c in wanted[start : start + 100]
+            ]
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    connection = _connection(item)
+                    found[connection.connection_id] = connection
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def replace_principal(self, connection: Connection) -> bool:
+        """A refresh: the new token's scopes, roles and exp, only for the same subject (False otherwise)."""
+        names = {"#subject": "subject", "#exp": "exp", "#ttl": "ttl", "#scopes": "scopes", "#roles": "roles"}
+        values = self._principal_values(connection)
+        sets = ["#exp = :exp", "#ttl = :ttl", "warned = :no"]
+        removes = []
+        values[":no"] = {"BOOL": False}
+        for name, members in (("scopes", connection.scopes), ("roles", connection.roles)):
+            if members:
+                sets.append(f"#{name} = :{name}")
+                values[f":{name}"] = {"SS": sorted(set(members))}
+            else:
+                removes.append(f"#{name}")
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": _conn_pk(connection.connection_id)}, "sk": {"S": CONNECTION_SK}},
+                UpdateExpression=update,
+                ConditionExpression="#subject = :subject",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _failed(error):
+                return False
+            raise
+        return True
+
+    def mark_warned(self, connection_id: str) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": _conn_pk(connection_id)}, "sk": {"S": CONNECTION_SK}},
+                UpdateExpression="SET warned = :yes",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":yes": {"BOOL": True}},
+            )
+        except ClientError as error:
+            if not _failed(error):
+                raise
+
+    def expiring(self, before: float) -> Iterator[Connection]:
+        """Connections whose token expires before `before` (a scan: the sweep runs once a minute)."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "sk = :conn AND #exp < :before",
+            "ExpressionAttributeNames": {"#exp": "exp"},
+            "ExpressionAttributeValues": {":conn": {"S": CONNECTION_SK}, ":before": {"N": str(int(before))}},
+        }
+        while True:
+            response = self._client.scan(**request)
+            for item in response.get("Items", []):
+                yield _connection(item)
+            if "LastEvaluatedKey" not in response:
+                return
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def forget_connection(self, connection_id: str) -> None:
+        """Delete everything of a connection: its subscriptions' index entries, then its own items."""
+        items = self._connection_items(connection_id)
+        index = [
+            {"pk": {"S": _index_pk(item["target"]["S"])}, "sk": {"S": f"{connection_id}#{item['sk']['S'][2:]}"}}
+            for item in items
+            if item["sk"]["S"].startswith("s#")
+        ]
+        own = [{"pk": item["pk"], "sk": item["sk"]} for item in items]
+        self._delete_all(index + own)
+
+    def _connection_items(self, connection_id: str) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _conn_pk(connection_id)}},
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            response = self._client.query(**request)
+            items += response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return items
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _delete_all(self, keys: list[dict[str, Any]]) -> None:
+        for start in range(0, len(keys), 25):
+            request: dict[str, Any] = {
+                self._table: [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
+            }
+            while request:
+                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+    # ----------------------------------------------------------------------------------- subscriptions
+    def add_subscription(self, subscription: Subscription, expires_at: int) -> bool:
+        """The index entry first, then the subscription item (False if the id is taken): the fan-out reads
+        the index, so from the index entry on, every later change of the target reaches this subscription."""
+        s = subscription
+        ttl = {"N": str(expires_at + RETAIN_PAST_EXPIRY_SECONDS)}
+        item: dict[str, Any] = {
+            "pk": {"S": _conn_pk(s.connection_id)},
+            "sk": {"S": f"s#{s.subscription_id}"},
+            "target": {"S": s.target},
+            "ttl": ttl,
+        }
+        try:
+            # Conditional on the id being free, before the index entry exists: a taken id changes nothing.
+            with dynamodb_errors():
+                self._client.put_item(
+                    TableName=self._table,
+                    Item={**item, "adding": {"BOOL": True}},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+        except ClientError as error:
+            if _failed(error):
+                return False
+            raise
+        with dynamodb_errors():
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "pk": {"S": _index_pk(s.target)},
+                    "sk": {"S": f"{s.connection_id}#{s.subscription_id}"},
+                    "connection": {"S": s.connection_id},
+                    "subscription": {"S": s.subscription_id},
+                    "ttl": ttl,
+                },
+            )
+            self._client.put_item(TableName=self._table, Item=item)
+        return True
+
+    def subscription(self, connection_id: str, subscription_id: str) -> Subscription | None:
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": _conn_pk(connection_id)}, "sk": {"S": f"s#{subscription_id}"}},
+                ConsistentRead=True,
+            ).get("Item")
+        if item is None:
+            return None
+        target = item["target"]["S"]
+        is_key = target.startswith("k#")
+        return Subscription(
+            connection_id, subscription_id, target[2:] if is_key else None, None if is_key else target[2:]
+        )
+
+    def remove_subscription(self, subscription: Subscription) -> None:
+        """The index entry first (no new deliveries), then the subscription and its watermarks."""
+        s = subscription
+        prefix = f"w#{s.subscription_id}#"
+        watermarks = [
+            {"pk": item["pk"], "sk": item["sk"]}
+            for item in self._connection_items(s.connection_id)
+            if item["sk"]["S"].startswith(prefix)
+        ]
+        self._delete_all(
+            [
+                {"pk": {"S": _index_pk(s.target)}, "sk": {"S": f"{s.connection_id}#{s.subscription_id}"}},
+                {"pk": {"S": _conn_pk(s.connection_id)}, "sk": {"S": f"s#{s.subscription_id}"}},
+                *watermarks,
+            ]
+        )
+
+    def subscribers(self, target: str) -> list[tuple[str, str]]:
+        """(connection id, subscription id) of every subscription of `target`, strongly consistent."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _index_pk(target)}},
+            "ProjectionExpression": "#c, #s",
+            "ExpressionAttributeNames": {"#c": "connection", "#s": "subscription"},
+            "ConsistentRead": True,
+        }
+        found: list[tuple[str, str]] = []
+        while True:
+            with dynamodb_errors():
+                response = self._client.query(**request)
+            found += [(item["connection"]["S"], item["subscription"]["S"]) for item in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                return found
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    # -------------------------------------------------------------------------------------- watermarks
+    def _update(self, key: dict[str, Any], **request: Any) -> dict[str, Any] | None:
+        """The conditional update; None when it held, the item as it was when the condition failed."""
+        try:
+            self._client.update_item(
+                TableName=self._table, Key=key, ReturnValuesOnConditionCheckFailure="ALL_OLD", **request
+            )
+        except ClientError as error:
+            if _failed(error):
+                item: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
+                return item
+            raise
+        return None
+
+    def claim(self, s: Subscription, key: str, version: int, token: str, now: float) -> Watermark | None:
+        """Claim `version` for sending: None when claimed (or claimed before with the same token), else
+        the watermark that refused it (delivered past it, a live lease, or a gap)."""
+        refused = self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET delivered = :v, claim = :token",
+            ConditionExpression=(
+                "(attribute_not_exists(delivered) OR delivered = :prev OR (delivered = :v AND claim = :token))"
+                " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+            ),
+            ExpressionAttributeValues={
+                ":v": {"N": str(version)},
+                ":prev": {"N": str(version - 1)},
+                ":token": {"S": token},
+                ":now": {"N": f"{now:.3f}"},
+            },
+        )
+        return None if refused is None else _watermark(refused)
+
+    def unclaim(self, s: Subscription, key: str, version: int, token: str) -> None:
+        """Give back a claimed version whose message could not be posted; the next change catches up."""
+        self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET delivered = :prev, pending = :v REMOVE claim",
+            ConditionExpression="delivered = :v AND claim = :token",
+            ExpressionAttributeValues={
+                ":v": {"N": str(version)},
+                ":prev": {"N": str(version - 1)},
+                ":token": {"S": token},
+            },
+        )
+
+    def take_lease(self, s: Subscription, key: str, token: str, until: float, now: float) -> Watermark | None:
+        """The watermark's lease for `token` (the watermark as it is then), or None while another holds it."""
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_watermark_key(s, key),
+                UpdateExpression="SET lease_by = :token, lease_until = :until",
+                ConditionExpression="attribute_not_exists(lease_until) OR lease_until < :now OR lease_by = :token",
+                ExpressionAttributeValues={
+                    ":token": {"S": token},
+                    ":until": {"N": f"{until:.3f}"},
+                    ":now": {"N": f"{now:.3f}"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if _failed(error):
+                return None
+            raise
+        return _watermark(response.get("Attributes"))
+
+    def start_at(self, s: Subscription, key: str, version: int, token: str) -> None:
+        """Under the lease: the version the subscription starts after, unless the watermark is already past it."""
+        self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET delivered = :v",
+            ConditionExpression="lease_by = :token AND (attribute_not_exists(delivered) OR delivered < :v)",
+            ExpressionAttributeValues={":v": {"N": str(version)}, ":token": {"S": token}},
+        )
+
+    def advance(self, s: Subscription, key: str, version: int, token: str) -> None:
+        refused = self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET delivered = :v, claim = :token",
+            ConditionExpression="lease_by = :token",
+            ExpressionAttributeValues={":v": {"N": str(version)}, ":token": {"S": token}},
+        )
+        if refused is not None:
+            raise LeaseLost(f"the lease of {key} for subscription {s.subscription_id} was lost")
+
+    def note_pending(self, s: Subscription, key: str, version: int, now: float) -> bool:
+        """Tell the lease holder that `version` is waiting; False when no lease is live any more."""
+        refused = self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET pending = :v",
+            ConditionExpression="lease_until >= :now AND (attribute_not_exists(pending) OR pending < :v)",
+            ExpressionAttributeValues={":v": {"N": str(version)}, ":now": {"N": f"{now:.3f}"}},
+        )
+        if refused is None:
+            return True
+        # Refused because a higher version is already pending (fine: it covers this one) or the lease went.
+        mark = _watermark(refused)
+        return mark.lease_by is not None and (mark.lease_until or 0) >= now and (mark.pending or 0) >= version
+
+    def release(self, s: Subscription, key: str, token: str) -> int | None:
+        """Let the lease go, unless a version past the delivered one is pending: then that version."""
+        refused = self._update(
+            _watermark_key(s, key),
+            UpdateExpression="REMOVE lease_by, lease_until, pending",
+            ConditionExpression="lease_by = :token AND (attribute_not_exists(pending) OR pending <= delivered)",
+            ExpressionAttributeValues={":token": {"S": token}},
+        )
+        if refused is None:
+            return None
+        mark = _watermark(refused)
+        if mark.lease_by != token:
+            raise LeaseLost(f"the lease of {key} for subscription {s.subscription_id} was lost")
+        return mark.pending

@@ -1,0 +1,530 @@
+"""The WebSocket watch's core through its real handlers (watch_socket, watch_fanout) against the moto server:
+the watch table from template.yaml, real stream records, the history as the publisher writes it, real
+tokens from the dev issuer, and PostToConnection through botocore to a small @connections endpoint (an
+emulation of API Gateway's management API that records what each connection received).
+
+Each promise of docs/watch.md has a test that tries to break it: the replay and the fan-out racing at the
+seam, a retried batch, a gone connection, a throttled post, hostile keys, prefixes and messages, RBAC
+narrowed after subscribing, an expired token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+import pytest
+
+from devstack.token import mint
+from state_core import runtime
+from state_core.domain.watch import encode_cursor
+from state_core.service.manager import StateManager
+from state_core.storage.history import HistoryStore
+from state_core.storage.state import StateStore
+from state_core.stream.lifecycle import StreamLifecycle
+from tests.doubles import NoMetrics, utc_now
+from tests.streams import record_history, stream_records
+
+pytestmark = pytest.mark.integration
+
+
+# ---------------------------------------------------------------------------------------- @connections
+class Connections:
+    """What each connection received, and the faults to answer with (410 Gone, 429 throttling, a pause)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.closed: set[str] = set()
+        self.gone: set[str] = set()
+        self.throttle: dict[str, int] = {}
+        # (connection id, message type) -> (entered, release): the post waits for `release` once.
+        self.pauses: dict[tuple[str, str], tuple[threading.Event, threading.Event]] = {}
+
+    def messages(self, connection_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            got = list(self.received[connection_id])
+        return [m for m in got if kind is None or m["type"] == kind]
+
+    def pause(self, connection_id: str, kind: str) -> tuple[threading.Event, threading.Event]:
+        events = (threading.Event(), threading.Event())
+        self.pauses[(connection_id, kind)] = events
+        return events
+
+
+def _handler(state: Connections) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, error: str | None = None) -> None:
+            body = json.dumps({"message": error or ""}).encode() if error else b""
+            self.send_response(status)
+            if error:
+                self.send_header("x-amzn-ErrorType", error)
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            connection_id = self.path.rsplit("/@connections/", 1)[1]
+            data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if connection_id in state.gone or connection_id in state.closed:
+                self._answer(410, "GoneException")
+                return
+            with state.lock:
+                left = state.throttle.get(connection_id, 0)
+                if left:
+                    state.throttle[connection_id] = left - 1
+            if left:
+                self._answer(429, "LimitExceededException")
+                return
+            paused = state.pauses.pop((connection_id, data["type"]), None)
+            if paused is not None:
+                paused[0].set()
+                paused[1].wait(10)
+            with state.lock:
+                state.received[connection_id].append(data)
+            self._answer(200)
+
+        def do_DELETE(self) -> None:
+            state.closed.add(self.path.rsplit("/@connections/", 1)[1])
+            self._answer(204)
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def connections() -> Any:
+    state = Connections()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.endpoint = f"http://127.0.0.1:{server.server_address[1]}/watch"  # type: ignore[attr-defined]
+    yield state
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def watch_table(moto_server: str, state_template: Any) -> str:
+    name = f"watch-test-{uuid.uuid4().hex[:8]}"
+    ddb = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1")
+    ddb.create_table(**state_template.table_create_kwargs("WatchTable", name))
+    return name
+
+
+@pytest.fixture(scope="module")
+def watch_env(handler_environment: str, watch_table: str, connections: Any, dev_issuer: Any) -> Any:
+    os.environ.update(
+        {
+            "STATE_WATCH_TABLE_NAME": watch_table,
+            "STATE_WS_ENDPOINT": connections.endpoint,
+            "STATE_OIDC_ISSUER": dev_issuer.issuer,
+            "STATE_OIDC_AUDIENCE": "state-service",
+        }
+    )
+    for built in (runtime.watch_settings, runtime.watch_service, runtime._token_issuer):
+        built.cache_clear()
+    yield connections
+    for built in (runtime.watch_settings, runtime.watch_service, runtime._token_issuer):
+        built.cache_clear()
+
+
+@pytest.fixture
+def manager(store: StateStore) -> StateManager:
+    return StateManager(store, clock=utc_now, metrics=NoMetrics())
+
+
+@pytest.fixture
+def lifecycle(client: Any, state_table: str, store: StateStore) -> StreamLifecycle:
+    history = HistoryStore(client, state_table, retention_seconds=90 * 86_400)
+    return StreamLifecycle(client, state_table, history=history, states=store, blobs=store.blobs, clock=utc_now)
+
+
+@pytest.fixture
+def token(dev_issuer: Any) -> Any:
+    def make(sub: str = "alice", scope: str = "state:read", **kwargs: Any) -> str:
+        return mint(sub, scope, issuer=dev_issuer.issuer, state_dir=dev_issuer.state_dir, **kwargs)
+
+    return make
+
+
+def ws_event(route: str, connection_id: str, *, body: Any = None, headers: dict[str, str] | None = None,
+             query: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """An API Gateway WebSocket proxy event, as the integration receives it."""
+    event: dict[str, Any] = {
+        "requestContext": {
+            "routeKey": route,
+            "eventType": {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}.get(route, "MESSAGE"),
+            "connectionId": connection_id,
+            "requestId": uuid.uuid4().hex,
+            "stage": "watch",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "isBase64Encoded": False,
+    }
+    if headers is not None:
+        event["headers"] = headers
+    if query is not None:
+        event["queryStringParameters"] = query
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
+class Watcher:
+    """One connection driven through the real handler."""
+
+    def __init__(self, invoke: Any, connections: Connections, token: str) -> None:
+        self.invoke = invoke
+        self.connections = connections
+        self.id = uuid.uuid4().hex
+        answer = invoke("watch_socket", ws_event("$connect", self.id, headers={"Authorization": f"Bearer {token}"}))
+        assert answer["statusCode"] == 200, answer
+
+    def send(self, message: Any) -> None:
+        route = message.get("type", "$default") if isinstance(message, dict) else "$default"
+        if route not in ("subscribe", "unsubscribe", "refresh"):
+            route = "$default"
+        assert self.invoke("watch_socket", ws_event(route, self.id, body=message))["statusCode"] == 200
+
+    def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return self.connections.messages(self.id, kind)
+
+    def versions(self, subscription: str = "s") -> list[int]:
+        return [m["version"] for m in self.messages("change") if m["subscription"] == subscription]
+
+
+@pytest.fixture
+def watcher(invoke: Any, watch_env: Any, token: Any) -> Any:
+    def open_one(sub: str = "alice", scope: str = "state:read", **kwargs: Any) -> Watcher:
+        return Watcher(invoke, watch_env, token(sub, scope, **kwargs))
+
+    return open_one
+
+
+@pytest.fixture
+def fan_out(invoke: Any, state_table: str) -> Any:
+    """fan_out(*keys[, records]): the fan-out's stream batch of every record of `keys` so far."""
+
+    def run(*keys: str, records: list[dict[str, Any]] | None = None) -> None:
+        batch = records if records is not None else stream_records(state_table, set(keys))
+        assert invoke("watch_fanout", {"Records": batch}) == {"batchItemFailures": []}
+
+    return run
+
+
+def user_key(sub: str = "alice") -> str:
+    return f"user:{sub}:{uuid.uuid4().hex[:12]}"
+
+
+# ------------------------------------------------------------------------------------- delivery
+def test_every_version_arrives_once_in_order_with_its_value_and_cursor(watcher, manager, fan_out):
+    key = user_key()
+    w = watcher(scope="state:read:user:${sub}:*")
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    assert w.messages("subscribed") == [{"type": "subscribed", "id": "s", "key": key, "version": 0}]
+    manager.put(key, {"n": 1}, actor="alice")
+    manager.patch(key, {"n": 2}, actor="alice")
+    manager.delete(key, actor="alice")
+    manager.put(key, "again", actor="alice")
+    fan_out(key)
+    changes = w.messages("change")
+    assert [(c["version"], c["operation"]) for c in changes] == [
+        (1, "created"), (2, "updated"), (3, "deleted"), (4, "created")
+    ]  # fmt: skip
+    assert [c.get("value") for c in changes] == [{"n": 1}, {"n": 2}, None, "again"]
+    assert changes[1]["cursor"] == encode_cursor(key, 2)
+    fan_out(key)  # the same batch again (a retried invocation): nothing new
+    assert w.versions()[:4] == [1, 2, 3, 4]
+    assert len(w.versions()) <= 5  # at most the last claimed version again, never an older one
+
+
+def test_a_prefix_subscription_gets_the_keys_under_it_and_nothing_else(watcher, manager, fan_out):
+    base = f"p{uuid.uuid4().hex[:8]}"
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "prefix": f"{base}:a:"})
+    inside, deeper, outside, lookalike = f"{base}:a:1", f"{base}:a:b:2", f"{base}:b:1", f"{base}:ab"
+    for k in (inside, deeper, outside, lookalike):
+        manager.put(k, 1, actor="alice")
+    fan_out(inside, deeper, outside, lookalike)
+    assert sorted(m["key"] for m in w.messages("change")) == sorted([inside, deeper])
+
+
+def test_a_large_value_goes_out_without_its_value(watcher, manager, fan_out):
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    manager.put(key, "x" * 200_000, actor="alice")
+    fan_out(key)
+    (change,) = w.messages("change")
+    assert change["value_omitted"] is True
+    assert change["reason"] == "too-large"
+    assert "value" not in change
+
+
+def test_a_gone_connection_is_forgotten_at_once(watcher, watch_env, manager, fan_out, watch_table):
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    watch_env.gone.add(w.id)
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    left = ddb.query(
+        TableName=watch_table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"c#{w.id}"}}
+    )["Items"]
+    index = ddb.query(
+        TableName=watch_table, KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"t#k#{key}"}},
+    )["Items"]  # fmt: skip
+    assert left == []
+    assert index == []
+
+
+def test_a_throttled_post_is_caught_up_at_the_next_change(watcher, watch_env, manager, fan_out, lifecycle, state_table):
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    manager.put(key, 1, actor="alice")
+    watch_env.throttle[w.id] = 3  # every attempt of version 1's post
+    fan_out(key)
+    assert w.versions() == []
+    manager.put(key, 2, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {key}))
+    fan_out(key)
+    assert w.versions() == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------ replay
+def test_since_replays_the_versions_after_the_cursor_then_goes_live(watcher, manager, fan_out, lifecycle, state_table):
+    key = user_key()
+    for n in range(1, 6):
+        manager.put(key, n, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {key}))
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 2)})
+    assert w.messages("subscribed")[0]["version"] == 2
+    assert w.versions() == [3, 4, 5]
+    assert [m["value"] for m in w.messages("change")] == [3, 4, 5]
+    manager.put(key, 6, actor="alice")
+    fan_out(key)  # versions 1-5 are in the batch too: the watermark drops them
+    assert w.versions() == [3, 4, 5, 6]
+
+
+def test_the_replay_and_the_fan_out_racing_at_the_seam_send_each_version_once_in_order(
+    watcher, watch_env, manager, fan_out, lifecycle, state_table
+):
+    key = user_key()
+    for n in range(1, 5):
+        manager.put(key, n, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {key}))
+    w = watcher()
+    # The replay stops in its first post (version 2) while versions 5 and 6 are written and fanned out.
+    entered, release = watch_env.pause(w.id, "subscribed")
+    subscribing = threading.Thread(
+        target=w.send, args=({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)},)
+    )
+    subscribing.start()
+    assert entered.wait(10)
+    manager.put(key, 5, actor="alice")
+    manager.put(key, 6, actor="alice")
+    records = stream_records(state_table, {key})
+    record_history(lifecycle, records)
+    fan_out(key, records=records)  # finds the replay's lease: leaves 5 and 6 pending
+    assert w.versions() == []
+    release.set()
+    subscribing.join(10)
+    assert w.versions() == [2, 3, 4, 5, 6]
+    fan_out(key, records=records)
+    manager.put(key, 7, actor="alice")
+    fan_out(key)
+    assert w.versions() == [2, 3, 4, 5, 6, 7]
+
+
+def test_a_cursor_older_than_the_history_gets_resync(watcher, manager, fan_out, lifecycle, state_table, client):
+    key = user_key()
+    for n in range(1, 4):
+        manager.put(key, n, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {key}))
+    # Version 2's history item left retention (DynamoDB's TTL); the key's last write is long past the lag.
+    client.delete_item(TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "v#000000000002"}})
+    client.update_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}},
+        UpdateExpression="SET updated_at = :old", ExpressionAttributeValues={":old": {"S": "2020-01-01T00:00:00.000Z"}},
+    )  # fmt: skip
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})
+    assert [m["key"] for m in w.messages("resync")] == [key]
+    manager.put(key, 4, actor="alice")
+    fan_out(key)
+    assert w.versions() == [4]
+
+
+# -------------------------------------------------------------------------------------------- RBAC
+@pytest.mark.parametrize(
+    ("scope", "target", "allowed"),
+    [
+        ("state:read:user:${sub}:*", {"prefix": "user:alice:"}, True),
+        ("state:read:user:${sub}:*", {"prefix": "user:alice:prefs:"}, True),
+        ("state:read:user:${sub}:*", {"prefix": "user:"}, False),
+        ("state:read:user:${sub}:*", {"prefix": "user:bob:"}, False),
+        ("state:read:user:${sub}:*", {"key": "user:bob:x"}, False),
+        ("state:read:user:alice:prefs", {"key": "user:alice:prefs"}, True),
+        ("state:read:user:alice:prefs", {"prefix": "user:alice:"}, False),
+        ("state:read:user:al*", {"prefix": "user:al:"}, True),
+        ("state:write", {"key": "user:alice:prefs"}, False),
+        ("state:read:*", {"prefix": "a:"}, True),
+    ],
+)
+def test_a_subscription_needs_read_on_every_key_it_can_receive(watcher, scope, target, allowed):
+    w = watcher(scope=scope)
+    w.send({"type": "subscribe", "id": "s", **target})
+    if allowed:
+        assert [m["type"] for m in w.messages()] == ["subscribed"]
+    else:
+        assert [(m["type"], m["status"], m["id"]) for m in w.messages()] == [("error", 403, "s")]
+
+
+def test_a_subject_that_is_no_key_segment_gets_nothing_from_sub_grants(watcher):
+    w = watcher(sub="alice:x", scope="state:read:user:${sub}:*")
+    w.send({"type": "subscribe", "id": "s", "prefix": "user:alice:x:"})
+    assert w.messages()[0]["status"] == 403
+
+
+def test_delivery_checks_the_principal_again_after_a_narrowing_refresh(watcher, token, manager, fan_out):
+    key = user_key()
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    w.send({"type": "refresh", "token": token("alice", "state:read:other:*")})
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == []
+
+
+def test_refresh_with_another_subjects_token_is_refused_and_changes_nothing(watcher, token, manager, fan_out):
+    key = user_key()
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    w.send({"type": "refresh", "token": token("mallory", "state:read")})
+    assert w.messages("error")[0]["status"] == 403
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == [1]
+
+
+def test_an_expired_tokens_connection_is_closed_when_a_change_comes(watcher, watch_env, manager, fan_out, watch_table):
+    key = user_key()
+    w = watcher(ttl=2)
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    time.sleep(2.1)
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == []
+    assert w.messages("closing") == [{"type": "closing", "reason": "token-expired"}]
+    assert w.id in watch_env.closed
+
+
+# ----------------------------------------------------------------------------------------- $connect
+@pytest.fixture
+def connect(invoke, watch_env):
+    def run(headers=None, query=None):
+        return invoke("watch_socket", ws_event("$connect", uuid.uuid4().hex, headers=headers, query=query))
+
+    return run
+
+
+def test_a_browser_sends_its_token_as_a_subprotocol_and_only_state_v1_is_echoed(connect, token, watch_table):
+    jwt = token()
+    answer = connect(headers={"Sec-WebSocket-Protocol": f"state.v1, bearer.{jwt}"})
+    assert answer == {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "state.v1"}}
+    items = boto3.client("dynamodb", region_name="us-east-1").scan(TableName=watch_table)["Items"]
+    assert jwt not in json.dumps(items)
+
+
+@pytest.mark.parametrize(
+    ("make_headers", "query", "status"),
+    [
+        (lambda t: {"Authorization": f"Bearer {t}"}, {"access_token": "x"}, 400),
+        (lambda t: {}, {"token": "{t}"}, 400),
+        (lambda t: {}, None, 401),
+        (lambda t: {"Authorization": f"Bearer {t}x"}, None, 401),
+        (lambda t: {"Sec-WebSocket-Protocol": f"bearer.{t}"}, None, 400),
+        (lambda t: {"Authorization": f"Bearer {t}", "Sec-WebSocket-Protocol": f"state.v1, bearer.{t}"}, None, 400),
+    ],
+)
+def test_a_handshake_without_one_valid_token_in_a_header_is_refused(connect, token, make_headers, query, status):
+    answer = connect(headers=make_headers(token()), query=query)
+    assert answer["statusCode"] == status
+    assert json.loads(answer["body"])["status"] == status
+
+
+def test_an_expired_token_cannot_connect(connect, token):
+    assert connect(headers={"Authorization": f"Bearer {token(ttl=-10)}"})["statusCode"] == 401
+
+
+# ------------------------------------------------------------------------------------- bad messages
+@pytest.mark.parametrize(
+    ("body", "status", "named"),
+    [
+        ("not json", 400, None),
+        ("[]", 400, None),
+        ('{"type":"nonsense","id":"s"}', 400, "s"),
+        ('{"type":"subscribe","id":"s","key":"a","key":"b"}', 400, "s"),
+        ({"type": "subscribe", "id": "s"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a", "prefix": "a:"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a b"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a\n"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "prefix": "user:al"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "prefix": ":"}, 400, "s"),
+        ({"type": "subscribe", "id": "bad id!", "key": "a"}, 400, None),
+        ({"type": "subscribe", "id": "s", "key": "a", "extra": 1}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": 5}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a", "since": "garbage"}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a", "since": encode_cursor("b", 1)}, 400, "s"),
+        ({"type": "subscribe", "id": "s", "prefix": "a:", "since": encode_cursor("a:b", 1)}, 400, "s"),
+        ({"type": "unsubscribe"}, 400, None),
+        ({"type": "refresh", "token": 5}, 400, None),
+        ({"type": "subscribe", "id": "s", "key": "a" * 20_000}, 413, "s"),
+    ],
+)
+def test_a_bad_message_gets_a_clear_error_and_changes_nothing(watcher, body, status, named):
+    w = watcher(scope="state:read")
+    w.send(body)
+    (error,) = w.messages()
+    assert error["type"] == "error"
+    assert error["status"] == status
+    assert error.get("id") == named
+    assert error["detail"]
+    assert error["title"]
+
+
+def test_an_id_in_use_is_refused_and_unsubscribe_stops_the_changes(watcher, manager, fan_out):
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    assert w.messages("error")[0]["status"] == 409
+    w.send({"type": "unsubscribe", "id": "s"})
+    assert w.messages("unsubscribed") == [{"type": "unsubscribed", "id": "s"}]
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == []
+
+
+def test_a_token_in_a_refresh_is_never_logged_nor_echoed(watcher, token, capsys):
+    w = watcher()
+    bad = token("alice", "state:read") + "tampered"
+    w.send({"type": "refresh", "token": bad})
+    assert w.messages("error")[0]["status"] == 401
+    captured = capsys.readouterr()
+    assert bad not in captured.out + captured.err
+    assert bad not in json.dumps(w.messages())

@@ -1,0 +1,104 @@
+"""The watch protocol: docs/asyncapi.yaml against the code's models, cursors, targets and message parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from state_core.domain.errors import BadRequest, PayloadTooLarge
+from state_core.domain.watch import (
+    CLIENT_MESSAGES,
+    MAX_VALUE_IN_MESSAGE_BYTES,
+    SERVER_MESSAGES,
+    ChangeNote,
+    decode_cursor,
+    encode_cursor,
+    parse_client_message,
+    targets_of,
+    value_for_message,
+)
+
+pytestmark = pytest.mark.unit
+
+ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
+
+
+@pytest.fixture(scope="module")
+def document():
+    return yaml.safe_load(ASYNCAPI.read_text(encoding="utf-8"))
+
+
+def _model_fields(model):
+    fields = model.model_fields
+    return set(fields), {name for name, field in fields.items() if field.is_required()}
+
+
+def test_the_document_is_asyncapi_3_and_names_every_message_of_the_code(document):
+    assert document["asyncapi"].startswith("3.")
+    messages = document["components"]["messages"]
+    assert set(messages) == set(CLIENT_MESSAGES) | set(SERVER_MESSAGES)
+    for name, message in messages.items():
+        assert message["name"] == name
+        assert message["payload"]["properties"]["type"] == {"const": name}
+
+
+@pytest.mark.parametrize("name", sorted({*CLIENT_MESSAGES, *SERVER_MESSAGES}))
+def test_each_messages_fields_and_required_fields_match_its_model(document, name):
+    model = CLIENT_MESSAGES.get(name) or SERVER_MESSAGES[name]
+    payload = document["components"]["messages"][name]["payload"]
+    fields, required = _model_fields(model)
+    assert set(payload["properties"]) == fields
+    assert set(payload.get("required", [])) == required
+
+
+def test_clients_send_the_client_messages_and_receive_the_servers(document):
+    sent, received = set(), set()
+    for operation in document["operations"].values():
+        names = {ref["$ref"].rsplit("/", 1)[1] for ref in operation["messages"]}
+        (sent if operation["action"] == "send" else received).update(names)
+    assert sent == set(CLIENT_MESSAGES)
+    assert received == set(SERVER_MESSAGES)
+
+
+def test_a_change_message_is_valid_against_its_model_and_carries_the_value_as_stored():
+    note = ChangeNote("a:b", 3, "updated", "2026-12-01T00:00:00.000Z", b'{"x":[1,2]}')
+    body = json.loads(note.to_subscription("s"))
+    SERVER_MESSAGES["change"].model_validate(body)
+    assert body["value"] == {"x": [1, 2]}
+    assert decode_cursor("a:b", body["cursor"]) == 3
+
+
+def test_a_value_over_what_a_message_carries_is_omitted_with_the_reason():
+    assert value_for_message(b"1" * (MAX_VALUE_IN_MESSAGE_BYTES + 1), None) == (None, "too-large")
+    assert value_for_message(b"1", None) == (b"1", None)
+    assert value_for_message(None, None) == (None, None)
+
+
+def test_targets_are_the_key_and_its_segment_prefixes():
+    assert targets_of("a:b:c") == ["k#a:b:c", "p#a:", "p#a:b:"]
+    assert targets_of("a") == ["k#a"]
+
+
+@pytest.mark.parametrize("cursor", ["", "x", encode_cursor("a", 1)[:-2], encode_cursor("a", 1) + "A"])
+def test_a_garbled_cursor_is_refused(cursor):
+    with pytest.raises(BadRequest):
+        decode_cursor("a", cursor)
+
+
+def test_a_cursor_of_another_key_is_refused():
+    with pytest.raises(BadRequest, match="another key"):
+        decode_cursor("a", encode_cursor("b", 1))
+
+
+def test_a_refused_refresh_never_echoes_its_token():
+    with pytest.raises(BadRequest) as refused:
+        parse_client_message(json.dumps({"type": "refresh", "token": "secret-token", "extra": "x"}))
+    assert "secret-token" not in refused.value.detail
+
+
+def test_an_oversized_message_is_refused_before_parsing():
+    with pytest.raises(PayloadTooLarge):
+        parse_client_message("{" + " " * 20_000 + "}")
