@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,16 +11,16 @@ import yaml
 
 from state_core.domain.errors import BadRequest, PayloadTooLarge
 from state_core.domain.watch import (
-    CLIENT_MESSAGES,
+    CLIENT_MESSAGE_TYPES,
     MAX_VALUE_IN_MESSAGE_BYTES,
-    SERVER_MESSAGES,
+    SERVER_MESSAGE_TYPES,
     ChangeNote,
     decode_cursor,
     encode_cursor,
-    parse_client_message,
     targets_of,
     value_for_message,
 )
+from state_core.domain.watch_messages import CLIENT_MESSAGES, SERVER_MESSAGES, parse_client_message
 
 pytestmark = pytest.mark.unit
 
@@ -52,6 +53,11 @@ def test_each_messages_fields_and_required_fields_match_its_model(document, name
     fields, required = _model_fields(model)
     assert set(payload["properties"]) == fields
     assert set(payload.get("required", [])) == required
+
+
+def test_the_models_are_the_message_types_the_code_names():
+    assert tuple(CLIENT_MESSAGES) == CLIENT_MESSAGE_TYPES
+    assert tuple(SERVER_MESSAGES) == SERVER_MESSAGE_TYPES
 
 
 def test_clients_send_the_client_messages_and_receive_the_servers(document):
@@ -97,6 +103,22 @@ def test_a_refused_refresh_never_echoes_its_token():
     with pytest.raises(BadRequest) as refused:
         parse_client_message(json.dumps({"type": "refresh", "token": "secret-token", "extra": "x"}))
     assert "secret-token" not in refused.value.detail
+
+
+def test_the_watch_handlers_import_no_pydantic_until_a_message_is_parsed():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import state_core.api.watch, state_core.stream.watch, state_core.service.watch; "
+        "print('pydantic' in sys.modules)"
+    )
+    root = ASYNCAPI.parents[1]
+    environment = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'state_core'}{os.pathsep}{root}"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, env=environment
+    )
+    assert out.stdout.strip() == "False"
 
 
 def test_an_oversized_message_is_refused_before_parsing():

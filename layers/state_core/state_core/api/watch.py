@@ -14,15 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.errors import BadRequest, ServiceUnavailable, StateError, Unauthenticated
-from state_core.domain.watch import (
-    Connection,
-    ConnectionGone,
-    Refresh,
-    Subscribe,
-    error_message,
-    parse_client_message,
-    subscription_id_of,
-)
+from state_core.domain.watch import Connection, ConnectionGone, error_message, subscription_id_of
 from state_core.observability import logger, metrics
 from state_core.security import audit
 from state_core.security.tokens import IssuerUnavailable, TokenRejected, bearer_token
@@ -122,6 +114,9 @@ def on_message(event: Mapping[str, Any], service: WatchService, verify: Verify) 
         audit.emit_watch("watch_message", dict(event), subject=connection.subject, status=401)
         service.close(connection_id, "token-expired")
         return {"statusCode": 200}
+    # pydantic only here: $connect, $disconnect and the fan-out never load it.
+    from state_core.domain.watch_messages import Refresh, Subscribe, parse_client_message
+
     action: audit.WatchAction = "watch_message"
     key = prefix = None
     try:

@@ -1,9 +1,7 @@
 """The WebSocket watch: its messages, cursors, targets and the collaborators the watch service is handed.
 
-Pure: no I/O. The client's messages are validated with pydantic (unknown members refused, nothing coerced);
-the server's messages are built as compact JSON here, and their pydantic models document them (the AsyncAPI
-document, docs/asyncapi.yaml, is checked against these models by a test). A change's value is spliced in
-as its canonical JSON, never parsed and re-encoded.
+Pure: no I/O. The server's messages are built as compact JSON here (a change's value spliced in as its
+canonical JSON, never parsed and re-encoded); the client's are parsed by watch_messages.py.
 """
 
 from __future__ import annotations
@@ -14,12 +12,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
-
-from state_core.domain.errors import BadRequest, PayloadTooLarge, StateError
-from state_core.domain.keys import KEY_PATTERN
+from state_core.domain.errors import BadRequest, StateError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -34,99 +29,19 @@ SUBSCRIPTION_ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 # A prefix: key characters ending at a segment boundary (`:`), so the fan-out finds the subscriptions of a
 # changed key by its few segment prefixes instead of scanning.
 PREFIX_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}:"
-_PREFIX = re.compile(PREFIX_PATTERN + r"\Z")
-_KEY = re.compile(KEY_PATTERN + r"\Z")
 KEY_TARGET, PREFIX_TARGET = "k#", "p#"
 _CURSOR_FORMAT = "w1"
-
-SubscriptionId = Annotated[StrictStr, Field(pattern=rf"^{SUBSCRIPTION_ID_PATTERN}$")]
 
 
 class SubscriptionExists(StateError):
     status, title, slug = 409, "Conflict", "subscription-exists"
 
 
-class Resync(StateError):
-    """The cursor is older than the history holds: the client lists, then watches from what it read."""
-
-    status, title, slug = 410, "Gone", "resync"
-
-
-# --------------------------------------------------------------------------------------- client messages
-class _ClientMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
-
-
-class Subscribe(_ClientMessage):
-    """Watch one key, or every key under a prefix ending in `:`; `since` resumes after a cursor."""
-
-    type: Literal["subscribe"]
-    id: SubscriptionId
-    key: StrictStr | None = Field(default=None, pattern=rf"^{KEY_PATTERN}$")
-    prefix: StrictStr | None = Field(default=None, pattern=rf"^{PREFIX_PATTERN}$")
-    since: StrictStr | None = Field(default=None, max_length=512)
-
-    @model_validator(mode="after")
-    def _one_target(self) -> Subscribe:
-        if (self.key is None) == (self.prefix is None):
-            raise ValueError("a subscription names exactly one of key and prefix")
-        return self
-
-    @property
-    def target(self) -> str:
-        return KEY_TARGET + self.key if self.key is not None else PREFIX_TARGET + str(self.prefix)
-
-
-class Unsubscribe(_ClientMessage):
-    type: Literal["unsubscribe"]
-    id: SubscriptionId
-
-
-class Refresh(_ClientMessage):
-    """A fresh token for the same subject, before the current one expires."""
-
-    type: Literal["refresh"]
-    token: StrictStr = Field(min_length=1, max_length=10_240)
-
-
-ClientMessage = Subscribe | Unsubscribe | Refresh
-CLIENT_MESSAGES: dict[str, type[_ClientMessage]] = {
-    "subscribe": Subscribe,
-    "unsubscribe": Unsubscribe,
-    "refresh": Refresh,
-}
-
-
-def parse_client_message(body: str | None) -> ClientMessage:
-    """The client's message; BadRequest (PayloadTooLarge) naming what is wrong, never echoing a token."""
-    if body is None or not body.strip():
-        raise BadRequest("a message is a JSON object with a type")
-    if len(body.encode("utf-8", "surrogatepass")) > MAX_CLIENT_MESSAGE_BYTES:
-        raise PayloadTooLarge(f"a message is at most {MAX_CLIENT_MESSAGE_BYTES} bytes")
-    from state_core.domain.codec import object_without_duplicates, reject_constant
-
-    try:
-        raw = json.loads(body, object_pairs_hook=object_without_duplicates, parse_constant=reject_constant)
-    except StateError as exc:
-        raise BadRequest(f"the message is not valid JSON: {exc.detail}") from None
-    except (ValueError, RecursionError):
-        raise BadRequest("the message is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise BadRequest("a message is a JSON object with a type")
-    kind = raw.get("type")
-    model = CLIENT_MESSAGES.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise BadRequest(f"type must be one of {', '.join(CLIENT_MESSAGES)}")
-    try:
-        message = model.model_validate(raw)
-    except ValidationError as exc:
-        reasons = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'message'}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_input=False, include_context=False)
-        )
-        raise BadRequest(f"invalid {raw['type']} message: {reasons}") from None
-    assert isinstance(message, Subscribe | Unsubscribe | Refresh)
-    return message
+# ----------------------------------------------------------------------------------------------- messages
+# The messages' pydantic models are in watch_messages.py, imported only where a client's message is parsed:
+# pydantic costs ~80 ms of import, which $connect and the fan-out (which build messages by hand) never pay.
+CLIENT_MESSAGE_TYPES = ("subscribe", "unsubscribe", "refresh")
+SERVER_MESSAGE_TYPES = ("subscribed", "unsubscribed", "change", "resync", "error", "expiring", "closing")
 
 
 def subscription_id_of(body: str | None) -> str | None:
@@ -137,74 +52,6 @@ def subscription_id_of(body: str | None) -> str | None:
         return None
     ident = raw.get("id") if isinstance(raw, dict) else None
     return ident if isinstance(ident, str) and re.fullmatch(SUBSCRIPTION_ID_PATTERN, ident) else None
-
-
-# --------------------------------------------------------------------------------------- server messages
-class _ServerMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-
-class Subscribed(_ServerMessage):
-    type: Literal["subscribed"]
-    id: str
-    key: str | None = None
-    prefix: str | None = None
-    version: int | None = Field(default=None, description="The key's version the watch starts after.")
-
-
-class Unsubscribed(_ServerMessage):
-    type: Literal["unsubscribed"]
-    id: str
-
-
-class Change(_ServerMessage):
-    type: Literal["change"]
-    subscription: str
-    key: str
-    version: int
-    operation: Literal["created", "updated", "deleted", "expired"]
-    occurred_at: str
-    value: Any = None
-    value_omitted: bool | None = None
-    reason: str | None = None
-    cursor: str
-
-
-class ResyncMessage(_ServerMessage):
-    type: Literal["resync"]
-    subscription: str
-    key: str
-    reason: str
-
-
-class Error(_ServerMessage):
-    type: Literal["error"]
-    status: int
-    title: str
-    detail: str
-    id: str | None = None
-
-
-class Expiring(_ServerMessage):
-    type: Literal["expiring"]
-    expires_at: int
-    detail: str
-
-
-class Closing(_ServerMessage):
-    type: Literal["closing"]
-    reason: str
-
-
-SERVER_MESSAGES: dict[str, type[_ServerMessage]] = {
-    "subscribed": Subscribed,
-    "unsubscribed": Unsubscribed,
-    "change": Change,
-    "resync": ResyncMessage,
-    "error": Error,
-    "expiring": Expiring,
-    "closing": Closing,
-}
 
 
 def message(fields: dict[str, Any]) -> bytes:
@@ -290,10 +137,6 @@ def targets_of(key: str) -> list[str]:
     """The subscription targets a change of `key` concerns: the key, and each of its segment prefixes."""
     parts = key.split(":")
     return [KEY_TARGET + key] + [PREFIX_TARGET + ":".join(parts[:n]) + ":" for n in range(1, len(parts))]
-
-
-def is_prefix(text: str) -> bool:
-    return _PREFIX.match(text) is not None
 
 
 # ----------------------------------------------------------------------------------- the watch's records

@@ -30,7 +30,6 @@ from state_core.domain.watch import (
     ConnectionPoster,
     LeaseLost,
     PostThrottled,
-    Subscribe,
     Subscription,
     SubscriptionExists,
     WatchStore,
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from state_core.domain.history import HistoryEntry
     from state_core.domain.ports import HistoryReads, Log, MetricsSink, StateReads
     from state_core.domain.records import StateRecord
+    from state_core.domain.watch_messages import Subscribe
     from state_core.security.policy import RolePolicy
 
 LEASE_SECONDS = 15.0
