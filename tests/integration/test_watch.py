@@ -24,6 +24,7 @@ import pytest
 
 from devstack.token import mint
 from state_core import runtime
+from state_core.domain.errors import NotFound
 from state_core.domain.watch import encode_cursor
 from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryStore
@@ -231,7 +232,9 @@ def test_every_version_arrives_once_in_order_with_its_value_and_cursor(watcher, 
     key = user_key()
     w = watcher(scope="state:read:user:${sub}:*")
     w.send({"type": "subscribe", "id": "s", "key": key})
-    assert w.messages("subscribed") == [{"type": "subscribed", "id": "s", "key": key, "version": 0}]
+    assert w.messages("subscribed") == [
+        {"type": "subscribed", "id": "s", "key": key, "version": 0, "cursor": encode_cursor(key, 0)}
+    ]
     manager.put(key, {"n": 1}, actor="alice")
     manager.patch(key, {"n": 2}, actor="alice")
     manager.delete(key, actor="alice")
@@ -528,3 +531,154 @@ def test_a_token_in_a_refresh_is_never_logged_nor_echoed(watcher, token, capsys)
     captured = capsys.readouterr()
     assert bad not in captured.out + captured.err
     assert bad not in json.dumps(w.messages())
+
+
+# ------------------------------------------------------------------------------ many watchers, many writers
+class StreamTail:
+    """The table's stream read on from where it was, as an event source mapping does: new records of `keys`."""
+
+    def __init__(self, state_table: str, keys: set[str]) -> None:
+        from devstack.stream_poller import lambda_record
+
+        self._convert = lambda_record
+        self.keys = keys
+        self.streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        self.arn = ddb.describe_table(TableName=state_table)["Table"]["LatestStreamArn"]
+        self.iterators = {
+            shard["ShardId"]: self.streams.get_shard_iterator(
+                StreamArn=self.arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            for shard in self.streams.describe_stream(StreamArn=self.arn)["StreamDescription"]["Shards"]
+        }
+
+    def poll(self) -> list[dict[str, Any]]:
+        found = []
+        for shard, iterator in list(self.iterators.items()):
+            while iterator:
+                response = self.streams.get_records(ShardIterator=iterator, Limit=1000)
+                iterator = response.get("NextShardIterator")
+                self.iterators[shard] = iterator
+                found += response["Records"]
+                if not response["Records"]:
+                    break
+        return [self._convert(r, self.arn) for r in found if r["dynamodb"]["Keys"]["pk"]["S"] in self.keys]
+
+
+class RaceClient:
+    """A watcher of one key or prefix that reconnects and resumes with the cursor of what it processed."""
+
+    def __init__(self, invoke: Any, connections: Connections, jwt: str, key: str | None, prefix: str | None) -> None:
+        self.invoke, self.connections, self.jwt = invoke, connections, jwt
+        self.key, self.prefix = key, prefix
+        self.connection = ""
+        self.seen: dict[str, list[int]] = defaultdict(list)
+        self.cursor: str | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        self.connection = uuid.uuid4().hex
+        headers = {"Authorization": f"Bearer {self.jwt}"}
+        assert self.invoke("watch_socket", ws_event("$connect", self.connection, headers=headers))["statusCode"] == 200
+        target: dict[str, Any] = {"key": self.key} if self.key else {"prefix": self.prefix}
+        if self.cursor:
+            target["since"] = self.cursor
+        subscribe = {"type": "subscribe", "id": "s", **target}
+        self.invoke("watch_socket", ws_event("subscribe", self.connection, body=subscribe))
+        assert self.connections.messages(self.connection, "error") == []
+        if self.key and not self.cursor:
+            self.cursor = self.connections.messages(self.connection, "subscribed")[0]["cursor"]
+
+    def collect(self) -> None:
+        for message in self.connections.messages(self.connection, "change"):
+            self.seen[message["key"]].append(message["version"])
+            self.cursor = message["cursor"]
+
+    def reconnect(self) -> None:
+        self.invoke("watch_socket", ws_event("$disconnect", self.connection))
+        self.connections.closed.add(self.connection)
+        self.collect()  # what arrived before the socket closed
+        self.connect()
+
+
+def race_writes(manager: StateManager, keys: list[str], writer: int) -> None:
+    """PUT (some with a 1 s TTL, expired by a later write), PATCH and DELETE at random on `keys`."""
+    import random
+
+    local = random.Random(writer)
+    for _ in range(20):
+        key = local.choice(keys)
+        kind = local.random()
+        try:
+            if kind < 0.5:
+                manager.put(key, {"w": writer}, actor="alice", ttl_seconds=1 if kind < 0.1 else None)
+            elif kind < 0.8:
+                manager.patch(key, {"p": writer}, actor="alice")
+            else:
+                manager.delete(key, actor="alice")
+        except NotFound:
+            pass  # a PATCH or DELETE of a deleted key
+        time.sleep(local.uniform(0, 0.05))
+
+
+def stream_until(done: threading.Event, tail: StreamTail, lifecycle: StreamLifecycle, invoke: Any) -> None:
+    """The publisher records history, then the fan-out's mapping delivers the same batch, until `done`."""
+    while True:
+        finished = done.is_set()
+        batch = tail.poll()
+        if batch:
+            record_history(lifecycle, batch)
+            assert invoke("watch_fanout", {"Records": batch}) == {"batchItemFailures": []}
+        if finished:
+            return
+        time.sleep(0.05)
+
+
+def test_watchers_resuming_by_cursor_get_every_version_of_their_keys_once_in_order_while_writers_race(
+    invoke, watch_env, token, manager, lifecycle, state_table
+):
+    """Writers race on a few keys (PUT, PATCH, DELETE, TTL expiry) while the stream is recorded and fanned
+    out in batches; key watchers disconnect at random meanwhile and resume on a new connection with their
+    cursor. Every key watcher must see 1..final of its key exactly once, in order, across its connections;
+    every prefix watcher every version of every key under its prefix, in order."""
+    import random
+
+    rng = random.Random(15)
+    base = f"race{uuid.uuid4().hex[:6]}"
+    keys = [f"{base}:{group}:{n}" for group in ("a", "b") for n in range(3)]
+    jwt = token("alice", "state:read")
+    key_clients = [RaceClient(invoke, watch_env, jwt, keys[i % len(keys)], None) for i in range(8)]
+    prefix_clients = [RaceClient(invoke, watch_env, jwt, None, f"{base}:{group}:") for group in ("a", "b")]
+
+    done = threading.Event()
+    streaming = threading.Thread(
+        target=stream_until, args=(done, StreamTail(state_table, set(keys)), lifecycle, invoke)
+    )
+    streaming.start()
+    writers = [threading.Thread(target=race_writes, args=(manager, keys, n)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    while any(t.is_alive() for t in writers):
+        for client in rng.sample(key_clients, 2):
+            client.reconnect()
+        time.sleep(0.1)
+    for thread in writers:
+        thread.join()
+    done.set()
+    streaming.join(60)
+    for client in key_clients + prefix_clients:
+        client.collect()
+    final = {key: store_version(state_table, key) for key in keys}
+    for client in key_clients:
+        assert client.seen[str(client.key)] == list(range(1, final[str(client.key)] + 1)), client.key
+    for client in prefix_clients:
+        for key in keys:
+            if key.startswith(str(client.prefix)):
+                assert client.seen[key] == list(range(1, final[key] + 1)), key
+
+
+def store_version(state_table: str, key: str) -> int:
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}}, ConsistentRead=True
+    )["Item"]
+    return int(item["version"]["N"])

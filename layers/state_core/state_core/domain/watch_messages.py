@@ -111,6 +111,7 @@ class Subscribed(_ServerMessage):
     key: str | None = None
     prefix: str | None = None
     version: int | None = Field(default=None, description="The key's version the watch starts after.")
+    cursor: str | None = Field(default=None, description="The cursor of that version, to resume from.")
 
 
 class Unsubscribed(_ServerMessage):

@@ -34,6 +34,7 @@ from state_core.domain.watch import (
     SubscriptionExists,
     WatchStore,
     decode_cursor,
+    encode_cursor,
     message,
     targets_of,
     value_for_message,
@@ -164,7 +165,16 @@ class WatchService:
             self.store.start_at(subscription, key, start, token)
             self.poster.post(
                 connection.connection_id,
-                message({"type": "subscribed", "id": request.id, "key": key, "version": start}),
+                message(
+                    {
+                        "type": "subscribed",
+                        "id": request.id,
+                        "key": key,
+                        "version": start,
+                        # Resuming from here misses nothing even when no change arrives before a disconnect.
+                        "cursor": encode_cursor(key, start),
+                    }
+                ),
             )
             self._deliver_under_lease(connection, subscription, key, token=token, upto=current_version, known={})
         except BaseException:
