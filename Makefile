@@ -18,7 +18,7 @@ PYTHON ?= $(SAM_PYTHON313)
 
 PYTEST_ARGS ?=
 
-.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks format pre-commit token openapi layer-requirements events replay clean
+.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks format pre-commit token openapi layer-requirements events replay watch clean
 
 ## help: list the targets
 help:
@@ -53,6 +53,11 @@ token: $(VENV_STAMP)
 ## events: print StateChanged events from the local stack's state-changes queue as they arrive (Ctrl-C stops)
 events: $(VENV_STAMP)
 	@$(PY) -m devstack.event_tail $(EVENTS_ARGS)
+
+## watch: print the changes of a key (KEY=...) or of a prefix ending in ':' (PREFIX=...) from the local stack as
+## they arrive; reconnects and resumes a key from its last cursor (Ctrl-C stops)
+watch: $(VENV_STAMP)
+	@$(PY) -m devstack.watch_client $(if $(KEY),--key "$(KEY)",--prefix "$(PREFIX)") --sub "$(SUB)" --scope "$(SCOPE)"
 
 ## replay: re-publish the publisher's dead-lettered events and the stream's S3 failure records (local stack)
 replay: $(VENV_STAMP)
