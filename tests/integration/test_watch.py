@@ -11,6 +11,7 @@ narrowed after subscribing, an expired token.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from devstack.token import mint
 from state_core import runtime
 from state_core.domain.errors import NotFound
 from state_core.domain.watch import encode_cursor
+from state_core.security import audit
 from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryStore
 from state_core.storage.state import StateStore
@@ -682,3 +684,87 @@ def store_version(state_table: str, key: str) -> int:
         TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}}, ConsistentRead=True
     )["Item"]
     return int(item["version"]["N"])
+
+
+# ---------------------------------------------------------------------------------- sweep, lag, audit
+def test_the_sweep_warns_before_a_token_expires_and_closes_after(watcher, watch_env, invoke):
+    soon, later = watcher(ttl=120), watcher(ttl=3600)
+    assert invoke("watch_fanout", {}) == {}  # the schedule's event
+    assert [m["type"] for m in watch_env.messages(soon.id)] == ["expiring"]
+    assert watch_env.messages(later.id) == []
+    assert invoke("watch_fanout", {}) == {}
+    assert [m["type"] for m in watch_env.messages(soon.id)] == ["expiring"]  # warned once
+    gone = watcher(ttl=2)
+    time.sleep(2.1)
+    invoke("watch_fanout", {})
+    assert [m["type"] for m in watch_env.messages(gone.id)] == ["closing"]
+    assert gone.id in watch_env.closed
+
+
+def test_a_refresh_extends_the_connection_past_the_first_tokens_expiry(watcher, token, manager, fan_out):
+    key = user_key()
+    w = watcher(ttl=2)
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    w.send({"type": "refresh", "token": token("alice", "state:read", ttl=600)})
+    time.sleep(2.1)
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == [1]
+
+
+def test_a_replay_into_versions_the_stream_has_not_recorded_yet_waits_then_answers_503(
+    watcher, manager, lifecycle, state_table
+):
+    key = user_key()
+    for n in range(1, 4):
+        manager.put(key, n, actor="alice")
+    records = stream_records(state_table, {key})
+    record_history(lifecycle, records[:1])  # the publisher is behind: only version 1 is recorded
+    w = watcher()
+    started = time.monotonic()
+    w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})
+    assert time.monotonic() - started >= 3
+    (error,) = w.messages("error")
+    assert (error["status"], error["id"]) == (503, "s")
+    assert w.versions() == []
+    record_history(lifecycle, records)
+    w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})  # the id is free again
+    assert w.versions() == [2, 3]
+
+
+class _Lines(logging.Handler):
+    def __init__(self, formatter: logging.Formatter | None) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        if formatter is not None:
+            self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def audit_lines() -> Any:
+    collector = _Lines(audit.audit_logger.registered_formatter)
+    audit.audit_logger.addHandler(collector)
+    yield collector.lines
+    audit.audit_logger.removeHandler(collector)
+
+
+def test_every_access_leaves_an_audit_record_without_values_or_tokens(invoke, watch_env, token, audit_lines):
+    jwt = token("alice", "state:read:user:${sub}:*")
+    w = Watcher(invoke, watch_env, jwt)
+    key = user_key()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    w.send({"type": "subscribe", "id": "t", "key": "user:bob:x"})
+    w.send({"type": "unsubscribe", "id": "s"})
+    records = [json.loads(line)["audit"] for line in audit_lines]
+    summary = [(r["action"], r["key"], r["decision"], r["status"], r["subject"]) for r in records]
+    assert summary == [
+        ("watch_connect", None, "allow", 200, "alice"),
+        ("watch_subscribe", key, "allow", 200, "alice"),
+        ("watch_subscribe", "user:bob:x", "deny", 403, "alice"),
+        ("watch_unsubscribe", None, "allow", 200, "alice"),
+    ]
+    assert all(r["connection_id"] == w.id for r in records)
+    assert jwt not in "\n".join(audit_lines)
