@@ -768,3 +768,24 @@ def test_every_access_leaves_an_audit_record_without_values_or_tokens(invoke, wa
     ]
     assert all(r["connection_id"] == w.id for r in records)
     assert jwt not in "\n".join(audit_lines)
+
+
+def test_a_cursor_too_far_behind_gets_resync_and_the_watch_goes_on_from_now(
+    watcher, manager, fan_out, client, state_table
+):
+    from state_core.service.watch import MAX_REPLAY_VERSIONS
+
+    key = user_key()
+    # The state item alone at a high version: the history is not read before the distance is known.
+    manager.put(key, 0, actor="alice")
+    client.update_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}},
+        UpdateExpression="SET version = :v", ExpressionAttributeValues={":v": {"N": str(MAX_REPLAY_VERSIONS + 2)}},
+    )  # fmt: skip
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})
+    assert [m["type"] for m in w.messages()] == ["subscribed", "resync"]
+    assert w.messages("subscribed")[0]["version"] == MAX_REPLAY_VERSIONS + 2
+    manager.put(key, 1, actor="alice")
+    fan_out(key)
+    assert w.versions() == [MAX_REPLAY_VERSIONS + 3]

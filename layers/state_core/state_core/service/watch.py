@@ -57,6 +57,9 @@ HISTORY_POLL_SECONDS = 0.2
 HISTORY_LAG_GRACE_SECONDS = 60
 EXPIRY_NOTICE_SECONDS = 300
 FANOUT_THREADS = 32
+# A subscription replays at most this many versions (each a history read and a post, within the socket
+# function's 10 s); a cursor further behind gets resync.
+MAX_REPLAY_VERSIONS = 200
 
 
 class HistoryBehind(ServiceUnavailable):
@@ -140,10 +143,13 @@ class WatchService:
         since = None if request.since is None or request.key is None else decode_cursor(request.key, request.since)
         subscription = Subscription(connection.connection_id, request.id, request.key, request.prefix)
         if request.key is None:
-            self._add(subscription, connection)
+            if self.store.subscription(connection.connection_id, request.id) is not None:
+                raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+            # Answered before the index entry exists, so no change of the prefix can come before it.
             self.poster.post(
                 connection.connection_id, message({"type": "subscribed", "id": request.id, "prefix": request.prefix})
             )
+            self._add(subscription, connection)
             return
         key = request.key
         token = f"r{uuid.uuid4().hex}"
@@ -162,6 +168,10 @@ class WatchService:
             if since is not None and since > current_version:
                 raise BadRequest("since is a cursor of a version this key does not have")
             start = current_version if since is None else since
+            too_far = current_version - start > MAX_REPLAY_VERSIONS
+            if too_far:
+                # A replay that long would outlast the function: like a cursor past retention, resync.
+                start = current_version
             self.store.start_at(subscription, key, start, token)
             self.poster.post(
                 connection.connection_id,
@@ -176,6 +186,8 @@ class WatchService:
                     }
                 ),
             )
+            if too_far:
+                self._resync(connection, subscription, key, f"more than {MAX_REPLAY_VERSIONS} versions to replay")
             self._deliver_under_lease(connection, subscription, key, token=token, upto=current_version, known={})
         except BaseException:
             self._abandon(subscription, key, token)
@@ -223,18 +235,7 @@ class WatchService:
                 try:
                     note = known.get(version) or self._note_of(key, version)
                 except CursorTooOld:
-                    # Kubernetes' 410: the client reads the key and watches on from what it read.
-                    self.poster.post(
-                        connection.connection_id,
-                        message(
-                            {
-                                "type": "resync",
-                                "subscription": subscription.subscription_id,
-                                "key": key,
-                                "reason": f"version {version} has left the history's retention",
-                            }
-                        ),
-                    )
+                    self._resync(connection, subscription, key, f"version {version} has left the history's retention")
                     current = self._states.get(key)
                     version = max(version, 0 if current is None else current.version)
                     self.store.advance(subscription, key, version, token)
@@ -252,6 +253,13 @@ class WatchService:
                 # Refused only for want of a recorded `delivered` (a watermark nothing was sent on yet).
                 self.store.advance(subscription, key, delivered, token)
             target = max(target, pending)
+
+    def _resync(self, connection: Connection, subscription: Subscription, key: str, reason: str) -> None:
+        """Kubernetes' 410: the client reads the key and watches on from what it read."""
+        self.poster.post(
+            connection.connection_id,
+            message({"type": "resync", "subscription": subscription.subscription_id, "key": key, "reason": reason}),
+        )
 
     def _note_of(self, key: str, version: int) -> ChangeNote:
         """Version `version` of `key` from the history (the current one from the state item), waiting a
