@@ -145,10 +145,11 @@ def test_two_mappings_of_one_stream_keep_their_own_checkpoints_in_the_shared_fil
 def test_the_cache_repair_gets_its_own_mapping_only_with_redis(state_template):
     from devstack.template import load_template
 
-    assert [f for f, _, _ in state_template.stream_event_sources()] == ["PublishChangesFunction"]
+    # The watch's fan-out has a mapping of its own too, with or without Redis.
+    assert [f for f, _, _ in state_template.stream_event_sources()] == ["PublishChangesFunction", "WatchFanoutFunction"]
     with_redis = load_template(state_template.path, parameters={"RedisEndpoint": "redis://127.0.0.1:6379"})
     sources = {f: props for f, _, props in with_redis.stream_event_sources()}
-    assert set(sources) == {"PublishChangesFunction", "RepairCacheFunction"}
+    assert set(sources) == {"PublishChangesFunction", "RepairCacheFunction", "WatchFanoutFunction"}
     assert sources["RepairCacheFunction"]["Stream"] == sources["PublishChangesFunction"]["Stream"]
 
 
