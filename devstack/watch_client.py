@@ -22,7 +22,8 @@ import aiohttp
 
 from devstack.token import mint
 
-DEFAULT_URL = f"ws://127.0.0.1:{os.environ.get('WS_PORT', '3002')}"
+# The local stack's WebSocket API (devstack/websocket.py) and the template's stage.
+DEFAULT_URL = f"ws://127.0.0.1:{os.environ.get('LOCAL_WS_PORT', '3001')}/watch"
 
 
 def _line(message: dict[str, Any]) -> str:

@@ -309,6 +309,21 @@ def test_a_throttled_post_is_caught_up_at_the_next_change(watcher, watch_env, ma
     assert w.versions() == [1, 2]
 
 
+def test_a_throttled_post_is_sent_by_the_sweep_when_no_other_change_comes(
+    watcher, watch_env, manager, fan_out, lifecycle, state_table, invoke
+):
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    manager.put(key, 1, actor="alice")
+    watch_env.throttle[w.id] = 3
+    fan_out(key)
+    assert w.versions() == []
+    record_history(lifecycle, stream_records(state_table, {key}))
+    assert invoke("watch_fanout", {}) == {}  # the schedule
+    assert w.versions() == [1]
+
+
 # ------------------------------------------------------------------------------------------ replay
 def test_since_replays_the_versions_after_the_cursor_then_goes_live(watcher, manager, fan_out, lifecycle, state_table):
     key = user_key()

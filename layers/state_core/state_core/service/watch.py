@@ -149,7 +149,7 @@ class WatchService:
             self.poster.post(
                 connection.connection_id, message({"type": "subscribed", "id": request.id, "prefix": request.prefix})
             )
-            self._add(subscription, connection)
+            self._add(subscription, connection, key=None, token=None)
             return
         key = request.key
         token = f"r{uuid.uuid4().hex}"
@@ -159,9 +159,7 @@ class WatchService:
             raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
         if self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now()) is None:
             raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
-        if not self.store.add_subscription(subscription, connection.expires_at):
-            self.store.release(subscription, key, token)
-            raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+        self._add(subscription, connection, key=key, token=token)
         try:
             current = self._states.get(key)
             current_version = 0 if current is None else current.version
@@ -193,8 +191,16 @@ class WatchService:
             self._abandon(subscription, key, token)
             raise
 
-    def _add(self, subscription: Subscription, connection: Connection) -> None:
-        if not self.store.add_subscription(subscription, connection.expires_at):
+    def _add(self, subscription: Subscription, connection: Connection, *, key: str | None, token: str | None) -> None:
+        """Write the subscription; a write that failed halfway is undone, so the client can subscribe again."""
+        try:
+            added = self.store.add_subscription(subscription, connection.expires_at)
+        except BaseException:
+            self._abandon(subscription, key or "", token or "")
+            raise
+        if not added:
+            if key is not None and token is not None:
+                self.store.release(subscription, key, token)
             raise SubscriptionExists(f"subscription {subscription.subscription_id} already exists on this connection")
 
     def _abandon(self, subscription: Subscription, key: str, token: str) -> None:
@@ -328,12 +334,25 @@ class WatchService:
             self.close(connection_id, "token-expired")
             return 0
         sent = 0
-        try:
-            for delivery in deliveries:
+        for position, delivery in enumerate(deliveries):
+            try:
                 sent += self._deliver(connection, delivery, deliveries)
-        except ConnectionGone:
-            self.store.forget_connection(connection_id)
-            self._metrics.add_metric(name="WatchConnectionsGone", unit="Count", value=1)
+            except ConnectionGone:
+                self.store.forget_connection(connection_id)
+                self._metrics.add_metric(name="WatchConnectionsGone", unit="Count", value=1)
+                return sent
+            except Exception as error:  # one connection's trouble must not fail everyone's batch
+                # A retried batch would send again what the others already have; instead this connection's
+                # remaining versions are marked behind, and the sweep (or the key's next change) catches up.
+                self._log.warning("watch delivery failed; left to catch up", extra={"reason": type(error).__name__})
+                self._metrics.add_metric(name="WatchDeliveriesDeferred", unit="Count", value=1)
+                highest: dict[tuple[Subscription, str], int] = {}
+                for later in deliveries[position:]:
+                    slot = (later.subscription, later.note.key)
+                    highest[slot] = max(highest.get(slot, 0), later.note.version)
+                for (subscription, key), version in highest.items():
+                    self.store.mark_behind(subscription, key, version)
+                return sent
         return sent
 
     def _deliver(self, connection: Connection, delivery: Delivery, batch: list[Delivery]) -> int:
@@ -379,7 +398,9 @@ class WatchService:
         self._metrics.add_metric(name="WatchConnectionsClosed", unit="Count", value=1)
 
     def sweep(self) -> None:
-        """Warn connections whose token expires within 5 minutes; close those whose token has expired."""
+        """Warn connections whose token expires within 5 minutes; close those whose token has expired; send
+        what deliveries left behind (a failed or throttled post, a lease holder that died)."""
+        self.catch_up_behind()
         now = self.now()
         for connection in self.store.expiring(now + EXPIRY_NOTICE_SECONDS):
             if connection.expires_at <= now:
@@ -400,3 +421,27 @@ class WatchService:
                     self.store.forget_connection(connection.connection_id)
                     continue
                 self.store.mark_warned(connection.connection_id)
+
+    def catch_up_behind(self) -> None:
+        for subscription, key in self.store.behind(self.now()):
+            connection = self.store.connection(subscription.connection_id)
+            if connection is None or connection.expires_at <= self.now():
+                continue  # the expiry pass closes it
+            mark = self.store.take_lease(
+                subscription, key, token := f"c{uuid.uuid4().hex}", self.now() + LEASE_SECONDS, self.now()
+            )
+            if mark is None:
+                continue  # someone is delivering: they will see the pending version
+            try:
+                self._deliver_under_lease(
+                    connection,
+                    subscription,
+                    key,
+                    token=token,
+                    upto=max(mark.pending or 0, mark.delivered or 0),
+                    known={},
+                )
+            except ConnectionGone:
+                self.store.forget_connection(subscription.connection_id)
+            except (LeaseLost, HistoryBehind):
+                self.store.mark_behind(subscription, key, mark.pending or 0)

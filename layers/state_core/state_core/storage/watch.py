@@ -419,3 +419,35 @@ class WatchStore:
         if mark.lease_by != token:
             raise LeaseLost(f"the lease of {key} for subscription {s.subscription_id} was lost")
         return mark.pending
+
+    def mark_behind(self, s: Subscription, key: str, version: int) -> None:
+        """`version` is waiting, whoever holds the lease: the sweep (or the key's next change) sends it."""
+        self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET pending = :v",
+            ConditionExpression="attribute_not_exists(pending) OR pending < :v",
+            ExpressionAttributeValues={":v": {"N": str(version)}},
+        )
+
+    def behind(self, now: float) -> Iterator[tuple[Subscription, str]]:
+        """Watermarks with a version pending past the delivered one and no live lease (a scan: the sweep's)."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": (
+                "begins_with(sk, :w) AND attribute_exists(pending)"
+                " AND (attribute_not_exists(delivered) OR pending > delivered)"
+                " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+            ),
+            "ExpressionAttributeValues": {":w": {"S": "w#"}, ":now": {"N": f"{now:.3f}"}},
+        }
+        while True:
+            response = self._client.scan(**request)
+            for item in response.get("Items", []):
+                connection_id = item["pk"]["S"][2:]
+                subscription_id, key = item["sk"]["S"][2:].split("#", 1)
+                found = self.subscription(connection_id, subscription_id)
+                if found is not None:
+                    yield found, key
+            if "LastEvaluatedKey" not in response:
+                return
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]

@@ -1,0 +1,273 @@
+"""The WebSocket watch through the whole local stack: real WebSocket clients (aiohttp) on the local WebSocket
+API, writes over HTTP, the stream poller driving the fan-out, @connections posting back.
+
+The load test runs watchers of keys and prefixes while writers race (PUT, PATCH, DELETE, TTL expiry) and half
+the key watchers drop and resume with their cursor: every watcher must get every version of its keys, in
+order, once. Short in make test; STATE_VERIFY=1 (make verify) runs the full size (200 watchers over 50 keys
+and 10 prefixes, 2,000 writes from 8 writers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+
+from tests.stack import DevStack
+
+pytestmark = pytest.mark.e2e
+
+VERIFY = os.environ.get("STATE_VERIFY") == "1"
+WATCHERS, KEYS, PREFIXES, WRITES, WRITERS = (200, 50, 10, 2000, 8) if VERIFY else (30, 10, 2, 200, 8)
+
+
+def ws_url(stack: DevStack) -> str:
+    return stack.ws_base_url.replace("http", "ws") + "/watch"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def receive(socket: aiohttp.ClientWebSocketResponse, timeout: float = 30) -> dict[str, Any]:
+    frame = await socket.receive(timeout=timeout)
+    assert frame.type == aiohttp.WSMsgType.TEXT, frame
+    message: dict[str, Any] = json.loads(frame.data)
+    return message
+
+
+def run(coroutine: Any, timeout: float = 120) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=timeout))
+
+
+def test_a_key_watch_gets_each_write_over_http_in_order_with_its_value(devstack: DevStack) -> None:
+    key = f"user:alice:{uuid.uuid4().hex[:8]}"
+    api, headers = devstack.base_url, bearer(devstack.token())
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session:
+            socket = await session.ws_connect(ws_url(devstack), headers=headers)
+            await socket.send_json({"type": "subscribe", "id": "k", "key": key})
+            assert (await receive(socket))["type"] == "subscribed"
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                None, lambda: requests.put(f"{api}/state/{key}", json={"value": 1}, headers=headers, timeout=30)
+            )
+            await loop.run_in_executor(
+                None,
+                lambda: requests.patch(
+                    f"{api}/state/{key}", data='{"b": 2}', timeout=30,
+                    headers={**headers, "Content-Type": "application/merge-patch+json"},
+                ),
+            )  # fmt: skip
+            await loop.run_in_executor(None, lambda: requests.delete(f"{api}/state/{key}", headers=headers, timeout=30))
+            changes = [await receive(socket) for _ in range(3)]
+            await socket.close()
+            return changes
+
+    changes = run(scenario())
+    assert [(c["version"], c["operation"], c.get("value")) for c in changes] == [
+        (1, "created", 1), (2, "updated", {"b": 2}), (3, "deleted", None)
+    ]  # fmt: skip
+
+
+def test_a_browser_passes_its_token_as_a_subprotocol_and_gets_state_v1_back(devstack: DevStack) -> None:
+    async def scenario() -> str | None:
+        async with aiohttp.ClientSession() as session:
+            protocols = ("state.v1", f"bearer.{devstack.token()}")
+            socket = await session.ws_connect(ws_url(devstack), protocols=protocols)
+            chosen = socket.protocol
+            await socket.close()
+            return chosen
+
+    assert run(scenario()) == "state.v1"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "status"),
+    [("?access_token=TOKEN", {}, 400), ("", {}, 401), ("", {"Authorization": "Bearer not-a-jwt"}, 401)],
+)
+def test_a_handshake_without_a_valid_header_token_is_refused(devstack: DevStack, query, headers, status) -> None:
+    async def scenario() -> int:
+        async with aiohttp.ClientSession() as session:
+            url = ws_url(devstack) + query.replace("TOKEN", devstack.token())
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(url, headers=headers)
+            return refused.value.status
+
+    assert run(scenario()) == status
+
+
+def test_bad_messages_and_forbidden_subscriptions_get_errors_on_the_socket(devstack: DevStack) -> None:
+    token = devstack.token("alice", "state:read:user:${sub}:*")
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session:
+            socket = await session.ws_connect(ws_url(devstack), headers=bearer(token))
+            for message in (
+                "not json",
+                {"type": "subscribe", "id": "a", "prefix": "user:"},
+                {"type": "subscribe", "id": "b", "key": "user:bob:x"},
+                {"type": "subscribe", "id": "c", "prefix": "user:al"},
+            ):
+                await socket.send_str(message if isinstance(message, str) else json.dumps(message))
+            answers = [await receive(socket) for _ in range(4)]
+            await socket.close()
+            return answers
+
+    answers = run(scenario())
+    # API Gateway invokes the integration for each message on its own: the answers may come in any order.
+    assert sorted((a["type"], a["status"], a.get("id") or "") for a in answers) == [
+        ("error", 400, ""), ("error", 400, "c"), ("error", 403, "a"), ("error", 403, "b")
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- the load
+class Watcher:
+    """One client: a key (resumable by cursor) or a prefix; what it received, per key, across connections."""
+
+    def __init__(self, url: str, token: str, *, key: str | None = None, prefix: str | None = None) -> None:
+        self.url, self.token, self.key, self.prefix = url, token, key, prefix
+        self.seen: dict[str, list[int]] = defaultdict(list)
+        self.cursor: str | None = None
+        self.socket: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    async def connect(self, session: aiohttp.ClientSession) -> None:
+        self.socket = await session.ws_connect(self.url, headers=bearer(self.token))
+        self.subscribed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read(self.socket))
+        await self._subscribe()
+        await asyncio.wait_for(self.subscribed.wait(), timeout=120)
+
+    async def _subscribe(self) -> None:
+        assert self.socket is not None
+        target: dict[str, Any] = {"key": self.key} if self.key else {"prefix": self.prefix}
+        if self.cursor:
+            target["since"] = self.cursor
+        await self.socket.send_json({"type": "subscribe", "id": "w", **target})
+
+    async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        async for frame in socket:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                return
+            message = json.loads(frame.data)
+            if message["type"] == "error" and message["status"] == 503:
+                # The local table is one serialized process and a slow one under this load: a client subscribes
+                # again after a 503 (its subscription was undone), from the cursor of what it processed.
+                await asyncio.sleep(random.uniform(0.2, 1.0))
+                await self._subscribe()
+                continue
+            if message["type"] == "error":
+                raise AssertionError(message)
+            if message["type"] == "subscribed":
+                self.subscribed.set()
+                if message.get("cursor") and not self.cursor:
+                    self.cursor = message["cursor"]
+            if message["type"] == "change":
+                self.seen[message["key"]].append(message["version"])
+                self.cursor = message["cursor"]
+
+    async def drop_and_resume(self, session: aiohttp.ClientSession) -> None:
+        assert self.socket is not None
+        assert self.reader is not None
+        await self.socket.close()
+        await self.reader
+        self.reconnects += 1
+        await self.connect(session)
+
+
+def current_versions(api: str, headers: dict[str, str], keys: list[str]) -> dict[str, int]:
+    """Each key's current version, from the first entry of its history (deleted and expired keys too)."""
+    versions = {}
+    for key in keys:
+        page = requests.get(f"{api}/state/{key}/history", params={"limit": 1}, headers=headers, timeout=30)
+        versions[key] = page.json()["versions"][0]["version"] if page.status_code == 200 else 0
+    return versions
+
+
+def write(api: str, headers: dict[str, str], keys: list[str], count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(count):
+        key = rng.choice(keys)
+        kind = rng.random()
+        if kind < 0.5:
+            body: dict[str, Any] = {"value": {"w": seed, "n": rng.random()}}
+            if kind < 0.08:
+                body["ttl_seconds"] = 1  # expired by the next write, or by the TTL emulator
+            requests.put(f"{api}/state/{key}", json=body, headers=headers, timeout=30)
+        elif kind < 0.8:
+            patch_headers = {**headers, "Content-Type": "application/merge-patch+json"}
+            requests.patch(f"{api}/state/{key}", data=json.dumps({"p": seed}), headers=patch_headers, timeout=30)
+        else:
+            requests.delete(f"{api}/state/{key}", headers=headers, timeout=30)
+
+
+def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writers_race_and_half_resume(
+    devstack: DevStack,
+) -> None:
+    base = f"load{uuid.uuid4().hex[:6]}"
+    prefixes = [f"{base}:g{n}:" for n in range(PREFIXES)]
+    keys = [f"{prefixes[n % PREFIXES]}k{n}" for n in range(KEYS)]
+    api, writer_headers = devstack.base_url, bearer(devstack.token("writer", "state:read state:write"))
+    token = devstack.token("watcher", "state:read")
+    rng = random.Random(15)
+    watchers = [Watcher(ws_url(devstack), token, prefix=p) for p in prefixes]
+    watchers += [Watcher(ws_url(devstack), token, key=keys[n % KEYS]) for n in range(WATCHERS - len(watchers))]
+    resumers = rng.sample([w for w in watchers if w.key], len([w for w in watchers if w.key]) // 2)
+
+    async def scenario() -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for watcher in watchers:
+                await watcher.connect(session)
+            await asyncio.sleep(1)  # every subscription in place before the first write
+            writers = [
+                threading.Thread(target=write, args=(api, writer_headers, keys, WRITES // WRITERS, seed))
+                for seed in range(WRITERS)
+            ]
+            for thread in writers:
+                thread.start()
+            pending = list(resumers)
+            while any(t.is_alive() for t in writers):
+                if pending:
+                    await pending.pop().drop_and_resume(session)
+                await asyncio.sleep(0.2)
+            for watcher in pending:
+                await watcher.drop_and_resume(session)
+            deadline = time.monotonic() + (300 if VERIFY else 90)
+            while True:
+                final = await asyncio.get_running_loop().run_in_executor(
+                    None, current_versions, api, writer_headers, keys
+                )
+                if all(_complete(w, final) for w in watchers) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1)
+            for watcher in watchers:
+                assert watcher.socket is not None
+                await watcher.socket.close()
+            for watcher in watchers:
+                assert watcher.reader is not None
+                await watcher.reader
+            for watcher in watchers:
+                for key in [watcher.key] if watcher.key else [k for k in keys if k.startswith(str(watcher.prefix))]:
+                    assert watcher.seen[str(key)] == list(range(1, final[str(key)] + 1)), (key, watcher.reconnects)
+
+    run(scenario(), timeout=900 if VERIFY else 300)
+    assert all(w.reconnects == 1 for w in resumers)
+
+
+def _complete(watcher: Watcher, final: dict[str, int]) -> bool:
+    keys = [watcher.key] if watcher.key else [k for k in final if k.startswith(str(watcher.prefix))]
+    return all(len(watcher.seen[str(k)]) >= final[str(k)] for k in keys)
