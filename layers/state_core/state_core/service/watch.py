@@ -361,17 +361,11 @@ class WatchService:
         for _ in range(3):
             refused = self.store.claim(subscription, key, version, token, self.now())
             if refused is None:
-                if not principal_of(connection).allows(READ, key, self._policy()):
-                    return 0  # its version is consumed: a watcher never receives a key it may not read
-                try:
-                    self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
-                except PostThrottled:
-                    self.store.unclaim(subscription, key, version, token)
-                    self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
-                    return 0
-                return 1
+                return self._post_claimed(connection, delivery)
             if refused.delivered is not None and refused.delivered >= version:
                 return 0  # sent already (by the replay, or before a retried batch)
+            if refused.delivered is None and subscription.key is not None and not refused.leased(self.now()):
+                return 0  # a key subscription whose subscribe died before it started: the client retries it
             if refused.leased(self.now()):
                 if self.store.note_pending(subscription, key, version, self.now()):
                     return 0  # the lease holder sends it
@@ -445,3 +439,23 @@ class WatchService:
                 self.store.forget_connection(subscription.connection_id)
             except (LeaseLost, HistoryBehind):
                 self.store.mark_behind(subscription, key, mark.pending or 0)
+
+    def _post_claimed(self, connection: Connection, delivery: Delivery) -> int:
+        """Post a claimed version (1 if sent); one that cannot be posted is given back."""
+        subscription, note, token = delivery.subscription, delivery.note, delivery.token
+        key, version = note.key, note.version
+        if not principal_of(connection).allows(READ, key, self._policy()):
+            return 0  # its version is consumed: a watcher never receives a key it may not read
+        try:
+            self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
+        except PostThrottled:
+            self.store.unclaim(subscription, key, version, token)
+            self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
+            return 0
+        except ConnectionGone:
+            raise
+        except Exception:
+            # Perhaps sent, perhaps not (a timeout): given back, so it is sent again rather than never.
+            self.store.unclaim(subscription, key, version, token)
+            raise
+        return 1

@@ -321,12 +321,16 @@ class WatchStore:
 
     def claim(self, s: Subscription, key: str, version: int, token: str, now: float) -> Watermark | None:
         """Claim `version` for sending: None when claimed (or claimed before with the same token), else
-        the watermark that refused it (delivered past it, a live lease, or a gap)."""
+        the watermark that refused it (delivered past it, a live lease, a gap, or a key subscription whose
+        start was never recorded: its subscribe died before answering, and the client subscribes again)."""
+        # Only a prefix subscription meets a key it has sent nothing of yet; a key subscription's watermark
+        # gets its start from the subscribe handler.
+        first = "attribute_not_exists(delivered) OR " if s.prefix is not None else ""
         refused = self._update(
             _watermark_key(s, key),
             UpdateExpression="SET delivered = :v, claim = :token",
             ConditionExpression=(
-                "(attribute_not_exists(delivered) OR delivered = :prev OR (delivered = :v AND claim = :token))"
+                f"({first}delivered = :prev OR (delivered = :v AND claim = :token))"
                 " AND (attribute_not_exists(lease_until) OR lease_until < :now)"
             ),
             ExpressionAttributeValues={
