@@ -22,7 +22,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
-from state_core.domain.history import rfc3339_epoch
 from state_core.domain.watch import (
     ChangeNote,
     Connection,
@@ -52,9 +51,6 @@ LEASE_SECONDS = 15.0
 # How long a replay waits for versions the stream has not recorded in the history yet (its lag).
 HISTORY_WAIT_SECONDS = 3.0
 HISTORY_POLL_SECONDS = 0.2
-# The history may trail the state by the stream's lag (service/history.py's grace): a version missing from
-# it this soon after the key's latest write is on its way, not gone.
-HISTORY_LAG_GRACE_SECONDS = 60
 EXPIRY_NOTICE_SECONDS = 300
 FANOUT_THREADS = 32
 # A subscription replays at most this many versions (each a history read and a post, within the socket
@@ -278,8 +274,10 @@ class WatchService:
             current = self._states.get(key)
             if current is not None and current.version == version:
                 return self._note_of_record(current)
-            lagging = current is not None and self.now() - rfc3339_epoch(current.updated_at) < HISTORY_LAG_GRACE_SECONDS
-            if not lagging:
+            # The stream records a key's versions in order: a later version recorded means this one has left
+            # retention; none recorded means the stream has not got here yet, however long it lags.
+            newest, _ = self._history.page(key, limit=1, before=None)
+            if newest and newest[0].version > version:
                 raise CursorTooOld(key)
             if waited >= HISTORY_WAIT_SECONDS:
                 raise HistoryBehind(f"version {version} of key {key} is not in the history yet; retry shortly")
