@@ -24,7 +24,7 @@ import boto3
 import pytest
 
 from devstack.token import mint
-from state_core import runtime
+from state_core import failpoints, runtime
 from state_core.domain.errors import NotFound
 from state_core.domain.watch import encode_cursor
 from state_core.security import audit
@@ -389,6 +389,31 @@ def test_a_cursor_older_than_the_history_gets_resync(watcher, manager, fan_out, 
     manager.put(key, 4, actor="alice")
     fan_out(key)
     assert w.versions() == [4]
+
+
+def test_a_version_recorded_between_the_replays_two_reads_is_sent_not_taken_for_gone(
+    watcher, manager, lifecycle, state_table
+):
+    """The replay misses version 2 in the history, then the publisher records 2 and 3 together before it
+    looks for a later version: 3 recorded must not make 2 look gone (a false resync breaks gap-free)."""
+    key = user_key()
+    for n in range(1, 4):
+        manager.put(key, n, actor="alice")
+    records = stream_records(state_table, {key})
+    record_history(lifecycle, records[:1])  # the stream lags: only version 1 recorded
+
+    def publisher_lands(name: str, **context: Any) -> None:
+        if name == "watch_history_between_reads" and context["version"] == 2:
+            record_history(lifecycle, records[1:])
+
+    failpoints.install(publisher_lands)
+    try:
+        w = watcher()
+        w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})
+    finally:
+        failpoints.uninstall()
+    assert w.messages("resync") == []
+    assert w.versions() == [2, 3]
 
 
 # -------------------------------------------------------------------------------------------- RBAC

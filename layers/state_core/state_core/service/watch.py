@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from state_core import failpoints
 from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
 from state_core.domain.watch import (
     ChangeNote,
@@ -274,10 +275,17 @@ class WatchService:
             current = self._states.get(key)
             if current is not None and current.version == version:
                 return self._note_of_record(current)
+            if failpoints.ENABLED:
+                failpoints.hit("watch_history_between_reads", key=key, version=version)
             # The stream records a key's versions in order: a later version recorded means this one has left
-            # retention; none recorded means the stream has not got here yet, however long it lags.
+            # retention; none recorded means the stream has not got here yet, however long it lags. The
+            # version is read once more after the later one is seen: both may have landed since the first
+            # read, and a version that is there must never be taken for gone.
             newest, _ = self._history.page(key, limit=1, before=None)
             if newest and newest[0].version > version:
+                entry = self._history.get(key, version)
+                if entry is not None:
+                    return self._note_of_entry(entry)
                 raise CursorTooOld(key)
             if waited >= HISTORY_WAIT_SECONDS:
                 raise HistoryBehind(f"version {version} of key {key} is not in the history yet; retry shortly")
