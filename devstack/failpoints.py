@@ -49,6 +49,7 @@ POINTS = frozenset(
         "after_lock_acquire",  # patch: lock held, nothing read yet
         "before_lock_release",  # patch: written (or failed), lock not yet released
         "after_patch_read",  # patch: version read, merged write not yet sent
+        "watch_history_between_reads",  # watch replay: a version missed in the history, later ones not yet looked for
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
         "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost
     }
