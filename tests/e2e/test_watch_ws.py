@@ -231,6 +231,7 @@ def write(api: str, headers: dict[str, str], keys: list[str], count: int, seed: 
             requests.delete(f"{api}/state/{key}", headers=headers, timeout=30)
 
 
+@pytest.mark.verify
 @pytest.mark.timeout(1200 if VERIFY else 300)
 def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writers_race_and_half_resume(
     devstack: DevStack,
