@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.errors import BadRequest
-from state_core.domain.params import ascii_int
+from state_core.domain.params import ascii_int, page_size
 
 if TYPE_CHECKING:
     from state_core.domain.history import HistoryEntry
@@ -23,12 +23,7 @@ MAX_REQUESTED_VERSION = 10**15 - 1
 
 def page_limit(text: str | None) -> int:
     """`?limit=N`: ASCII digits, 1 to MAX_PAGE."""
-    if text is None:
-        return DEFAULT_PAGE
-    limit = ascii_int(text, low=1, high=MAX_PAGE)
-    if limit is None:
-        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
-    return limit
+    return page_size(text, default=DEFAULT_PAGE, maximum=MAX_PAGE)
 
 
 def requested_version(text: str | None) -> int | None:

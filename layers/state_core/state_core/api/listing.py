@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from state_core.domain.errors import BadRequest, InvalidKey
 from state_core.domain.keys import validate_key
+from state_core.domain.params import page_size
 
 if TYPE_CHECKING:
     from state_core.service.listing import ListEntry, ListPage
@@ -30,14 +31,7 @@ def list_prefix(text: str | None) -> str:
 
 
 def list_limit(text: str | None) -> int:
-    from state_core.domain.params import ascii_int
-
-    if text is None:
-        return DEFAULT_LIST_PAGE
-    limit = ascii_int(text, low=1, high=MAX_LIST_PAGE)
-    if limit is None:
-        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIST_PAGE}")
-    return limit
+    return page_size(text, default=DEFAULT_LIST_PAGE, maximum=MAX_LIST_PAGE)
 
 
 def include_values(text: str | None) -> bool:

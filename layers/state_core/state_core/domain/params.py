@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from state_core.domain.errors import BadRequest
+
 # ASCII only: `\d` would also match other scripts' digits, and `\Z` (unlike `$`) refuses a trailing newline.
 _DIGITS = re.compile(r"[0-9]{1,32}\Z")
 # One entity tag as this service writes them, `"<version>"`, maybe weak (`W/`, group 1), the version in
@@ -22,3 +24,13 @@ def ascii_int(text: str, *, low: int, high: int) -> int | None:
         return None
     number = int(text)
     return number if low <= number <= high else None
+
+
+def page_size(text: str | None, *, default: int, maximum: int) -> int:
+    """`?limit=N` of a paged listing: `default` when absent, else ASCII digits from 1 to `maximum` (400 if not)."""
+    if text is None:
+        return default
+    limit = ascii_int(text, low=1, high=maximum)
+    if limit is None:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}")
+    return limit
