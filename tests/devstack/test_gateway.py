@@ -12,7 +12,6 @@ import base64
 import itertools
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from devstack.gateway import (
 )
 from devstack.template import load_template
 from tests.jwt_support import REPO_ROOT
+from tests.servers import served_on_a_thread
 
 pytestmark = pytest.mark.integration
 
@@ -72,24 +72,8 @@ def running_gateway(state_dir: Path, **settings: Any) -> Iterator[RunningGateway
         integration_timeout=30.0,
         **settings,
     )
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(gateway.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="gateway", daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_on_a_thread(gateway, "gateway", stop_timeout=30) as loop:
         yield RunningGateway(gateway, loop, state_dir)
-    finally:
-        asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 def echo(response: requests.Response) -> dict[str, Any]:

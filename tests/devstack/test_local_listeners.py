@@ -8,9 +8,7 @@ gateway's own checks are in test_gateway.py."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ import redis
 import requests
 
 from devstack.loopback import is_loopback_host, is_loopback_origin
+from tests.servers import served_on_a_thread
 
 pytestmark = pytest.mark.integration
 
@@ -130,24 +129,8 @@ def dev_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from devstack.oidc import DevIssuer
 
     issuer = DevIssuer(Path(tmp_path_factory.mktemp("issuer-state")), port=0)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(issuer.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="dev-issuer", daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_on_a_thread(issuer, "dev-issuer", stop_timeout=10):
         yield issuer.issuer
-    finally:
-        asyncio.run_coroutine_threadsafe(issuer.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 def test_the_dev_issuer_serves_this_machine_without_cors(dev_issuer: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 
 from devstack.template import load_template
 from devstack.websocket import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, WebSocketGateway, api_id_for
+from tests.servers import served_on_a_thread
 
 pytestmark = pytest.mark.integration
 
@@ -90,24 +90,8 @@ def running_sockets(state_dir: Path, template_path: Path = FIXTURE, **settings: 
         **settings,
     )
     assert gateway is not None
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(gateway.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="websocket-gateway", daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with served_on_a_thread(gateway, "websocket-gateway", stop_timeout=60) as loop:
         yield RunningSockets(gateway, loop, record_file)
-    finally:
-        asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
