@@ -151,3 +151,22 @@ def authorize(dev_issuer):
         return module.lambda_handler(event, LambdaContext())
 
     return call
+
+
+@pytest.fixture
+def policy_file(monkeypatch, tmp_path, handler_environment):
+    """policy_file(text) -> points STATE_POLICY_FILE at a file with `text`, for this test only."""
+    from state_core import runtime
+
+    def use(text: str):
+        path = tmp_path / f"policy-{uuid.uuid4().hex}.json"
+        path.write_text(text)
+        monkeypatch.setenv("STATE_POLICY_FILE", str(path))
+        runtime.service_settings.cache_clear()
+        runtime.role_policy.cache_clear()
+        return path
+
+    yield use
+    monkeypatch.delenv("STATE_POLICY_FILE", raising=False)
+    runtime.service_settings.cache_clear()
+    runtime.role_policy.cache_clear()

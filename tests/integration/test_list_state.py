@@ -43,24 +43,6 @@ def cursor_key(handler_environment, moto_server):
 
 
 @pytest.fixture
-def policy_file(monkeypatch, tmp_path):
-    """policy_file(text) -> points STATE_POLICY_FILE at a file with `text`, for this test only."""
-
-    def use(text: str):
-        path = tmp_path / f"policy-{uuid.uuid4().hex}.json"
-        path.write_text(text)
-        monkeypatch.setenv("STATE_POLICY_FILE", str(path))
-        runtime.service_settings.cache_clear()
-        runtime.role_policy.cache_clear()
-        return path
-
-    yield use
-    monkeypatch.delenv("STATE_POLICY_FILE", raising=False)
-    runtime.service_settings.cache_clear()
-    runtime.role_policy.cache_clear()
-
-
-@pytest.fixture
 def prefix():
     return f"lt{uuid.uuid4().hex[:10]}:"
 

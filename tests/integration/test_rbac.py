@@ -13,7 +13,6 @@ import uuid
 import pytest
 from conftest import http_event
 
-from state_core import runtime
 from state_core.observability import logger as service_logger
 from state_core.security import audit
 from state_core.security.policy import PolicyError, parse_role_policy
@@ -52,23 +51,6 @@ def service_log():
     service_logger.addHandler(collector)
     yield collector
     service_logger.removeHandler(collector)
-
-
-@pytest.fixture
-def policy_file(monkeypatch, tmp_path, handler_environment):
-    """policy_file(text) -> points STATE_POLICY_FILE at a file with `text`, for this test only."""
-
-    def use(text: str):
-        path = tmp_path / f"policy-{uuid.uuid4().hex}.json"
-        path.write_text(text)
-        monkeypatch.setenv("STATE_POLICY_FILE", str(path))
-        runtime.service_settings.cache_clear()
-        runtime.role_policy.cache_clear()
-        return path
-
-    yield use
-    runtime.service_settings.cache_clear()
-    runtime.role_policy.cache_clear()
 
 
 def call(invoke, operation, key, *, scopes="", roles=(), sub="alice", **kwargs):
