@@ -84,6 +84,32 @@ def test_the_request_path_writes_no_history_and_the_stream_writes_each_version_s
     assert "ttl" not in client.get_item(TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}})["Item"]
 
 
+def test_a_batch_of_more_versions_than_one_batch_write_holds_records_each_once_even_when_repeated(
+    manager, lifecycle, client, state_table
+):
+    # 3 keys x 20 versions: 60 history items, more than two BatchWriteItem requests of 25; the stream
+    # may deliver a record twice (a retried batch), and one request may not name an item twice.
+    import uuid
+
+    keys = [f"batch-{uuid.uuid4().hex[:8]}:{n}" for n in range(3)]
+    for version in range(20):
+        for key in keys:
+            manager.put(key, version, actor="alice", ttl_seconds=3600 if version == 18 else None)
+    records = stream_records(state_table, set(keys))
+
+    record_history(lifecycle, records[:5] + records)
+
+    for key in keys:
+        items = history_items(client, state_table, key)
+        assert [int(i["version"]["N"]) for i in items] == list(range(1, 21))
+        # The key's marker is its last version with an expiry (19, as version 20 has none), as if each
+        # version had written its own in turn.
+        marker = client.get_item(
+            TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "expiry"}}, ConsistentRead=True
+        )["Item"]
+        assert marker["version"]["N"] == "19"
+
+
 def test_a_missing_old_version_is_503_within_the_lag_grace_and_410_after(
     manager, reader, client, state_table, clock, catch_up, key
 ):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import CorruptStoredValue
 from state_core.domain.records import BlobRef
+from state_core.storage.batch_writes import write_all
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -204,13 +205,4 @@ class BlobStore:
         return collected
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
-        for start in range(0, len(requests), 25):
-            pending: dict[str, Any] = {self._table: requests[start : start + 25]}
-            for attempt in range(_BATCH_ATTEMPTS):
-                unprocessed = self._client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
-                if not unprocessed:
-                    break
-                pending = unprocessed
-                time.sleep(0.01 * 2**attempt)
-            else:
-                raise RuntimeError("DynamoDB left blob items unprocessed")
+        write_all(self._client, self._table, requests)

@@ -19,12 +19,13 @@ Which version a reader may see, and when a missing one is gone for good, is deci
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, entry_of_record, rfc3339_epoch
-from state_core.domain.records import BlobRef, StateRecord
+from state_core.domain.records import StateRecord
+from state_core.storage.batch_writes import write_all
 from state_core.storage.blobs import MARKER_PREFIX
 from state_core.storage.state import dynamodb_errors, read_head, record_of_item, value_of_item
 
@@ -117,16 +118,25 @@ class HistoryStore:
         self._table = table_name
         self.retention_seconds = retention_seconds
 
-    def record(self, record: StateRecord, operation: str) -> None:
-        """Write the history item of `record` (the state item after a write). Idempotent."""
-        item = history_item(entry_of_record(record, operation), self.retention_seconds)
-        self._client.put_item(TableName=self._table, Item=item)
+    def record(self, versions: Sequence[tuple[StateRecord, str]]) -> None:
+        """Write the history items of `versions` (each a state item after a write, with its operation), then
+        claim their blobs: a blob's marker goes only once its history item exists. Idempotent.
 
-    def claim_blob(self, key: str, blob: BlobRef) -> None:
-        """The history now refers to `blob`: drop its marker, so the collector never considers it."""
-        self._client.delete_item(
-            TableName=self._table, Key={"pk": {"S": key}, "sk": {"S": MARKER_PREFIX + blob.write_id}}
-        )
+        In batches of 25: the stream side's per-version PutItem calls used to outnumber the write requests'
+        own, and each one was a request DynamoDB (or the local emulator) serves beside the writers'."""
+        items = {
+            (record.key, record.version): history_item(entry_of_record(record, operation), self.retention_seconds)
+            for record, operation in versions
+        }
+        write_all(self._client, self._table, [{"PutRequest": {"Item": item}} for item in items.values()])
+        claims = {
+            (record.key, record.blob.write_id): {
+                "DeleteRequest": {"Key": {"pk": {"S": record.key}, "sk": {"S": MARKER_PREFIX + record.blob.write_id}}}
+            }
+            for record, _ in versions
+            if record.blob is not None
+        }
+        write_all(self._client, self._table, list(claims.values()))
 
     def get(self, key: str, version: int) -> HistoryEntry | None:
         with dynamodb_errors():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from state_core.domain.watch import Connection, LeaseLost, Subscription, Watermark
+from state_core.storage.batch_writes import write_all
 from state_core.storage.state import dynamodb_errors
 
 if TYPE_CHECKING:
@@ -209,12 +210,7 @@ class WatchStore:
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def _delete_all(self, keys: list[dict[str, Any]]) -> None:
-        for start in range(0, len(keys), 25):
-            request: dict[str, Any] = {
-                self._table: [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
-            }
-            while request:
-                request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+        write_all(self._client, self._table, [{"DeleteRequest": {"Key": key}} for key in keys])
 
     # ----------------------------------------------------------------------------------- subscriptions
     def add_subscription(self, subscription: Subscription, expires_at: int) -> bool:

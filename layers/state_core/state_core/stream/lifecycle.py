@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.domain.writes import ConditionFailed
+from state_core.storage.batch_writes import write_all
 from state_core.storage.history import HistoryStore, entry_of_item, is_history_sort_key
 from state_core.stream.events import StreamChange, image
 
@@ -57,6 +58,15 @@ def expiry_marker(record: StateRecord) -> dict[str, Any]:
         # TTL is whole epoch seconds; rounding up never removes a marker before its expiry.
         "ttl": {"N": str(math.ceil(record.expires_at))},
     }
+
+
+def _versions(changes: Sequence[StreamChange]) -> list[tuple[StateRecord, str]]:
+    """(state record, operation) of every change that made a version."""
+    return [
+        (change.record, change.event.detail.operation.value)
+        for change in changes
+        if change.record is not None and change.event is not None
+    ]
 
 
 def _removed(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -91,25 +101,20 @@ class StreamLifecycle:
     def record_versions(self, changes: Sequence[StreamChange]) -> None:
         """History items and expiry markers for the batch's new versions. Raises on a DynamoDB error, so the
         batch is retried (both writes are idempotent; the events are at least once anyway)."""
-        for change in changes:
-            self._record_history(change)
-            record = change.record
-            if record is not None and change.event is not None and not record.deleted and record.expires_at is not None:
-                self._client.put_item(TableName=self._table, Item=expiry_marker(record))
+        versions = _versions(changes)
+        self._history.record(versions)
+        # The key's last version with an expiry in the batch: what one marker write per version would leave.
+        markers = {
+            record.key: expiry_marker(record)
+            for record, _ in versions
+            if not record.deleted and record.expires_at is not None
+        }
+        write_all(self._client, self._table, [{"PutRequest": {"Item": marker}} for marker in markers.values()])
 
     def record_history(self, changes: Sequence[StreamChange]) -> None:
         """History items only, for a batch replayed out of order (devstack/replay.py): an old version's expiry
         marker would replace the key's current one."""
-        for change in changes:
-            self._record_history(change)
-
-    def _record_history(self, change: StreamChange) -> None:
-        record, event = change.record, change.event
-        if record is None or event is None:
-            return
-        self._history.record(record, event.detail.operation.value)
-        if record.blob is not None:
-            self._history.claim_blob(record.key, record.blob)
+        self._history.record(_versions(changes))
 
     def on_removals(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Expiry markers and history items that DynamoDB's TTL removed."""
