@@ -182,9 +182,34 @@ def _round(stack: Any, headers: dict[str, str], writers: int) -> tuple[float, in
     return len(acknowledged) / elapsed, lost, writers - len(acknowledged), {status for _, status in statuses}
 
 
+def _emulator(trace: Path, since: float, until: float) -> dict[str, Any]:
+    """Where the emulator's time went while the rounds ran (its request trace, devstack/moto_server.py): how
+    busy it was, how much of that was the table's own requests, and how long the PATCHes' writes (UpdateItem)
+    queued for it and took once served. A lock holder's write that queues is a longer hold."""
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    requests = [entry for entry in map(json.loads, lines) if since <= entry["at"] <= until]
+    if not requests:
+        return {}
+    served = sum(entry["served_ms"] for entry in requests)
+    table = sum(entry["served_ms"] for entry in requests if entry["target"].startswith("DynamoDB_"))
+    writes = [entry for entry in requests if entry["target"] == "DynamoDB_20120810.UpdateItem"]
+    queued = [entry["queued_ms"] for entry in writes]
+    took = [entry["served_ms"] for entry in writes]
+    return {
+        "emulator_busy_share": round(served / 1000 / (until - since), 2),
+        "emulator_table_share": round(table / served, 2) if served else 0.0,
+        "write_queued_ms_median": round(statistics.median(queued), 1) if queued else 0.0,
+        "write_queued_ms_p99": round(percentile(queued, 0.99), 1) if queued else 0.0,
+        "write_served_ms_median": round(statistics.median(took), 1) if took else 0.0,
+        "write_served_ms_p99": round(percentile(took, 0.99), 1) if took else 0.0,
+    }
+
+
 def run(rounds: int, writer_counts: tuple[int, ...] = WRITERS) -> list[Row]:
     fixtures = load_module("bench_fixtures", REPO_ROOT / "tests" / "conftest.py")
-    stack = fixtures.start_devstack(Path(tempfile.mkdtemp(prefix="bench-devstack-")))
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-devstack-"))
+    trace = state_dir / "emulator-trace.jsonl"
+    stack = fixtures.start_devstack(state_dir, {"STATE_EMULATOR_TRACE": str(trace)})
     rows = []
     try:
         headers = {"Authorization": f"Bearer {stack.token()}"}
@@ -196,12 +221,14 @@ def run(rounds: int, writer_counts: tuple[int, ...] = WRITERS) -> list[Row]:
             time.sleep(1.0)  # the workers' last metric lines reach the log
             seen = len(_records(log))
             throughputs, lost, refused, statuses_seen = [], 0, 0, set()
+            since = time.time()
             for round_number in range(1, rounds + 1):
                 throughput, round_lost, round_refused, statuses = _round(stack, headers, writers)
                 throughputs.append(throughput)
                 lost, refused = lost + round_lost, refused + round_refused
                 statuses_seen |= statuses
                 print(f"{writers} writers, round {round_number}: {throughput:.1f} op/s", file=sys.stderr)
+            until = time.time()
             time.sleep(1.0)
             records = _records(log)[seen:]
             rows.append(
@@ -223,6 +250,7 @@ def run(rounds: int, writer_counts: tuple[int, ...] = WRITERS) -> list[Row]:
                         "worker_concurrency": stack_concurrency(),
                         **_totals(records),
                         **_waits(records, statistics.median(throughputs)),
+                        **_emulator(trace, since, until),
                     },
                 )
             )

@@ -5,7 +5,8 @@
   ``default_authorizer()``, ``tables()``, ``event_buses()``, ``queues()``,
   ``properties(id)``, ``table_create_kwargs(id, name)``); also the module-level
   ``table_create_kwargs(logical_id, table_name, template=None)``.
-- ``devstack.moto_server``: ``SerializedMotoServer(port=0)`` (one request at a time).
+- ``devstack.moto_server``: ``SerializedMotoServer(port=0)`` (one request at a time, the table's
+  first).
 - ``devstack.resources``: ``create_resources(template, endpoint_url=None)`` -> physical names.
 - ``devstack.oidc`` / ``devstack.token``: the dev issuer and ``mint(sub, scope, ...)``.
 - ``devstack.workers``: Lambda's process model (``WorkerPool``).
