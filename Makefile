@@ -24,12 +24,12 @@ PYTEST_ARGS ?=
 help:
 	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml clients/python/pyproject.toml
 	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || { \
 	  echo "python3.13 not found (looked on PATH and in pyenv; got '$(PYTHON)'); set PYTHON=/path/to/python3.13" >&2; \
 	  exit 1; }
 	"$(PYTHON)" -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e clients/python
 	touch $@
 
 ## install: create .venv with the pinned runtime and dev dependencies, and a redis-server

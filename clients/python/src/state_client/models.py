@@ -1,0 +1,150 @@
+"""The service's answers as frozen dataclasses (docs/api.md): times are aware UTC datetimes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+JSON = Any
+Operation = Literal["created", "updated", "deleted", "expired"]
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An RFC 3339 time of the service (``2026-11-28T06:47:55.739Z``), or None for null."""
+    if text is None:
+        return None
+    return datetime.fromisoformat(str(text))
+
+
+def _required_time(text: Any) -> datetime:
+    parsed = parse_time(text)
+    if parsed is None:
+        raise ValueError("a required time is null")
+    return parsed
+
+
+def etag_of(version: int) -> str:
+    return f'"{version}"'
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A key's state: its value (None where the answer carries none, as a DELETE's) and metadata."""
+
+    key: str
+    value: JSON
+    version: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    updated_by: str | None
+    expires_at: datetime | None
+
+    @property
+    def etag(self) -> str:
+        """The strong ETag of this version, for If-Match."""
+        return etag_of(self.version)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], *, value: JSON = None) -> Envelope:
+        return cls(
+            key=body["key"],
+            value=body.get("value", value),
+            version=int(body["version"]),
+            created_at=parse_time(body.get("created_at")),
+            updated_at=parse_time(body.get("updated_at")),
+            updated_by=body.get("updated_by"),
+            expires_at=parse_time(body.get("expires_at")),
+        )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One entry of a key's history."""
+
+    version: int
+    operation: Operation
+    actor: str
+    occurred_at: datetime
+    size: int | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> VersionInfo:
+        return cls(
+            version=int(body["version"]),
+            operation=body["operation"],
+            actor=body["actor"],
+            occurred_at=_required_time(body["occurred_at"]),
+            size=body.get("size"),
+        )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of a listing; `value` only when listed with values (`value_omitted` for large blobs)."""
+
+    key: str
+    version: int
+    updated_at: datetime | None
+    size: int | None
+    expires_at: datetime | None
+    value: JSON = None
+    value_omitted: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> KeyInfo:
+        return cls(
+            key=body["key"],
+            version=int(body["version"]),
+            updated_at=parse_time(body.get("updated_at")),
+            size=body.get("size"),
+            expires_at=parse_time(body.get("expires_at")),
+            value=body.get("value"),
+            value_omitted=bool(body.get("value_omitted", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Page[T]:
+    """One page of a listing or a history, and the cursor of the next (None on the last)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change of a watched key (docs/watch.md). `value` is None for deletions and expiries, and when
+    `value_omitted` (too large for a message: read it with ``get_version(key, version)``)."""
+
+    key: str
+    version: int
+    operation: Operation
+    occurred_at: datetime
+    cursor: str
+    value: JSON = None
+    value_omitted: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Change:
+        return cls(
+            key=body["key"],
+            version=int(body["version"]),
+            operation=body["operation"],
+            occurred_at=_required_time(body["occurred_at"]),
+            cursor=body["cursor"],
+            value=body.get("value"),
+            value_omitted=bool(body.get("value_omitted", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Resync:
+    """The versions of `key` after the cursor could not be replayed (past retention, or too many): read
+    the key; the watch goes on from its current version."""
+
+    key: str
+    reason: str
+
+
+type WatchEvent = Change | Resync

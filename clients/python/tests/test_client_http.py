@@ -1,0 +1,187 @@
+"""Every method and error of both clients against the real local stack (gateway, authorizer, handlers,
+moto, redis): one stack for the module."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from state_client import (
+    AsyncStateClient,
+    BadRequest,
+    Envelope,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    StateClient,
+    TooLarge,
+    Unauthorized,
+    Unprocessable,
+)
+from state_client._protocol import Call
+from tests.stack import DevStack
+
+pytestmark = pytest.mark.e2e
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=120))
+
+
+@pytest.fixture
+def sync(stack: DevStack) -> Any:
+    with StateClient(stack.base_url, token=stack.token()) as client:
+        yield client
+
+
+def test_the_life_of_a_key_sync(sync: StateClient, key: str) -> None:
+    created = sync.set(key, {"preferences": {"theme": "dark"}})
+    assert isinstance(created, Envelope)
+    assert (created.version, created.etag, created.updated_by) == (1, '"1"', "alice")
+    assert created.value == {"preferences": {"theme": "dark"}}
+    assert created.created_at is not None
+    assert created.created_at.tzinfo is not None
+
+    read = sync.get(key)
+    assert (read.key, read.value, read.version, read.expires_at) == (key, {"preferences": {"theme": "dark"}}, 1, None)
+    assert isinstance(read.updated_at, datetime)
+
+    patched = sync.update(key, {"preferences": {"font_size": 14}})
+    assert patched.value == {"preferences": {"theme": "dark", "font_size": 14}}
+    assert patched.version == 2
+
+    assert sync.get_version(key, 1).value == {"preferences": {"theme": "dark"}}
+    assert sync.delete(key) == 3
+    with pytest.raises(NotFound) as absent:
+        sync.get(key)
+    assert absent.value.status == 404
+    assert absent.value.type == "https://state.service/problems/not-found"
+
+
+def test_the_life_of_a_key_async(stack: DevStack, key: str) -> None:
+    async def scenario() -> None:
+        async with AsyncStateClient(stack.base_url, token=stack.token()) as state:
+            await state.set(key, {"preferences": {"theme": "dark"}}, ttl_seconds=3600)
+            envelope = await state.update(key, {"preferences": {"font_size": 14}})
+            assert envelope.value == {"preferences": {"theme": "dark", "font_size": 14}}
+            assert envelope.expires_at is not None
+            assert envelope.expires_at > datetime.now(UTC)
+            assert (await state.get(key, consistent=True)).version == 2
+            assert (await state.get_version(key, 2)).value == envelope.value
+            assert await state.delete(key, if_match=2) == 3
+            with pytest.raises(NotFound):
+                await state.get(key)
+
+    run(scenario())
+
+
+def test_preconditions_on_every_write(sync: StateClient, key: str) -> None:
+    sync.set(key, 1, if_none_match="*")
+    with pytest.raises(PreconditionFailed) as exists:
+        sync.set(key, 2, if_none_match="*")
+    assert exists.value.current_version == 1
+    with pytest.raises(PreconditionFailed) as stale:
+        sync.set(key, 2, if_match=7)
+    assert stale.value.current_version == 1
+    assert sync.set(key, 2, if_match='"1"').version == 2
+    with pytest.raises(PreconditionFailed):
+        sync.update(key, {"a": 1}, if_match=1)
+    with pytest.raises(PreconditionFailed):
+        sync.delete(key, if_match=1)
+    assert sync.get(key).value == 2
+    with pytest.raises(PreconditionFailed) as missing:
+        sync.set(f"{key}-absent", 1, if_match="*")
+    assert missing.value.current_version is None
+
+
+def test_history_and_listing_fetch_every_page(stack: DevStack, sync: StateClient) -> None:
+    prefix = f"client:{uuid.uuid4().hex[:8]}:"
+    keys = [f"{prefix}{i:02d}" for i in range(5)]
+    for i, key in enumerate(keys):
+        sync.set(key, {"i": i})
+    for n in range(2, 6):
+        sync.set(keys[0], {"i": n})
+
+    # The history trails the writes by the stream's lag (docs/api.md): wait until it holds them all.
+    until = time.monotonic() + 15
+    while [v.version for v in sync.history(keys[0], page_size=2)] != [5, 4, 3, 2, 1]:
+        assert time.monotonic() < until, "the history never listed the five versions"
+        time.sleep(0.2)
+    pages = list(sync.history_pages(keys[0], page_size=2))
+    assert [[v.version for v in page.items] for page in pages] == [[5, 4], [3, 2], [1]]
+    assert [v.operation for v in pages[-1].items] == ["created"]
+
+    async def async_history() -> list[int]:
+        async with AsyncStateClient(stack.base_url, token=stack.token()) as state:
+            return [v.version async for v in state.history(keys[0], page_size=2)]
+
+    assert run(async_history()) == [5, 4, 3, 2, 1]
+
+    def listed() -> list[str]:
+        return [k.key for k in sync.list(prefix, page_size=2)]
+
+    # The listing's index is eventually consistent (docs/api.md).
+    until = time.monotonic() + 10
+    while listed() != keys:
+        assert time.monotonic() < until, "the listing never showed the five keys"
+        time.sleep(0.2)
+    with_values = list(sync.list(prefix, include_values=True))
+    assert [k.value for k in with_values][1:] == [{"i": i} for i in range(1, 5)]
+    pages = list(sync.list_pages(prefix, page_size=2))
+    assert [len(page.items) for page in pages] == [2, 2, 1]
+    assert pages[-1].next_cursor is None
+
+    async def async_listing() -> list[str]:
+        async with AsyncStateClient(stack.base_url, token=stack.token()) as state:
+            return [k.key async for k in state.list(prefix, page_size=3)]
+
+    assert run(async_listing()) == keys
+
+
+def test_errors_are_typed_from_the_problem_documents(stack: DevStack, sync: StateClient, key: str) -> None:
+    with pytest.raises(BadRequest) as bad_key:
+        sync.get("no spaces allowed")
+    assert bad_key.value.status == 400
+    assert bad_key.value.detail
+    with pytest.raises(BadRequest):
+        sync.set(key, 1, ttl_seconds=0)
+    with pytest.raises(Unprocessable):
+        # No method sends a body of the wrong shape: the client's own sender with a PUT without "value".
+        sync._send(Call("PUT", f"/state/{key}", headers={"Content-Type": "application/json"}, content=b"{}"))
+    with pytest.raises(NotFound):
+        sync.update(key, {"a": 1})
+    with pytest.raises(NotFound):
+        sync.delete(key)
+    sync.set(key, 1)
+    with pytest.raises(NotFound):
+        sync.get_version(key, 9)
+    with pytest.raises(TooLarge):
+        sync.set(key, "x" * (1024 * 1024 + 1))
+    with StateClient(stack.base_url, token=stack.token("bob", "state:read:user:${sub}:*")) as bob:
+        with pytest.raises(Forbidden) as forbidden:
+            bob.get(key)
+        assert forbidden.value.type == "https://state.service/problems/forbidden"
+    with StateClient(stack.base_url) as anonymous, pytest.raises(Unauthorized):
+        anonymous.get(key)
+    with StateClient(stack.base_url, token="not-a-jwt") as rejected, pytest.raises(Forbidden) as by_gateway:
+        rejected.get(key)
+    assert by_gateway.value.type is None
+    assert by_gateway.value.title == "Forbidden"
+
+
+def test_a_one_mib_value_round_trips_both_ways(stack: DevStack, sync: StateClient, key: str) -> None:
+    value = "é" * (512 * 1024 - 1)  # 1,048,574 bytes of UTF-8, with the quotes 1 MiB exactly
+    sync.set(key, value)
+    assert sync.get(key).value == value
+
+    async def scenario() -> Any:
+        async with AsyncStateClient(stack.base_url, token=stack.token()) as state:
+            await state.set(key, value, if_match=1)
+            return (await state.get(key, consistent=True)).value
+
+    assert run(scenario()) == value
