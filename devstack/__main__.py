@@ -8,7 +8,8 @@ routes, authorizer and environment. Prints ``devstack ready`` when it serves.
 
 Environment: PORT (3000), LOCAL_WS_PORT (3001: the template's WebSocket API and its @connections endpoint,
 devstack/websocket.py; LOCAL_WS_IDLE_TIMEOUT_SECONDS, LOCAL_WS_MAX_CONNECTION_SECONDS), MOTO_PORT (5000),
-OIDC_PORT (3002), STATE_DIR
+OIDC_PORT (3002; LOCAL_OIDC_CLIENTS and LOCAL_OIDC_TOKEN_TTL_SECONDS for its client-credentials token endpoint,
+devstack/oidc.py), STATE_DIR
 (<repo>/.local), STATE_TEMPLATE (<repo>/template.yaml), AWS_ENDPOINT_URL,
 STATE_OIDC_ISSUER, STATE_OIDC_AUDIENCE, REDIS_URL (else a redis-server on REDIS_PORT, 6380, with an AUTH
 token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there too; `none`: no Redis),
@@ -39,7 +40,7 @@ def _env_int(name: str, default: int) -> int:
 async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, in order, read top to bottom
     from devstack.gateway import Gateway
     from devstack.moto_server import MotoProcess
-    from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer
+    from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer, clients_from_env, token_ttl_from_env
     from devstack.redis_server import RedisServer
     from devstack.resources import client, create_resources, ensure_secret
     from devstack.stream_poller import StreamPoller
@@ -101,7 +102,13 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
         if external_issuer:
             issuer_url = external_issuer
         else:
-            issuer = DevIssuer(state_dir, port=_env_int("OIDC_PORT", DEFAULT_OIDC_PORT))
+            issuer = DevIssuer(
+                state_dir,
+                port=_env_int("OIDC_PORT", DEFAULT_OIDC_PORT),
+                clients=clients_from_env(),
+                token_ttl=token_ttl_from_env(),
+                audience=audience,
+            )
             await issuer.start()
             issuer_url = issuer.issuer
 

@@ -151,13 +151,22 @@ def test_the_dev_issuer_refuses_web_pages(dev_issuer: str, headers) -> None:
         response = requests.get(f"{dev_issuer}{path}", headers=headers, timeout=10)
         assert response.status_code == 403, path
         assert cors_headers(response) == {}
+    # Nor may a page's form post the dev client's credentials to the token endpoint.
+    form = {"grant_type": "client_credentials", "client_id": "dev-client", "client_secret": "dev-secret"}
+    response = requests.post(f"{dev_issuer}/token", data=form, headers=headers, timeout=10)
+    assert response.status_code == 403
+    assert "access_token" not in response.text
 
 
-def test_the_dev_issuer_mints_no_tokens(dev_issuer: str) -> None:
-    # Tokens come from devstack.token reading the key file; over HTTP there are only the public documents.
+def test_the_dev_issuer_mints_only_for_a_client_with_its_credentials(dev_issuer: str) -> None:
+    # Over HTTP: the public documents, and tokens for the client credentials grant (test_dev_issuer_token.py).
     for method in ("GET", "POST"):
-        for path in ("/token", "/authorize", "/oauth2/token", "/mint"):
+        for path in ("/authorize", "/oauth2/token", "/mint"):
             assert requests.request(method, f"{dev_issuer}{path}", timeout=10).status_code in (404, 405)
+    assert requests.get(f"{dev_issuer}/token", timeout=10).status_code == 405
+    assert (
+        requests.post(f"{dev_issuer}/token", data={"grant_type": "client_credentials"}, timeout=10).status_code == 401
+    )
 
 
 # --- redis ----------------------------------------------------------------------------------------------
