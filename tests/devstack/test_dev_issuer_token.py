@@ -1,6 +1,6 @@
 """The dev issuer's token endpoint (OAuth2 client credentials, RFC 6749 section 4.4) over real HTTP: what it
 grants, to whom, and every request it refuses. That the authorizer accepts its tokens, and the client
-library's refresh across their expiry, is in clients/python/tests/test_client_auth.py."""
+library's refresh across their expiry, is in clients/python/tests/test_state_client_auth.py."""
 
 from __future__ import annotations
 

@@ -31,8 +31,9 @@ class _Cached:
 
 class ClientCredentials:
     """OAuth2 client credentials: a token from `token_url` (or the issuer's discovery document), kept until
-    shortly before it expires: the last fifth of its lifetime, at most a minute, so a request never goes out
-    with a token about to expire in flight.
+    shortly before it expires (in the last fifth of its lifetime, at most a minute before), so a request never
+    goes out with a token about to expire in flight. A request answered as if its token were rejected is sent
+    once more with a fresh one.
 
     One instance serves one client (sync or async); the lock makes concurrent requests share one fetch."""
 
@@ -93,7 +94,9 @@ class ClientCredentials:
             error = body.get("error") if isinstance(body, dict) else None
             raise AuthError(response.status_code, title="token request refused", detail=str(error or "no token"))
         lifetime = float(body.get("expires_in") or 300)
-        margin = min(60.0, lifetime / 5)
+        # A fifth of the lifetime, at most a minute, plus a second for issuers that count whole seconds
+        # (a token issued at 10.9 s says 10 s); never more than half of it.
+        margin = min(lifetime / 2, min(60.0, lifetime / 5) + 1.0)
         # From when the request was sent: the token's clock started no earlier.
         self._cached = _Cached(body["access_token"], started + lifetime - margin)
         return str(body["access_token"])
