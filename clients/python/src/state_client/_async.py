@@ -15,7 +15,7 @@ import httpx
 from state_client import _protocol as p
 from state_client import _watch as w
 from state_client.auth import TokenSource, invalidate, refreshable, rejected_token, token_async
-from state_client.errors import NotFound, PreconditionFailed, StateError
+from state_client.errors import NotFound, PreconditionFailed
 from state_client.models import JSON, Envelope, KeyInfo, Page, VersionInfo, WatchEvent
 
 
@@ -225,10 +225,10 @@ class AsyncStateClient:
                 response = await self._http.request(
                     call.method, call.path, params=call.params, headers=headers, content=call.content
                 )
-            except httpx.TransportError as failure:
-                if not p.may_resend(failure, call) or attempt >= policy.attempts:
+            except httpx.TransportError:
+                if not call.retry_safe or attempt >= policy.attempts:
                     raise
-                delay = policy.delay(attempt, StateError(0))
+                delay = policy.delay(attempt)
                 if time.monotonic() - started + delay > policy.budget:
                     raise
                 await asyncio.sleep(delay)

@@ -17,6 +17,7 @@ import httpx
 
 from state_client.errors import (
     RateLimited,
+    RetryableError,
     StateError,
     Unavailable,
     WriteOutcomeUnknown,
@@ -45,11 +46,11 @@ class RetryPolicy:
     base: float = 0.1
     cap: float = 2.0
 
-    def delay(self, attempt: int, error: StateError) -> float:
-        """The wait before send number `attempt + 1` (attempt counts from 1)."""
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return float(retry_after)
+    def delay(self, attempt: int, error: StateError | None = None) -> float:
+        """The wait before send number `attempt + 1` (attempt counts from 1) after `error` (None: a network
+        failure): its Retry-After if it named one."""
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return error.retry_after
         # Full jitter (AWS architecture blog): spreads clients that failed together.
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))  # noqa: S311  not crypto
 
@@ -194,12 +195,6 @@ def error_of(response: httpx.Response) -> StateError:
 def raise_for_status(response: httpx.Response) -> None:
     if response.status_code >= 400:
         raise error_of(response)
-
-
-def may_resend(failure: httpx.TransportError, call: Call) -> bool:
-    """Whether a request that failed on the network may be sent again: a refused connection sent nothing;
-    anything later may have reached the service, so only reads and conditional writes."""
-    return call.retry_safe or isinstance(failure, httpx.ConnectError)
 
 
 def version_of_etag(response: httpx.Response) -> int:
