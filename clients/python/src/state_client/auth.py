@@ -103,10 +103,12 @@ class ClientCredentials:
 
     @staticmethod
     def _endpoint_from(response: httpx.Response) -> str:
-        response.raise_for_status()
-        endpoint = response.json().get("token_endpoint")
+        try:
+            endpoint = response.json().get("token_endpoint") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            endpoint = None
         if not isinstance(endpoint, str):
-            raise AuthError(response.status_code, title="the issuer names no token_endpoint")
+            raise AuthError(response.status_code, title="the issuer's discovery document names no token_endpoint")
         return endpoint
 
     def token_sync(self, http: httpx.Client) -> str:
