@@ -5,8 +5,10 @@ stack with a tiny rate limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import socket
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from state_client import (
@@ -202,6 +205,35 @@ def test_the_async_client_retries_the_same_way(server: Scripted) -> None:
 
     asyncio.run(scenario())
     assert server.gaps() == []
+
+
+@pytest.mark.integration
+def test_after_a_lost_answer_only_reads_are_sent_again() -> None:
+    # A server that reads each request and hangs up without answering: the write may have landed.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                accepted.append(1)
+                connection.recv(65536)
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with StateClient(url, token="t", retry=RetryPolicy(attempts=3, budget=5.0, base=0.01)) as client:
+            with pytest.raises(httpx.TransportError):
+                client.get("k")
+            assert len(accepted) == 3
+            accepted.clear()
+            with pytest.raises(httpx.TransportError):
+                client.set("k", 1, if_match=1)
+            assert len(accepted) == 1
+    finally:
+        listener.close()
 
 
 # ------------------------------------------------------------------------------- the gateway's own 429

@@ -226,7 +226,7 @@ class AsyncStateClient:
                     call.method, call.path, params=call.params, headers=headers, content=call.content
                 )
             except httpx.TransportError:
-                if not call.retry_safe or attempt >= policy.attempts:
+                if not call.resend_after_network_failure or attempt >= policy.attempts:
                     raise
                 delay = policy.delay(attempt)
                 if time.monotonic() - started + delay > policy.budget:

@@ -78,6 +78,12 @@ class Call:
     content: bytes | None = None
     retry_safe: bool = True
 
+    @property
+    def resend_after_network_failure(self) -> bool:
+        """Only a read: a write whose answer was lost may have landed, and sent again even conditionally
+        it would answer 412 for the caller's own write (or make `modify` apply its function twice)."""
+        return self.method == "GET"
+
 
 def key_path(key: str) -> str:
     # Keys are of a URL-safe alphabet; quoting anyway keeps a hostile key from changing the route (the
