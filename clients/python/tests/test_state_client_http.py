@@ -276,3 +276,32 @@ def test_arguments_the_api_would_refuse_are_refused_before_sending(sync: StateCl
         sync.set(key, float("nan"))
     with pytest.raises(NotFound):
         sync.get(key)  # nothing was written
+
+
+def test_the_async_client_raises_the_same_typed_errors(stack: DevStack, key: str) -> None:
+    async def scenario() -> None:
+        async with AsyncStateClient(stack.base_url, token=stack.token()) as state:
+            with pytest.raises(BadRequest):
+                await state.get("bad key")
+            with pytest.raises(NotFound):
+                await state.update(key, {"a": 1})
+            await state.set(key, {"a": 1}, if_none_match="*")
+            with pytest.raises(PreconditionFailed) as stale:
+                await state.update(key, {"a": 2}, if_match=5)
+            assert stale.value.current_version == 1
+            with pytest.raises(TooLarge):
+                await state.set(key, "x" * (1024 * 1024 + 1), if_match=1)
+            with pytest.raises(NotFound):
+                await state.get_version(key, 2)
+            with pytest.raises(NotFound):
+                [v async for v in state.history(f"{key}-never")]
+        async with AsyncStateClient(stack.base_url, token=stack.token("bob", "state:read:user:${sub}:*")) as bob:
+            with pytest.raises(Forbidden):
+                await bob.delete(key)
+            with pytest.raises(Forbidden):
+                [k async for k in bob.list("client:")]
+        async with AsyncStateClient(stack.base_url) as anonymous:
+            with pytest.raises(Unauthorized):
+                await anonymous.get(key)
+
+    run(scenario())
