@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "layers" / "state_core"))
 TARGET = ROOT / "docs" / "openapi.json"
-FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state")
+FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state", "batch_get_state")
 
 
 def _router(function: str) -> Any:
@@ -34,7 +34,7 @@ def document() -> dict[str, Any]:
     from state_core.api.edge import JSON_CONTENT_TYPE, MERGE_PATCH_CONTENT_TYPE, documenting
     from state_core.api.history import DEFAULT_PAGE, MAX_PAGE, MAX_REQUESTED_VERSION
     from state_core.api.listing import DEFAULT_LIST_PAGE, MAX_LIST_PAGE
-    from state_core.api.models import PutStateRequest
+    from state_core.api.models import BatchGetRequest, PutStateRequest
     from state_core.domain.keys import KEY_PATTERN
 
     app = APIGatewayHttpResolver(enable_validation=True)
@@ -55,6 +55,11 @@ def document() -> dict[str, Any]:
     # NaN and duplicate names), so their schemas are added here from the same models.
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["PutStateRequest"] = PutStateRequest.model_json_schema()
+    components["BatchGetRequest"] = BatchGetRequest.model_json_schema()
+    schema["paths"]["/state:batchGet"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {JSON_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/BatchGetRequest"}}},
+    }
     path = schema["paths"]["/state/{key}"]
     path["put"]["requestBody"] = {
         "required": True,

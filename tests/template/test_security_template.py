@@ -68,6 +68,7 @@ def test_the_authorizer_gets_every_issuer_setting_from_parameters(template):
 
 REDIS_FUNCTIONS = (
     "GetStateFunction",
+    "BatchGetStateFunction",
     "PutStateFunction",
     "PatchStateFunction",
     "DeleteStateFunction",

@@ -31,6 +31,8 @@ ROUTES = {
     ("GET", "/state/{key}/history"): "GetStateFunction",
     # Listing by prefix reads many keys: a function and role of its own.
     ("GET", "/state"): "ListStateFunction",
+    # The bulk read: up to 100 keys, a function and read-only role of its own.
+    ("POST", "/state:batchGet"): "BatchGetStateFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
@@ -45,6 +47,8 @@ TABLE_ACTIONS = {
         "dynamodb:BatchWriteItem",
     },
     "DeleteStateFunction": {"dynamodb:UpdateItem"},
+    # TransactGetItems (snapshot) is authorized as GetItem on each item; no Query (no history listing).
+    "BatchGetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
+from state_core.api.batch import MAX_BATCH_KEYS
+from state_core.domain.keys import KEY_PATTERN
 from state_core.domain.records import MAX_TTL_SECONDS
 
 
@@ -31,4 +33,24 @@ class PutStateRequest(BaseModel):
     ttl_seconds: TtlSeconds | None = Field(
         default=None,
         description="Expire the key this many seconds after the write.",
+    )
+
+
+class BatchGetRequest(BaseModel):
+    """Body of `POST /state:batchGet`."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    keys: list[Annotated[str, Field(pattern=f"^{KEY_PATTERN}$")]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_KEYS,
+        description="1 to 100 distinct keys; the answer lists them in this order.",
+    )
+    snapshot: bool = Field(
+        default=False,
+        description="true: read every key from DynamoDB in one transaction (TransactGetItems), one point in time"
+        " across the keys; never from the cache.",
+    )
+    consistent: bool = Field(
+        default=False, description="true: read DynamoDB with strongly consistent reads, bypassing the cache."
     )

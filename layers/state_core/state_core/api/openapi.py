@@ -114,6 +114,39 @@ class ListPageModel(BaseModel):
     )
 
 
+class BatchGetItemModel(BaseModel):
+    """One key's answer in `POST /state:batchGet`: its envelope (status 200), or its own problem document."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    status: Literal[200, 403, 404, 503] = Field(
+        description="200: the key's envelope; 403: not readable by the caller (never says whether it exists);"
+        " 404: absent, deleted or expired; 503: its stored value is unreadable."
+    )
+    version: int | None = Field(default=None, description="On 200.")
+    created_at: str | None = Field(default=None, description="On 200.")
+    updated_at: str | None = Field(default=None, description="On 200.")
+    updated_by: str | None = Field(default=None, description="On 200.")
+    expires_at: str | None = Field(default=None, description="On 200: the RFC 3339 UTC expiry, or null.")
+    value: Any = Field(default=None, description="On 200: the stored JSON value, unless value_omitted.")
+    value_omitted: bool | None = Field(
+        default=None,
+        description="On 200: true when the value would take the answer past its size limit (6 MB): read it"
+        " with GET /state/{key}?version=<version>, which answers exactly this version.",
+    )
+    problem: Problem | None = Field(default=None, description="On 403, 404, 503: the key's problem document.")
+
+
+class BatchGetResponseModel(BaseModel):
+    """The answer of `POST /state:batchGet`: one item per requested key, in request order."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    snapshot: bool = Field(description="Whether the items were read as of one point in time.")
+    items: list[BatchGetItemModel]
+
+
 _ERROR_DESCRIPTIONS = {
     400: "Invalid key, JSON, body, header or query parameter",
     401: "No bearer token (API Gateway)",
@@ -193,4 +226,8 @@ METADATA_RESPONSE: OpenAPIResponse = {
     "description": "The state's metadata",
     "headers": ETAG_HEADER,
     "content": {JSON_CONTENT_TYPE: {"model": StateMetadata}},
+}
+BATCH_GET_RESPONSE: OpenAPIResponse = {
+    "description": "One item per requested key, in request order, each with its own status",
+    "content": {JSON_CONTENT_TYPE: {"model": BatchGetResponseModel}},
 }

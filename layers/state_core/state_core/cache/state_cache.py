@@ -281,6 +281,25 @@ class RedisStateCache:
             return None
         return self.entry_from(key, reply)
 
+    def get_many(self, keys: list[str]) -> list[CacheEntry | None]:
+        """`get` of each key, all in one round trip (one pipeline of the same read script): each miss takes
+        its key's fill lease exactly as `get` would. Any Redis trouble is a miss for every key."""
+        tokens = self._lease_tokens()
+        for key in keys:
+            tokens.pop(key, None)
+
+        def queue(pipe: Any) -> None:
+            for key in keys:
+                self.queue_get(pipe, key)
+
+        try:
+            self._replay_pending()
+            replies = self._link.pipeline(queue, scripts=self.scripts)
+        except RedisUnavailable:
+            self.read_failed()
+            return [None] * len(keys)
+        return [self.entry_from(key, reply) for key, reply in zip(keys, replies, strict=True)]
+
     def fill(self, entry: CacheEntry) -> bool:
         """Store what a read after this thread's miss found in DynamoDB, only if no other cache write (nor a
         restart, an eviction or a flush) happened since that miss; without a lease (no miss came first, or

@@ -7,8 +7,8 @@ and are written whatever the functions' log level. `observability.lambda_entry` 
 the handler answered: it sees the event (who, which key) and the response (status, ETag = version); the
 handler's authorization step notes its decision here, and a handler that serves more than one kind of
 request under one operation (`get`: the current state, an old version, the history) notes which one.
-A record never holds a value or a token: only the subject, the action, the key (a listing: its prefix), the
-decision, the status and the version.
+A record never holds a value or a token: only the subject, the action, the key (a listing: its prefix; a bulk
+read: each key with its own status and version), the decision, the status and the version.
 
 Requests that API Gateway answers itself (no token, rejected or cached-rejected token, unmatched route)
 never reach a handler; the HTTP API's access log (template.yaml, `StateApi` AccessLogSettings) covers them.
@@ -36,8 +36,9 @@ PERMISSIONS = {
     "patch": "state:write",
     "delete": "state:write",
     "list": "state:read",
+    "batch_get": "state:read",
 }
-Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list"]
+Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list", "batch_get"]
 
 Decision = Literal["allow", "deny"]
 
@@ -47,6 +48,7 @@ audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
 _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=None)
 _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
 _prefix: ContextVar[str | None] = ContextVar("audit_prefix", default=None)
+_items: ContextVar[list[dict[str, Any]] | None] = ContextVar("audit_items", default=None)
 
 
 def begin() -> None:
@@ -54,6 +56,7 @@ def begin() -> None:
     _decision.set(None)
     _action.set(None)
     _prefix.set(None)
+    _items.set(None)
 
 
 def note_action(action: Action) -> None:
@@ -64,6 +67,11 @@ def note_action(action: Action) -> None:
 def note_prefix(prefix: str) -> None:
     """The validated prefix a listing read (an invalid one is never noted: it could be anything)."""
     _prefix.set(prefix)
+
+
+def note_items(items: list[dict[str, Any]]) -> None:
+    """The per-key outcomes of a bulk read: `{key, status, version}` each, in request order; never a value."""
+    _items.set(items)
 
 
 def note_decision(decision: Decision) -> None:
@@ -109,6 +117,8 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "key": _valid_key(raw_key),
         # A listing's (validated) prefix; None for every other action.
         "prefix": _prefix.get(),
+        # A bulk read's keys with their own outcomes; None for every other action.
+        "items": _items.get(),
         "decision": decision,
         "status": status,
         "version": _version(response),

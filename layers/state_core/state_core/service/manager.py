@@ -16,7 +16,14 @@ from typing import Any, Literal, TypeGuard
 from state_core import failpoints
 from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue, canonical_json, check_depth, check_value_size
-from state_core.domain.errors import NotFound, OutcomeUnknown, PreconditionFailed, ServiceUnavailable
+from state_core.domain.errors import (
+    CorruptStoredValue,
+    NotFound,
+    OutcomeUnknown,
+    PreconditionFailed,
+    ServiceUnavailable,
+    StateError,
+)
 from state_core.domain.merge_patch import apply_merge_patch
 from state_core.domain.ports import Cache, KeyLock, MetricsSink, Store
 from state_core.domain.records import StateRecord
@@ -90,7 +97,43 @@ class StateManager:
                 return _view(key, entry.record, self._clock())
             if failpoints.ENABLED:
                 failpoints.hit("after_cache_miss", key=key)
-        record = self._store.get(key)
+        return self._filled(key, self._store.get(key))
+
+    def get_many(
+        self, keys: list[str], *, consistent: bool = False, snapshot: bool = False
+    ) -> list[StateView | StateError]:
+        """Each key read as `get` reads it, answered in order: its view, or the error `get` would raise for
+        it (NotFound; CorruptStoredValue for a stored value that fails its checks). The cache is read in one
+        round trip, and the misses in one strongly consistent batch read, each filling its key's entry under
+        the lease its miss took, exactly as `get` does.
+
+        `snapshot`: all keys read from the table in one transaction, so the answer is one point in time
+        across them; the cache is neither read (its entries are of different moments) nor filled.
+        """
+        if snapshot:
+            records = self._store.snapshot(keys)
+            now = self._clock()
+            return [_outcome(_view, key, records.get(key), now) for key in keys]
+        answers: dict[str, StateView | StateError] = {}
+        misses = list(keys)
+        if self._cache is not None and not consistent:
+            misses = []
+            now = self._clock()
+            for key, entry in zip(keys, self._cache.get_many(keys), strict=True):
+                if entry is not None and entry.is_usable():
+                    answers[key] = _outcome(_view, key, entry.record, now)
+                    continue
+                if failpoints.ENABLED:
+                    failpoints.hit("after_cache_miss", key=key)
+                misses.append(key)
+        if misses:
+            records = self._store.get_many(misses)
+            for key in misses:
+                answers[key] = _outcome(self._filled, key, records.get(key))
+        return [answers[key] for key in keys]
+
+    def _filled(self, key: str, record: StateRecord | None) -> StateView:
+        """The view of what a strongly consistent read after a miss found, filled into the cache."""
         now = self._clock()
         if failpoints.ENABLED:
             failpoints.hit("after_fill_read_before_set", key=key)
@@ -318,6 +361,14 @@ class StateManager:
         stored = StoredValue.encode(canonical)
         self._metrics.add_metric(name="ValueBytes", unit="Bytes", value=stored.size)
         return stored
+
+
+def _outcome(read: Callable[..., StateView], *args: Any) -> StateView | StateError:
+    """One key's answer in a bulk read: its view, or the error a single read of it would raise."""
+    try:
+        return read(*args)
+    except (NotFound, CorruptStoredValue) as error:
+        return error
 
 
 def _view(key: str, record: StateRecord | None, now: datetime) -> StateView:

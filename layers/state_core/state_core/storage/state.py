@@ -12,7 +12,9 @@ created_at, incarnation, expires_at and list_shard.
 
 from __future__ import annotations
 
+import random
 import secrets
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from botocore.exceptions import (
 
 from state_core.deadline import OutOfTime
 from state_core.domain.codec import StoredValue
-from state_core.domain.errors import OutcomeUnknown, ServiceUnavailable
+from state_core.domain.errors import OutcomeUnknown, PayloadTooLarge, ServiceUnavailable
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.listing import LIST_SHARD_ATTRIBUTE, list_shard
 from state_core.domain.records import BlobRef, StateRecord, rfc3339
@@ -46,6 +48,11 @@ STATE_SORT_KEY = "state"
 INLINE_VALUE_BYTES = 350_000
 # A reader that finds its blob collected (replaced meanwhile) reads the state item again this often.
 _READ_ATTEMPTS = 3
+# BatchGetItem and TransactGetItems take at most 100 keys a call.
+MAX_KEYS_PER_READ = 100
+# UnprocessedKeys (throttled, or over 16 MB of answer) and cancelled snapshot reads (a write to one of the
+# keys was in flight) are tried again this often, with jittered backoff, before the read answers 503.
+_BATCH_READ_ATTEMPTS = 6
 
 # Errors that mean "DynamoDB is slow or unavailable right now" once botocore's own retries are spent.
 _UNAVAILABLE_CODES = frozenset(
@@ -159,6 +166,83 @@ class StateStore:
             if record is not None:
                 return record
         raise ServiceUnavailable("a large value could not be read consistently; retry shortly")
+
+    def get_many(self, keys: list[str]) -> dict[str, StateRecord]:
+        """Strongly consistent reads of the keys' items (tombstones included), values loaded; absent keys
+        are left out. Each item is read after the call began, as `get` reads it: BatchGetItem with
+        ConsistentRead, its UnprocessedKeys asked again."""
+        found: dict[str, StateRecord] = {}
+        for start in range(0, len(keys), MAX_KEYS_PER_READ):
+            pending: dict[str, Any] = {
+                self._table: {
+                    "Keys": [self._item_key(key) for key in keys[start : start + MAX_KEYS_PER_READ]],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(_BATCH_READ_ATTEMPTS):
+                if attempt:
+                    _backoff(attempt)
+                with dynamodb_errors():
+                    response = self._client.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    record = record_of_item(item)
+                    found[record.key] = record
+                pending = dict(response.get("UnprocessedKeys") or {})
+                if not pending:
+                    break
+            else:
+                raise ServiceUnavailable("the state table is busy; retry shortly")
+        for key, record in list(found.items()):
+            loaded = self._loaded(record)
+            # Its blob was collected under us (a newer version replaced it): that key alone is read again.
+            reread = loaded if loaded is not None else self.get(key)
+            if reread is None:
+                del found[key]
+            else:
+                found[key] = reread
+        return found
+
+    def snapshot(self, keys: list[str]) -> dict[str, StateRecord]:
+        """The keys' items as of one point in time (TransactGetItems), values loaded; absent keys left out.
+
+        A large value is loaded after the transaction: its blob is named by the write id the item held at
+        that point and never changes, so it is that point's value (its checksum is verified); should it
+        have been collected meanwhile (a newer version replaced it and its history left retention), the
+        whole snapshot is read again. A transaction cancelled because a write to one of the keys was in
+        flight is tried again with backoff, then 503."""
+        if len(keys) > MAX_KEYS_PER_READ:
+            raise ValueError(f"a snapshot reads at most {MAX_KEYS_PER_READ} keys")
+        for _ in range(_READ_ATTEMPTS):
+            records = self._transact_get(keys)
+            loaded = {key: self._loaded(record) for key, record in records.items()}
+            if all(record is not None for record in loaded.values()):
+                return {key: record for key, record in loaded.items() if record is not None}
+        raise ServiceUnavailable("the keys changed too often to be read together; retry shortly")
+
+    def _transact_get(self, keys: list[str]) -> dict[str, StateRecord]:
+        request = [{"Get": {"TableName": self._table, "Key": self._item_key(key)}} for key in keys]
+        for attempt in range(_BATCH_READ_ATTEMPTS):
+            if attempt:
+                _backoff(attempt)
+            try:
+                with dynamodb_errors():
+                    response = self._client.transact_get_items(TransactItems=request)  # type: ignore[arg-type]
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "TransactionCanceledException":
+                    continue  # a write to one of the keys was in flight (TransactionConflict), or throttled
+                if code == "ValidationException":
+                    # Our request is well formed: what DynamoDB refuses is the items' aggregate size.
+                    raise PayloadTooLarge(
+                        "the keys' stored items exceed the 4 MB a snapshot read can hold at once; ask for fewer"
+                        " keys, or read them without snapshot"
+                    ) from exc
+                raise
+            return {
+                record.key: record
+                for record in (record_of_item(entry["Item"]) for entry in response["Responses"] if entry.get("Item"))
+            }
+        raise ServiceUnavailable("the keys are being written too often to be read together; retry shortly")
 
     def _loaded(self, record: StateRecord) -> StateRecord | None:
         """`record` with its blob loaded; None if the blob was collected (a newer version replaced it)."""
@@ -408,6 +492,11 @@ class StateStore:
     @staticmethod
     def _item_key(key: str) -> dict[str, Any]:
         return {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}}
+
+
+def _backoff(attempt: int) -> None:
+    """Full-jitter exponential backoff before the `attempt`-th retry of a batch or transactional read."""
+    time.sleep(random.uniform(0, min(0.2, 0.01 * 2**attempt)))  # noqa: S311 - jitter, not security
 
 
 @contextmanager
