@@ -462,6 +462,16 @@ def test_the_listing_sample_is_its_route_with_an_authorizer_context():
     assert event["requestContext"]["authorizer"]["lambda"]["sub"]
 
 
+def test_the_bulk_read_sample_is_its_route_with_an_authorizer_context():
+    event = json.loads((REPO_ROOT / "events" / "batch_get_state.json").read_text(encoding="utf-8"))
+
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "POST /state:batchGet"
+    assert ROUTES[("POST", "/state:batchGet")] == "BatchGetStateFunction"
+    assert "pathParameters" not in event
+    assert json.loads(event["body"])["keys"]
+    assert event["requestContext"]["authorizer"]["lambda"]["sub"]
+
+
 def test_the_authorizer_sample_is_a_request_payload_2_0():
     event = json.loads((REPO_ROOT / "events" / "authorizer.json").read_text(encoding="utf-8"))
 
