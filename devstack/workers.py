@@ -68,6 +68,10 @@ def _without_parent_main() -> Any:
             sys.modules["__main__"] = real_main
 
 
+# Lambda's limit on a synchronous invocation's answer (6 MB), the JSON the handler returned.
+LAMBDA_RESPONSE_LIMIT_BYTES = 6_291_456
+
+
 @dataclass(frozen=True)
 class InvokeResult:
     """The outcome of one invocation. ``payload`` is the handler's JSON result when ``ok``."""
@@ -387,6 +391,12 @@ class WorkerPool:
         finally:
             worker.invocations += 1
         duration = (time.perf_counter() - started) * 1000
+        if kind == "ok" and len(info) > LAMBDA_RESPONSE_LIMIT_BYTES:
+            # Lambda refuses a synchronous answer over its payload limit, and API Gateway then answers 500.
+            self._log_line(f"{request_id} Response payload size exceeded maximum allowed payload size")
+            return InvokeResult(
+                ok=False, error="handler", error_type="Function.ResponseSizeTooLarge", duration_ms=duration, **base
+            )
         if kind == "ok":
             return InvokeResult(ok=True, payload=json.loads(info), duration_ms=duration, **base)
         error = "marshal" if kind == "marshal_error" else "handler"
