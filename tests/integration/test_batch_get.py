@@ -24,14 +24,14 @@ from state_core.cache.link import RedisLink, connect
 from state_core.cache.state_cache import CachePolicy, RedisStateCache, entry_key
 from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue
-from state_core.domain.errors import NotFound, StateError
+from state_core.domain.errors import NotFound, PayloadTooLarge, ServiceUnavailable, StateError
 from state_core.domain.records import StateRecord
 from state_core.domain.writes import Precondition
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.security import audit
 from state_core.service.manager import StateManager, StateView
 from state_core.storage.state import StateStore
-from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
+from tests.doubles import SIGNING_KEY, FailingService, RecordedMetrics, _Body, operation_of, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -521,3 +521,89 @@ def test_a_snapshot_is_one_point_in_time_under_concurrent_writers(redis_server, 
     threads[0].join(30)
     assert errors == []
     assert written[0] >= 3  # the readers overlapped the writer's progress
+
+
+# -- DynamoDB's partial answers: UnprocessedKeys, cancelled transactions, the 4 MB cap ---------------------
+
+
+class Unprocessed:
+    """A `before-send` hook standing in for a throttled DynamoDB: the first `count` BatchGetItem calls read
+    nothing and hand every key back as UnprocessedKeys (the table itself is never asked)."""
+
+    def __init__(self, count):
+        self.count, self.calls = count, 0
+
+    def __call__(self, request, **_):
+        from botocore.awsrequest import AWSResponse
+
+        if operation_of(request) != "BatchGetItem":
+            return None
+        self.calls += 1
+        if self.calls > self.count:
+            return None
+        asked = json.loads(request.body)["RequestItems"]
+        body = json.dumps({"Responses": {name: [] for name in asked}, "UnprocessedKeys": asked}).encode()
+        return AWSResponse(request.url, 200, {"Content-Type": "application/x-amz-json-1.0"}, _Body(body))
+
+
+def own_store(state_table, hook=None, operation="BatchGetItem"):
+    client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+    if hook is not None:
+        client.meta.events.register(f"before-send.dynamodb.{operation}", hook)
+    return StateStore(client, state_table)
+
+
+def test_unprocessed_keys_are_asked_for_again(state_table):
+    writer = own_store(state_table)
+    first, second = keys(2)
+    for key in (first, second):
+        writer.write(key, StoredValue.encode(b'"x"'), actor="alice", now=utc_now(), precondition=Precondition.GONE)
+    throttled = Unprocessed(count=2)
+
+    found = own_store(state_table, throttled).get_many([first, second, "absent:key"])
+
+    assert sorted(found) == sorted([first, second])
+    assert throttled.calls == 3
+
+
+def test_keys_left_unprocessed_every_time_are_a_503_not_a_404(state_table):
+    key = keys(1)[0]
+    own_store(state_table).write(
+        key, StoredValue.encode(b"1"), actor="alice", now=utc_now(), precondition=Precondition.GONE
+    )
+    with pytest.raises(ServiceUnavailable):
+        own_store(state_table, Unprocessed(count=100)).get_many([key])
+
+
+def test_a_snapshot_cancelled_by_a_write_in_flight_is_tried_again_then_503(state_table):
+    key = keys(1)[0]
+    own_store(state_table).write(
+        key, StoredValue.encode(b"1"), actor="alice", now=utc_now(), precondition=Precondition.GONE
+    )
+    conflicts = FailingService(status=400, code="TransactionCanceledException")
+    passing = CountedPassage(conflicts, count=2)
+    assert own_store(state_table, passing, "TransactGetItems").snapshot([key])[key].version == 1
+    assert conflicts.attempts == 2
+
+    with pytest.raises(ServiceUnavailable):
+        own_store(state_table, FailingService(400, "TransactionCanceledException"), "TransactGetItems").snapshot([key])
+
+
+def test_a_snapshot_over_dynamodbs_4_mb_transaction_cap_is_413(state_table):
+    """DynamoDB refuses a TransactGetItems whose items exceed 4 MB with a ValidationException (the emulator
+    does not enforce the cap, so DynamoDB's answer is given at the network's edge)."""
+    key = keys(1)[0]
+    with pytest.raises(PayloadTooLarge):
+        own_store(state_table, FailingService(400, "ValidationException"), "TransactGetItems").snapshot([key])
+
+
+class CountedPassage:
+    """Lets `hook` answer the first `count` calls, then lets requests through to the table."""
+
+    def __init__(self, hook, count):
+        self.hook, self.count = hook, count
+
+    def __call__(self, request, **kwargs):
+        if self.hook.attempts >= self.count:
+            return None
+        return self.hook(request, **kwargs)
