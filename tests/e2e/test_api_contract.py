@@ -37,6 +37,7 @@ OPERATIONS = {
     "DELETE /state/{key}",
     "GET /state/{key}/history",
     "GET /state",
+    "POST /state:batchGet",
 }
 
 

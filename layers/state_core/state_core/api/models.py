@@ -44,6 +44,7 @@ class BatchGetRequest(BaseModel):
     keys: list[Annotated[str, Field(pattern=f"^{KEY_PATTERN}$")]] = Field(
         min_length=1,
         max_length=MAX_BATCH_KEYS,
+        json_schema_extra={"uniqueItems": True},
         description="1 to 100 distinct keys; the answer lists them in this order.",
     )
     snapshot: bool = Field(

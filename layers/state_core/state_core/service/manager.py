@@ -109,7 +109,10 @@ class StateManager:
 
         `snapshot`: all keys read from the table in one transaction, so the answer is one point in time
         across them; the cache is neither read (its entries are of different moments) nor filled.
+        `keys` are distinct (DynamoDB refuses a batch or transaction that names an item twice).
         """
+        if len(set(keys)) != len(keys):
+            raise ValueError("get_many reads each key once")
         if snapshot:
             records = self._store.snapshot(keys)
             now = self._clock()
@@ -118,8 +121,9 @@ class StateManager:
         misses = list(keys)
         if self._cache is not None and not consistent:
             misses = []
+            entries = self._cache.get_many(keys)
             now = self._clock()
-            for key, entry in zip(keys, self._cache.get_many(keys), strict=True):
+            for key, entry in zip(keys, entries, strict=True):
                 if entry is not None and entry.is_usable():
                     answers[key] = _outcome(_view, key, entry.record, now)
                     continue
