@@ -156,8 +156,11 @@ class _LockedBody:
 
 def build_app() -> WSGIApp:
     # Imported here: moto's server modules are heavy and only the emulator needs them.
+    from moto.dynamodb import responses as dynamodb_responses
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    # DynamoDB takes up to 100 items in a transaction; moto still refuses more than the 25 AWS allowed once.
+    dynamodb_responses.TRANSACTION_MAX_ITEMS = 100
     answer_get_records_as_json()
     trace_path = os.environ.get(TRACE_VARIABLE)
     trace = RequestTrace(trace_path) if trace_path else None

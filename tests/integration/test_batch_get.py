@@ -472,6 +472,17 @@ def test_a_snapshot_neither_reads_nor_fills_the_cache(redis_server, state_table,
     assert not raw_redis.exists(entry_key(key))
 
 
+def test_a_snapshot_reads_up_to_100_keys_in_one_transaction(invoke):
+    ids = keys(100)
+    for key in ids[::2]:
+        put(invoke, key, key)
+
+    _, body = batch(invoke, {"keys": ids, "snapshot": True})
+
+    assert [item["status"] for item in body["items"]] == [200, 404] * 50
+    assert [item["value"] for item in body["items"][::2]] == ids[::2]
+
+
 # -- snapshots under concurrent writers ------------------------------------------------------------------
 
 
