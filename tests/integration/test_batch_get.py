@@ -178,6 +178,30 @@ def test_a_key_the_caller_may_not_read_is_a_403_that_never_says_whether_it_exist
     ]
 
 
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_key_the_caller_may_not_read_is_never_asked_of_the_table(invoke, snapshot):
+    from state_core import runtime
+
+    own, bobs = f"user:alice:{uuid.uuid4().hex}", f"user:bob:{uuid.uuid4().hex}"
+    put(invoke, own, 1)
+    put(invoke, bobs, 2)
+    sent = []
+
+    def record(request, **_):
+        sent.append(request.body.decode() if isinstance(request.body, bytes) else str(request.body))
+
+    client = runtime.dynamodb_client()
+    client.meta.events.register("before-send.dynamodb", record)
+    try:
+        _, body = batch(invoke, {"keys": [bobs, own], "snapshot": snapshot}, scopes="state:read:user:${sub}:*")
+    finally:
+        client.meta.events.unregister("before-send.dynamodb", record)
+
+    assert [item["status"] for item in body["items"]] == [403, 200]
+    assert any(own in text for text in sent)
+    assert not any(bobs in text for text in sent)
+
+
 def test_a_caller_who_may_read_none_of_the_keys_gets_403_items_and_a_deny_record(invoke, audit_records):
     existing, absent = f"user:bob:{uuid.uuid4().hex}", f"user:bob:{uuid.uuid4().hex}"
     put(invoke, existing, 1)
