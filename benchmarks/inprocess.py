@@ -225,7 +225,7 @@ def run(svc: Services, runs: int, large_runs: int) -> list[Row]:  # noqa: C901, 
             lambda _: store.write(
                 put_key, stored, actor="bench", now=datetime.now(UTC), precondition=Precondition.NOT_EXPIRED
             ),
-            lambda _: history.record(written.record, "updated"),
+            lambda _: history.record([(written.record, "updated")]),
             runs // 3,
         )
     rows.append(
