@@ -72,6 +72,7 @@ REDIS_FUNCTIONS = (
     "PutStateFunction",
     "PatchStateFunction",
     "DeleteStateFunction",
+    "TransactStateFunction",
     "RepairCacheFunction",
 )
 AUTH_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:redis-auth-AbCdEf"

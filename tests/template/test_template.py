@@ -33,6 +33,8 @@ ROUTES = {
     ("GET", "/state"): "ListStateFunction",
     # The bulk read: up to 100 keys, a function and read-only role of its own.
     ("POST", "/state:batchGet"): "BatchGetStateFunction",
+    # Many keys in one atomic TransactWriteItems: a function and role of its own.
+    ("POST", "/state:transact"): "TransactStateFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
@@ -49,6 +51,15 @@ TABLE_ACTIONS = {
     "DeleteStateFunction": {"dynamodb:UpdateItem"},
     # TransactGetItems (snapshot) is authorized as GetItem on each item; no Query (no history listing).
     "BatchGetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem"},
+    # TransactWriteItems is authorized per item (UpdateItem, ConditionCheckItem, PutItem for the idempotency
+    # record); the keys are read together (BatchGetItem), a large value and an idempotency record alone.
+    "TransactStateFunction": {
+        "dynamodb:BatchGetItem",
+        "dynamodb:ConditionCheckItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    },
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
@@ -591,3 +602,11 @@ def test_alarms_watch_the_dead_letter_queue_and_the_publishers_iterator_age():
 
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in watched
     assert ("AWS/Lambda", "IteratorAge") in watched
+
+
+def test_the_transaction_sample_is_its_route_with_an_authorizer_context():
+    event = json.loads((REPO_ROOT / "events" / "transact_state.json").read_text(encoding="utf-8"))
+
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "POST /state:transact"
+    assert ("POST", "/state:transact") in ROUTES
+    assert event["requestContext"]["authorizer"]["lambda"]["sub"]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from state_core.security.tokens import VerifiedToken
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
+    from state_core.service.transactions import Transactions
     from state_core.service.waiting import ChangeWaiter
     from state_core.service.watch import WatchService
     from state_core.storage.blobs import BlobStore
@@ -240,6 +241,21 @@ def state_manager() -> StateManager:
         cache=state_cache(),
         lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
+    )
+
+
+@functools.cache
+def transactions() -> Transactions:
+    """`POST /state:transact`, over the state manager's store, cache and time budget."""
+    from state_core.service.transactions import Transactions
+    from state_core.storage.transactions import TransactionStore
+
+    return Transactions(
+        TransactionStore(dynamodb_client(), service_settings().table_name, state_store()),
+        state_manager(),
+        clock=utc_now,
+        metrics=metrics,
+        policy=PatchPolicy(time_budget_seconds=service_settings().patch_time_budget_seconds),
     )
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     # Only the history reader's ports name it: the handlers that import these ports need not load it.
     from state_core.domain.history import HistoryEntry
     from state_core.domain.listing import KeyRange, ListedKey
+    from state_core.domain.transactions import Outcome, PlannedOperation
 
 
 class MetricsSink(Protocol):
@@ -57,6 +58,28 @@ class Store(Protocol):
     def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord: ...
 
     def expire(self, key: str, *, version: int, expires_at: float, now: datetime) -> StateRecord: ...
+
+
+class TransactionWrites(Protocol):
+    """Multi-key transactions (storage.transactions.TransactionStore): the keys read together, one atomic
+    commit conditioned on exactly what was read (TransactionConflict otherwise), and idempotency records."""
+
+    def read(self, keys: list[str]) -> dict[str, StateRecord | None]: ...
+    def load(self, key: str) -> StateRecord | None: ...
+
+    def commit(
+        self,
+        planned: list[PlannedOperation],
+        *,
+        actor: str,
+        now: datetime,
+        transaction_id: str,
+        attempt: int,
+        remember: tuple[str, Outcome] | None = None,
+    ) -> list[StateRecord | None]: ...
+
+    def outcome(self, partition: str, now: datetime) -> Outcome | None: ...
+    def remember(self, partition: str, outcome: Outcome, now: datetime) -> Outcome | None: ...
 
 
 class StateReads(Protocol):

@@ -45,6 +45,8 @@ class StateRecord:
     updated_by: str
     expires_at: float | None  # epoch seconds, millisecond precision
     blob: BlobRef | None = None
+    # The transaction (POST /state:transact) that wrote this version, if one did: events and history carry it.
+    transaction_id: str | None = None
 
     def is_live(self, now: datetime) -> bool:
         """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""

@@ -37,8 +37,10 @@ PERMISSIONS = {
     "delete": "state:write",
     "list": "state:read",
     "batch_get": "state:read",
+    # A transaction needs state:write on every key it writes and state:read on every key it only checks.
+    "transact": "state:write",
 }
-Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list", "batch_get"]
+Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list", "batch_get", "transact"]
 
 Decision = Literal["allow", "deny"]
 
@@ -49,6 +51,7 @@ _decision: ContextVar[Decision | None] = ContextVar("audit_decision", default=No
 _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
 _prefix: ContextVar[str | None] = ContextVar("audit_prefix", default=None)
 _items: ContextVar[list[dict[str, Any]] | None] = ContextVar("audit_items", default=None)
+_transaction_id: ContextVar[str | None] = ContextVar("audit_transaction_id", default=None)
 
 
 def begin() -> None:
@@ -57,6 +60,15 @@ def begin() -> None:
     _action.set(None)
     _prefix.set(None)
     _items.set(None)
+    _transaction_id.set(None)
+
+
+def note_transaction(operations: list[dict[str, Any]], transaction_id: str | None = None) -> None:
+    """A transaction's operations, `{op, key}` each (once applied with each key's new `version`), in request
+    order, and once it has one its id; never a value."""
+    _items.set(operations)
+    if transaction_id is not None:
+        _transaction_id.set(transaction_id)
 
 
 def note_action(action: Action) -> None:
@@ -117,8 +129,10 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "key": _valid_key(raw_key),
         # A listing's (validated) prefix; None for every other action.
         "prefix": _prefix.get(),
-        # A bulk read's keys with their own outcomes; None for every other action.
+        # A bulk read's keys with their own outcomes, or a transaction's operations; None for every other action.
         "items": _items.get(),
+        # A transaction's id, once it has one; None for every other action.
+        "transaction_id": _transaction_id.get(),
         "decision": decision,
         "status": status,
         "version": _version(response),

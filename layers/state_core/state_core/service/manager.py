@@ -348,6 +348,25 @@ class StateManager:
         self._metrics.add_metric(name="Expiries", unit="Count", value=1)
         self._cache_write(CacheEntry(tombstone))
 
+    # The pieces a multi-key transaction (service/transactions.py) shares with the single-key writes, so its
+    # expiries, cache write-throughs and value checks are theirs exactly.
+    def expire(self, key: str, current: StateRecord, now: datetime) -> None:
+        """Write `current`'s expiry as its own version, if it is live in the table but past its expiry."""
+        if _expired(current, now):
+            self._expire(key, current, now)
+
+    def write_through(self, record: StateRecord) -> None:
+        """What every acknowledged write does after DynamoDB took it: the versioned write-through (kept and
+        replayed as a fence when Redis cannot be reached)."""
+        self._cache_write(CacheEntry(record))
+
+    def encode(self, value: Any) -> StoredValue:
+        """`value` as stored, after the depth and size checks of a single write."""
+        return self._encode(value)
+
+    def encode_canonical(self, canonical: bytes) -> StoredValue:
+        return self._encode_canonical(canonical)
+
     def _cache_fill(self, entry: CacheEntry) -> None:
         if self._cache is not None:
             self._cache.fill(entry)

@@ -6,8 +6,9 @@ Item attributes: version (N), value (B) or blob_id / blob_chunks / blob_sha256 (
 blobs.py), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339), updated_by (S), expires_at
 (N, epoch seconds), incarnation (S: write id of the write that created this life of the key), write_id (S),
 deleted (BOOL, tombstones only), list_shard (S, live items only: the listing index's partition, see
-storage/listing.py). A tombstone keeps `version`, so a re-created key goes on counting, and drops value,
-created_at, incarnation, expires_at and list_shard.
+storage/listing.py), transaction_id (S, only on a version a transaction wrote: storage/transactions.py). A
+tombstone keeps `version`, so a re-created key goes on counting, and drops value, created_at, incarnation,
+expires_at and list_shard.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ _NAMES = {
     "#blob_chunks": "blob_chunks",
     "#blob_sha256": "blob_sha256",
     "#list_shard": LIST_SHARD_ATTRIBUTE,
+    "#transaction_id": "transaction_id",
 }
 
 # Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
@@ -290,7 +292,8 @@ class StateStore:
             # Live items only carry it: the listing index holds exactly the live keys (storage/listing.py).
             "#list_shard = :list_shard",
         ]
-        removes = ["#deleted", "#expired"]
+        # A version written alone carries no transaction id: the previous version's must not stick to it.
+        removes = ["#deleted", "#expired", "#transaction_id"]
         values: dict[str, Any] = {
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
@@ -364,7 +367,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
                 " #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id"
             ),
             condition=condition,
             values=values,
@@ -396,7 +399,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
                 " #updated_by = :actor, #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id"
             ),
             condition=_EXPIRABLE,
             values=values,
@@ -618,4 +621,5 @@ def record_of_item(item: Mapping[str, Any]) -> StateRecord:
         updated_by=item["updated_by"]["S"],
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
         blob=blob,
+        transaction_id=item["transaction_id"]["S"] if "transaction_id" in item else None,
     )
