@@ -49,6 +49,9 @@ POINTS = frozenset(
         "after_lock_acquire",  # patch: lock held, nothing read yet
         "before_lock_release",  # patch: written (or failed), lock not yet released
         "after_patch_read",  # patch: version read, merged write not yet sent
+        "transact_before_commit",  # transaction: keys read and planned, TransactWriteItems not yet sent
+        "transact_after_commit_before_cache",  # transaction: committed, no key's cache written yet
+        "transact_after_cache_write",  # transaction: one more key's cache written (per key, in request order)
         "watch_history_between_reads",  # watch replay: a version missed in the history, later ones not yet looked for
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
         "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost

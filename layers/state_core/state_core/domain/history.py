@@ -40,6 +40,7 @@ class HistoryEntry:
     expires_at: float | None
     value: StoredValue | None = None
     blob: BlobRef | None = None
+    transaction_id: str | None = None  # the transaction that wrote this version, if one did
 
     @property
     def has_value(self) -> bool:
@@ -77,4 +78,5 @@ def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
         expires_at=record.expires_at,
         value=value,
         blob=blob,
+        transaction_id=record.transaction_id,
     )

@@ -66,6 +66,8 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
         item["value_size"] = {"N": str(entry.size)}
     if entry.expires_at is not None:
         item["expires_at"] = {"N": f"{entry.expires_at:.3f}"}
+    if entry.transaction_id is not None:
+        item["transaction_id"] = {"S": entry.transaction_id}
     if entry.value is not None:
         item["encoding"] = {"S": entry.value.encoding}
         item["value"] = {"B": entry.value.data}
@@ -91,6 +93,7 @@ def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
         value=value,
         blob=blob,
+        transaction_id=item["transaction_id"]["S"] if "transaction_id" in item else None,
     )
 
 

@@ -69,6 +69,8 @@ class StateChanged:
     occurred_at: str
     value_json: bytes | None
     value_omitted: bool
+    # The transaction that wrote this version, shared by every key it wrote (absent for a single write).
+    transaction_id: str | None = None
 
     def detail(self) -> str:
         """The detail as JSON text. The canonical value is spliced in as is (it already is canonical
@@ -82,6 +84,8 @@ class StateChanged:
             "actor": self.actor,
             "occurred_at": self.occurred_at,
         }
+        if self.transaction_id is not None:
+            head["transaction_id"] = self.transaction_id
         if self.value_omitted:
             head["value_omitted"] = True
         text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
@@ -251,6 +255,7 @@ def state_changed(
         occurred_at=record.updated_at,
         value_json=None,
         value_omitted=False,
+        transaction_id=record.transaction_id,
     )
     if record.deleted or operation in (Operation.DELETED, Operation.EXPIRED):
         return without_value
