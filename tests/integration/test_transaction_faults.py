@@ -1,0 +1,185 @@
+"""Transactions against the real store (moto server) and a real redis-server: the cache after an
+acknowledged transaction, Redis down during one, and a function that dies at each step after the commit."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import boto3
+import pytest
+
+from devstack import failpoints
+from state_core.api.transact import render
+from state_core.cache.breaker import CircuitBreaker
+from state_core.cache.link import RedisLink, connect
+from state_core.cache.lock import LockPolicy, RedisKeyLock
+from state_core.cache.state_cache import CachePolicy, RedisStateCache
+from state_core.domain.errors import NotFound
+from state_core.domain.transactions import parse_transaction
+from state_core.runtime import DYNAMODB_CONFIG
+from state_core.service.manager import StateManager
+from state_core.service.transactions import Transactions
+from state_core.storage.state import StateStore
+from state_core.storage.transactions import TransactionStore
+from state_core.stream.repair import CacheRepairer
+from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
+from tests.streams import stream_records
+
+pytestmark = pytest.mark.integration
+
+
+class Container:
+    """What one function container holds: a manager and the transactions over one Redis link."""
+
+    def __init__(self, redis_url, table):
+        self.metrics = RecordedMetrics()
+        link = RedisLink(
+            connect(redis_url, password=None, timeout_seconds=0.05),
+            CircuitBreaker(open_seconds=0.5),
+            on_error=lambda: None,
+            signing_key=SIGNING_KEY,
+        )
+        self.cache = RedisStateCache(link, self.metrics, clock=utc_now, policy=CachePolicy())
+        client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+        store = StateStore(client, table)
+        self.manager = StateManager(
+            store,
+            clock=utc_now,
+            metrics=self.metrics,
+            cache=self.cache,
+            lock=RedisKeyLock(link, self.metrics, LockPolicy(lease_seconds=2.0, max_wait_seconds=1.0)),
+        )
+        self.transactions = Transactions(
+            TransactionStore(client, table, store), self.manager, clock=utc_now, metrics=self.metrics
+        )
+
+    def transact(self, operations, *, partition=None):
+        transaction = parse_transaction({"operations": operations})
+        outcome = self.transactions.transact(transaction, actor="t", render=render, idempotency_partition=partition)
+        return outcome.status, json.loads(outcome.body)
+
+    def value(self, key, *, consistent=False):
+        try:
+            view = self.manager.get(key, consistent=consistent)
+        except NotFound:
+            return None
+        return view.record.version, json.loads(view.canonical_value)
+
+
+@pytest.fixture
+def keys():
+    run = uuid.uuid4().hex[:12]
+    return [f"txf:{run}:{n}" for n in range(4)]
+
+
+@pytest.fixture
+def armed(monkeypatch):
+    monkeypatch.setenv("STATE_FAILPOINTS", "1")
+    yield
+    failpoints.disarm()
+
+
+def cached_at_version_1(container, keys):
+    for key in keys:
+        container.manager.put(key, {"v": 1}, actor="t")
+        assert container.value(key) == (1, {"v": 1})  # read, so the cache holds it
+
+
+TRANSFER = [
+    ("put", {"v": 2}),
+    ("patch", {"p": 2}),
+    ("delete", None),
+]
+
+
+def operations_on(keys):
+    ops = []
+    for key, (op, payload) in zip(keys, TRANSFER, strict=False):
+        operation = {"op": op, "key": key}
+        if op == "put":
+            operation["value"] = payload
+        elif op == "patch":
+            operation["patch"] = payload
+        ops.append(operation)
+    ops.append({"op": "check", "key": keys[3], "if_match": 1})
+    return ops
+
+
+AFTER = [(2, {"v": 2}), (2, {"v": 1, "p": 2}), None, (1, {"v": 1})]
+
+
+def test_after_an_acknowledged_transaction_every_cached_read_sees_its_versions(redis_server, state_table, keys):
+    writer, reader = Container(redis_server.url, state_table), Container(redis_server.url, state_table)
+    cached_at_version_1(reader, keys)
+
+    status, _ = writer.transact(operations_on(keys))
+
+    assert status == 200
+    assert [reader.value(key) for key in keys] == AFTER
+
+
+def test_a_transaction_while_redis_is_down_is_fenced_before_the_writers_next_answer(redis_server, state_table, keys):
+    writer, reader = Container(redis_server.url, state_table), Container(redis_server.url, state_table)
+    cached_at_version_1(reader, keys)
+
+    redis_server.pause()
+    try:
+        status, _ = writer.transact(operations_on(keys))  # DynamoDB took it; every write-through failed
+    finally:
+        redis_server.resume()
+    assert status == 200
+    assert writer.metrics.count("CacheErrors") >= 1
+
+    # The writer's next Redis call, once its breaker lets one through, replays its kept write-throughs as
+    # fences before anything else: the documented bound for a write made while Redis was unreachable
+    time.sleep(0.6)
+    writer.value(f"{keys[0]}:other")
+
+    assert [reader.value(key) for key in keys] == AFTER
+
+
+@pytest.mark.parametrize(
+    ("point", "skip", "committed"),
+    [
+        ("transact_before_commit", 0, False),
+        ("transact_after_commit_before_cache", 0, True),
+        ("transact_after_cache_write", 0, True),
+        ("transact_after_cache_write", 1, True),
+    ],
+)
+def test_a_function_that_dies_at_any_step_leaves_all_or_none_and_one_event_per_version(
+    armed, redis_server, state_table, keys, point, skip, committed
+):
+    # Given the keys at version 1, cached, and a transaction whose function dies at `point`
+    container = Container(redis_server.url, state_table)
+    cached_at_version_1(container, keys)
+    failpoints.arm(point, "raise", count=1, skip=skip)
+
+    with pytest.raises(failpoints.FailpointError):
+        container.transact(operations_on(keys))
+
+    # Then DynamoDB holds all of it or none of it
+    consistent = [container.value(key, consistent=True) for key in keys]
+    assert consistent == (AFTER if committed else [(1, {"v": 1})] * 4)
+
+    # And the stream holds exactly one record per committed version, each naming the one transaction
+    records = [r for r in stream_records(state_table, set(keys)) if "version" in r["dynamodb"].get("NewImage", {})]
+    seen = [(r["dynamodb"]["Keys"]["pk"]["S"], int(r["dynamodb"]["NewImage"]["version"]["N"])) for r in records]
+    assert len(seen) == len(set(seen))
+    written = [r for r in records if "transaction_id" in r["dynamodb"]["NewImage"]]
+    assert sorted(key for key, version in seen if version == 2) == (sorted(keys[:3]) if committed else [])
+    assert len({r["dynamodb"]["NewImage"]["transaction_id"]["S"] for r in written}) == (1 if committed else 0)
+
+    # And once the stream's repair fences them, no cached read serves the older versions
+    assert CacheRepairer(container.cache, metrics=RecordedMetrics(), log=_Log()).repair(records, lambda: 60.0) == []
+    assert [container.value(key) for key in keys] == consistent
+
+
+class _Log:
+    def warning(self, *args, **kwargs):
+        pass
+
+    def error(self, *args, **kwargs):
+        pass
