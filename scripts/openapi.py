@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "layers" / "state_core"))
 TARGET = ROOT / "docs" / "openapi.json"
-FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state", "batch_get_state")
+FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state", "batch_get_state", "transact_state")
 
 
 def _router(function: str) -> Any:
@@ -154,6 +154,7 @@ def document() -> dict[str, Any]:
             "schema": {"type": "string", "enum": ["value"]},
         },
     ]
+    _document_transactions(schema)
     for operations in schema["paths"].values():
         for operation in operations.values():
             responses = operation["responses"]
@@ -170,6 +171,39 @@ def document() -> dict[str, Any]:
 
 
 _VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"
+
+
+def _document_transactions(schema: dict[str, Any]) -> None:
+    from state_core.api.edge import JSON_CONTENT_TYPE
+    from state_core.api.models import TransactRequest
+
+    components = schema["components"]["schemas"]
+    request = TransactRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(request.pop("$defs", {}))
+    components["TransactRequest"] = request
+    operation = schema["paths"]["/state:transact"]["post"]
+    operation["requestBody"] = {
+        "required": True,
+        "content": {JSON_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/TransactRequest"}}},
+    }
+    operation["parameters"] = [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": (
+                "1-255 printable ASCII characters, unique per transaction: for 10 minutes a retry with the same"
+                " key and body answers the first outcome (200 or 412) without applying again; another body is 422."
+            ),
+            "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+        }
+    ]
+    operation["responses"]["200"]["headers"] = {
+        "Idempotent-Replayed": {
+            "description": "true: the answer is the first outcome of an earlier request with this Idempotency-Key.",
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    }
 
 
 def _drop_unreferenced_schemas(schema: dict[str, Any]) -> None:

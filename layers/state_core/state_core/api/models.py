@@ -4,7 +4,7 @@ models are in api/openapi.py. Neither is imported by a function."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
@@ -55,3 +55,47 @@ class BatchGetRequest(BaseModel):
     consistent: bool = Field(
         default=False, description="true: read DynamoDB with strongly consistent reads, bypassing the cache."
     )
+
+
+IfMatch = Annotated[StrictInt, Field(ge=1)] | Literal["*"]
+
+
+class _Operation(BaseModel):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    key: str = Field(description="A state key; each key at most once in a transaction.")
+
+
+class PutOperation(_Operation):
+    op: Literal["put"]
+    value: Any = Field(description="Any JSON value; stored (compressed) it must fit its item, 350,000 bytes.")
+    ttl_seconds: TtlSeconds | None = None
+    if_match: IfMatch | None = Field(default=None, description='The key is at this version ("*": it exists).')
+    if_none_match: Literal["*"] | None = Field(default=None, description="The key does not exist.")
+
+
+class PatchOperation(_Operation):
+    op: Literal["patch"]
+    patch: Any = Field(description="A JSON Merge Patch (RFC 7396). The key must exist.")
+    if_match: IfMatch | None = None
+
+
+class DeleteOperation(_Operation):
+    op: Literal["delete"]
+    if_match: IfMatch | None = Field(default=None, description="The key must exist, at this version if given.")
+
+
+class CheckOperation(_Operation):
+    op: Literal["check"]
+    if_match: IfMatch | None = Field(default=None, description="One of if_match and if_none_match is required.")
+    if_none_match: Literal["*"] | None = None
+
+
+class TransactRequest(BaseModel):
+    """Body of `POST /state:transact`: 1-25 operations on distinct keys, applied all or nothing."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    operations: list[
+        Annotated[PutOperation | PatchOperation | DeleteOperation | CheckOperation, Field(discriminator="op")]
+    ] = Field(min_length=1, max_length=25)

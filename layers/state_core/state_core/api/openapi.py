@@ -42,6 +42,16 @@ class StateEnvelope(StateMetadata):
     value: Any = Field(description="The stored JSON value.")
 
 
+class FailedOperationModel(BaseModel):
+    """An operation of a transaction whose condition failed."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    index: int = Field(description="Its position in `operations`, from 0.")
+    key: str
+    current_version: int | None = Field(description="The key's current version; null if it does not exist.")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem document, the body of every error the service itself answers."""
 
@@ -52,6 +62,9 @@ class Problem(BaseModel):
     status: int
     detail: str
     current_version: int | None = Field(default=None, description="On 412: the key's current version.")
+    failed_operations: list[FailedOperationModel] | None = Field(
+        default=None, description="On a transaction's 412: each operation whose condition failed."
+    )
 
 
 class GatewayMessage(BaseModel):
@@ -230,4 +243,34 @@ METADATA_RESPONSE: OpenAPIResponse = {
 BATCH_GET_RESPONSE: OpenAPIResponse = {
     "description": "One item per requested key, in request order, each with its own status",
     "content": {JSON_CONTENT_TYPE: {"model": BatchGetResponseModel}},
+}
+
+
+class TransactionResultItemModel(BaseModel):
+    """One operation of an applied transaction, in request order."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    index: int
+    op: Literal["put", "patch", "delete", "check"]
+    key: str
+    version: int | None = Field(
+        description="The key's new version (a delete: its tombstone's); a check: the version it checked, null if"
+        " it checked that the key does not exist."
+    )
+    created: bool = Field(description="A put or patch that started a new life of the key (as PUT's 201).")
+
+
+class TransactionResultModel(BaseModel):
+    """An applied transaction."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    transaction_id: str = Field(description="Also in each written version's StateChanged event and history item.")
+    results: list[TransactionResultItemModel]
+
+
+TRANSACTION_RESPONSE: OpenAPIResponse = {
+    "description": "Applied, all of it; or, with Idempotent-Replayed: true, the first outcome of this Idempotency-Key",
+    "content": {JSON_CONTENT_TYPE: {"model": TransactionResultModel}},
 }
