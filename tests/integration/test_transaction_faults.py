@@ -17,7 +17,7 @@ from state_core.cache.link import RedisLink, connect
 from state_core.cache.lock import LockPolicy, RedisKeyLock
 from state_core.cache.state_cache import CachePolicy, RedisStateCache
 from state_core.domain.errors import NotFound
-from state_core.domain.transactions import parse_transaction
+from state_core.domain.transactions import TransactionConflict, parse_transaction
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import StateManager
 from state_core.service.transactions import Transactions
@@ -42,7 +42,7 @@ class Container:
             signing_key=SIGNING_KEY,
         )
         self.cache = RedisStateCache(link, self.metrics, clock=utc_now, policy=CachePolicy())
-        client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+        self.client = client = boto3.client("dynamodb", config=DYNAMODB_CONFIG)
         store = StateStore(client, table)
         self.manager = StateManager(
             store,
@@ -183,3 +183,52 @@ class _Log:
 
     def error(self, *args, **kwargs):
         pass
+
+
+def test_a_commit_whose_answer_was_lost_is_answered_once_as_applied(armed, redis_server, state_table, keys):
+    # Given a container whose first TransactWriteItems reaches the table but whose answer is lost
+    container = Container(redis_server.url, state_table)
+    failpoints.install_dynamodb_faults(container.client)
+    cached_at_version_1(container, keys[:2])
+
+    def lose_the_commit(_name, operation=b"", **_):
+        target = operation.decode() if isinstance(operation, bytes) else str(operation)
+        return "lost" if target.endswith("TransactWriteItems") else None
+
+    failpoints.arm("dynamodb_answer", "call", lose_the_commit, count=1)
+
+    # When a transaction conditioned on version 1 of both keys commits
+    status, body = container.transact([{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:2]])
+
+    # Then it is applied once and answered as applied (not 412 for its own retry), and the cache follows
+    assert failpoints.fired("dynamodb_answer") == 1
+    assert status == 200, body
+    assert [r["version"] for r in body["results"]] == [2, 2]
+    assert [container.value(key) for key in keys[:2]] == [(2, {"v": 2})] * 2
+
+
+class RetriedWithoutToken(TransactionStore):
+    """A table that applies a commit, loses its answer, and refuses the SDK's retry on the versions the first
+    attempt moved: what DynamoDB would do were the retry's ClientRequestToken forgotten or expired."""
+
+    def commit(self, planned, **kwargs):
+        super().commit(planned, **kwargs)
+        raise TransactionConflict(["ConditionalCheckFailed"] * len(planned))
+
+
+def test_a_commit_refused_after_it_landed_is_answered_as_applied_not_412(redis_server, state_table, keys):
+    container = Container(redis_server.url, state_table)
+    cached_at_version_1(container, keys[:2])
+    container.transactions = Transactions(
+        RetriedWithoutToken(container.client, state_table, StateStore(container.client, state_table)),
+        container.manager,
+        clock=utc_now,
+        metrics=container.metrics,
+    )
+
+    status, body = container.transact([{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:2]])
+
+    assert status == 200, body
+    assert [r["version"] for r in body["results"]] == [2, 2]
+    assert [container.value(key) for key in keys[:2]] == [(2, {"v": 2})] * 2
+    assert container.metrics.count("Conflicts") == 1

@@ -426,3 +426,70 @@ def test_every_version_a_transaction_writes_carries_its_id_in_the_stream_and_eve
         (keys[1], 1, body["transaction_id"]),
         (keys[0], 3, None),
     ]
+
+
+def test_each_transaction_leaves_one_audit_record_with_its_keys_and_outcome(transact, put, keys):
+    from state_core.security import audit
+    from tests.integration.test_rbac import _Collect
+
+    collector = _Collect(audit.audit_logger.registered_formatter)
+    audit.audit_logger.addHandler(collector)
+    try:
+        put(keys[0], {"secret": "do-not-log"})
+        collector.lines.clear()
+        status, body, _ = transact(
+            [
+                {"op": "patch", "key": keys[0], "patch": {"secret": "still-not"}},
+                {"op": "check", "key": keys[1], "if_none_match": "*"},
+            ]
+        )
+        refused, _, _ = transact([{"op": "delete", "key": keys[2]}])
+        denied, _, _ = transact([{"op": "put", "key": keys[3], "value": "x"}], scopes="state:read")
+    finally:
+        audit.audit_logger.removeHandler(collector)
+
+    records = [json.loads(line)["audit"] for line in collector.lines]
+    assert (status, refused, denied) == (200, 412, 403)
+    assert len(records) == 3
+    applied, failed, forbidden = records
+    assert applied["action"] == "transact"
+    assert applied["transaction_id"] == body["transaction_id"]
+    assert applied["keys"] == [
+        {"op": "patch", "key": keys[0], "version": 2},
+        {"op": "check", "key": keys[1], "version": None},
+    ]
+    assert (applied["status"], applied["decision"], applied["subject"]) == (200, "allow", "alice")
+    assert (failed["status"], failed["keys"], failed["transaction_id"]) == (
+        412,
+        [{"op": "delete", "key": keys[2]}],
+        None,
+    )
+    assert (forbidden["status"], forbidden["decision"]) == (403, "deny")
+    assert "not-log" not in "".join(collector.lines)
+    assert "still-not" not in "".join(collector.lines)
+
+
+def test_a_key_found_past_its_expiry_is_expired_as_its_own_version_first(transact, invoke, read, state_table, keys):
+    response = invoke("put_state", http_event("put", keys[0], body={"value": 1, "ttl_seconds": 1}))
+    assert response["statusCode"] == 201
+    time.sleep(1.2)
+
+    status, body, _ = transact([{"op": "put", "key": keys[0], "value": 2, "if_none_match": "*"}])
+
+    assert status == 200, body
+    assert body["results"][0]["version"] == 3  # 2 is the expiry
+    assert read(keys[0]) == (3, 2)
+    records = stream_records(state_table, {keys[0]})
+    images = [r["dynamodb"]["NewImage"] for r in records if "version" in r["dynamodb"].get("NewImage", {})]
+    assert [(int(i["version"]["N"]), "expired" in i, "transaction_id" in i) for i in images] == [
+        (1, False, False),
+        (2, True, False),
+        (3, False, True),
+    ]
+
+
+def test_the_transaction_value_limit_is_the_inline_limit():
+    from state_core.domain.transactions import MAX_TRANSACTION_VALUE_BYTES
+    from state_core.storage.state import INLINE_VALUE_BYTES
+
+    assert MAX_TRANSACTION_VALUE_BYTES == INLINE_VALUE_BYTES

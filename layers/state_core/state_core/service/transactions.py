@@ -17,7 +17,7 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -63,6 +63,8 @@ class _Attempt:
     transaction_id: str
     deadline: float
     number: int = 0
+    # The last commit sent and its outcome: a commit refused after a retry may be one that had landed.
+    sent: Outcome | None = None
 
 
 class Transactions:
@@ -120,6 +122,14 @@ class Transactions:
         now = self._clock()
         keys = [op.key for op in transaction.operations]
         current = self._writes.read(keys)
+        ours = [r for r in current.values() if r is not None and r.transaction_id == attempt.transaction_id]
+        if ours and attempt.sent is not None:
+            # The commit landed though its answer said otherwise: botocore retried one whose answer was lost,
+            # and that retry was refused on the versions the first one had moved. All of it landed (our id is on
+            # a key), so it is answered as it was sent; keys written again since are already newer in the cache.
+            self._acknowledge(ours)
+            self._metrics.add_metric(name="Transactions", unit="Count", value=1)
+            return attempt.sent
         due = [record for record in current.values() if record is not None and _past_expiry(record, now)]
         if due:
             # Expiry is a change of its own (one version, one event), written before anything goes over it.
@@ -144,6 +154,7 @@ class Transactions:
             remember = (partition, outcome)
         if failpoints.ENABLED:
             failpoints.hit("transact_before_commit", keys=keys, attempt=attempt.number)
+        attempt.sent = outcome
         try:
             records = self._writes.commit(
                 planned,
@@ -176,7 +187,7 @@ class Transactions:
         self._sleep(delay)
         return None
 
-    def _acknowledge(self, records: list[StateRecord | None]) -> None:
+    def _acknowledge(self, records: Sequence[StateRecord | None]) -> None:
         """Each written key's cache write-through, exactly as a single write's, before the answer: a read that
         starts after the acknowledgement never gets an older version of any of them."""
         if failpoints.ENABLED:
