@@ -38,6 +38,7 @@ OPERATIONS = {
     "GET /state/{key}/history",
     "GET /state",
     "POST /state:batchGet",
+    "POST /state:transact",
 }
 
 

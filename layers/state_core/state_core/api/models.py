@@ -63,7 +63,7 @@ IfMatch = Annotated[StrictInt, Field(ge=1)] | Literal["*"]
 class _Operation(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    key: str = Field(description="A state key; each key at most once in a transaction.")
+    key: str = Field(pattern=f"^{KEY_PATTERN}$", description="A state key; each key at most once in a transaction.")
 
 
 class PutOperation(_Operation):
