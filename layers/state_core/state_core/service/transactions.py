@@ -135,6 +135,8 @@ class Transactions:
             # Expiry is a change of its own (one version, one event), written before anything goes over it.
             for record in due:
                 self._manager.expire(record.key, record, now)
+            if self._monotonic() > attempt.deadline:
+                raise ServiceUnavailable("the transaction's keys kept changing; retry shortly")
             return None
         failed = [failure for op in transaction.operations if (failure := _failed_condition(op, current[op.key], now))]
         if failed:

@@ -15,7 +15,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from state_core.domain.errors import OutcomeUnknown, PayloadTooLarge, ServiceUnavailable
 from state_core.domain.listing import LIST_SHARD_ATTRIBUTE, list_shard
@@ -27,7 +27,6 @@ from state_core.storage.state import (
     dynamodb_errors,
     may_have_applied,
     new_write_id,
-    read_head,
     record_of_item,
 )
 
@@ -156,10 +155,17 @@ class TransactionStore:
         if not written:
             return False
         try:
-            head = read_head(self._client, self._table, written[0])
-        except (ServiceUnavailable, ClientError):
+            with dynamodb_errors():
+                item = self._client.get_item(
+                    TableName=self._table,
+                    Key=_state_key(written[0]),
+                    ConsistentRead=True,
+                    ProjectionExpression="#transaction_id",
+                    ExpressionAttributeNames={"#transaction_id": "transaction_id"},
+                ).get("Item")
+        except (ServiceUnavailable, ClientError, BotoCoreError):
             return False
-        return head is not None and head.get("transaction_id", {}).get("S") == transaction_id
+        return item is not None and item.get("transaction_id", {}).get("S") == transaction_id
 
     def _action(
         self, step: PlannedOperation, *, actor: str, now: datetime, transaction_id: str
