@@ -17,7 +17,7 @@ from state_core.cache.link import RedisLink, connect
 from state_core.cache.lock import LockPolicy, RedisKeyLock
 from state_core.cache.state_cache import CachePolicy, RedisStateCache
 from state_core.domain.errors import NotFound
-from state_core.domain.transactions import TransactionConflict, parse_transaction
+from state_core.domain.transactions import TransactionConflict, idempotency_partition, parse_transaction
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import StateManager
 from state_core.service.transactions import Transactions
@@ -227,9 +227,13 @@ class RetriedWithoutToken(TransactionStore):
         raise TransactionConflict(["ConditionalCheckFailed"] * len(planned))
 
 
-def test_a_commit_refused_after_it_landed_is_answered_as_applied_not_412(redis_server, state_table, keys):
+@pytest.mark.parametrize("with_key", [False, True])
+def test_a_commit_refused_after_it_landed_is_answered_as_applied_not_412(redis_server, state_table, keys, with_key):
+    # With an Idempotency-Key the refused retry finds the request's own record: still its own answer, not a
+    # replay, and the cache is written through before it
     container = Container(redis_server.url, state_table)
-    cached_at_version_1(container, keys[:2])
+    other = Container(redis_server.url, state_table)
+    cached_at_version_1(other, keys[:2])
     container.transactions = Transactions(
         RetriedWithoutToken(container.client, state_table, StateStore(container.client, state_table)),
         container.manager,
@@ -237,9 +241,14 @@ def test_a_commit_refused_after_it_landed_is_answered_as_applied_not_412(redis_s
         metrics=container.metrics,
     )
 
-    status, body = container.transact([{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:2]])
+    transaction = parse_transaction(
+        {"operations": [{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:2]]}
+    )
+    partition = idempotency_partition("t", uuid.uuid4().hex) if with_key else None
 
-    assert status == 200, body
-    assert [r["version"] for r in body["results"]] == [2, 2]
-    assert [container.value(key) for key in keys[:2]] == [(2, {"v": 2})] * 2
+    outcome = container.transactions.transact(transaction, actor="t", render=render, idempotency_partition=partition)
+
+    assert (outcome.status, outcome.replayed) == (200, False), outcome
+    assert [r["version"] for r in json.loads(outcome.body)["results"]] == [2, 2]
+    assert [other.value(key) for key in keys[:2]] == [(2, {"v": 2})] * 2
     assert container.metrics.count("Conflicts") == 1

@@ -177,6 +177,14 @@ class Transactions:
         self._metrics.add_metric(name="Conflicts", unit="Count", value=1)
         if attempt.partition is not None:
             prior = self._writes.outcome(attempt.partition, self._clock())
+            if prior is not None and attempt.sent is not None and prior.body == attempt.sent.body:
+                # Our own record (its body holds our transaction id): the commit landed, and what was refused was
+                # botocore's retry of it. Answered as this request's own outcome, after its write-throughs.
+                keys = [op.key for op in attempt.transaction.operations]
+                current = self._writes.read(keys).values()
+                self._acknowledge([r for r in current if r is not None and r.transaction_id == attempt.transaction_id])
+                self._metrics.add_metric(name="Transactions", unit="Count", value=1)
+                return attempt.sent
             if prior is not None:
                 return _replayed(prior, attempt.transaction)  # the same key's first request came first
         policy = self._policy
