@@ -140,12 +140,7 @@ class Transactions:
             return None
         failed = [failure for op in transaction.operations if (failure := _failed_condition(op, current[op.key], now))]
         if failed:
-            error = TransactionPreconditionFailed(failed)
-            if partition is None:
-                return attempt.render(error)
-            outcome = replace(attempt.render(error), fingerprint=transaction.fingerprint, expires_at=_expiry(now))
-            first = self._writes.remember(partition, outcome, now)
-            return outcome if first is None else _replayed(first, transaction)
+            return self._refused(attempt, TransactionPreconditionFailed(failed), now)
         planned = self._plan(transaction, current, puts, now)
         if planned is None:
             return None  # a large value changed under the patch that loaded it
@@ -171,6 +166,19 @@ class Transactions:
         self._acknowledge(records)
         self._metrics.add_metric(name="Transactions", unit="Count", value=1)
         return outcome
+
+    def _refused(self, attempt: _Attempt, error: TransactionPreconditionFailed, now: datetime) -> Outcome:
+        """412, remembered under the request's Idempotency-Key unless an outcome is there first."""
+        if attempt.partition is None:
+            return attempt.render(error)
+        fingerprint = attempt.transaction.fingerprint
+        outcome = replace(attempt.render(error), fingerprint=fingerprint, expires_at=_expiry(now))
+        first = self._writes.remember(attempt.partition, outcome, now)
+        if first is None:
+            return outcome
+        if attempt.sent is not None and first.body == attempt.sent.body:
+            return attempt.sent  # an earlier round's commit landed after all (its keys written over since)
+        return _replayed(first, attempt.transaction)
 
     def _after_conflict(self, attempt: _Attempt) -> Outcome | None:
         """A key changed since it was read: back off and read again, within the time budget (503 past it)."""
