@@ -252,3 +252,35 @@ def test_a_commit_refused_after_it_landed_is_answered_as_applied_not_412(redis_s
     assert [r["version"] for r in json.loads(outcome.body)["results"]] == [2, 2]
     assert [other.value(key) for key in keys[:2]] == [(2, {"v": 2})] * 2
     assert container.metrics.count("Conflicts") == 1
+
+
+def test_a_transaction_that_keeps_losing_races_is_503_past_its_budget_and_writes_nothing(
+    armed, redis_server, state_table, keys
+):
+    from state_core.domain.errors import ServiceUnavailable
+    from state_core.service.manager import PatchPolicy
+
+    container = Container(redis_server.url, state_table)
+    container.transactions = Transactions(
+        TransactionStore(container.client, state_table, StateStore(container.client, state_table)),
+        container.manager,
+        clock=utc_now,
+        metrics=container.metrics,
+        policy=PatchPolicy(time_budget_seconds=0.3),
+    )
+    container.manager.put(keys[0], {"n": 0}, actor="t")
+    other = Container(redis_server.url, state_table)
+    writes = iter(range(1, 1000))
+    failpoints.arm(
+        "transact_before_commit", "call", lambda *_, **__: other.manager.put(keys[0], {"n": next(writes)}, actor="o")
+    )
+
+    with pytest.raises(ServiceUnavailable):
+        container.transact(
+            [{"op": "patch", "key": keys[0], "patch": {"mine": True}}, {"op": "put", "key": keys[1], "value": 1}]
+        )
+
+    _, value = container.value(keys[0], consistent=True)
+    assert "mine" not in value
+    assert container.value(keys[1], consistent=True) is None
+    assert container.metrics.count("Conflicts") >= 2

@@ -493,3 +493,22 @@ def test_the_transaction_value_limit_is_the_inline_limit():
     from state_core.storage.state import INLINE_VALUE_BYTES
 
     assert MAX_TRANSACTION_VALUE_BYTES == INLINE_VALUE_BYTES
+
+
+def test_a_patch_of_a_large_value_loads_its_blob_and_may_shrink_it_into_the_transaction(transact, read, put, keys):
+    put(keys[0], {"blob": _big(600_000), "keep": 1})  # stored as a blob: it does not fit its item
+
+    status, body, _ = transact([{"op": "patch", "key": keys[0], "patch": {"blob": None, "small": 2}}])
+
+    assert status == 200, body
+    assert read(keys[0]) == (2, {"keep": 1, "small": 2})
+
+
+def test_a_patch_that_would_grow_a_value_past_its_item_is_413(transact, read, put, keys):
+    put(keys[0], {"n": 1})
+
+    status, problem, _ = transact([{"op": "patch", "key": keys[0], "patch": {"blob": _big(600_000)}}])
+
+    assert status == 413
+    assert "operations[0]" in problem["detail"]
+    assert read(keys[0]) == (1, {"n": 1})
