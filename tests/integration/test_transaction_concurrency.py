@@ -3,8 +3,9 @@ reader takes snapshots of all 10 keys: the sum never changes in any snapshot, no
 lost, and none applies twice, though a fifth of them are sent again under their Idempotency-Key.
 
 Each client is a container of its own (its own DynamoDB client and Redis link) against the serialized moto
-server and a real redis-server. Snapshots are TransactGetItems straight against the table: one consistent
-point in time across keys (`POST /state:batchGet` with `snapshot` reads the same way).
+server and a real redis-server. The reader takes its snapshots through the bulk read's own handler,
+`POST /state:batchGet` with `"snapshot": true` (one TransactGetItems: one point in time across the keys);
+it is the only thread that invokes a handler, whose resolver holds the current request.
 
 Short in make test (6 s); STATE_VERIFY=1 (make verify) runs the issue's 30 s.
 """
@@ -18,12 +19,11 @@ import threading
 import time
 import uuid
 
-import boto3
 import pytest
 
 from state_core.domain.errors import ServiceUnavailable
 from state_core.domain.transactions import idempotency_partition
-from state_core.storage.state import record_of_item
+from tests.integration.test_batch_get import batch_event
 from tests.integration.test_transaction_faults import Container
 
 pytestmark = [pytest.mark.integration, pytest.mark.verify]
@@ -38,18 +38,23 @@ KEYS = 10
 START = 1_000
 
 
-def snapshot(client, table, keys):
-    answer = client.transact_get_items(
-        TransactItems=[{"Get": {"TableName": table, "Key": {"pk": {"S": k}, "sk": {"S": "state"}}}} for k in keys]
-    )
-    return [json.loads(record_of_item(r["Item"]).value.canonical()) for r in answer["Responses"]]
+def snapshot(invoke, keys):
+    """The keys' balances in one snapshot bulk read; None when the read was refused whole (503: the snapshot
+    kept colliding with commits), never a torn one."""
+    response = invoke("batch_get_state", batch_event({"keys": keys, "snapshot": True}))
+    if response["statusCode"] == 503:
+        return None
+    assert response["statusCode"] == 200, response
+    items = json.loads(response["body"])["items"]
+    assert [item["status"] for item in items] == [200] * len(keys), items
+    return [item["value"] for item in items]
 
 
 class Bank:
     """The run's shared findings: acknowledged transfers, counts, and anything that broke a promise."""
 
-    def __init__(self, redis_url, table, keys):
-        self.redis_url, self.table, self.keys = redis_url, table, keys
+    def __init__(self, redis_url, table, keys, invoke):
+        self.redis_url, self.table, self.keys, self.invoke = redis_url, table, keys, invoke
         self.stop = threading.Event()
         self.applied: list[tuple[str, str, int]] = []  # acknowledged transfers: from, to, amount
         self.counts = {"ok": 0, "refused": 0, "busy": 0, "replayed": 0, "snapshots": 0}
@@ -107,21 +112,19 @@ class Bank:
                     self.problems.append(repr(exc))
 
     def reader(self):
-        client = boto3.client("dynamodb")
         while not self.stop.is_set():
-            try:
-                balances = snapshot(client, self.table, self.keys)
-            except client.exceptions.TransactionCanceledException:
-                continue  # a snapshot that collided with a commit is refused whole, never torn
+            balances = snapshot(self.invoke, self.keys)
+            if balances is None:
+                continue
             with self.guard:
                 self.counts["snapshots"] += 1
                 if sum(balances) != START * KEYS:
                     self.problems.append(f"snapshot sum {sum(balances)}: {balances}")
 
 
-def test_transfers_keep_the_sum_in_every_snapshot_and_apply_exactly_once(redis_server, state_table):
+def test_transfers_keep_the_sum_in_every_snapshot_and_apply_exactly_once(redis_server, state_table, invoke):
     run = uuid.uuid4().hex[:12]
-    bank = Bank(redis_server.url, state_table, [f"bank:{run}:{n}" for n in range(KEYS)])
+    bank = Bank(redis_server.url, state_table, [f"bank:{run}:{n}" for n in range(KEYS)], invoke)
     setup = Container(redis_server.url, state_table)
     for key in bank.keys:
         setup.manager.put(key, START, actor="setup")
@@ -147,5 +150,5 @@ def test_transfers_keep_the_sum_in_every_snapshot_and_apply_exactly_once(redis_s
     for source, target, amount in bank.applied:
         expected[source] -= amount
         expected[target] += amount
-    final = dict(zip(bank.keys, snapshot(boto3.client("dynamodb"), state_table, bank.keys), strict=True))
+    final = dict(zip(bank.keys, snapshot(invoke, bank.keys), strict=True))
     assert final == expected

@@ -454,12 +454,12 @@ def test_each_transaction_leaves_one_audit_record_with_its_keys_and_outcome(tran
     applied, failed, forbidden = records
     assert applied["action"] == "transact"
     assert applied["transaction_id"] == body["transaction_id"]
-    assert applied["keys"] == [
+    assert applied["items"] == [
         {"op": "patch", "key": keys[0], "version": 2},
         {"op": "check", "key": keys[1], "version": None},
     ]
     assert (applied["status"], applied["decision"], applied["subject"]) == (200, "allow", "alice")
-    assert (failed["status"], failed["keys"], failed["transaction_id"]) == (
+    assert (failed["status"], failed["items"], failed["transaction_id"]) == (
         412,
         [{"op": "delete", "key": keys[2]}],
         None,

@@ -11,7 +11,6 @@ and history sort keys, so these items reach none of them.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +26,12 @@ from state_core.storage.state import (
     dynamodb_errors,
     may_have_applied,
     new_write_id,
-    record_of_item,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 IDEMPOTENCY_SORT_KEY = "idempotency"
-_READ_ROUNDS = 5
 
 _NAMES = {
     f"#{name}": attr
@@ -78,21 +75,11 @@ class TransactionStore:
         return self._state.get(key)
 
     def read(self, keys: list[str]) -> dict[str, StateRecord | None]:
-        """The keys' state items (tombstones included), read strongly consistently in one BatchGetItem;
-        a large value is left unloaded (its `blob` says where it is)."""
+        """The keys' state items (tombstones included; None for a key never written), read strongly
+        consistently in one BatchGetItem, values loaded: the bulk read's own read (StateStore.get_many)."""
         found: dict[str, StateRecord | None] = dict.fromkeys(keys)
-        request: dict[str, Any] = {self._table: {"Keys": [_state_key(key) for key in keys], "ConsistentRead": True}}
-        for round_ in range(_READ_ROUNDS):
-            with dynamodb_errors():
-                answer = self._client.batch_get_item(RequestItems=request)
-            for item in answer.get("Responses", {}).get(self._table, []):
-                record = record_of_item(item)
-                found[record.key] = record
-            request = dict(answer.get("UnprocessedKeys") or {})
-            if not request:
-                return found
-            time.sleep(0.02 * 2**round_)
-        raise ServiceUnavailable("the state table is busy; retry shortly")
+        found.update(self._state.get_many(keys))
+        return found
 
     def commit(
         self,
