@@ -305,3 +305,33 @@ def test_the_async_client_raises_the_same_typed_errors(stack: DevStack, key: str
                 await anonymous.get(key)
 
     run(scenario())
+
+
+def test_a_transaction_sync_and_async_applies_once_and_names_failed_conditions(sync: StateClient, key: str) -> None:
+    from state_client import TransactionResult
+
+    sync.set(f"{key}:stock", {"free": 5})
+    operations = [
+        {"op": "put", "key": f"{key}:order", "value": {"qty": 2}, "if_none_match": "*"},
+        {"op": "patch", "key": f"{key}:stock", "patch": {"free": 3}, "if_match": 1},
+    ]
+
+    first = sync.transaction(operations, idempotency_key=f"tx-{key}")
+    again = sync.transaction(operations, idempotency_key=f"tx-{key}")
+
+    assert isinstance(first, TransactionResult)
+    assert [(r.op, r.version, r.created) for r in first.results] == [("put", 1, True), ("patch", 2, False)]
+    assert (again.transaction_id, again.replayed, first.replayed) == (first.transaction_id, True, False)
+    assert sync.get(f"{key}:stock").value == {"free": 3}
+
+    async def conflicting() -> PreconditionFailed:
+        async with AsyncStateClient(sync.base_url, token=sync._token) as client:
+            with pytest.raises(PreconditionFailed) as failed:
+                await client.transaction(operations)  # a fresh key: the order exists, the stock moved on
+            return failed.value
+
+    error = run(conflicting())
+    assert error.failed_operations == [
+        {"index": 0, "key": f"{key}:order", "current_version": 1},
+        {"index": 1, "key": f"{key}:stock", "current_version": 2},
+    ]

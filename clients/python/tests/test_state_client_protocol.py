@@ -102,3 +102,23 @@ def test_modify_keeps_the_ttl_rounded_up() -> None:
     assert b'"ttl_seconds":11' in (write.content or b"")
     created = p.modify_write(None, 1, "k")
     assert created.headers["If-None-Match"] == "*"
+
+
+def test_a_transaction_is_always_sent_under_an_idempotency_key_and_so_may_be_sent_again() -> None:
+    call = p.transaction_call([{"op": "delete", "key": "k"}], idempotency_key="retry-1")
+
+    assert (call.method, call.path, call.headers["Idempotency-Key"]) == ("POST", "/state:transact", "retry-1")
+    assert call.resend_after_network_failure
+    unknown = error_for(503, {"type": PROBLEM_TYPE_BASE + "write-outcome-unknown"})
+    assert p.should_retry(unknown, safe=call.retry_safe, idempotent=call.idempotent)
+    assert not p.should_retry(unknown, safe=True)  # a single write whose answer was lost: never again
+    assert not p.should_retry(error_for(412, {}), safe=call.retry_safe, idempotent=True)
+
+
+def test_a_transactions_412_names_its_failed_operations() -> None:
+    failed = [{"index": 2, "key": "k", "current_version": 4}]
+    error = error_for(412, {"failed_operations": failed, "current_version": None})
+
+    assert isinstance(error, PreconditionFailed)
+    assert error.failed_operations == failed
+    assert error_for(412, {"current_version": 4}).failed_operations == []  # type: ignore[attr-defined]

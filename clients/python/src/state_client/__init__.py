@@ -20,7 +20,18 @@ from state_client.errors import (
     Unprocessable,
     WriteOutcomeUnknown,
 )
-from state_client.models import JSON, Change, Envelope, KeyInfo, Page, Resync, VersionInfo, WatchEvent
+from state_client.models import (
+    JSON,
+    Change,
+    Envelope,
+    KeyInfo,
+    OperationResult,
+    Page,
+    Resync,
+    TransactionResult,
+    VersionInfo,
+    WatchEvent,
+)
 
 __all__ = [
     "JSON",
@@ -35,6 +46,7 @@ __all__ = [
     "KeyInfo",
     "ModifyPolicy",
     "NotFound",
+    "OperationResult",
     "Page",
     "PreconditionFailed",
     "RateLimited",
@@ -46,6 +58,7 @@ __all__ = [
     "StateError",
     "TokenSource",
     "TooLarge",
+    "TransactionResult",
     "Unauthorized",
     "Unavailable",
     "Unprocessable",

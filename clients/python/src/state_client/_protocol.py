@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,7 +24,7 @@ from state_client.errors import (
     WriteOutcomeUnknown,
     error_for,
 )
-from state_client.models import JSON, Envelope, KeyInfo, Page, VersionInfo
+from state_client.models import JSON, Envelope, KeyInfo, Page, TransactionResult, VersionInfo
 
 DEFAULT_BASE_URL = "http://127.0.0.1:3000"
 USER_AGENT = "state-client/0.1"
@@ -58,12 +59,15 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(attempts=1)
 
 
-def should_retry(error: StateError, *, safe: bool) -> bool:
+def should_retry(error: StateError, *, safe: bool, idempotent: bool = False) -> bool:
     """Whether a request answered `error` may be sent again. Only reads and conditional writes (`safe`):
     a conditional write that landed meanwhile answers 412 instead of landing twice. Never after
-    write-outcome-unknown: its caller must decide from the key's value (docs/api.md)."""
-    if not safe or isinstance(error, WriteOutcomeUnknown):
+    write-outcome-unknown (its caller must decide from the key's value, docs/api.md), except a transaction
+    under its Idempotency-Key, which the server answers with what happened."""
+    if not safe:
         return False
+    if isinstance(error, WriteOutcomeUnknown):
+        return idempotent
     return isinstance(error, RateLimited | Unavailable)
 
 
@@ -77,12 +81,15 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None
     retry_safe: bool = True
+    # A request the server answers once whatever it is sent (a transaction under its Idempotency-Key).
+    idempotent: bool = False
 
     @property
     def resend_after_network_failure(self) -> bool:
-        """Only a read: a write whose answer was lost may have landed, and sent again even conditionally
-        it would answer 412 for the caller's own write (or make `modify` apply its function twice)."""
-        return self.method == "GET"
+        """Only a read, or a transaction under its Idempotency-Key: a write whose answer was lost may have
+        landed, and sent again even conditionally it would answer 412 for the caller's own write (or make
+        `modify` apply its function twice); a transaction sent again answers its first outcome instead."""
+        return self.method == "GET" or self.idempotent
 
 
 def key_path(key: str) -> str:
@@ -148,6 +155,20 @@ def update_call(key: str, patch: JSON, *, if_match: int | str | None) -> Call:
 def delete_call(key: str, *, if_match: int | str | None) -> Call:
     headers = conditions(if_match, None)
     return Call("DELETE", key_path(key), headers=headers, retry_safe=_conditional(headers))
+
+
+def transaction_call(operations: Sequence[dict[str, Any]], *, idempotency_key: str) -> Call:
+    """`POST /state:transact`: always under an Idempotency-Key (the caller's, or a fresh one), so a retry after
+    a 503, a 429 or a lost answer answers the first outcome instead of applying twice."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+    return Call(
+        "POST", "/state:transact", headers=headers, content=dumps({"operations": list(operations)}), idempotent=True
+    )
+
+
+def transaction_result(response: httpx.Response) -> TransactionResult:
+    raise_for_status(response)
+    return TransactionResult.from_json(response.json(), replayed=response.headers.get("Idempotent-Replayed") == "true")
 
 
 def history_call(key: str, *, limit: int | None, cursor: str | None) -> Call:

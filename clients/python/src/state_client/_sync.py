@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -14,7 +15,7 @@ from state_client import _protocol as p
 from state_client import _watch as w
 from state_client.auth import TokenSource, invalidate, refreshable, rejected_token, token_sync
 from state_client.errors import NotFound, PreconditionFailed
-from state_client.models import JSON, Envelope, KeyInfo, Page, VersionInfo, WatchEvent
+from state_client.models import JSON, Envelope, KeyInfo, Page, TransactionResult, VersionInfo, WatchEvent
 
 
 class StateClient:
@@ -122,6 +123,18 @@ class StateClient:
         p.raise_for_status(response)
         return p.version_of_etag(response)
 
+    def transaction(
+        self, operations: Sequence[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> TransactionResult:
+        """Up to 25 operations on distinct keys, all or nothing (docs/api.md#transactions): each a dict such
+        as ``{"op": "put", "key": "order:1", "value": {...}, "if_none_match": "*"}``, ``{"op": "patch",
+        "key": ..., "patch": {...}}``, ``{"op": "delete", "key": ...}`` or ``{"op": "check", "key": ...,
+        "if_match": 3}``. `PreconditionFailed` when a condition fails (nothing written; its
+        `failed_operations` names each). Sent under `idempotency_key` (a fresh one when not given), so the
+        retries after 429, 503 or a lost answer are safe: the server answers the first outcome."""
+        call = p.transaction_call(operations, idempotency_key=idempotency_key or str(uuid.uuid4()))
+        return p.transaction_result(self._send(call))
+
     def modify(self, key: str, fn: Callable[[JSON], JSON], *, budget: float | None = None) -> Envelope:
         """As `AsyncStateClient.modify`: read, write `fn(value)` with If-Match, again on 412 until `budget`."""
         policy = self._modify
@@ -218,7 +231,10 @@ class StateClient:
             if response.status_code < 400:
                 return response
             error = p.error_of(response)
-            if not p.should_retry(error, safe=call.retry_safe) or attempt >= policy.attempts:
+            if (
+                not p.should_retry(error, safe=call.retry_safe, idempotent=call.idempotent)
+                or attempt >= policy.attempts
+            ):
                 raise error
             delay = policy.delay(attempt, error)
             if time.monotonic() - started + delay > policy.budget:

@@ -65,6 +65,12 @@ class PreconditionFailed(StateError):
         self.current_version = current_version
         super().__init__(status, **kw)
 
+    @property
+    def failed_operations(self) -> list[dict[str, Any]]:
+        """A transaction's 412: each failed operation's `index`, `key` and `current_version`."""
+        failed = (self.body or {}).get("failed_operations")
+        return failed if isinstance(failed, list) else []
+
 
 class TooLarge(StateError):
     """413: the value (over 1 MiB canonical) or the request is too large; nothing was written."""

@@ -148,3 +148,40 @@ class Resync:
 
 
 type WatchEvent = Change | Resync
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """One operation of an applied transaction: the key's new version (a delete: its tombstone's; a check:
+    the version it checked, None for a checked absence), and whether a put started a new life of the key."""
+
+    index: int
+    op: Literal["put", "patch", "delete", "check"]
+    key: str
+    version: int | None
+    created: bool
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> OperationResult:
+        version = body.get("version")
+        return cls(
+            int(body["index"]),
+            body["op"],
+            body["key"],
+            None if version is None else int(version),
+            bool(body["created"]),
+        )
+
+
+@dataclass(frozen=True)
+class TransactionResult:
+    """An applied transaction. `replayed`: the answer is the first outcome of an earlier request with the same
+    idempotency key (the transaction was applied once, by that request)."""
+
+    transaction_id: str
+    results: list[OperationResult]
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], *, replayed: bool = False) -> TransactionResult:
+        return cls(body["transaction_id"], [OperationResult.from_json(r) for r in body["results"]], replayed)
