@@ -162,6 +162,7 @@ def build_app() -> WSGIApp:
     # DynamoDB takes up to 100 items in a transaction; moto still refuses more than the 25 AWS allowed once.
     dynamodb_responses.TRANSACTION_MAX_ITEMS = 100
     answer_get_records_as_json()
+    copy_each_table_once_per_transaction()
     trace_path = os.environ.get(TRACE_VARIABLE)
     trace = RequestTrace(trace_path) if trace_path else None
     return SerializingMiddleware(DomainDispatcherApplication(create_backend_app), trace)
@@ -184,6 +185,48 @@ def answer_get_records_as_json() -> None:
         return dynamo_json_dump(result)
 
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[assignment,method-assign]
+
+
+def copy_each_table_once_per_transaction() -> None:
+    """Make moto back up each table a transaction writes once, not once per item.
+
+    Before applying a TransactWriteItems, moto deep-copies the table of every one of its items, to put back if
+    one fails; the copies of one table are the same snapshot, and only the last is kept. A 25-item transaction
+    copied the table 25 times: over a table the test suite had filled, long enough for the service's DynamoDB
+    timeout. Each table is now copied once per transaction, which restores exactly what it restored before
+    (tests/devstack/test_emulator.py fails transactions over concurrent writes)."""
+    import copy
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    if getattr(models.DynamoDBBackend.transact_write_items, "copies_each_table_once", False):
+        return
+    transact_write_items = models.DynamoDBBackend.transact_write_items
+
+    class OncePerTable:
+        """`copy` as moto's module sees it during one transaction."""
+
+        def __init__(self) -> None:
+            self.copies: dict[int, Table] = {}
+
+        def deepcopy(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
+            if not isinstance(value, Table):
+                return copy.deepcopy(value, memo)
+            if id(value) not in self.copies:
+                self.copies[id(value)] = copy.deepcopy(value)
+            return self.copies[id(value)]
+
+    def copying_once(self: models.DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+        # One transaction at a time: the emulator serves one request at a time.
+        models.copy = OncePerTable()  # type: ignore[attr-defined,assignment]
+        try:
+            transact_write_items(self, transact_items)
+        finally:
+            models.copy = copy  # type: ignore[attr-defined]
+
+    copying_once.copies_each_table_once = True  # type: ignore[attr-defined]
+    models.DynamoDBBackend.transact_write_items = copying_once  # type: ignore[method-assign]
 
 
 class SerializedMotoServer:
