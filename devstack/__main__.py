@@ -16,7 +16,8 @@ token kept in the emulator's Secrets Manager; a password in REDIS_URL goes there
 LOG_LEVEL, LOCAL_MAX_CONCURRENCY (LOCAL_MAX_CONCURRENCY_<LogicalId> for one function; the GET function
 runs up to 64 for long-polls), STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
 devstack/ttl_sweeper.py, since moto never expires items), LOCAL_THROTTLING_BURST_LIMIT and
-LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default).
+LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default),
+LOCAL_METRICS_PORT (3003: Prometheus ``/metrics`` from the functions' EMF records, devstack/metrics.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _env_int(name: str, default: int) -> int:
 
 async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, in order, read top to bottom
     from devstack.gateway import Gateway
+    from devstack.metrics import DEFAULT_METRICS_PORT, METRICS_PORT_ENV, MetricsServer
     from devstack.moto_server import MotoProcess
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer, clients_from_env, token_ttl_from_env
     from devstack.redis_server import RedisServer
@@ -64,7 +66,11 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
     echo: LogEcho | None = None
     pollers: list[StreamPoller] = []
     sweeper: TtlSweeper | None = None
+    metrics: MetricsServer | None = None
     try:
+        # First: it reads the logs from their current end, so it sees every record of this run.
+        metrics = MetricsServer(log_dir, port=_env_int(METRICS_PORT_ENV, DEFAULT_METRICS_PORT))
+        await metrics.start()
         endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
         if not endpoint_url:
             moto = MotoProcess(port=_env_int("MOTO_PORT", 5000), log_path=log_dir / "moto.log")
@@ -146,6 +152,7 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
         )
         for poller in pollers:
             poller.start()
+        metrics.metrics.watch_pollers(pollers)
         # DynamoDB's TTL, which moto lacks: due expiry markers, history items and blob markers are removed.
         sweeper = TtlSweeper.for_template(
             template, names, endpoint_url=endpoint_url, log=lambda line: print(line, flush=True)
@@ -171,6 +178,7 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
             if "." not in logical_id:
                 print(f"resource      {logical_id} = {name}")
         print(f"logs          {log_dir}")
+        print(f"metrics       {metrics.url}")
         if gateway.throttling is not None:
             burst, rate = gateway.throttling
             print(f"throttling    {burst} burst, {rate:g}/s per route (429 beyond)")
@@ -209,6 +217,8 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
             echo.stop()
         if issuer is not None:
             await issuer.stop()
+        if metrics is not None:
+            await metrics.stop()
         if moto is not None:
             await asyncio.to_thread(moto.stop)
         if redis is not None:

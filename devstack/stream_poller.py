@@ -180,6 +180,8 @@ class StreamPoller:
         self._log = log or (lambda line: None)
         self.invocations = 0
         self.failure_records = 0
+        # Lambda's IteratorAge: how old the oldest record of the last delivered batch was (0 once caught up).
+        self.iterator_age_seconds = 0.0
 
     @classmethod
     def for_template(
@@ -282,6 +284,7 @@ class StreamPoller:
                 if not more:
                     self._stop.wait(POLL_INTERVAL_SECONDS)
         if not records:
+            self.iterator_age_seconds = 0.0
             return False
         batch = [lambda_record(r, settings.stream_arn) for r in records]
         if settings.filters:
@@ -300,6 +303,7 @@ class StreamPoller:
         attempts = 0
         while batch and not self._stop.is_set():
             age = time.time() - float(batch[0]["dynamodb"].get("ApproximateCreationDateTime", time.time()))
+            self.iterator_age_seconds = max(0.0, age)
             if 0 <= settings.max_record_age < age:
                 self._send_to_failure_destination(batch, shard_id, "RecordAgeExceeded", attempts)
                 return True

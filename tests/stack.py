@@ -41,6 +41,8 @@ class DevStack:
     # The WebSocket API's listener (http://127.0.0.1:<port>): its URL when the template has one.
     ws_base_url: str
     table_name: str
+    # The Prometheus endpoint (devstack/metrics.py).
+    metrics_url: str = ""
     output: list[str] = field(default_factory=list)
     # Integration errors a test provokes on purpose (a failpoint killing the function, an init timeout):
     # a 500 with one of these is the test's doing; any other 500 is a defect (see server_errors).
@@ -106,6 +108,7 @@ def start_devstack(
     """Run ``python -m devstack`` on free ports and wait for ``devstack ready``. `expected_crashes`: the
     integration errors the test provokes on purpose (DevStack.server_errors)."""
     port, moto_port, oidc_port, redis_port, ws_port = free_port(), free_port(), free_port(), free_port(), free_port()
+    metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL", "STATE_OIDC_ISSUER", "REDIS_URL")}
     env.update(
         {
@@ -113,6 +116,7 @@ def start_devstack(
             "MOTO_PORT": str(moto_port),
             "OIDC_PORT": str(oidc_port),
             "LOCAL_WS_PORT": str(ws_port),
+            "LOCAL_METRICS_PORT": str(metrics_port),
             "REDIS_PORT": str(redis_port),
             "STATE_DIR": str(state_dir),
             "PYTHONUNBUFFERED": "1",
@@ -136,6 +140,7 @@ def start_devstack(
         state_dir=state_dir,
         ws_base_url=f"http://127.0.0.1:{env['LOCAL_WS_PORT']}",
         table_name="state-service-local-StateTable",
+        metrics_url=f"http://127.0.0.1:{env['LOCAL_METRICS_PORT']}/metrics",
         expected_crashes=expected_crashes,
     )
     ready = threading.Event()
