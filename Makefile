@@ -18,7 +18,7 @@ PYTHON ?= $(SAM_PYTHON313)
 
 PYTEST_ARGS ?=
 
-.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks format pre-commit token openapi layer-requirements events replay watch clean
+.PHONY: help dev test install sweep-blobs lint typecheck unit integration e2e checks format pre-commit token openapi layer-requirements events replay watch dashboard clean
 
 ## help: list the targets
 help:
@@ -58,6 +58,11 @@ events: $(VENV_STAMP)
 ## they arrive; reconnects and resumes a key from its last cursor (Ctrl-C stops)
 watch: $(VENV_STAMP)
 	@$(PY) -m devstack.watch_client $(if $(KEY),--key "$(KEY)",--prefix "$(PREFIX)") --sub "$(SUB)" --scope "$(SCOPE)"
+
+## dashboard: the running local stack's key figures (requests, latency, cache, locks, events) in a refreshing
+##            table, read from its Prometheus endpoint (DASHBOARD_ARGS="--once" prints them once)
+dashboard: $(VENV_STAMP)
+	@$(PY) -m devstack.dashboard $(DASHBOARD_ARGS)
 
 ## replay: re-publish the publisher's dead-lettered events and the stream's S3 failure records (local stack)
 replay: $(VENV_STAMP)
