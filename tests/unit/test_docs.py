@@ -29,7 +29,9 @@ PAGES = [README, *sorted((REPO_ROOT / "docs").glob("*.md")), *sorted((REPO_ROOT 
 LOOPBACK_URL = re.compile(r"^https?://127\.0\.0\.1(:\d+)?(/|$)")
 BARE_URL = re.compile(r"https?://[^\s)>\]]+")
 # Inline code naming a file or folder of the repository; `state_core/...` is short for the core's package.
-REPO_PATH = re.compile(r"^(?:layers|functions|devstack|tests|benchmarks|scripts|docs|events|make|state_core)/[\w./-]*$")
+REPO_PATH = re.compile(
+    r"^(?:layers|functions|devstack|tests|benchmarks|scripts|docs|events|make|ops|state_core)/[\w./-]*$"
+)
 
 # Files the docs name that a command writes and git ignores.
 GENERATED = {"benchmarks/results/latest.json"}
