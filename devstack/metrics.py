@@ -313,6 +313,8 @@ class LogTail:
     def _records(self, path: Path) -> Iterator[dict[str, Any]]:
         offset = self._offsets.get(path, 0)
         try:
+            if path.stat().st_size < offset:
+                offset = 0  # truncated (a developer emptied it): read it again from its start
             with path.open("rb") as fh:
                 fh.seek(offset)
                 data = fh.read()

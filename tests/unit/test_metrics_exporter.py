@@ -166,6 +166,10 @@ def test_the_tail_reads_only_complete_records_and_skips_what_is_not_one(tmp_path
     tail.poll()
     tail.poll()
     assert samples(exporter)[("state_requests_total", (("operation", "get"), ("status_class", "2xx")))] == 1
+    # Emptied and written again: read from its start.
+    log.write_text(record + "\n")
+    tail.poll()
+    assert samples(exporter)[("state_requests_total", (("operation", "get"), ("status_class", "2xx")))] == 2
 
 
 def grafana_expressions() -> list[str]:
