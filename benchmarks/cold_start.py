@@ -15,7 +15,16 @@ from typing import Any
 
 from benchmarks.common import LAYER, REPO_ROOT, Row, percentile
 
-FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state", "authorizer")
+FUNCTIONS = (
+    "get_state",
+    "put_state",
+    "patch_state",
+    "delete_state",
+    "list_state",
+    "batch_get_state",
+    "transact_state",
+    "authorizer",
+)
 
 # CPU time of the import, not wall time: on a shared machine wall time mostly measures the neighbours,
 # while an import on Lambda's dedicated CPU is CPU-bound (its files are in the page cache after the first
@@ -37,6 +46,8 @@ FIRST_USE = {
     "put_state": _STATE_FIRST_USE + "; from state_core.api.bodies import parse_put_body; parse_put_body({'value': 1})",
     "patch_state": _STATE_FIRST_USE,
     "delete_state": _STATE_FIRST_USE,
+    "batch_get_state": _STATE_FIRST_USE,
+    "transact_state": "from state_core import runtime; runtime.role_policy(); runtime.transactions()",
     # Its policy and DynamoDB client (the cursor key's secret is a network read, not measured here).
     "list_state": "from state_core import runtime; runtime.role_policy(); runtime.dynamodb_client()",
     # The settings and the issuer's verifier (the JWKS fetcher is built at import).
