@@ -26,7 +26,7 @@ import pytest
 from devstack.token import mint
 from state_core import failpoints, runtime
 from state_core.domain.errors import NotFound
-from state_core.domain.watch import encode_cursor
+from state_core.domain.watch import RESUME_RETENTION_SECONDS, encode_cursor, encode_prefix_cursor
 from state_core.security import audit
 from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryStore
@@ -201,6 +201,10 @@ class Watcher:
 
     def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
         return self.connections.messages(self.id, kind)
+
+    def send_disconnect(self) -> None:
+        self.invoke("watch_socket", ws_event("$disconnect", self.id))
+        self.connections.closed.add(self.id)
 
     def versions(self, subscription: str = "s") -> list[int]:
         return [m["version"] for m in self.messages("change") if m["subscription"] == subscription]
@@ -416,6 +420,148 @@ def test_a_version_recorded_between_the_replays_two_reads_is_sent_not_taken_for_
     assert w.versions() == [2, 3]
 
 
+# ---------------------------------------------------------------------------------- prefix resume
+def per_key(w: Watcher, subscription: str = "s") -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for m in w.messages("change"):
+        if m["subscription"] == subscription:
+            seen[m["key"]].append(m["version"])
+    return dict(seen)
+
+
+def away(watcher, manager, fan_out, lifecycle, state_table, *, dropped: int = 0):
+    """A prefix watcher receives a:1-2, b:1, d:1, disconnects, and meanwhile a:3, c:1 and d's deletion (2) are
+    written and fanned out. Returns the prefix, its keys, the watch's cursor and the versions the client
+    processed (the last `dropped` changes it received lost in flight)."""
+    base = f"r{uuid.uuid4().hex[:8]}"
+    prefix = f"{base}:g:"
+    a, b, c, d = (f"{prefix}{name}" for name in "abcd")
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "prefix": prefix})
+    (subscribed,) = w.messages("subscribed")
+    assert "version" not in subscribed
+    for key, value in ((a, 1), (a, 2), (b, 1), (d, 1)):
+        manager.put(key, value, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {a, b, c, d}))
+    fan_out(a, b, c, d)
+    received = [(m["key"], m["version"]) for m in w.messages("change")]
+    assert sorted(received) == [(a, 1), (a, 2), (b, 1), (d, 1)]
+    w.send_disconnect()
+    manager.put(a, 3, actor="alice")
+    manager.put(c, 1, actor="alice")
+    manager.delete(d, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {a, b, c, d}))
+    fan_out(a, b, c, d)  # nobody watches now: journaled only
+    processed: dict[str, int] = {}
+    for key, version in received[: len(received) - dropped]:
+        processed[key] = version
+    return prefix, (a, b, c, d), subscribed["cursor"], processed
+
+
+def test_a_prefix_watcher_resumes_with_its_cursor_and_gets_every_version_it_missed_once_in_order(
+    watcher, manager, fan_out, lifecycle, state_table
+):
+    prefix, (a, b, c, d), cursor, processed = away(watcher, manager, fan_out, lifecycle, state_table)
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": processed})
+    assert w.messages("resync") == []
+    assert w.messages("subscribed") == [{"type": "subscribed", "id": "s", "prefix": prefix, "cursor": cursor}]
+    assert per_key(w) == {a: [3], c: [1], d: [2]}
+    assert [m["operation"] for m in w.messages("change") if m["key"] == d] == ["deleted"]
+    manager.put(a, 4, actor="alice")
+    manager.put(b, 2, actor="alice")
+    fan_out(a, b, c, d)  # every version of the keys again (as a retried batch): only the new ones go out
+    assert per_key(w) == {a: [3, 4], b: [2], c: [1], d: [2]}
+
+
+def test_changes_lost_in_flight_at_the_disconnect_are_sent_again_from_the_clients_versions(
+    watcher, manager, fan_out, lifecycle, state_table
+):
+    """The server sent a:2 (say) but the client never processed it: what the client names is what counts."""
+    prefix, (a, b, c, d), cursor, processed = away(watcher, manager, fan_out, lifecycle, state_table, dropped=2)
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": processed})
+    seen = per_key(w)
+    for key in (a, b, c, d):
+        assert seen.get(key, []) == list(range(processed.get(key, 0) + 1, store_version(state_table, key) + 1))
+
+
+def test_the_prefix_replay_and_the_fan_out_racing_at_the_seam_send_each_version_once_in_order(
+    watcher, watch_env, manager, fan_out, lifecycle, state_table
+):
+    prefix, (a, b, c, d), cursor, processed = away(watcher, manager, fan_out, lifecycle, state_table)
+    keys = {a, b, c, d}
+    tail = StreamTail(state_table, keys)
+    tail.poll()  # what is recorded already
+    w = watcher(scope="state:read")
+    # The replay stops in its first change post, holding that key's lease, while every key is written again
+    # and fanned out: the fan-out meets the held lease (pending), keys the replay has not reached (it catches
+    # them up itself from the client's versions), and a key the client never received (c).
+    entered, release = watch_env.pause(w.id, "change")
+    resume = {"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": processed}
+    subscribing = threading.Thread(target=w.send, args=(resume,))
+    subscribing.start()
+    assert entered.wait(10)
+    for key in (a, b, c, d):
+        manager.put(key, "again", actor="alice")
+    records = tail.poll()
+    record_history(lifecycle, records)
+    fan_out(records=records)
+    release.set()
+    subscribing.join(10)
+    fan_out(a, b, c, d)
+    seen = per_key(w)
+    for key in keys:
+        assert seen[key] == list(range(processed.get(key, 0) + 1, store_version(state_table, key) + 1)), key
+
+
+@pytest.mark.parametrize("why", ["older than retention", "journal began after it"])
+def test_a_prefix_cursor_the_journal_does_not_cover_gets_resync_and_the_watch_goes_on_from_now(
+    watcher, manager, fan_out, why
+):
+    prefix = f"r{uuid.uuid4().hex[:8]}:g:"
+    started = time.time() - (RESUME_RETENTION_SECONDS + 60 if why == "older than retention" else 120)
+    if why == "older than retention":
+        watcher(scope="state:read").send({"type": "subscribe", "id": "s", "prefix": prefix})  # a live journal
+    old = encode_prefix_cursor(prefix, started)
+    w = watcher(scope="state:read")
+    w.send({"type": "subscribe", "id": "s", "prefix": prefix, "since": old, "versions": {}})
+    assert [m["type"] for m in w.messages()] == ["subscribed", "resync"]
+    assert w.messages("subscribed")[0]["cursor"] != old
+    (resync,) = w.messages("resync")
+    assert resync["prefix"] == prefix
+    assert "key" not in resync
+    manager.put(f"{prefix}k", 1, actor="alice")
+    manager.put(f"{prefix}k", 2, actor="alice")
+    fan_out(f"{prefix}k")
+    assert per_key(w) == {f"{prefix}k": [1, 2]}
+
+
+def test_a_prefix_resume_needs_read_on_the_prefix_and_names_only_keys_under_it(watcher, manager):
+    mine = watcher(sub="alice", scope="state:read:user:${sub}:*")
+    mine.send({"type": "subscribe", "id": "s", "prefix": "user:alice:"})
+    cursor = mine.messages("subscribed")[0]["cursor"]
+    resumed = watcher(sub="alice", scope="state:read:user:${sub}:*")
+    resumed.send({"type": "subscribe", "id": "s", "prefix": "user:alice:", "since": cursor, "versions": {}})
+    assert [m["type"] for m in resumed.messages()] == ["subscribed"]
+    attempts = [
+        # bob's prefix with a cursor of it: refused before anything is read
+        ("bob", {"prefix": "user:alice:", "since": cursor}, 403),
+        # a cursor of another prefix
+        ("alice", {"prefix": "user:alice:prefs:", "since": cursor}, 400),
+        # versions naming a key outside the prefix (whose versions the resume would read)
+        ("alice", {"prefix": "user:alice:", "since": cursor, "versions": {"user:bob:x": 1}}, 400),
+        ("alice", {"prefix": "user:alice:", "versions": {"user:alice:x": 1}}, 400),
+    ]
+    for sub, target, status in attempts:
+        w = watcher(sub=sub, scope="state:read:user:${sub}:*")
+        w.send({"type": "subscribe", "id": "s", **target})
+        (error,) = w.messages()
+        assert (error["type"], error["status"]) == ("error", status), target
+        manager.put(f"user:{sub}:x", 1, actor=sub)
+        assert w.messages("subscribed") == []
+
+
 # -------------------------------------------------------------------------------------------- RBAC
 @pytest.mark.parametrize(
     ("scope", "target", "allowed"),
@@ -540,7 +686,7 @@ def test_an_expired_token_cannot_connect(connect, token):
         ({"type": "subscribe", "id": "s", "prefix": "a:", "since": encode_cursor("a:b", 1)}, 400, "s"),
         ({"type": "unsubscribe"}, 400, None),
         ({"type": "refresh", "token": 5}, 400, None),
-        ({"type": "subscribe", "id": "s", "key": "a" * 20_000}, 413, "s"),
+        ({"type": "subscribe", "id": "s", "key": "a" * 70_000}, 413, "s"),
     ],
 )
 def test_a_bad_message_gets_a_clear_error_and_changes_nothing(watcher, body, status, named):
@@ -627,16 +773,21 @@ class RaceClient:
         target: dict[str, Any] = {"key": self.key} if self.key else {"prefix": self.prefix}
         if self.cursor:
             target["since"] = self.cursor
+            if self.prefix:
+                # The last version processed of each key received since the watch began.
+                target["versions"] = {key: versions[-1] for key, versions in self.seen.items() if versions}
         subscribe = {"type": "subscribe", "id": "s", **target}
         self.invoke("watch_socket", ws_event("subscribe", self.connection, body=subscribe))
         assert self.connections.messages(self.connection, "error") == []
-        if self.key and not self.cursor:
+        assert self.connections.messages(self.connection, "resync") == []
+        if not self.cursor:
             self.cursor = self.connections.messages(self.connection, "subscribed")[0]["cursor"]
 
     def collect(self) -> None:
         for message in self.connections.messages(self.connection, "change"):
             self.seen[message["key"]].append(message["version"])
-            self.cursor = message["cursor"]
+            if self.key:
+                self.cursor = message["cursor"]
 
     def reconnect(self) -> None:
         self.invoke("watch_socket", ws_event("$disconnect", self.connection))
@@ -682,9 +833,10 @@ def test_watchers_resuming_by_cursor_get_every_version_of_their_keys_once_in_ord
     invoke, watch_env, token, manager, lifecycle, state_table
 ):
     """Writers race on a few keys (PUT, PATCH, DELETE, TTL expiry) while the stream is recorded and fanned
-    out in batches; key watchers disconnect at random meanwhile and resume on a new connection with their
-    cursor. Every key watcher must see 1..final of its key exactly once, in order, across its connections;
-    every prefix watcher every version of every key under its prefix, in order."""
+    out in batches; key and prefix watchers disconnect at random meanwhile and resume on a new connection with
+    their cursor (a prefix watcher with the versions it processed). Every key watcher must see 1..final of its
+    key exactly once, in order, across its connections; every prefix watcher every version of every key under
+    its prefix."""
     import random
 
     rng = random.Random(15)
@@ -703,7 +855,7 @@ def test_watchers_resuming_by_cursor_get_every_version_of_their_keys_once_in_ord
     for thread in writers:
         thread.start()
     while any(t.is_alive() for t in writers):
-        for client in rng.sample(key_clients, 2):
+        for client in rng.sample(key_clients, 2) + rng.sample(prefix_clients, 1):
             client.reconnect()
         time.sleep(0.1)
     for thread in writers:

@@ -12,11 +12,15 @@ import yaml
 from state_core.domain.errors import BadRequest, PayloadTooLarge
 from state_core.domain.watch import (
     CLIENT_MESSAGE_TYPES,
+    MAX_CLIENT_MESSAGE_BYTES,
+    MAX_RESUME_KEYS,
     MAX_VALUE_IN_MESSAGE_BYTES,
     SERVER_MESSAGE_TYPES,
     ChangeNote,
     decode_cursor,
+    decode_prefix_cursor,
     encode_cursor,
+    encode_prefix_cursor,
     targets_of,
     value_for_message,
 )
@@ -94,6 +98,50 @@ def test_a_garbled_cursor_is_refused(cursor):
         decode_cursor("a", cursor)
 
 
+def test_a_prefix_cursor_names_its_prefix_and_when_its_watch_began():
+    assert decode_prefix_cursor("a:b:", encode_prefix_cursor("a:b:", 1_700_000_000.123)) == 1_700_000_000.123
+
+
+@pytest.mark.parametrize(
+    ("prefix", "cursor"),
+    [
+        ("a:", encode_prefix_cursor("b:", 1.0)),  # another prefix's
+        ("a:", encode_cursor("a:", 1)),  # a key's
+        ("a:", encode_prefix_cursor("a:", 1.0)[:-2]),  # garbled
+    ],
+)
+def test_a_prefix_cursor_of_another_prefix_or_a_keys_is_refused(prefix, cursor):
+    with pytest.raises(BadRequest):
+        decode_prefix_cursor(prefix, cursor)
+
+
+def test_a_key_subscription_refuses_a_prefix_cursor():
+    with pytest.raises(BadRequest):
+        decode_cursor("a:", encode_prefix_cursor("a:", 1.0))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "subscribe", "id": "s", "key": "a", "since": "c", "versions": {"a": 1}},  # a key's
+        {"type": "subscribe", "id": "s", "prefix": "a:", "versions": {"a:b": 1}},  # without since
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": {"a b": 1}},  # not a key
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": {"a:b": -1}},
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": {"a:b": "1"}},
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": {"a:b": 1.5}},
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": {"a:b": True}},
+        {"type": "subscribe", "id": "s", "prefix": "a:", "since": "c", "versions": [1]},
+        {
+            "type": "subscribe", "id": "s", "prefix": "a:", "since": "c",
+            "versions": {f"a:{n}": 1 for n in range(MAX_RESUME_KEYS + 1)},
+        },
+    ],
+)  # fmt: skip
+def test_versions_are_refused_unless_they_are_a_bounded_map_of_keys_to_versions_on_a_prefix_resume(message):
+    with pytest.raises(BadRequest):
+        parse_client_message(json.dumps(message))
+
+
 def test_a_cursor_of_another_key_is_refused():
     with pytest.raises(BadRequest, match="another key"):
         decode_cursor("a", encode_cursor("b", 1))
@@ -123,4 +171,4 @@ def test_the_watch_handlers_import_no_pydantic_until_a_message_is_parsed():
 
 def test_an_oversized_message_is_refused_before_parsing():
     with pytest.raises(PayloadTooLarge):
-        parse_client_message("{" + " " * 20_000 + "}")
+        parse_client_message("{" + " " * MAX_CLIENT_MESSAGE_BYTES + "}")

@@ -23,14 +23,28 @@ if TYPE_CHECKING:
 # out without its value (`value_omitted`), leaving room for the message's other fields.
 MAX_MESSAGE_BYTES = 128 * 1024
 MAX_VALUE_IN_MESSAGE_BYTES = MAX_MESSAGE_BYTES - 4 * 1024
-# A client's message is small: a subscription, or a token (tokens.MAX_TOKEN_BYTES) in a refresh.
-MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+# A client's message is small: a subscription (a prefix's resume names up to MAX_RESUME_KEYS versions), or a
+# token (tokens.MAX_TOKEN_BYTES) in a refresh. API Gateway takes messages of up to 128 KB.
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 SUBSCRIPTION_ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 # A prefix: key characters ending at a segment boundary (`:`), so the fan-out finds the subscriptions of a
 # changed key by its few segment prefixes instead of scanning.
 PREFIX_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,254}:"
 KEY_TARGET, PREFIX_TARGET = "k#", "p#"
 _CURSOR_FORMAT = "w1"
+_PREFIX_CURSOR_FORMAT = "p1"
+# A prefix subscription can resume for this long after its watch began: the journal of the prefix's changes
+# (which keys changed, so that a resume finds the keys changed while it was away, deleted ones too) is kept
+# this long, and a resume reads it from the watch's start.
+RESUME_RETENTION_SECONDS = 86_400
+# The service's functions stamp times with their own clocks (synchronized, but not to the millisecond): a
+# resume looks this far before the watch's start, so a version written just after it is never taken for one
+# written before. It can only replay a key's versions the client never received, never one it did.
+CLOCK_MARGIN_SECONDS = 5.0
+# What one resume may cost: the client's versions it names, and the journal entries it reads. Beyond either,
+# resync (list the prefix, then subscribe afresh).
+MAX_RESUME_KEYS = 1_000
+MAX_JOURNAL_READ = 2_000
 
 
 class SubscriptionExists(StateError):
@@ -117,16 +131,41 @@ def encode_cursor(key: str, version: int) -> str:
     return base64.urlsafe_b64encode(f"{text} {_check(text)}".encode("ascii")).decode("ascii").rstrip("=")
 
 
-def decode_cursor(key: str, cursor: str) -> int:
-    """The version a cursor of `key` continues after; BadRequest if garbled or of another key."""
+def _decoded(cursor: str) -> tuple[str, str, str]:
+    """The fields of an intact cursor (format, position, target); BadRequest if garbled."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        fmt, version_text, cursor_key, check = text.split(" ")
+        fmt, position, target, check = text.split(" ")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("since is not a cursor this service issued") from None
-    intact = check == _check(f"{fmt} {version_text} {cursor_key}") and fmt == _CURSOR_FORMAT
-    if not intact or not version_text.isascii() or not version_text.isdigit() or len(version_text) > 12:
+    intact = check == _check(f"{fmt} {position} {target}")
+    if not intact or not position.isascii() or not position.isdigit() or len(position) > 15:
         raise BadRequest("since is not a cursor this service issued")
+    return fmt, position, target
+
+
+def encode_prefix_cursor(prefix: str, started_at: float) -> str:
+    """A prefix watch's cursor: the prefix and when the watch began (milliseconds). With it, the client sends
+    back the last version it processed of each key (`versions`): the rest is found in the prefix's journal."""
+    text = f"{_PREFIX_CURSOR_FORMAT} {int(started_at * 1000)} {prefix}"
+    return base64.urlsafe_b64encode(f"{text} {_check(text)}".encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_prefix_cursor(prefix: str, cursor: str) -> float:
+    """When the watch a cursor of `prefix` belongs to began; BadRequest if garbled, a key's, or another prefix's."""
+    fmt, position, target = _decoded(cursor)
+    if fmt != _PREFIX_CURSOR_FORMAT:
+        raise BadRequest("since is not a cursor of a prefix subscription")
+    if target != prefix:
+        raise BadRequest("since is a cursor of another prefix")
+    return int(position) / 1000
+
+
+def decode_cursor(key: str, cursor: str) -> int:
+    """The version a cursor of `key` continues after; BadRequest if garbled or of another key."""
+    fmt, version_text, cursor_key = _decoded(cursor)
+    if fmt != _CURSOR_FORMAT or len(version_text) > 12:
+        raise BadRequest("since is not a cursor of a key subscription")
     if cursor_key != key:
         raise BadRequest("since is a cursor of another key")
     return int(version_text)
@@ -154,14 +193,27 @@ class Connection:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
+    """`resumed_from` (a resumed prefix subscription's): the time before which a key's versions count as
+    received unless the client named the key in its `versions`; such a subscription starts each key from
+    there, never from the first version it happens to meet."""
+
     connection_id: str
     subscription_id: str
     key: str | None
     prefix: str | None
+    resumed_from: float | None = None
 
     @property
     def target(self) -> str:
         return KEY_TARGET + self.key if self.key is not None else PREFIX_TARGET + str(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """A watched prefix's journal: kept since `since`, for as long as `until` (epoch seconds) is ahead."""
+
+    since: float
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +252,17 @@ class WatchStore(Protocol):
     def mark_warned(self, connection_id: str) -> None: ...
     def expiring(self, before: float) -> Iterator[Connection]: ...
     def forget_connection(self, connection_id: str) -> None: ...
-    def add_subscription(self, subscription: Subscription, expires_at: int) -> bool: ...
+    def add_subscription(
+        self, subscription: Subscription, expires_at: int, known: dict[str, int] | None = None
+    ) -> bool: ...
     def subscription(self, connection_id: str, subscription_id: str) -> Subscription | None: ...
+    def known_versions(self, subscription: Subscription) -> dict[str, int]: ...
     def remove_subscription(self, subscription: Subscription) -> None: ...
-    def subscribers(self, target: str) -> list[tuple[str, str]]: ...
+    def subscribers(self, target: str) -> list[Subscription]: ...
+    def open_journal(self, prefix: str, until: float, now: float) -> Journal: ...
+    def journal_of(self, prefix: str) -> Journal | None: ...
+    def journal_if_kept(self, prefix: str, notes: list[ChangeNote], now: float) -> bool: ...
+    def journal(self, prefix: str, after: float, limit: int) -> list[tuple[str, int]]: ...
     def claim(self, s: Subscription, key: str, version: int, token: str, now: float) -> Watermark | None: ...
     def unclaim(self, s: Subscription, key: str, version: int, token: str) -> None: ...
     def take_lease(self, s: Subscription, key: str, token: str, until: float, now: float) -> Watermark | None: ...

@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from state_core.domain.errors import BadRequest, PayloadTooLarge, StateError
 from state_core.domain.keys import KEY_PATTERN
 from state_core.domain.watch import (
     KEY_TARGET,
     MAX_CLIENT_MESSAGE_BYTES,
+    MAX_RESUME_KEYS,
     PREFIX_PATTERN,
     PREFIX_TARGET,
     SUBSCRIPTION_ID_PATTERN,
 )
 
 SubscriptionId = Annotated[StrictStr, Field(pattern=rf"^{SUBSCRIPTION_ID_PATTERN}$")]
+WatchedKey = Annotated[StrictStr, Field(pattern=rf"^{KEY_PATTERN}$")]
+Version = Annotated[StrictInt, Field(ge=0, le=10**12)]
 
 
 # --------------------------------------------------------------------------------------- client messages
@@ -29,18 +32,22 @@ class _ClientMessage(BaseModel):
 
 
 class Subscribe(_ClientMessage):
-    """Watch one key, or every key under a prefix ending in `:`; `since` resumes after a cursor."""
+    """Watch one key, or every key under a prefix ending in `:`; `since` resumes after a cursor. A prefix's
+    resume also names, in `versions`, the last version processed of each key received since the watch began."""
 
     type: Literal["subscribe"]
     id: SubscriptionId
     key: StrictStr | None = Field(default=None, pattern=rf"^{KEY_PATTERN}$")
     prefix: StrictStr | None = Field(default=None, pattern=rf"^{PREFIX_PATTERN}$")
     since: StrictStr | None = Field(default=None, max_length=512)
+    versions: dict[WatchedKey, Version] | None = Field(default=None, max_length=MAX_RESUME_KEYS)
 
     @model_validator(mode="after")
     def _one_target(self) -> Subscribe:
         if (self.key is None) == (self.prefix is None):
             raise ValueError("a subscription names exactly one of key and prefix")
+        if self.versions is not None and (self.prefix is None or self.since is None):
+            raise ValueError("versions belong to a prefix subscription with since")
         return self
 
     @property
@@ -111,7 +118,9 @@ class Subscribed(_ServerMessage):
     key: str | None = None
     prefix: str | None = None
     version: int | None = Field(default=None, description="The key's version the watch starts after.")
-    cursor: str | None = Field(default=None, description="The cursor of that version, to resume from.")
+    cursor: str | None = Field(
+        default=None, description="A key's: the cursor of that version. A prefix's: the watch's, to resume with."
+    )
 
 
 class Unsubscribed(_ServerMessage):
@@ -133,9 +142,12 @@ class Change(_ServerMessage):
 
 
 class ResyncMessage(_ServerMessage):
+    """A key's versions (with `key`), or a prefix's (with `prefix` only), that cannot be replayed."""
+
     type: Literal["resync"]
     subscription: str
-    key: str
+    key: str | None = None
+    prefix: str | None = None
     reason: str
 
 

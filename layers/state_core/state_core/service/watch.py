@@ -24,6 +24,11 @@ from typing import TYPE_CHECKING
 from state_core import failpoints
 from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
 from state_core.domain.watch import (
+    CLOCK_MARGIN_SECONDS,
+    MAX_JOURNAL_READ,
+    MAX_RESUME_KEYS,
+    PREFIX_TARGET,
+    RESUME_RETENTION_SECONDS,
     ChangeNote,
     Connection,
     ConnectionGone,
@@ -34,7 +39,9 @@ from state_core.domain.watch import (
     SubscriptionExists,
     WatchStore,
     decode_cursor,
+    decode_prefix_cursor,
     encode_cursor,
+    encode_prefix_cursor,
     message,
     targets_of,
     value_for_message,
@@ -135,19 +142,11 @@ class WatchService:
         """Authorize, store, answer `subscribed`, and replay after `since`: all under the watermark's lease
         for a key, so the fan-out's live changes wait for the replay (as `pending`) and follow it."""
         self.authorize(connection, request)
-        if request.prefix is not None and request.since is not None:
-            raise BadRequest("since is supported on key subscriptions only; list the prefix, then subscribe")
-        since = None if request.since is None or request.key is None else decode_cursor(request.key, request.since)
-        subscription = Subscription(connection.connection_id, request.id, request.key, request.prefix)
         if request.key is None:
-            if self.store.subscription(connection.connection_id, request.id) is not None:
-                raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
-            # Answered before the index entry exists, so no change of the prefix can come before it.
-            self.poster.post(
-                connection.connection_id, message({"type": "subscribed", "id": request.id, "prefix": request.prefix})
-            )
-            self._add(subscription, connection, key=None, token=None)
+            self._subscribe_prefix(connection, request)
             return
+        since = None if request.since is None else decode_cursor(request.key, request.since)
+        subscription = Subscription(connection.connection_id, request.id, request.key, None)
         key = request.key
         token = f"r{uuid.uuid4().hex}"
         # The lease before the index entry: from the moment the fan-out can see the subscription, it finds
@@ -188,10 +187,129 @@ class WatchService:
             self._abandon(subscription, key, token)
             raise
 
-    def _add(self, subscription: Subscription, connection: Connection, *, key: str | None, token: str | None) -> None:
+    def _subscribe_prefix(self, connection: Connection, request: Subscribe) -> None:
+        """A prefix: answered `subscribed` with the watch's cursor, then (with `since`) every version the
+        client has not processed of every key the prefix's journal shows changed since the watch began, each
+        key under its watermark's lease as a key subscription's replay; then live."""
+        prefix = str(request.prefix)
+        if self.store.subscription(connection.connection_id, request.id) is not None:
+            raise SubscriptionExists(f"subscription {request.id} already exists on this connection")
+        known = dict(request.versions or {})
+        if request.since is None and known:
+            raise BadRequest("versions come with since: the cursor of the watch they were received on")
+        started = None if request.since is None else decode_prefix_cursor(prefix, request.since)
+        outside = sorted(k for k in known if not k.startswith(prefix))
+        if outside:
+            raise BadRequest(f"versions names {len(outside)} key(s) not under prefix {prefix}")
+        # In whole milliseconds, as the cursor holds it: the journal's start compares with the cursor's.
+        now = int(self.now() * 1000) / 1000
+        # Open (or extend) the journal before the index entry: every change the subscription can receive is
+        # journaled, so a later resume finds it. It is kept as long as this watch's cursor can be resumed.
+        journal = self.store.open_journal(prefix, connection.expires_at + RESUME_RETENTION_SECONDS, now)
+        resync = None
+        if started is not None:
+            resync = self._why_not_resume(prefix, started, journal.since, known, now)
+        subscription = Subscription(connection.connection_id, request.id, None, prefix)
+        if started is None or resync is not None:
+            # A new watch: the cursor names its start; no change of the prefix comes before `subscribed`.
+            cursor = encode_prefix_cursor(prefix, now)
+            self.poster.post(
+                connection.connection_id,
+                message({"type": "subscribed", "id": request.id, "prefix": prefix, "cursor": cursor}),
+            )
+            if resync is not None:
+                self._resync(connection, subscription, None, resync, prefix=prefix)
+            self._add(subscription, connection, key=None, token=None)
+            return
+        assert started is not None
+        subscription = Subscription(
+            connection.connection_id, request.id, None, prefix, resumed_from=started - CLOCK_MARGIN_SECONDS
+        )
+        self.poster.post(
+            connection.connection_id,
+            message(
+                {
+                    "type": "subscribed",
+                    "id": request.id,
+                    "prefix": prefix,
+                    "cursor": encode_prefix_cursor(prefix, started),
+                }
+            ),
+        )
+        self._add(subscription, connection, key=None, token=None, known=known)
+        try:
+            # Read after the index entry: a change journaled before it is found here, one after it reaches the
+            # subscription live; both deliverers go through the key's watermark, so the seam holds.
+            changed = dict.fromkeys(
+                k for k, _ in self.store.journal(prefix, started - CLOCK_MARGIN_SECONDS, MAX_JOURNAL_READ)
+            )
+            for key in changed:
+                token = f"r{uuid.uuid4().hex}"
+                if self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now()) is None:
+                    continue  # the fan-out is catching this key up itself
+                current = self._states.get(key)
+                self._deliver_under_lease(
+                    connection, subscription, key, token=token, upto=0 if current is None else current.version, known={}
+                )
+        except BaseException:
+            self._abandon(subscription, "", "")
+            raise
+
+    def _why_not_resume(
+        self, prefix: str, started: float, journal_since: float, known: dict[str, int], now: float
+    ) -> str | None:
+        """Why a prefix cursor cannot be resumed (then resync), or None. What a resume costs is bounded: the
+        journal read, the versions named, the versions to replay."""
+        if now - started > RESUME_RETENTION_SECONDS - CLOCK_MARGIN_SECONDS:
+            return "the cursor is older than the prefix journal's retention"
+        # The journal was opened before the watch's index entry was written (the same handler's clock), so a
+        # journal kept since then holds every change the watch could have received.
+        if journal_since > started:
+            return "the prefix's changes since the cursor were not all journaled"
+        if len(known) > MAX_RESUME_KEYS:
+            return f"versions names more than {MAX_RESUME_KEYS} keys"
+        entries = self.store.journal(prefix, started - CLOCK_MARGIN_SECONDS, MAX_JOURNAL_READ + 1)
+        if len(entries) > MAX_JOURNAL_READ:
+            return f"more than {MAX_JOURNAL_READ} changes under the prefix since the cursor"
+        to_replay = sum(1 for key, version in entries if version > known.get(key, -1))
+        if to_replay > MAX_REPLAY_VERSIONS:
+            return f"more than {MAX_REPLAY_VERSIONS} versions to replay"
+        return None
+
+    def _start_of(self, subscription: Subscription, key: str, known: dict[str, int] | None) -> int | None:
+        """Where a resumed prefix subscription starts `key`: after the version the client named, else after
+        the newest version written before the watch began (the client received none of the key since, so
+        nothing sent from there is a duplicate). None: more than a replay's worth of versions."""
+        if known is None:
+            known = self.store.known_versions(subscription)
+        if key in known:
+            return known[key]
+        cutoff = float(subscription.resumed_from or 0)
+        before = None
+        scanned = 0
+        while scanned <= MAX_REPLAY_VERSIONS:
+            entries, more = self._history.page(key, limit=50, before=before)
+            for entry in entries:
+                if datetime.fromisoformat(entry.occurred_at).timestamp() < cutoff:
+                    return entry.version
+            scanned += len(entries)
+            if not more or not entries:
+                return 0
+            before = entries[-1].version
+        return None
+
+    def _add(
+        self,
+        subscription: Subscription,
+        connection: Connection,
+        *,
+        key: str | None,
+        token: str | None,
+        known: dict[str, int] | None = None,
+    ) -> None:
         """Write the subscription; a write that failed halfway is undone, so the client can subscribe again."""
         try:
-            added = self.store.add_subscription(subscription, connection.expires_at)
+            added = self.store.add_subscription(subscription, connection.expires_at, known)
         except BaseException:
             self._abandon(subscription, key or "", token or "")
             raise
@@ -229,8 +347,19 @@ class WatchService:
         mark = self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now())
         if mark is None:
             raise LeaseLost(f"the lease of {key} was taken over")
-        delivered = mark.delivered if mark.delivered is not None else upto - 1
         target = max(upto, mark.pending or 0)
+        if mark.delivered is not None:
+            delivered = mark.delivered
+        elif subscription.resumed_from is None:
+            delivered = upto - 1
+        else:
+            start = self._start_of(subscription, key, None)
+            if start is None:
+                self._resync(connection, subscription, key, f"more than {MAX_REPLAY_VERSIONS} versions to replay")
+                current = self._states.get(key)
+                start = max(target, 0 if current is None else current.version)
+            delivered = min(start, target)
+            self.store.advance(subscription, key, delivered, token)
         principal = principal_of(connection)
         while True:
             version = delivered + 1
@@ -257,11 +386,26 @@ class WatchService:
                 self.store.advance(subscription, key, delivered, token)
             target = max(target, pending)
 
-    def _resync(self, connection: Connection, subscription: Subscription, key: str, reason: str) -> None:
-        """Kubernetes' 410: the client reads the key and watches on from what it read."""
+    def _resync(
+        self,
+        connection: Connection,
+        subscription: Subscription,
+        key: str | None,
+        reason: str,
+        prefix: str | None = None,
+    ) -> None:
+        """Kubernetes' 410: the client reads the key (lists the prefix) and watches on from what it read."""
         self.poster.post(
             connection.connection_id,
-            message({"type": "resync", "subscription": subscription.subscription_id, "key": key, "reason": reason}),
+            message(
+                {
+                    "type": "resync",
+                    "subscription": subscription.subscription_id,
+                    "key": key,
+                    "prefix": prefix,
+                    "reason": reason,
+                }
+            ),
         )
 
     def _note_of(self, key: str, version: int) -> ChangeNote:
@@ -311,17 +455,24 @@ class WatchService:
         """Send each change (with its claim token) to every subscription of its key and of its segment
         prefixes: connections in parallel, each connection's changes one after the other, in order."""
         per_connection: dict[str, list[Delivery]] = defaultdict(list)
-        subscribers: dict[str, list[tuple[str, str]]] = {}
-        for note, token in changes:
+        batch = list(changes)
+        by_target: dict[str, list[ChangeNote]] = defaultdict(list)
+        for note, _ in batch:
             for target in targets_of(note.key):
-                if target not in subscribers:
-                    subscribers[target] = self.store.subscribers(target)
-                for connection_id, subscription_id in subscribers[target]:
-                    is_key = target.startswith("k#")
-                    subscription = Subscription(
-                        connection_id, subscription_id, target[2:] if is_key else None, None if is_key else target[2:]
-                    )
-                    per_connection[connection_id].append(Delivery(subscription, note, token))
+                by_target[target].append(note)
+        subscribers: dict[str, list[Subscription]] = {}
+        for target, notes in by_target.items():
+            # A prefix's changes are journaled before its index is read: a resume whose index entry this read
+            # misses reads the journal after writing that entry, so it finds these changes.
+            prefix = target[len(PREFIX_TARGET) :] if target.startswith(PREFIX_TARGET) else None
+            if prefix is not None and not self.store.journal_if_kept(prefix, notes, self.now()):
+                subscribers[target] = []
+                continue
+            subscribers[target] = self.store.subscribers(target)
+        for note, token in batch:
+            for target in targets_of(note.key):
+                for subscription in subscribers[target]:
+                    per_connection[subscription.connection_id].append(Delivery(subscription, note, token))
         if not per_connection:
             return
         connections = self.store.connections(per_connection)

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from state_core.domain.watch import Connection, LeaseLost, Subscription, Watermark
+from state_core.domain.watch import (
+    CLOCK_MARGIN_SECONDS,
+    RESUME_RETENTION_SECONDS,
+    Connection,
+    Journal,
+    LeaseLost,
+    Subscription,
+    Watermark,
+)
 from state_core.storage.batch_writes import write_all
 from state_core.storage.state import dynamodb_errors
 
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from mypy_boto3_dynamodb.client import DynamoDBClient
+
+    from state_core.domain.watch import ChangeNote
 
 CONNECTION_SK = "conn"
 # Everything of a connection outlives its token by a day at most, even if $disconnect never ran.
@@ -33,6 +43,31 @@ def _conn_pk(connection_id: str) -> str:
 
 def _index_pk(target: str) -> str:
     return f"t#{target}"
+
+
+# A watched prefix's journal marker sits in its index partition, after every index entry (`~` sorts after
+# connection ids), so one Query finds whether the prefix is journaled or watched at all.
+JOURNAL_MARKER_SK = "~journal"
+
+
+def _journal_pk(prefix: str) -> str:
+    return f"j#{prefix}"
+
+
+def _millis(seconds: float) -> str:
+    return f"{int(seconds * 1000):015d}"
+
+
+def _subscription_of(connection_id: str, subscription_id: str, target: str, item: dict[str, Any]) -> Subscription:
+    is_key = target.startswith("k#")
+    resumed = item.get("resumed_from", {}).get("N")
+    return Subscription(
+        connection_id,
+        subscription_id,
+        target[2:] if is_key else None,
+        None if is_key else target[2:],
+        None if resumed is None else float(resumed),
+    )
 
 
 def _watermark_key(s: Subscription, key: str) -> dict[str, Any]:
@@ -213,9 +248,12 @@ class WatchStore:
         write_all(self._client, self._table, [{"DeleteRequest": {"Key": key}} for key in keys])
 
     # ----------------------------------------------------------------------------------- subscriptions
-    def add_subscription(self, subscription: Subscription, expires_at: int) -> bool:
+    def add_subscription(
+        self, subscription: Subscription, expires_at: int, known: dict[str, int] | None = None
+    ) -> bool:
         """The index entry first, then the subscription item (False if the id is taken): the fan-out reads
-        the index, so from the index entry on, every later change of the target reaches this subscription."""
+        the index, so from the index entry on, every later change of the target reaches this subscription.
+        A resumed prefix subscription keeps the versions its client named (`known`) on its item."""
         s = subscription
         ttl = {"N": str(expires_at + RETAIN_PAST_EXPIRY_SECONDS)}
         item: dict[str, Any] = {
@@ -224,6 +262,11 @@ class WatchStore:
             "target": {"S": s.target},
             "ttl": ttl,
         }
+        resumed: dict[str, Any] = {}
+        if s.resumed_from is not None:
+            resumed["resumed_from"] = {"N": f"{s.resumed_from:.3f}"}
+            item["known"] = {"M": {k: {"N": str(v)} for k, v in (known or {}).items()}}
+        item.update(resumed)
         try:
             # Conditional on the id being free, before the index entry exists: a taken id changes nothing.
             with dynamodb_errors():
@@ -245,6 +288,7 @@ class WatchStore:
                     "connection": {"S": s.connection_id},
                     "subscription": {"S": s.subscription_id},
                     "ttl": ttl,
+                    **resumed,
                 },
             )
             self._client.put_item(TableName=self._table, Item=item)
@@ -259,11 +303,20 @@ class WatchStore:
             ).get("Item")
         if item is None:
             return None
-        target = item["target"]["S"]
-        is_key = target.startswith("k#")
-        return Subscription(
-            connection_id, subscription_id, target[2:] if is_key else None, None if is_key else target[2:]
-        )
+        return _subscription_of(connection_id, subscription_id, item["target"]["S"], item)
+
+    def known_versions(self, subscription: Subscription) -> dict[str, int]:
+        """The versions the client of a resumed prefix subscription said it had processed, per key."""
+        s = subscription
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": _conn_pk(s.connection_id)}, "sk": {"S": f"s#{s.subscription_id}"}},
+                ProjectionExpression="known",
+                ConsistentRead=True,
+            ).get("Item")
+        known = (item or {}).get("known", {}).get("M", {})
+        return {key: int(value["N"]) for key, value in known.items()}
 
     def remove_subscription(self, subscription: Subscription) -> None:
         """The index entry first (no new deliveries), then the subscription and its watermarks."""
@@ -282,24 +335,119 @@ class WatchStore:
             ]
         )
 
-    def subscribers(self, target: str) -> list[tuple[str, str]]:
-        """(connection id, subscription id) of every subscription of `target`, strongly consistent."""
+    def subscribers(self, target: str) -> list[Subscription]:
+        """Every subscription of `target`, strongly consistent."""
         request: dict[str, Any] = {
             "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": _index_pk(target)}},
-            "ProjectionExpression": "#c, #s",
+            "KeyConditionExpression": "pk = :pk AND sk < :marker",
+            "ExpressionAttributeValues": {":pk": {"S": _index_pk(target)}, ":marker": {"S": JOURNAL_MARKER_SK}},
+            "ProjectionExpression": "#c, #s, resumed_from",
             "ExpressionAttributeNames": {"#c": "connection", "#s": "subscription"},
             "ConsistentRead": True,
         }
-        found: list[tuple[str, str]] = []
+        found: list[Subscription] = []
         while True:
             with dynamodb_errors():
                 response = self._client.query(**request)
-            found += [(item["connection"]["S"], item["subscription"]["S"]) for item in response.get("Items", [])]
+            found += [
+                _subscription_of(item["connection"]["S"], item["subscription"]["S"], target, item)
+                for item in response.get("Items", [])
+            ]
             if "LastEvaluatedKey" not in response:
                 return found
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    # ----------------------------------------------------------------------------------------- journal
+    def open_journal(self, prefix: str, until: float, now: float) -> Journal:
+        """Keep the prefix's journal until at least `until`: a live journal keeps its start, an expired or
+        absent one starts now (changes before now were not journaled, so older cursors must resync)."""
+        key = {"pk": {"S": _index_pk(f"p#{prefix}")}, "sk": {"S": JOURNAL_MARKER_SK}}
+        values = {":now": {"N": f"{now:.3f}"}, ":until": {"N": f"{until:.3f}"}, ":ttl": {"N": str(int(until) + 1)}}
+        with dynamodb_errors():
+            refused = self._update(
+                key,
+                UpdateExpression="SET since = if_not_exists(since, :now), #until = :until, #ttl = :ttl",
+                ConditionExpression="attribute_not_exists(#until) OR (#until >= :now AND #until < :until)",
+                ExpressionAttributeNames={"#until": "until", "#ttl": "ttl"},
+                ExpressionAttributeValues=values,
+            )
+        if refused is None:
+            journal = self.journal_of(prefix)
+            return journal if journal is not None else Journal(since=now, until=until)
+        live = float(refused["until"]["N"]) >= now
+        if live:
+            return Journal(since=float(refused["since"]["N"]), until=float(refused["until"]["N"]))
+        with dynamodb_errors():
+            self._client.put_item(
+                TableName=self._table,
+                Item={**key, "since": values[":now"], "until": values[":until"], "ttl": values[":ttl"]},
+            )
+        return Journal(since=now, until=until)
+
+    def journal_of(self, prefix: str) -> Journal | None:
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": _index_pk(f"p#{prefix}")}, "sk": {"S": JOURNAL_MARKER_SK}},
+                ConsistentRead=True,
+            ).get("Item")
+        if item is None:
+            return None
+        return Journal(since=float(item["since"]["N"]), until=float(item["until"]["N"]))
+
+    def journal_if_kept(self, prefix: str, notes: list[ChangeNote], now: float) -> bool:
+        """Journal `notes` under `prefix` if the prefix is watched or its journal is live (True then). One
+        Query: the marker sorts last in the index partition, so the newest item is it, or else a watcher."""
+        with dynamodb_errors():
+            items = self._client.query(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": _index_pk(f"p#{prefix}")}},
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            ).get("Items", [])
+        if not items:
+            return False
+        newest = items[0]
+        if newest["sk"]["S"] == JOURNAL_MARKER_SK and float(newest["until"]["N"]) < now:
+            return False
+        ttl = {"N": str(int(now + RESUME_RETENTION_SECONDS + 2 * CLOCK_MARGIN_SECONDS))}
+        entries = [
+            {
+                "pk": {"S": _journal_pk(prefix)},
+                "sk": {"S": f"{_millis(now)}#{note.key}#{note.version:012d}"},
+                "key": {"S": note.key},
+                "version": {"N": str(note.version)},
+                "ttl": ttl,
+            }
+            for note in notes
+        ]
+        with dynamodb_errors():
+            write_all(self._client, self._table, [{"PutRequest": {"Item": entry}} for entry in entries])
+        return True
+
+    def journal(self, prefix: str, after: float, limit: int) -> list[tuple[str, int]]:
+        """(key, version) of the changes journaled under `prefix` since `after`, oldest first, at most `limit`."""
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND sk >= :after",
+            "ExpressionAttributeValues": {":pk": {"S": _journal_pk(prefix)}, ":after": {"S": _millis(after)}},
+            "ProjectionExpression": "#k, version",
+            "ExpressionAttributeNames": {"#k": "key"},
+            "ConsistentRead": True,
+            "Limit": limit,
+        }
+        found: list[tuple[str, int]] = []
+        while len(found) < limit:
+            with dynamodb_errors():
+                response = self._client.query(**request)
+            found += [(item["key"]["S"], int(item["version"]["N"])) for item in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                break
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            request["Limit"] = limit - len(found)
+        return found[:limit]
 
     # -------------------------------------------------------------------------------------- watermarks
     def _update(self, key: dict[str, Any], **request: Any) -> dict[str, Any] | None:
@@ -321,7 +469,9 @@ class WatchStore:
         start was never recorded: its subscribe died before answering, and the client subscribes again)."""
         # Only a prefix subscription meets a key it has sent nothing of yet; a key subscription's watermark
         # gets its start from the subscribe handler.
-        first = "attribute_not_exists(delivered) OR " if s.prefix is not None else ""
+        # A resumed prefix subscription starts each key where its client left off, never at the first version
+        # it meets: a watermark it has not got yet is a gap the deliverer fills under the lease.
+        first = "attribute_not_exists(delivered) OR " if s.prefix is not None and s.resumed_from is None else ""
         refused = self._update(
             _watermark_key(s, key),
             UpdateExpression="SET delivered = :v, claim = :token",
