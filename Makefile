@@ -121,6 +121,12 @@ ENDPOINT ?= http://127.0.0.1:5000
 sweep-blobs: $(VENV_STAMP)
 	$(PY) scripts/sweep_blobs.py --table "$(TABLE)" --endpoint-url "$(ENDPOINT)"
 
+## backfill-listing: give the listing index the keys written before it existed, in the running local stack (TABLE,
+##                   ENDPOINT to override; BACKFILL_ARGS="--rate 50" and the like; resumable, see the script)
+.PHONY: backfill-listing
+backfill-listing: $(VENV_STAMP)
+	$(PY) scripts/backfill_listing.py --table "$(TABLE)" --endpoint-url "$(ENDPOINT)" $(BACKFILL_ARGS)
+
 ## openapi: regenerate docs/openapi.json from the handlers' routes and models
 openapi: $(VENV_STAMP)
 	$(PY) scripts/openapi.py

@@ -217,3 +217,16 @@ def test_batches_stay_under_the_request_size_limit():
 
     assert all(sum(e.size for e in g) <= MAX_REQUEST_BYTES for g in groups)
     assert [len(g) for g in groups] == [4, 4, 2]
+
+
+def test_a_record_that_moved_no_version_is_no_change():
+    """The listing backfill adds `list_shard` to an item at the version it has: no event, no new state."""
+    old = state_image("k", 3, {"a": 1})
+    new = state_image("k", 3, {"a": 1}, list_shard={"S": "07"})
+    change = build_change(stream_record(new, old), position=0, bus_name=BUS)
+    assert change is not None
+    assert change.record is None
+    assert change.event is None
+    moved = build_change(stream_record(state_image("k", 4, {"a": 2}), old), position=0, bus_name=BUS)
+    assert moved is not None
+    assert moved.event is not None

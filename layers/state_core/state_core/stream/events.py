@@ -187,12 +187,17 @@ def new_state_image(stream_record: Mapping[str, Any]) -> dict[str, Any] | None:
     - a REMOVE: only DynamoDB's TTL cleanup deletes state items, long after the expiry was decided and
       published; it is not a change of state;
     - an image without a version: every write sets the version atomically with the rest (moto's UpdateItem
-      of a new item streams a keys-only INSERT before the real one; DynamoDB never does)."""
+      of a new item streams a keys-only INSERT before the real one; DynamoDB never does);
+    - an image at the version the old one had: every write of state moves the version, so this is the
+      listing backfill giving the item its `list_shard` (storage/listing_backfill.py), no change of state."""
     ddb = stream_record["dynamodb"]
     if "NewImage" not in ddb:
         return None
     new = image(ddb["NewImage"])
-    return new if "version" in new else None
+    if "version" not in new:
+        return None
+    old_version = (ddb.get("OldImage") or {}).get("version", {}).get("N")
+    return None if old_version == new["version"]["N"] else new
 
 
 def build_change(
