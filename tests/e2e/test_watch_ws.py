@@ -144,7 +144,15 @@ class Watcher:
         self.reconnects = 0
 
     async def connect(self, session: aiohttp.ClientSession) -> None:
-        self.socket = await session.ws_connect(self.url, headers=bearer(self.token))
+        for attempt in range(10):
+            try:
+                self.socket = await session.ws_connect(self.url, headers=bearer(self.token))
+                break
+            except aiohttp.WSServerHandshakeError as refused:
+                # 503: the table or the issuer did not answer in time under this load; a client tries again.
+                if refused.status != 503 or attempt == 9:
+                    raise
+                await asyncio.sleep(random.uniform(0.5, 2.0))
         self.subscribed = asyncio.Event()
         self.reader = asyncio.create_task(self._read(self.socket))
         await self._subscribe()
@@ -175,11 +183,12 @@ class Watcher:
             if "type" not in message:
                 # API Gateway's own frame for an integration that failed or timed out (the message is lost).
                 message = {"type": "error", "status": 503, "gateway": message}
-            if message["type"] == "error" and message["status"] == 503:
+            if message["type"] == "error" and message["status"] in (503, 409):
                 # The local table is one serialized process and a slow one under this load: after a 503 a
                 # client unsubscribes (whatever of the failed subscription is left goes), then subscribes
                 # again from the cursor of what it processed; the messages of one socket are processed
-                # concurrently, so it waits for `unsubscribed` in between.
+                # concurrently, so it waits for `unsubscribed` in between. A 409: a subscribe this client gave
+                # up on (no answer in 20 s) landed after its unsubscribe; the same again.
                 await asyncio.sleep(random.uniform(0.2, 1.0))
                 await socket.send_json({"type": "unsubscribe", "id": "w"})
                 continue
@@ -282,18 +291,30 @@ def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writer
             for watcher in watchers:
                 assert watcher.reader is not None
                 await watcher.reader
+            retried = fan_out_failures(devstack)
             for watcher in watchers:
                 for key in [watcher.key] if watcher.key else [k for k in keys if k.startswith(str(watcher.prefix))]:
                     # Every version up to the one read last, and perhaps an expiry the TTL emulator wrote after:
-                    # 1..n without a gap or a duplicate, n at least the final version.
+                    # 1..n without a gap or a duplicate, n at least the final version. A fan-out invocation
+                    # that failed (the local table timing out under this load) is retried, and may send the
+                    # version it had claimed again (docs/watch.md): then, and only then, a version repeated
+                    # right after itself is dropped, as the client the docs describe does.
                     seen = watcher.seen[str(key)]
-                    assert seen == list(range(1, len(seen) + 1)), (key, watcher.reconnects)
-                    assert len(seen) >= final[str(key)], (key, watcher.reconnects)
+                    once = [v for n, v in enumerate(seen) if n == 0 or v != seen[n - 1]] if retried else seen
+                    assert once == list(range(1, len(once) + 1)), (key, watcher.reconnects, retried)
+                    assert len(once) >= final[str(key)], (key, watcher.reconnects)
 
     run(scenario(), timeout=900 if VERIFY else 300)
     assert all(w.reconnects == 1 for w in resumers)
 
 
+def fan_out_failures(stack: DevStack) -> int:
+    """Fan-out invocations that failed (an error or a timeout): Lambda retries their batches."""
+    log = stack.log_dir / "WatchFanoutFunction.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count("Task timed out") + sum(1 for line in text.splitlines() if line.startswith("Traceback"))
+
+
 def _complete(watcher: Watcher, final: dict[str, int]) -> bool:
     keys = [watcher.key] if watcher.key else [k for k in final if k.startswith(str(watcher.prefix))]
-    return all(len(watcher.seen[str(k)]) >= final[str(k)] for k in keys)
+    return all(len(set(watcher.seen[str(k)])) >= final[str(k)] for k in keys)
