@@ -55,7 +55,7 @@ events: $(VENV_STAMP)
 	@$(PY) -m devstack.event_tail $(EVENTS_ARGS)
 
 ## watch: print the changes of a key (KEY=...) or of a prefix ending in ':' (PREFIX=...) from the local stack as
-## they arrive; reconnects and resumes a key from its last cursor (Ctrl-C stops)
+## they arrive; reconnects and resumes from its last cursor (Ctrl-C stops)
 watch: $(VENV_STAMP)
 	@$(PY) -m devstack.watch_client $(if $(KEY),--key "$(KEY)",--prefix "$(PREFIX)") --sub "$(SUB)" --scope "$(SCOPE)"
 

@@ -2,9 +2,9 @@
 
 ``python -m devstack.watch_client --key user:alice:prefs`` (``make watch KEY=...`` or ``PREFIX=...``): connects
 with a dev token (devstack/token.py), subscribes, prints one line per change, and on a dropped connection
-reconnects with backoff and resumes a key subscription with the cursor of the last change printed, so
-nothing is missed or printed twice. A prefix subscription starts again from the reconnection (docs/watch.md:
-`since` is for keys). When the server says the token expires soon, a fresh one is minted and sent.
+reconnects with backoff and resumes: a key with the cursor of the last change printed, a prefix with the
+watch's cursor and the last version printed of each key (docs/watch.md, "Resuming a prefix"), so nothing is
+missed or printed twice. When the server says the token expires soon, a fresh one is minted and sent.
 """
 
 from __future__ import annotations
@@ -37,11 +37,15 @@ class Watch:
     def __init__(self, url: str, *, key: str | None, prefix: str | None, token: Callable[[], str]) -> None:
         self.url, self.key, self.prefix, self.token = url, key, prefix, token
         self.cursor: str | None = None
+        # A prefix watch's: the last version printed of each key, sent back with the watch's cursor.
+        self.versions: dict[str, int] = {}
 
     def subscription(self) -> dict[str, Any]:
         target: dict[str, Any] = {"key": self.key} if self.key else {"prefix": self.prefix}
-        if self.key and self.cursor:
+        if self.cursor:
             target["since"] = self.cursor
+            if self.prefix:
+                target["versions"] = dict(self.versions)
         return {"type": "subscribe", "id": "watch", **target}
 
     async def once(self, session: aiohttp.ClientSession) -> None:
@@ -53,11 +57,17 @@ class Watch:
                     break
                 message = json.loads(frame.data)
                 kind = message.get("type")
-                if kind == "change" or (kind == "subscribed" and message.get("cursor") and not self.cursor):
+                if self.prefix and kind == "subscribed":
+                    self.cursor = message["cursor"]  # the watch's: the same on a resume, a new one after resync
+                elif self.prefix and kind == "change":
+                    self.versions[message["key"]] = message["version"]
+                elif kind == "change" or (kind == "subscribed" and message.get("cursor") and not self.cursor):
                     self.cursor = message["cursor"]
                 elif kind == "expiring":
                     await socket.send_json({"type": "refresh", "token": self.token()})
-                elif kind == "resync":
+                elif kind == "resync" and message.get("key") is None:
+                    self.versions = {}  # a new watch: list the prefix, then watch on from now
+                elif kind == "resync" and self.key:
                     self.cursor = None  # read the key, then watch on from now
                 print(_line(message), flush=True)
 
