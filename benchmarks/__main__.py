@@ -23,7 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each count of concurrent PATCHes (8, 64, 256)")
-    parser.add_argument("--skip", action="append", default=[], choices=("inprocess", "capacity", "contention", "cold"))
+    parser.add_argument(
+        "--watch-writes", type=int, help="PUTs of every watch row (default: 20 for 1 watcher, 5 for 1,000)"
+    )
+    parser.add_argument(
+        "--watch-watchers", type=int, nargs="+", help="watchers of each watch row (default: 1 and 1,000)"
+    )
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("inprocess", "capacity", "contention", "cold", "watch")
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(LAYER))
@@ -48,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import cold_start
 
         rows += cold_start.run(args.cold_runs)
+    if "watch" not in args.skip:
+        from benchmarks import watch_latency
+
+        rows += watch_latency.run(args.watch_writes, tuple(args.watch_watchers or ()) or None)
 
     if rows:
         print(format_table(rows))

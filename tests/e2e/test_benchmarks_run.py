@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     tiny = ["--runs", "3", "--large-runs", "1", "--cold-runs", "1", "--rounds", "1"]
+    tiny += ["--watch-writes", "1", "--watch-watchers", "1", "3"]
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", *tiny, "--results", str(results)],
         cwd=REPO_ROOT,
@@ -32,6 +33,7 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
     assert any(name.startswith("64 concurrent PATCH") for name in rows)
     assert any(name.startswith("cold import") for name in rows)
+    assert {"watch: write to 1 watcher of one key", "watch: write to 3 watchers of one key"} <= rows
     capacity = {(c["value"], c["operation"]): c for c in json.loads(results.read_text())["capacity"]}
     assert {(size, op) for size in ("100 B", "4 KiB", "1 MiB") for op in ("PUT create", "PATCH", "DELETE")} <= set(
         capacity
