@@ -258,7 +258,9 @@ def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writer
     rng = random.Random(15)
     watchers = [Watcher(ws_url(devstack), token, prefix=p) for p in prefixes]
     watchers += [Watcher(ws_url(devstack), token, key=keys[n % KEYS]) for n in range(WATCHERS - len(watchers))]
-    resumers = rng.sample(watchers, len(watchers) // 2)
+    by_prefix, by_key = [w for w in watchers if w.prefix], [w for w in watchers if w.key]
+    # Half of each kind, and at least one prefix watcher: the short size must resume a prefix too.
+    resumers = rng.sample(by_prefix, max(1, len(by_prefix) // 2)) + rng.sample(by_key, len(by_key) // 2)
 
     async def scenario() -> None:
         connector = aiohttp.TCPConnector(limit=0)
