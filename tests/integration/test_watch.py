@@ -515,6 +515,29 @@ def test_the_prefix_replay_and_the_fan_out_racing_at_the_seam_send_each_version_
         assert seen[key] == list(range(processed.get(key, 0) + 1, store_version(state_table, key) + 1)), key
 
 
+def test_a_resumed_prefix_removed_while_a_key_is_caught_up_sends_nothing_more_of_it(
+    watcher, manager, fan_out, lifecycle, state_table
+):
+    """A deliverer (here the resume's replay; the fan-out's catch-up takes the same path) starts a key of a
+    resumed subscription just as the client unsubscribes. Without the client's versions, which went with the
+    subscription, it must send nothing: starting b from the history would send b:1, which the client has."""
+    prefix, (_, b, _, _), cursor, processed = away(watcher, manager, fan_out, lifecycle, state_table)
+    w = watcher(scope="state:read")
+
+    def unsubscribe(name: str, **context: Any) -> None:
+        if name == "watch_resume_start" and context["key"] == b:
+            w.send({"type": "unsubscribe", "id": "s"})
+
+    failpoints.install(unsubscribe)
+    try:
+        w.send({"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": processed})
+    finally:
+        failpoints.uninstall()
+    assert "unsubscribed" in [m["type"] for m in w.messages()]
+    assert b not in per_key(w)
+    assert w.messages("error") == []
+
+
 @pytest.mark.parametrize("why", ["older than retention", "journal began after it"])
 def test_a_prefix_cursor_the_journal_does_not_cover_gets_resync_and_the_watch_goes_on_from_now(
     watcher, manager, fan_out, why

@@ -37,6 +37,7 @@ from state_core.domain.watch import (
     PostThrottled,
     Subscription,
     SubscriptionExists,
+    SubscriptionGone,
     WatchStore,
     decode_cursor,
     decode_prefix_cursor,
@@ -253,6 +254,8 @@ class WatchService:
                 self._deliver_under_lease(
                     connection, subscription, key, token=token, upto=0 if current is None else current.version, known={}
                 )
+        except SubscriptionGone:
+            return  # unsubscribed while replaying: nothing more to send
         except BaseException:
             self._abandon(subscription, "", "")
             raise
@@ -283,7 +286,12 @@ class WatchService:
         the newest version written before the watch began (the client received none of the key since, so
         nothing sent from there is a duplicate). None: more than a replay's worth of versions."""
         if known is None:
+            if failpoints.ENABLED:
+                failpoints.hit("watch_resume_start", key=key)
             known = self.store.known_versions(subscription)
+        if known is None:
+            # Removed meanwhile: without the client's versions, any start could send it what it has.
+            raise SubscriptionGone(subscription.subscription_id)
         if key in known:
             return known[key]
         cutoff = float(subscription.resumed_from or 0)
@@ -355,7 +363,12 @@ class WatchService:
         elif subscription.resumed_from is None:
             delivered = upto - 1
         else:
-            start = self._start_of(subscription, key, None)
+            try:
+                start = self._start_of(subscription, key, None)
+            except SubscriptionGone:
+                # The lease made a watermark of a subscription that is gone: it must not hold up a new one.
+                self.store.clear_watermark(subscription, key, token)
+                raise
             if start is None:
                 self._resync(connection, subscription, key, f"more than {MAX_REPLAY_VERSIONS} versions to replay")
                 current = self._states.get(key)
@@ -536,6 +549,8 @@ class WatchService:
             catch_up = f"c{uuid.uuid4().hex}"
             try:
                 self._deliver_under_lease(connection, subscription, key, token=catch_up, upto=version, known=known)
+            except SubscriptionGone:
+                return 0
             except (LeaseLost, HistoryBehind):
                 self.store.note_pending(subscription, key, version, self.now())
                 return 0
@@ -598,6 +613,8 @@ class WatchService:
                 )
             except ConnectionGone:
                 self.store.forget_connection(subscription.connection_id)
+            except SubscriptionGone:
+                continue
             except (LeaseLost, HistoryBehind):
                 self.store.mark_behind(subscription, key, mark.pending or 0)
 

@@ -305,8 +305,9 @@ class WatchStore:
             return None
         return _subscription_of(connection_id, subscription_id, item["target"]["S"], item)
 
-    def known_versions(self, subscription: Subscription) -> dict[str, int]:
-        """The versions the client of a resumed prefix subscription said it had processed, per key."""
+    def known_versions(self, subscription: Subscription) -> dict[str, int] | None:
+        """The versions the client of a resumed prefix subscription said it had processed, per key; None when
+        the subscription is gone."""
         s = subscription
         with dynamodb_errors():
             item = self._client.get_item(
@@ -315,7 +316,9 @@ class WatchStore:
                 ProjectionExpression="known",
                 ConsistentRead=True,
             ).get("Item")
-        known = (item or {}).get("known", {}).get("M", {})
+        if item is None:
+            return None
+        known = item.get("known", {}).get("M", {})
         return {key: int(value["N"]) for key, value in known.items()}
 
     def remove_subscription(self, subscription: Subscription) -> None:
@@ -569,6 +572,16 @@ class WatchStore:
         if mark.lease_by != token:
             raise LeaseLost(f"the lease of {key} for subscription {s.subscription_id} was lost")
         return mark.pending
+
+    def clear_watermark(self, s: Subscription, key: str, token: str) -> None:
+        """Empty a watermark while holding its lease (one a lease made for a subscription that is gone), so
+        that a new subscription of the same id starts on it afresh. An UpdateItem: the roles may not delete."""
+        self._update(
+            _watermark_key(s, key),
+            UpdateExpression="REMOVE delivered, claim, lease_by, lease_until, pending",
+            ConditionExpression="lease_by = :token",
+            ExpressionAttributeValues={":token": {"S": token}},
+        )
 
     def mark_behind(self, s: Subscription, key: str, version: int) -> None:
         """`version` is waiting, whoever holds the lease: the sweep (or the key's next change) sends it."""
