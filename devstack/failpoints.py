@@ -53,6 +53,8 @@ POINTS = frozenset(
         "transact_after_commit_before_cache",  # transaction: committed, no key's cache written yet
         "transact_after_cache_write",  # transaction: one more key's cache written (per key, in request order)
         "watch_history_between_reads",  # watch replay: a version missed in the history, later ones not yet looked for
+        "watch_resume_start",  # resumed prefix: a key without a watermark, the client's versions not yet read
+        "listing_backfill_before_update",  # listing backfill: an item scanned, its shard not yet written
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
         "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost
     }
