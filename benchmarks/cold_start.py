@@ -25,6 +25,9 @@ FUNCTIONS = (
     "transact_state",
     "authorizer",
 )
+# Also imported with tracing on (EnableTracing=true: the X-Ray SDK, Powertools' Tracer, its patches), against the
+# same function with tracing off: what tracing costs a cold start, and that off it costs nothing.
+TRACED = ("get_state", "authorizer")
 
 # CPU time of the import, not wall time: on a shared machine wall time mostly measures the neighbours,
 # while an import on Lambda's dedicated CPU is CPU-bound (its files are in the page cache after the first
@@ -72,16 +75,34 @@ def _environment() -> dict[str, str]:
     return {**env, **_SETTINGS}
 
 
-def _fresh_python(*args: str) -> subprocess.CompletedProcess[str]:
+def _tracing_environment(function: str) -> dict[str, str]:
+    """What Lambda and the template give a function with EnableTracing=true (the Tracer stays off outside Lambda)."""
+    return {
+        "STATE_TRACING": "true",
+        "POWERTOOLS_TRACE_DISABLED": "false",
+        "LAMBDA_TASK_ROOT": str(REPO_ROOT / "functions" / function),
+        "AWS_LAMBDA_FUNCTION_NAME": function,
+    }
+
+
+def _fresh_python(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """A new interpreter, started outside the repo with the environment above (as a cold container)."""
     return subprocess.run(
-        [sys.executable, *args], check=True, capture_output=True, text=True, env=_environment(), cwd="/"
+        [sys.executable, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**_environment(), **(extra_env or {})},
+        cwd="/",
     )
 
 
-def _import_seconds(module: str, paths: list[str], first_use: str = "") -> tuple[float, float]:
+def _import_seconds(
+    module: str, paths: list[str], first_use: str = "", extra_env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """CPU seconds of the import, then of `first_use` right after it."""
-    output = _fresh_python("-c", _PROBE.format(paths=paths, module=module, first_use=first_use)).stdout
+    probe = _PROBE.format(paths=paths, module=module, first_use=first_use)
+    output = _fresh_python("-c", probe, extra_env=extra_env).stdout
     imported, used = output.strip().splitlines()[-1].split()
     return float(imported), float(used)
 
@@ -121,6 +142,7 @@ def run(runs: int) -> list[Row]:
     _compile_sources()
     baseline: list[float] = []
     samples: dict[str, list[tuple[float, float]]] = {function: [] for function in FUNCTIONS}
+    traced: dict[str, list[float]] = {function: [] for function in TRACED}
     # Interleaved, so the machine's drift hits every module alike; one warm-up round for the OS file cache.
     for round_number in range(runs + 1):
         base, _ = _import_seconds("boto3", [])
@@ -128,11 +150,19 @@ def run(runs: int) -> list[Row]:
             function: _import_seconds("app", [str(LAYER), str(REPO_ROOT / "functions" / function)], FIRST_USE[function])
             for function in FUNCTIONS
         }
+        traced_timings = {
+            function: _import_seconds(
+                "app", [str(LAYER), str(REPO_ROOT / "functions" / function)], extra_env=_tracing_environment(function)
+            )[0]
+            for function in TRACED
+        }
         if round_number == 0:
             continue
         baseline.append(base)
         for function, seconds in timings.items():
             samples[function].append(seconds)
+        for function, seconds in traced_timings.items():
+            traced[function].append(seconds)
     base_ms = [s * 1000 for s in baseline]
     rows = []
     for function in FUNCTIONS:
@@ -151,6 +181,20 @@ def run(runs: int) -> list[Row]:
                     "first_use_ms": round(statistics.median(first_use_ms), 1),
                     "top_imports": top_imports(function),
                 },
+            )
+        )
+    for function in TRACED:
+        off_ms = [imported * 1000 for imported, _ in samples[function]]
+        on_ms = [seconds * 1000 for seconds in traced[function]]
+        rows.append(
+            Row(
+                f"cold import {function}, tracing on",
+                f"cold import {function}, tracing off",
+                statistics.median(on_ms),
+                percentile(on_ms, 0.99),
+                len(on_ms),
+                statistics.median(off_ms),
+                percentile(off_ms, 0.99),
             )
         )
     return rows

@@ -95,7 +95,8 @@ def test_every_alarm_has_a_threshold_parameter_and_notifies_the_alarm_topic():
     assert len(ALARMS) >= 8
     for logical_id, alarm in ALARMS.items():
         threshold = alarm["Threshold"]
-        assert isinstance(threshold, dict) and set(threshold) == {"Ref"}, logical_id
+        assert isinstance(threshold, dict), logical_id
+        assert set(threshold) == {"Ref"}, logical_id
         assert threshold["Ref"] in PARAMETERS, logical_id
         assert PARAMETERS[threshold["Ref"]]["Type"] == "Number", logical_id
         assert alarm["AlarmActions"] == [TOPIC], logical_id

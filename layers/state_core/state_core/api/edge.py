@@ -30,7 +30,7 @@ from state_core.domain.errors import (
 from state_core.domain.keys import validate_key
 from state_core.domain.params import ETAG
 from state_core.domain.records import StateRecord
-from state_core.observability import logger, metrics
+from state_core.observability import annotate, logger, metrics
 from state_core.security import audit
 from state_core.security.policy import PolicyError, RolePolicy
 from state_core.security.principal import Principal, authorize
@@ -130,6 +130,7 @@ def request_key(event: APIGatewayProxyEventV2) -> str:
     """The validated key from the path (API Gateway has already URL-decoded it)."""
     key = validate_key((event.path_parameters or {}).get("key", ""))
     logger.append_keys(key=key)
+    annotate(key=key)
     return key
 
 
