@@ -49,9 +49,11 @@ $(TOOLS_STAMP): $(TOOLS_REQUIREMENTS)
 ## tools: install the pinned SAM CLI (and its cfn-lint) into .venv-tools, once
 tools: $(TOOLS_STAMP)
 
-## validate: SAM validation of template.yaml plus cfn-lint
+## validate: SAM validation of template.yaml (and the example consumer's) plus cfn-lint
+EXAMPLE_TEMPLATES ?= $(wildcard examples/*/template.yaml)
 validate: $(TOOLS_STAMP)
 	$(SAM_ENV) $(SAM) validate --lint --template $(SAM_TEMPLATE)
+	$(foreach t,$(EXAMPLE_TEMPLATES),$(SAM_ENV) $(SAM) validate --lint --template $(t) &&) true
 
 ## sam-build: build the functions and the state_core layer into .aws-sam/
 sam-build: $(TOOLS_STAMP)

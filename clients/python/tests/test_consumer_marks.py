@@ -8,6 +8,7 @@ import uuid
 
 import boto3
 import pytest
+
 from state_client.consumer import DynamoDBMarkStore, InMemoryMarkStore, OrderedConsumer, create_mark_table
 
 pytestmark = pytest.mark.integration
