@@ -29,7 +29,7 @@ $(VENV_STAMP): pyproject.toml clients/python/pyproject.toml
 	  echo "python3.13 not found (looked on PATH and in pyenv; got '$(PYTHON)'); set PYTHON=/path/to/python3.13" >&2; \
 	  exit 1; }
 	"$(PYTHON)" -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e clients/python
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e 'clients/python[cli]'
 	touch $@
 
 ## install: create .venv with the pinned runtime and dev dependencies, and a redis-server

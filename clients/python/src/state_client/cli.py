@@ -42,14 +42,16 @@ class ExitCode(IntEnum):
     DENIED = 5  # 401, 403: no token, a rejected one, or not allowed on this key
     BAD_INPUT = 6  # 400, 413, 415, 422, or a value that is not JSON
     UNAVAILABLE = 7  # 503, 429, or the service unreachable: nothing was written, retry later
-    OUTCOME_UNKNOWN = 8  # 503 write-outcome-unknown: read the key before writing again
+    # 503 write-outcome-unknown, or a write that went unanswered (a timeout, a dropped connection, another
+    # 5xx): it may have landed; read the key before writing again.
+    OUTCOME_UNKNOWN = 8
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 other error; 2 usage; 3 not found (404) or gone (410); 4 precondition failed (412); "
     "5 unauthorized or forbidden (401, 403); 6 bad input (400, 413, 415, 422, or not JSON); "
-    "7 unavailable (503, 429, unreachable: nothing written); 8 write outcome unknown (read the key before "
-    "writing again)."
+    "7 unavailable (503, 429, unreachable: nothing written); 8 write outcome unknown (write-outcome-unknown, "
+    "or a write left unanswered: read the key before writing again)."
 )
 
 
@@ -131,7 +133,7 @@ def put(
     if create and if_match is not None:
         _usage("--create and --if-match exclude each other")
     document = _json_input(value)
-    with _client(ctx) as client:
+    with _client(ctx, writes=True) as client:
         envelope = client.set(
             key, document, ttl_seconds=ttl, if_match=_if_match(if_match), if_none_match="*" if create else None
         )
@@ -153,14 +155,14 @@ def patch(
 
     Prints the merged envelope."""
     document = _json_input(merge_patch)
-    with _client(ctx) as client:
+    with _client(ctx, writes=True) as client:
         _emit(_envelope(client.update(key, document, if_match=_if_match(if_match))), output)
 
 
 @app.command()
 def delete(ctx: typer.Context, key: str, if_match: IfMatchOption = None, output: OutputOption = Output.JSON) -> None:
     """Delete a key (its version goes on counting if it is written again)."""
-    with _client(ctx) as client:
+    with _client(ctx, writes=True) as client:
         version = client.delete(key, if_match=_if_match(if_match))
     _emit({"key": key, "version": version, "deleted": True}, output)
 
@@ -281,9 +283,15 @@ def main() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+# Failures before the request left: nothing can have been written.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
 @contextmanager
-def _client(ctx: typer.Context, *, watch_url: str | None = None) -> Iterator[StateClient]:
-    """A client from the global options, whose errors become exit codes with one line on stderr."""
+def _client(ctx: typer.Context, *, writes: bool = False, watch_url: str | None = None) -> Iterator[StateClient]:
+    """A client from the global options, whose errors become exit codes with one line on stderr. For a
+    write (`writes`), a failure after the request left (a read timeout, a dropped connection, a 5xx other
+    than 503) may have landed: exit 8, as the service's own write-outcome-unknown."""
     from state_client import StateClient
 
     settings: Settings = ctx.obj
@@ -291,9 +299,16 @@ def _client(ctx: typer.Context, *, watch_url: str | None = None) -> Iterator[Sta
         with StateClient(settings.url, token=settings.token, timeout=settings.timeout, watch_url=watch_url) as client:
             yield client
     except errors.StateError as error:
-        _fail(_exit_code_of(error), _describe(error))
-    except httpx.TransportError as error:
+        code = _exit_code_of(error)
+        if writes and isinstance(error, errors.ServerError):
+            code = ExitCode.OUTCOME_UNKNOWN
+        _fail(code, _describe(error))
+    except _NOT_SENT as error:
         _fail(ExitCode.UNAVAILABLE, f"cannot reach the service: {type(error).__name__}: {error}")
+    except httpx.TransportError as error:
+        if writes:
+            _fail(ExitCode.OUTCOME_UNKNOWN, f"no answer, the write may have landed: {type(error).__name__}: {error}")
+        _fail(ExitCode.UNAVAILABLE, f"no answer from the service: {type(error).__name__}: {error}")
 
 
 def _exit_code_of(error: errors.StateError) -> ExitCode:
