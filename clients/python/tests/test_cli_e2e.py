@@ -212,6 +212,15 @@ def test_exit_codes_by_class_of_error(statectl, stack, key, tmp_path):
     assert "413" in too_large.stderr
     assert statectl("get", key).returncode == ExitCode.NOT_FOUND  # none of them wrote anything
 
+    # Hostile keys: refused by the service (6), an empty one before sending (2); nothing written either way.
+    for hostile in ("../x", "a/b", "a?b=1", "k" * 257, "ключ"):
+        assert statectl("put", hostile, "1").returncode == ExitCode.BAD_INPUT, hostile
+    assert statectl("get", "").returncode == ExitCode.USAGE
+    assert statectl("put", "", "1").returncode == ExitCode.USAGE
+    assert statectl("ls", "not a prefix").returncode == ExitCode.BAD_INPUT
+    assert statectl("version", key, "1000000000000000").returncode == ExitCode.BAD_INPUT
+    assert statectl("put", key, "1", "--ttl", "999999999999").returncode == ExitCode.BAD_INPUT
+
     # 7: nothing listening
     unreachable = statectl("get", key, STATE_API_URL=f"http://127.0.0.1:{free_port()}")
     assert unreachable.returncode == ExitCode.UNAVAILABLE
@@ -260,6 +269,13 @@ def test_watch_prints_each_change_as_a_json_line(stack, statectl, client, key):
     assert changes[1]["version"] == changes[0]["version"] + 1
     assert changes[0]["value"] == {"n": changes[0]["version"] - 1}
     assert all(isinstance(c["cursor"], str) for c in changes)
+
+
+def test_watch_refused_exits_denied(stack, key):
+    outsider = Statectl(stack, stack.token("alice", "state:read:other:*"))
+    refused = outsider("watch", key, "--count", "1")
+    assert refused.returncode == ExitCode.DENIED
+    assert "403" in refused.stderr
 
 
 def test_watch_a_prefix_in_yaml_and_as_rows(stack, statectl, client):

@@ -237,6 +237,8 @@ def test_events_may_be_details_json_text_or_parsed():
         ({"key": "k", "version": True, "operation": "created"}, "detail.version"),
         ({"key": "k", "version": 0, "operation": "created"}, "detail.version"),
         ({"key": "k", "version": "2", "operation": "created"}, "detail.version"),
+        ({"key": "k", "version": 10**15, "operation": "created"}, "detail.version"),
+        ({"key": "k", "version": {"secret": "s" * 100}, "operation": "created"}, r"\{'secret': 's+\.\.\.$"),
         ({"key": "k", "version": 2, "previous_version": -1, "operation": "updated"}, "previous_version"),
         ({"key": "k", "version": 2, "operation": "written"}, "detail.operation"),
         ({"key": "k", "version": 2, "operation": "bogus"}, "detail.operation"),

@@ -77,6 +77,14 @@ class Settings:
     timeout: float
 
 
+def _non_empty_key(key: str | None) -> str | None:
+    # The service checks keys (400, exit 6); an empty one would instead miss every route and read as a 404.
+    if key == "":
+        raise typer.BadParameter("a key is 1-256 characters")
+    return key
+
+
+KeyArgument = Annotated[str, typer.Argument(help="The key.", callback=_non_empty_key, show_default=False)]
 OutputOption = Annotated[
     Output, typer.Option("--output", "-o", help="json (default), yaml, or table.", case_sensitive=False)
 ]
@@ -110,7 +118,7 @@ def main_options(
 @app.command()
 def get(
     ctx: typer.Context,
-    key: str,
+    key: KeyArgument,
     consistent: Annotated[bool, typer.Option("--consistent", help="Bypass the cache.")] = False,
     output: OutputOption = Output.JSON,
 ) -> None:
@@ -122,7 +130,7 @@ def get(
 @app.command()
 def put(
     ctx: typer.Context,
-    key: str,
+    key: KeyArgument,
     value: Annotated[str, typer.Argument(help="JSON text, @FILE for a file's, or - for stdin's.")],
     ttl: Annotated[int | None, typer.Option("--ttl", help="Expire after this many seconds.", min=1)] = None,
     if_match: IfMatchOption = None,
@@ -144,7 +152,7 @@ def put(
 @app.command()
 def patch(
     ctx: typer.Context,
-    key: str,
+    key: KeyArgument,
     merge_patch: Annotated[
         str, typer.Argument(metavar="PATCH", help="JSON Merge Patch: JSON text, @FILE, or - for stdin.")
     ],
@@ -160,7 +168,9 @@ def patch(
 
 
 @app.command()
-def delete(ctx: typer.Context, key: str, if_match: IfMatchOption = None, output: OutputOption = Output.JSON) -> None:
+def delete(
+    ctx: typer.Context, key: KeyArgument, if_match: IfMatchOption = None, output: OutputOption = Output.JSON
+) -> None:
     """Delete a key (its version goes on counting if it is written again)."""
     with _client(ctx, writes=True) as client:
         version = client.delete(key, if_match=_if_match(if_match))
@@ -170,7 +180,7 @@ def delete(ctx: typer.Context, key: str, if_match: IfMatchOption = None, output:
 @app.command()
 def history(
     ctx: typer.Context,
-    key: str,
+    key: KeyArgument,
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many versions.", min=1)] = None,
     output: OutputOption = Output.JSON,
 ) -> None:
@@ -183,7 +193,7 @@ def history(
 @app.command()
 def version(
     ctx: typer.Context,
-    key: str,
+    key: KeyArgument,
     number: Annotated[int, typer.Argument(metavar="N", help="The version to read.", min=1)],
     output: OutputOption = Output.JSON,
 ) -> None:
@@ -212,7 +222,9 @@ def list_keys(
 @app.command()
 def watch(
     ctx: typer.Context,
-    key: Annotated[str | None, typer.Argument(help="The key to watch.", show_default=False)] = None,
+    key: Annotated[
+        str | None, typer.Argument(help="The key to watch.", callback=_non_empty_key, show_default=False)
+    ] = None,
     prefix: Annotated[
         str | None, typer.Option("--prefix", help="Watch every key under this prefix instead.", show_default=False)
     ] = None,

@@ -79,7 +79,7 @@ class ChangeEvent:
             raise ValueError("a StateChanged event is a JSON object")
         if "detail" in event:
             if event.get("detail-type") != DETAIL_TYPE:
-                raise ValueError(f"not a {DETAIL_TYPE} event: detail-type {event.get('detail-type')!r}")
+                raise ValueError(f"not a {DETAIL_TYPE} event: detail-type {_shown(event.get('detail-type'))}")
             detail = event["detail"]
             if not isinstance(detail, Mapping):
                 raise ValueError("the event's detail is not an object")
@@ -93,15 +93,15 @@ class ChangeEvent:
         if not isinstance(key, str) or not key:
             raise ValueError("detail.key is not a non-empty string")
         if not _is_version(version):
-            raise ValueError(f"detail.version is not a version: {version!r}")
+            raise ValueError(f"detail.version is not a version: {_shown(version)}")
         if previous is not None and not _is_version(previous):
-            raise ValueError(f"detail.previous_version is not a version: {previous!r}")
+            raise ValueError(f"detail.previous_version is not a version: {_shown(previous)}")
         try:
             operation = Operation(str(detail.get("operation")))
         except ValueError:
-            raise ValueError(f"detail.operation is not an event's: {detail.get('operation')!r}") from None
+            raise ValueError(f"detail.operation is not an event's: {_shown(detail.get('operation'))}") from None
         if operation not in _EVENT_OPERATIONS:
-            raise ValueError(f"detail.operation is not an event's: {operation.value!r}")
+            raise ValueError(f"detail.operation is not an event's: {_shown(operation.value)}")
         return cls(
             event_id=str(detail.get("event_id", "")),
             key=key,
@@ -119,8 +119,18 @@ class ChangeEvent:
 _EVENT_OPERATIONS = frozenset({Operation.CREATED, Operation.UPDATED, Operation.DELETED, Operation.EXPIRED})
 
 
+# The API's bound on versions (docs/api.md, "Version history").
+MAX_VERSION = 10**15 - 1
+
+
 def _is_version(value: object) -> TypeIs[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION
+
+
+def _shown(value: object) -> str:
+    """A field of a refused event, short: error messages get logged, and a field may hold anything."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True, slots=True)
