@@ -66,6 +66,11 @@ class Statectl:
             done.args, done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
         )
 
+    def json_with_env(self, env: dict[str, str], *args: str) -> Any:
+        done = self(*args, **env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
     def json(self, *args: str, stdin: bytes | None = None) -> Any:
         done = self(*args, stdin=stdin)
         assert done.returncode == 0, done.stderr
@@ -258,6 +263,23 @@ def test_token_mints_a_local_token_the_stack_accepts(stack, statectl, key):
 
     outside = statectl("token", "--repo", "/nonexistent")
     assert outside.returncode == ExitCode.USAGE
+
+
+def test_client_credentials_instead_of_a_token(stack, key):
+    anonymous = Statectl(stack, None)
+    written = anonymous.json_with_env(
+        {"STATE_CLIENT_ID": "dev-client", "STATE_CLIENT_SECRET": "dev-secret", "STATE_ISSUER": stack.issuer},
+        "put",
+        key,
+        "1",
+    )
+    assert written["updated_by"] == "dev-client"  # the dev issuer's tokens name the client
+
+    wrong = anonymous("--client-id", "dev-client", "--client-secret", "nope", "--issuer", stack.issuer, "get", key)
+    assert wrong.returncode == ExitCode.DENIED
+    assert "nope" not in wrong.stderr
+    incomplete = anonymous("--client-id", "dev-client", "--client-secret", "dev-secret", "get", key)
+    assert incomplete.returncode == ExitCode.USAGE
 
 
 def test_watch_prints_each_change_as_a_json_line(stack, statectl, client, key):

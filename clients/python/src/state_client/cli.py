@@ -22,7 +22,7 @@ import httpx
 import typer
 
 from state_client import errors
-from state_client.auth import AuthError
+from state_client.auth import AuthError, ClientCredentials
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -73,7 +73,7 @@ app = typer.Typer(
 @dataclass
 class Settings:
     url: str | None
-    token: str | None
+    token: str | ClientCredentials | None
     timeout: float
 
 
@@ -110,8 +110,39 @@ def main_options(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per HTTP request.", min=0.1)] = 10.0,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-id",
+            envvar="STATE_CLIENT_ID",
+            help="OAuth2 client credentials instead of --token: the client id (with --client-secret, --issuer).",
+            show_default=False,
+        ),
+    ] = None,
+    client_secret: Annotated[
+        str | None,
+        typer.Option("--client-secret", envvar="STATE_CLIENT_SECRET", help="The client's secret.", show_default=False),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--issuer",
+            envvar="STATE_ISSUER",
+            help="The issuer whose discovery document names the token endpoint.",
+            show_default=False,
+        ),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option("--scope", envvar="STATE_TOKEN_SCOPE", help="Scopes to ask the issuer for.", show_default=False),
+    ] = None,
 ) -> None:
-    ctx.obj = Settings(url=url, token=token, timeout=timeout)
+    credentials: str | ClientCredentials | None = token
+    if token is None and (client_id is not None or client_secret is not None):
+        if client_id is None or client_secret is None or issuer is None:
+            raise typer.BadParameter("client credentials need --client-id, --client-secret and --issuer")
+        credentials = ClientCredentials(client_id, client_secret, issuer=issuer, scope=scope)
+    ctx.obj = Settings(url=url, token=credentials, timeout=timeout)
 
 
 # ------------------------------------------------------------------------------------------------ commands
