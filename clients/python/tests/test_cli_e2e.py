@@ -293,6 +293,21 @@ def test_watch_prints_each_change_as_a_json_line(stack, statectl, client, key):
     assert all(isinstance(c["cursor"], str) for c in changes)
 
 
+def test_watch_resumes_after_a_cursor(statectl, client, key):
+    client.set(key, {"n": 0})
+    (first,) = [json.loads(line) for line in watch_while_writing(statectl, client, key, ["watch", key, "--count", "1"])]
+    latest = client.get(key, consistent=True).version
+    client.set(key, {"n": "a"})
+    client.set(key, {"n": "b"})
+
+    # Everything after the cursor is replayed from the history, without any write meanwhile.
+    wanted = latest + 2 - first["version"]
+    replayed = statectl("watch", key, "--since", first["cursor"], "--count", str(wanted))
+    assert replayed.returncode == 0, replayed.stderr
+    versions = [json.loads(line)["version"] for line in replayed.stdout.splitlines()]
+    assert versions == list(range(first["version"] + 1, latest + 3))
+
+
 def test_watch_refused_exits_denied(stack, key):
     outsider = Statectl(stack, stack.token("alice", "state:read:other:*"))
     refused = outsider("watch", key, "--count", "1")

@@ -188,3 +188,36 @@ def test_a_key_whose_gap_cannot_be_read_is_retried_and_the_rest_goes_on(stack, q
     assert [ch.version for ch in changes[hidden]] == [1]  # from its event; version 2 could not be read
     # The hidden key stopped before its gap: its mark is at 1, so its retry starts at 2.
     assert (marks.get(readable), marks.get(hidden)) == (3, 1)
+
+
+def test_the_example_handler_from_its_environment(stack, queue, writer, marks, monkeypatch):
+    # The whole Lambda entry point as deployed: the client secret from Secrets Manager, a token from the
+    # issuer's token endpoint (client credentials), the marks table by name, an SQS event in.
+    secret = stack.client("secretsmanager").create_secret(
+        Name=f"consumer-{uuid.uuid4().hex[:6]}", SecretString="dev-secret"
+    )
+    for name, value in {
+        "AWS_ENDPOINT_URL": stack.moto_url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+        "STATE_API_URL": stack.base_url,
+        "STATE_TOKEN_URL": f"{stack.issuer}/token",
+        "STATE_CLIENT_ID": "dev-client",
+        "STATE_CLIENT_SECRET_ARN": secret["ARN"],
+        "STATE_TOKEN_SCOPE": "state:read",
+        "MARKS_TABLE_NAME": marks.table_name,
+    }.items():
+        monkeypatch.setenv(name, value)
+    key = f"oh{uuid.uuid4().hex[:8]}:k"
+    for n in range(1, 4):
+        writer.set(key, n)
+    records = [r for r in queue.collect({key: 3}) if detail(r)["version"] != 2]
+
+    app = example_app()
+    handled: list[Change] = []
+    monkeypatch.setattr(app, "handle", handled.append)
+    assert app.handler({"Records": records[::-1]}, None) == {"batchItemFailures": []}
+
+    assert [(ch.version, ch.origin) for ch in handled] == [(1, Origin.EVENT), (2, Origin.HISTORY), (3, Origin.EVENT)]
+    assert marks.get(key) == 3

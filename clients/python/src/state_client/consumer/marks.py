@@ -64,7 +64,7 @@ class DynamoDBMarkStore:
 
             client = boto3.client("dynamodb")
         self._client = client
-        self._table = table_name
+        self.table_name = table_name
         self._key_attribute = key_attribute
         self._prefix = prefix
 
@@ -73,7 +73,7 @@ class DynamoDBMarkStore:
 
     def get(self, key: str, /) -> int:
         item = self._client.get_item(
-            TableName=self._table,
+            TableName=self.table_name,
             Key=self._item_key(key),
             ConsistentRead=True,
             ProjectionExpression="#v",
@@ -84,7 +84,7 @@ class DynamoDBMarkStore:
     def advance(self, key: str, version: int, /) -> bool:
         try:
             self._client.update_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Key=self._item_key(key),
                 UpdateExpression="SET #v = :v, #at = :at",
                 ConditionExpression="attribute_not_exists(#v) OR #v < :v",
