@@ -217,7 +217,7 @@ def history(
 ) -> None:
     """A key's versions, newest first: version, operation, actor, time, size."""
     with _client(ctx) as client:
-        versions = [_version_info(v) for v in islice(client.history(key), limit)]
+        versions = [_version_info(v) for v in islice(client.history(key, page_size=_page_for(limit)), limit)]
     _emit(versions, output, ["version", "operation", "actor", "occurred_at", "size"])
 
 
@@ -245,7 +245,8 @@ def list_keys(
 ) -> None:
     """The keys under PREFIX that the caller may read, in key order."""
     with _client(ctx) as client:
-        keys = [_key_info(k, values) for k in islice(client.list(prefix, include_values=values), limit)]
+        listing = client.list(prefix, include_values=values, page_size=_page_for(limit))
+        keys = [_key_info(k, values) for k in islice(listing, limit)]
     columns = ["key", "version", "updated_at", "size", "expires_at"] + (["value"] if values else [])
     _emit(keys, output, columns)
 
@@ -423,6 +424,11 @@ def _if_match(text: str | None) -> int | str | None:
     if bare.isascii() and bare.isdigit() and int(bare) >= 1:
         return int(bare)
     raise typer.BadParameter(f'{text!r} is not a version ("3", 3) or *', param_hint="--if-match")
+
+
+def _page_for(limit: int | None) -> int | None:
+    """A page no larger than what --limit keeps (the API's pages hold at most 1,000)."""
+    return None if limit is None else min(limit, 1000)
 
 
 def _checkout_of(start: Path) -> Path | None:
