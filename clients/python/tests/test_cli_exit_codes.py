@@ -3,6 +3,11 @@ provokes the ones the local stack can answer; 503, 429 and a lost write's outcom
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from state_client import errors
@@ -39,3 +44,28 @@ def test_each_error_class_has_its_exit_code(error, code):
 def test_the_help_lists_every_exit_code():
     for code in ExitCode:
         assert f"{int(code)} " in EXIT_CODES_HELP
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "message"),
+    [
+        ("typer", ["get", "k"], "statectl needs typer: pip install 'state-client[cli]'"),
+        # Refused before any request (nothing listens on port 9): a write must not land and then fail to print.
+        ("yaml", ["--url", "http://127.0.0.1:9", "put", "k", "1", "-o", "yaml"], "-o yaml needs PyYAML"),
+    ],
+)
+def test_without_the_cli_extra_statectl_says_what_to_install(blocked, args, message, tmp_path):
+    # As if the library were installed without [cli]: the module cannot be imported.
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from state_client.cli import main\n"
+        f"sys.argv = ['statectl', *{args!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False, cwd=tmp_path
+    )
+    assert ran.returncode in (1, ExitCode.USAGE)
+    assert message in ran.stderr
+    assert "Traceback" not in ran.stderr

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
-import typer
+
+try:
+    import typer
+except ModuleNotFoundError as missing:
+    # The `statectl` script is installed with the client; its libraries come with the `cli` extra only.
+    raise SystemExit(f"statectl needs {missing.name}: pip install 'state-client[cli]'") from None
 
 from state_client import errors
 from state_client.auth import AuthError, ClientCredentials
@@ -85,8 +90,23 @@ def _non_empty_key(key: str | None) -> str | None:
 
 
 KeyArgument = Annotated[str, typer.Argument(help="The key.", callback=_non_empty_key, show_default=False)]
+
+
+def _output_available(output: Output) -> Output:
+    # Checked before any request: a write must not land and then fail to print.
+    if output is Output.YAML:
+        try:
+            import yaml  # noqa: F401  only whether it imports
+        except ModuleNotFoundError:
+            raise typer.BadParameter("-o yaml needs PyYAML: pip install 'state-client[cli]'") from None
+    return output
+
+
 OutputOption = Annotated[
-    Output, typer.Option("--output", "-o", help="json (default), yaml, or table.", case_sensitive=False)
+    Output,
+    typer.Option(
+        "--output", "-o", help="json (default), yaml, or table.", case_sensitive=False, callback=_output_available
+    ),
 ]
 IfMatchOption = Annotated[
     str | None,
