@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import random
 import time
 import uuid
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "ordered_consumer" / "app.py"
 # Over the event's 64 KB budget: the event says value_omitted and the consumer reads the value.
 BIG = "x" * 70_000
+VALUE_MARK = "consumer-value-never-logged"
 
 
 def example_app() -> Any:
@@ -190,7 +192,7 @@ def test_a_key_whose_gap_cannot_be_read_is_retried_and_the_rest_goes_on(stack, q
     assert (marks.get(readable), marks.get(hidden)) == (3, 1)
 
 
-def test_the_example_handler_from_its_environment(stack, queue, writer, marks, monkeypatch):
+def test_the_example_handler_from_its_environment(stack, queue, writer, marks, monkeypatch, caplog):
     # The whole Lambda entry point as deployed: the client secret from Secrets Manager, a token from the
     # issuer's token endpoint (client credentials), the marks table by name, an SQS event in.
     secret = stack.client("secretsmanager").create_secret(
@@ -211,13 +213,18 @@ def test_the_example_handler_from_its_environment(stack, queue, writer, marks, m
         monkeypatch.setenv(name, value)
     key = f"oh{uuid.uuid4().hex[:8]}:k"
     for n in range(1, 4):
-        writer.set(key, n)
+        writer.set(key, {"mark": VALUE_MARK, "n": n})
     records = [r for r in queue.collect({key: 3}) if detail(r)["version"] != 2]
+    records.append({"messageId": "bad", "body": json.dumps({"key": key, "version": {"v": VALUE_MARK}})})
 
     app = example_app()
-    handled: list[Change] = []
-    monkeypatch.setattr(app, "handle", handled.append)
-    assert app.handler({"Records": records[::-1]}, None) == {"batchItemFailures": []}
+    with caplog.at_level(logging.INFO):
+        assert app.handler({"Records": records[::-1]}, None) == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
 
-    assert [(ch.version, ch.origin) for ch in handled] == [(1, Origin.EVENT), (2, Origin.HISTORY), (3, Origin.EVENT)]
+    # The example's handle logs one line per change: key, version, operation, origin; never the value.
+    logged = [
+        json.loads(r.getMessage()) for r in caplog.records if key in r.getMessage() and "version" in r.getMessage()
+    ]
+    assert [(line["version"], line["origin"]) for line in logged] == [(1, "event"), (2, "history"), (3, "event")]
+    assert VALUE_MARK not in caplog.text
     assert marks.get(key) == 3

@@ -231,26 +231,27 @@ def test_events_may_be_details_json_text_or_parsed():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({**event("k", 1), "detail-type": "Other"}, "not a StateChanged"),
+        ({**event("k", 1), "detail-type": "secret"}, "not a StateChanged"),
         ({**event("k", 1), "detail": [1]}, "not an object"),
         ({"key": "", "version": 1, "operation": "created"}, "detail.key"),
         ({"key": "k", "version": True, "operation": "created"}, "detail.version"),
         ({"key": "k", "version": 0, "operation": "created"}, "detail.version"),
         ({"key": "k", "version": "2", "operation": "created"}, "detail.version"),
         ({"key": "k", "version": 10**15, "operation": "created"}, "detail.version"),
-        ({"key": "k", "version": {"secret": "s" * 100}, "operation": "created"}, r"\{'secret': 's+\.\.\.$"),
+        ({"key": "k", "version": {"secret": "s"}, "operation": "created"}, r"detail.version .* \(a dict\)$"),
         ({"key": "k", "version": 2, "previous_version": -1, "operation": "updated"}, "previous_version"),
         ({"key": "k", "version": 2, "operation": "written"}, "detail.operation"),
-        ({"key": "k", "version": 2, "operation": "bogus"}, "detail.operation"),
+        ({"key": "k", "version": 2, "operation": "secret"}, "detail.operation"),
         ("[1, 2]", "JSON object"),
     ],
 )
 def test_malformed_events_are_refused_before_anything_is_yielded(bad, message):
     marks = InMemoryMarkStore()
     changes = OrderedConsumer(VersionsOf(), marks).consume([event("k", 1), bad])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as refused:
         next(changes)
     assert marks.snapshot() == {}
+    assert "secret" not in str(refused.value)  # the message is logged: it never shows what a field holds
 
 
 @settings(max_examples=200, deadline=None)

@@ -79,7 +79,9 @@ class ChangeEvent:
             raise ValueError("a StateChanged event is a JSON object")
         if "detail" in event:
             if event.get("detail-type") != DETAIL_TYPE:
-                raise ValueError(f"not a {DETAIL_TYPE} event: detail-type {_shown(event.get('detail-type'))}")
+                raise ValueError(
+                    f"not a {DETAIL_TYPE} event: its detail-type is another ({_shown(event.get('detail-type'))})"
+                )
             detail = event["detail"]
             if not isinstance(detail, Mapping):
                 raise ValueError("the event's detail is not an object")
@@ -93,15 +95,15 @@ class ChangeEvent:
         if not isinstance(key, str) or not key:
             raise ValueError("detail.key is not a non-empty string")
         if not _is_version(version):
-            raise ValueError(f"detail.version is not a version: {_shown(version)}")
+            raise ValueError(f"detail.version is not a version from 1 to {MAX_VERSION} ({_shown(version)})")
         if previous is not None and not _is_version(previous):
-            raise ValueError(f"detail.previous_version is not a version: {_shown(previous)}")
+            raise ValueError(f"detail.previous_version is not a version ({_shown(previous)})")
         try:
             operation = Operation(str(detail.get("operation")))
         except ValueError:
-            raise ValueError(f"detail.operation is not an event's: {_shown(detail.get('operation'))}") from None
+            raise ValueError(f"detail.operation is not an event's ({_shown(detail.get('operation'))})") from None
         if operation not in _EVENT_OPERATIONS:
-            raise ValueError(f"detail.operation is not an event's: {_shown(operation.value)}")
+            raise ValueError(f"detail.operation is not an event's ({_shown(operation.value)})")
         return cls(
             event_id=str(detail.get("event_id", "")),
             key=key,
@@ -128,9 +130,9 @@ def _is_version(value: object) -> TypeIs[int]:
 
 
 def _shown(value: object) -> str:
-    """A field of a refused event, short: error messages get logged, and a field may hold anything."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """What a refused event's field is, never what it holds: the message gets logged, and a malformed event
+    may carry a value anywhere."""
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 @dataclass(frozen=True, slots=True)
