@@ -104,3 +104,55 @@ def test_the_in_memory_store_starts_from_given_marks():
     assert store.get("k") == 2
     assert not store.advance("k", 2)
     assert store.advance("k", 3)
+
+
+def test_two_consumers_at_once_each_in_order_together_complete_and_marks_never_back(store):
+    class Versions:
+        """Every version has a value: these consumers are about marks, not the history API."""
+
+        def get_version(self, key, version, /):
+            return type("Record", (), {"value": version, "updated_by": "w", "updated_at": "t"})()
+
+    keys = [f"k{n}" for n in range(4)]
+    top = 30
+
+    def batch(seed: int) -> list[dict]:
+        # Each consumer sees a different subset (always the newest, so both reach the end), shuffled.
+        chosen = [(k, v) for k in keys for v in range(1, top + 1) if v == top or (v * 7 + seed) % 3 == 0]
+        chosen.sort(key=lambda pair: (pair[1] * 31 + seed * 17) % 11)
+        return [
+            {"key": k, "version": v, "previous_version": v - 1 or None, "operation": "updated", "value": v}
+            for k, v in chosen
+        ]
+
+    yielded: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
+    seen_marks: dict[str, list[int]] = {k: [] for k in keys}
+    done = threading.Event()
+    start = threading.Barrier(3)
+
+    def consume(n: int) -> None:
+        start.wait()
+        for change in OrderedConsumer(Versions(), store).consume(batch(n)):
+            yielded[n].append((change.key, change.version))
+
+    def watch_marks() -> None:
+        start.wait()
+        while not done.is_set():
+            for k in keys:
+                seen_marks[k].append(store.get(k))
+
+    threads = [threading.Thread(target=consume, args=(n,)) for n in (0, 1)]
+    watcher = threading.Thread(target=watch_marks)
+    for thread in [*threads, watcher]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    watcher.join()
+
+    for k in keys:
+        mine = [[v for key, v in yielded[n] if key == k] for n in (0, 1)]
+        assert all(versions == sorted(set(versions)) for versions in mine), mine  # each in order, no repeats
+        assert set(mine[0]) | set(mine[1]) == set(range(1, top + 1))  # together, nothing skipped
+        assert seen_marks[k] == sorted(seen_marks[k])  # never backwards
+        assert store.get(k) == top
