@@ -295,7 +295,7 @@ def watch(
     One JSON document a line with -o json, YAML documents, or tab-separated rows. Reconnects and resumes
     by itself; Ctrl-C stops."""
     if (key is None) == (prefix is None):
-        _usage("watch takes a KEY or --prefix, not both")
+        _usage("watch takes a KEY or --prefix: one of them")
     if since is not None and prefix is not None:
         _usage("--since is for a key's watch")
     printer = _StreamPrinter(output)
