@@ -216,6 +216,10 @@ def test_exit_codes_by_class_of_error(statectl, stack, key, tmp_path):
     assert too_large.returncode == ExitCode.BAD_INPUT
     assert "413" in too_large.stderr
     assert statectl("get", key).returncode == ExitCode.NOT_FOUND  # none of them wrote anything
+    # The largest value there is (1 MiB canonical) goes through stdin and back.
+    largest = json.dumps("x" * (1024 * 1024 - 2)).encode()
+    assert statectl("put", key, "-", stdin=largest).returncode == 0
+    assert len(statectl("get", key, "--consistent").stdout.encode()) > 1024 * 1024
 
     # Hostile keys: refused by the service (6), an empty one before sending (2); nothing written either way.
     for hostile in ("../x", "a/b", "a?b=1", "k" * 257, "ключ"):
