@@ -194,8 +194,8 @@ class OrderedConsumer:
     A change counts as consumed when the caller asks for the next one: its mark is written then, so a
     handler that dies inside a change sees it again on the next delivery (at least once, never out of
     order). Two consumers of the same key never move its mark backwards; each still yields in order, but
-    both may yield a version they raced for. One consumer per key (an SQS FIFO queue grouped by key, or a
-    function with reserved concurrency 1) makes it exactly once.
+    both may yield a version they raced for. One batch at a time per key (a single consumer, or keys
+    partitioned between consumers) makes it exactly once while nothing dies.
 
     `new_keys`: where a key without a mark starts. "first" (default) backfills from version 1; "event"
     starts at the lowest version this batch holds for it, for a consumer attached to keys with a long past.
