@@ -53,7 +53,7 @@ class Queue:
         self.url = self.sqs.get_queue_url(QueueName="state-service-local-state-changes")["QueueUrl"]
         self.records: list[dict[str, Any]] = []
 
-    def collect(self, expected: dict[str, int], timeout: float = 30.0) -> list[dict[str, Any]]:
+    def collect(self, expected: dict[str, int], timeout: float = 60.0) -> list[dict[str, Any]]:
         """Receive until every key in `expected` has that many versions; the records of those keys."""
         deadline = time.monotonic() + timeout
         while True:
