@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -60,7 +61,9 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     return consume_batch(event.get("Records", []), consumer(), handle)
 
 
-def consume_batch(records: list[dict[str, Any]], ordered: OrderedConsumer, on_change: Any) -> dict[str, Any]:
+def consume_batch(
+    records: list[dict[str, Any]], ordered: OrderedConsumer, on_change: Callable[[Change], None]
+) -> dict[str, Any]:
     """One SQS batch: the partial-batch answer Lambda expects (`batchItemFailures`)."""
     failed: list[str] = []
     parsed: list[tuple[str, ChangeEvent]] = []
