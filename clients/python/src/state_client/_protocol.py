@@ -157,6 +157,35 @@ def delete_call(key: str, *, if_match: int | str | None) -> Call:
     return Call("DELETE", key_path(key), headers=headers, retry_safe=_conditional(headers))
 
 
+MAX_BATCH_KEYS = 100
+
+
+def batch_get_call(keys: Sequence[str], *, snapshot: bool, consistent: bool) -> Call:
+    """`POST /state:batchGet`: a read, so sent again after a 429, a 503 or a lost answer like a GET."""
+    if not 1 <= len(keys) <= MAX_BATCH_KEYS or len(set(keys)) != len(keys):
+        raise ValueError(f"get_many takes 1 to {MAX_BATCH_KEYS} distinct keys")
+    body = {"keys": list(keys), "snapshot": snapshot, "consistent": consistent}
+    return Call(
+        "POST", "/state:batchGet", headers={"Content-Type": "application/json"}, content=dumps(body), idempotent=True
+    )
+
+
+def batch_items(response: httpx.Response) -> list[Envelope | StateError | int]:
+    """Each key's answer, in request order: its envelope, its error (`NotFound`, `Forbidden`, ...), or, where
+    the answer left the value out for size, the version whose value the caller reads on its own."""
+    raise_for_status(response)
+    items: list[Envelope | StateError | int] = []
+    for item in response.json()["items"]:
+        if item.get("status") != 200:
+            problem = item.get("problem") if isinstance(item.get("problem"), dict) else None
+            items.append(error_for(int(item.get("status") or 500), problem))
+        elif item.get("value_omitted"):
+            items.append(int(item["version"]))
+        else:
+            items.append(Envelope.from_json(item))
+    return items
+
+
 def transaction_call(operations: Sequence[dict[str, Any]], *, idempotency_key: str) -> Call:
     """`POST /state:transact`: always under an Idempotency-Key (the caller's, or a fresh one), so a retry after
     a 503, a 429 or a lost answer answers the first outcome instead of applying twice."""
