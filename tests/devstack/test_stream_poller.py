@@ -18,6 +18,7 @@ from devstack.workers import InvokeResult, WorkerConfig, WorkerPool
 from state_core.service.manager import StateManager
 from state_core.storage.state import StateStore
 from tests.doubles import NoMetrics, utc_now
+from tests.event_schemas import assert_valid_event
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +197,10 @@ def test_a_killed_execution_environment_gets_the_batch_again_and_the_event_is_pu
     received: list[dict[str, Any]] = []
 
     def arrived() -> bool:
-        received.extend(message["detail"] for message in take_messages(sqs, queue, keep=True))
+        messages = take_messages(sqs, queue, keep=True)
+        for message in messages:
+            assert_valid_event(message)
+        received.extend(message["detail"] for message in messages)
         return bool(received)
 
     # When the poller runs

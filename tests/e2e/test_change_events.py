@@ -17,6 +17,7 @@ import pytest
 from devstack.event_tail import take_messages
 from devstack.resources import DUMMY_CREDENTIALS
 from tests.doubles import ApiClient, NoMetrics, utc_now
+from tests.event_schemas import assert_valid_event
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +43,8 @@ class Inbox:
                 if not events:
                     return
                 for event in events:
+                    # Every event the whole stack publishes, as a consumer receives it.
+                    assert_valid_event(event)
                     detail = event["detail"]
                     self.by_key.setdefault(detail["key"], []).append((seen, detail))
 

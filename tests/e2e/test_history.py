@@ -49,6 +49,7 @@ import requests
 
 from devstack.event_tail import take_messages
 from devstack.redis_server import RedisServer
+from tests.event_schemas import assert_valid_event
 from tests.stack import start_devstack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.verify]
@@ -203,6 +204,8 @@ def collect_events(history_stack):
     def collect(events: set[tuple[str, int]]) -> int:
         taken = 0
         while messages := take_messages(sqs, url):
+            for message in messages:
+                assert_valid_event(message)
             events.update((message["detail"]["key"], message["detail"]["version"]) for message in messages)
             taken += len(messages)
         return taken

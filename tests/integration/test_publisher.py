@@ -16,10 +16,11 @@ import pytest
 from devstack.event_tail import take_messages
 from state_core.service.manager import StateManager
 from state_core.storage.state import StateStore
-from state_core.stream.events import Operation, event_id
+from state_core.stream.events import Operation, build_change, event_id
 from state_core.stream.publisher import ChangePublisher
 from state_core.stream.sender import EventSender, PublishPolicy
 from tests.doubles import SIGNING_KEY, RecordedMetrics, utc_now
+from tests.event_schemas import assert_valid_detail, assert_valid_event
 from tests.streams import stream_records, up_to
 
 pytestmark = pytest.mark.integration
@@ -49,6 +50,8 @@ class FlakyEvents:
 
     def put_events(self, **kwargs: Any) -> dict[str, Any]:
         entries = kwargs["Entries"]
+        for entry in entries:
+            assert_valid_detail(entry["Detail"])
         ids = [(d["key"], d["version"]) for d in (json.loads(e["Detail"]) for e in entries)]
         self.attempts.append(ids)
         failing = {i for i, ident in enumerate(ids) if self.failures.get(ident, 0) != 0}
@@ -97,6 +100,8 @@ def manager(state_table: str) -> StateManager:
 def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     while messages := take_messages(sqs, queue):
+        for message in messages:
+            assert_valid_event(message)
         found += messages
     return found
 
@@ -504,12 +509,11 @@ def test_the_replay_sends_only_this_stacks_state_changed_entries_and_reads_bound
     aws["s3"].create_bucket(Bucket=bucket)
     key = f"pub:{uuid.uuid4().hex}"
     manager.put(key, {"v": 1}, actor="alice")
-    genuine = {
-        "Source": "state.service",
-        "DetailType": "StateChanged",
-        "EventBusName": aws["bus"],
-        "Detail": json.dumps({"event_id": event_id(key, 1, Operation.CREATED), "key": key, "version": 1}),
-    }
+    # The entry the publisher itself built for that write (a replayed event is still a whole StateChanged)
+    built = build_change(stream_records(state_table, {key})[-1], position=0, bus_name=aws["bus"])
+    assert built is not None
+    assert built.event is not None
+    genuine = dict(built.event.entry)
     forged = [
         {**genuine, "EventBusName": "default"},
         {**genuine, "Source": "billing.service"},

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from devstack import failpoints
+from tests.event_schemas import assert_valid_detail
 from tests.integration.conftest import http_event, load_event
 from tests.streams import stream_records
 
@@ -419,6 +420,8 @@ def test_every_version_a_transaction_writes_carries_its_id_in_the_stream_and_eve
     records = stream_records(state_table, {keys[0], keys[1]})
     changes = [build_change(record, position=n, bus_name="b") for n, record in enumerate(records)]
     details = [json.loads(change.event.entry["Detail"]) for change in changes if change and change.event]
+    for detail in details:
+        assert_valid_detail(detail)
 
     assert [(d["key"], d["version"], d.get("transaction_id")) for d in details] == [
         (keys[0], 1, None),

@@ -18,6 +18,7 @@ from state_core.stream.events import (
     entry_size,
     event_id,
 )
+from tests.event_schemas import assert_valid_detail
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +66,7 @@ def detail_of(record: dict[str, Any], **kw: Any) -> dict[str, Any]:
     change = build_change(record, position=0, bus_name=BUS, **kw)
     assert change is not None
     assert change.event is not None
+    assert_valid_detail(change.event.entry["Detail"])
     return json.loads(change.event.entry["Detail"])
 
 
