@@ -15,7 +15,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "layers" / "state_core"))
 TARGET = ROOT / "docs" / "openapi.json"
-FUNCTIONS = ("get_state", "put_state", "patch_state", "delete_state", "list_state", "batch_get_state", "transact_state")
+FUNCTIONS = (
+    "get_state",
+    "put_state",
+    "patch_state",
+    "delete_state",
+    "list_state",
+    "batch_get_state",
+    "transact_state",
+    "schemas",
+)
 
 
 def _router(function: str) -> Any:
@@ -155,6 +164,7 @@ def document() -> dict[str, Any]:
         },
     ]
     _document_transactions(schema)
+    _document_schemas(schema)
     for operations in schema["paths"].values():
         for operation in operations.values():
             responses = operation["responses"]
@@ -204,6 +214,62 @@ def _document_transactions(schema: dict[str, Any]) -> None:
             "schema": {"type": "string", "enum": ["true"]},
         }
     }
+
+
+def _document_schemas(schema: dict[str, Any]) -> None:
+    from state_core.api.edge import JSON_CONTENT_TYPE
+    from state_core.domain.schemas import MAX_PATTERNS, NAME_PATTERN
+
+    name_parameter = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"},
+    }
+    named = schema["paths"]["/schemas/{name}"]
+    for operation in named.values():
+        operation["parameters"] = [name_parameter]
+    named["put"]["parameters"].append(
+        {
+            "name": "mode",
+            "in": "query",
+            "required": False,
+            "description": "forward: govern future writes only (recorded on the version as its mode).",
+            "schema": {"type": "string", "enum": ["forward"]},
+        }
+    )
+    named["put"]["requestBody"] = {
+        "required": True,
+        "content": {
+            JSON_CONTENT_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["schema", "patterns"],
+                    "properties": {
+                        "schema": {"description": "A JSON Schema (draft 2020-12), at most 64 KB as canonical JSON."},
+                        "patterns": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_PATTERNS,
+                            "uniqueItems": True,
+                            "description": "Exact keys, or key prefixes followed by *; no key may match two schemas.",
+                            "items": {"type": "string"},
+                        },
+                    },
+                }
+            }
+        },
+    }
+    named["get"]["parameters"].append(
+        {
+            "name": "version",
+            "in": "query",
+            "required": False,
+            "description": "Read this version (default: the current one).",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+        }
+    )
 
 
 def _drop_unreferenced_schemas(schema: dict[str, Any]) -> None:

@@ -282,7 +282,14 @@ def test_network_interface_and_tracing_permissions_only_when_used():
     template = _loaded(DEPLOYMENTS["redis-and-tracing"])
     in_vpc = {lid for lid in template.function_ids() if "VpcConfig" in template.properties(lid)}
     # Outside the VPC: the authorizer (only the issuer's JWKS), the listing and the watch functions (no Redis).
-    outside = {"AuthorizerFunction", "ListStateFunction", "WatchSocketFunction", "WatchFanoutFunction"}
+    # And the schema registry (DynamoDB only).
+    outside = {
+        "AuthorizerFunction",
+        "ListStateFunction",
+        "WatchSocketFunction",
+        "WatchFanoutFunction",
+        "SchemasFunction",
+    }
     assert in_vpc == {lid for lid in template.function_ids() if lid not in outside}
     for function_id, (role, _) in _function_roles(template).items():
         statements = list(_statements(template, role))

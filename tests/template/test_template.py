@@ -35,18 +35,24 @@ ROUTES = {
     ("POST", "/state:batchGet"): "BatchGetStateFunction",
     # Many keys in one atomic TransactWriteItems: a function and role of its own.
     ("POST", "/state:transact"): "TransactStateFunction",
+    # The value schema registry: a function of its own, its role confined to the registry's partitions.
+    ("PUT", "/schemas/{name}"): "SchemasFunction",
+    ("GET", "/schemas"): "SchemasFunction",
+    ("GET", "/schemas/{name}"): "SchemasFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
     # Batch* reach the chunks of large values (blobs.py), which sit in the same table.
     # Query: the history listing. No PutItem: the request path never writes history (the stream does).
     "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"},
-    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem"},
+    # Query on the write functions: the current value schemas, in the registry's partition only (see below).
+    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:Query"},
     "PatchStateFunction": {
         "dynamodb:GetItem",
         "dynamodb:BatchGetItem",
         "dynamodb:UpdateItem",
         "dynamodb:BatchWriteItem",
+        "dynamodb:Query",
     },
     "DeleteStateFunction": {"dynamodb:UpdateItem"},
     # TransactGetItems (snapshot) is authorized as GetItem on each item; no Query (no history listing).
@@ -59,7 +65,10 @@ TABLE_ACTIONS = {
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
+        "dynamodb:Query",
     },
+    # Only in the registry's partitions (see below): a publish is one TransactWriteItems.
+    "SchemasFunction": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
@@ -324,8 +333,9 @@ def test_the_authorizer_never_runs_in_a_vpc():
     assert "VpcConfig" not in GLOBAL_FUNCTION
 
 
-@pytest.mark.parametrize("function_id", STATE_FUNCTIONS)
+@pytest.mark.parametrize("function_id", [f for f in STATE_FUNCTIONS if f != "SchemasFunction"])
 def test_state_functions_join_the_redis_vpc_only_when_redis_is_configured(function_id):
+    # Not the schema registry's function: it never touches Redis.
     vpc_config = props(function_id)["VpcConfig"]
 
     assert vpc_config["Fn::If"][0] == "HasRedis"
@@ -612,3 +622,24 @@ def test_the_transaction_sample_is_its_route_with_an_authorizer_context():
     assert event["routeKey"] == event["requestContext"]["routeKey"] == "POST /state:transact"
     assert ("POST", "/state:transact") in ROUTES
     assert event["requestContext"]["authorizer"]["lambda"]["sub"]
+
+
+SCHEMA_READERS = ("PutStateFunction", "PatchStateFunction", "TransactStateFunction")
+
+
+@pytest.mark.parametrize("function_id", [*SCHEMA_READERS, "SchemasFunction"])
+def test_the_schema_registry_is_reached_only_in_its_own_partitions(function_id):
+    """A write function's Query, and everything the registry's function does, is confined by the leading
+    key to the registry's partitions: neither can read or write a key's items that way."""
+    statements = [s for s in function_statements(function_id) if refers_to(s.get("Resource"), TABLE)]
+    confined = [s for s in statements if "Condition" in s]
+
+    if function_id == "SchemasFunction":
+        assert confined == statements
+        assert [s["Condition"] for s in statements] == [
+            {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["#schema*"]}}
+        ]
+    else:
+        assert [as_list(s["Action"]) for s in confined] == [["dynamodb:Query"]]
+        assert confined[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["#schemas"]}}
+        assert not any("dynamodb:Query" in as_list(s["Action"]) for s in statements if s not in confined)

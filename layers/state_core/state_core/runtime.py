@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from state_core.security.tokens import VerifiedToken
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
+    from state_core.service.schemas import SchemaRegistry
     from state_core.service.transactions import Transactions
     from state_core.service.waiting import ChangeWaiter
     from state_core.service.watch import WatchService
@@ -241,7 +242,17 @@ def state_manager() -> StateManager:
         cache=state_cache(),
         lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
+        schemas=schema_registry(),
     )
+
+
+@functools.cache
+def schema_registry() -> SchemaRegistry:
+    """The value schemas, in the state table: the write paths check values against them."""
+    from state_core.service.schemas import SchemaRegistry
+    from state_core.storage.schemas import SchemaStore
+
+    return SchemaRegistry(SchemaStore(dynamodb_client(), service_settings().table_name), clock=utc_now, metrics=metrics)
 
 
 @functools.cache

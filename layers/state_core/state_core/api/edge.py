@@ -88,10 +88,10 @@ def problem(error: StateError, headers: dict[str, str] | None = None) -> Respons
         body["current_version"] = error.current_version
         if error.current_version is not None:
             headers["ETag"] = etag(error.current_version)
-        # A transaction's 412 names each failed operation.
-        extensions = getattr(error, "extensions", None)
-        if extensions is not None:
-            body.update(extensions())
+    # A transaction's 412 names each failed operation, a schema's 422 each violation, a publish's 409 its reasons.
+    extensions = getattr(error, "extensions", None)
+    if extensions is not None:
+        body.update(extensions())
     if isinstance(error, ServiceUnavailable):
         headers["Retry-After"] = str(error.retry_after_seconds)
     return Response(

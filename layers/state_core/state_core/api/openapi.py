@@ -167,8 +167,9 @@ _ERROR_DESCRIPTIONS = {
     404: "Absent, deleted or expired; or no such route (API Gateway)",
     412: "Precondition failed",
     413: "Value or body too large; or the request is over API Gateway's limits",
+    409: "A schema publish refused: patterns overlapping another schema's, or another publish came first",
     415: "Unsupported media type",
-    422: "Body of the wrong shape",
+    422: "Body of the wrong shape; or a value its key's schema refuses (schema-violation: each violation listed)",
     429: "Throttled by the API's stage limits (API Gateway); retry later",
     503: (
         "Nothing written: DynamoDB slow or unavailable, or PATCH lost its retries (service-unavailable);"
@@ -179,7 +180,7 @@ _ERROR_DESCRIPTIONS = {
 # What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
 _GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
 # What a function answers, as an RFC 9457 problem document.
-_SERVICE_STATUSES = frozenset({400, 403, 404, 412, 413, 415, 422, 503})
+_SERVICE_STATUSES = frozenset({400, 403, 404, 409, 412, 413, 415, 422, 503})
 
 
 def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
@@ -273,4 +274,39 @@ class TransactionResultModel(BaseModel):
 TRANSACTION_RESPONSE: OpenAPIResponse = {
     "description": "Applied, all of it; or, with Idempotent-Replayed: true, the first outcome of this Idempotency-Key",
     "content": {JSON_CONTENT_TYPE: {"model": TransactionResultModel}},
+}
+
+
+class SchemaSummaryModel(BaseModel):
+    """A value schema's version: its name, number, the key patterns it governs and how it was published."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    name: str
+    version: int
+    patterns: list[str] = Field(description="Exact keys, or key prefixes followed by *.")
+    mode: Literal["checked", "forward"] = Field(
+        description="forward: published with ?mode=forward, for future writes only (stored values not checked)."
+    )
+    created_at: str
+    created_by: str
+
+
+class SchemaModel(SchemaSummaryModel):
+    schema_: dict[str, Any] | bool = Field(alias="schema", description="The JSON Schema (draft 2020-12).")
+
+
+class SchemaListModel(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    schemas: list[SchemaSummaryModel]
+
+
+SCHEMA_RESPONSE: OpenAPIResponse = {
+    "description": "The schema's version",
+    "content": {JSON_CONTENT_TYPE: {"model": SchemaModel}},
+}
+SCHEMA_LIST_RESPONSE: OpenAPIResponse = {
+    "description": "The current version of every schema governing a key the caller may read, by name",
+    "content": {JSON_CONTENT_TYPE: {"model": SchemaListModel}},
 }

@@ -95,3 +95,7 @@ class Gone(StateError):
     """A version that existed but has left the history's retention."""
 
     status, title, slug = 410, "Gone", "gone"
+
+
+class Conflict(StateError):
+    status, title, slug = 409, "Conflict", "conflict"

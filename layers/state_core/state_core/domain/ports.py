@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from state_core.domain.transactions import Outcome, PlannedOperation
 
 
+class SchemaChecker(Protocol):
+    """The value schemas (service.schemas.SchemaRegistry): raises SchemaViolation for a value its key's
+    schema refuses."""
+
+    def check(self, key: str, value: Any) -> Any: ...
+
+
 class MetricsSink(Protocol):
     """Powertools' Metrics in the functions, a recorder in tests."""
 

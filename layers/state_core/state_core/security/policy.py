@@ -69,7 +69,7 @@ def _grant_errors(roles: Mapping[str, list[str]]) -> list[str]:
         for grant in grants:
             if not GRANT.match(grant):
                 return [
-                    f"roles: role {role}: {grant!r} is not state:read|state:write[:<key pattern>]"
+                    f"roles: role {role}: {grant!r} is not state:read|state:write|state:schema[:<key pattern>]"
                     " (${sub} only before ':' or at the end)"
                 ]
     return []

@@ -1,11 +1,11 @@
 """Who is calling and what they may do: the principal the authorizer put in the request
 context, and RBAC by permission and key pattern, enforced on the validated key.
 
-A grant is a scope `state:read` / `state:write` (every key) or `state:read:<pattern>` /
-`state:write:<pattern>`, where a pattern is an exact key or a prefix ending in `*`, and `${sub}` stands for
-the caller's subject as one whole segment: followed by `:` or the end of the pattern. A subject that is not
-one key segment (empty, too long, holding `:`, `*` or any character a key cannot hold) expands to nothing,
-so a `${sub}` grant grants it nothing; one subject's keys can then never be a prefix of another's.
+A grant is a scope `state:read` / `state:write` / `state:schema` (every key) or `state:read:<pattern>` /
+`state:write:<pattern>` / `state:schema:<pattern>`, where a pattern is an exact key or a prefix ending in `*`,
+and `${sub}` stands for the caller's subject as one whole segment: followed by `:` or the end of the pattern.
+A subject that is not one key segment (empty, too long, holding `:`, `*` or any character a key cannot hold)
+expands to nothing, so a `${sub}` grant grants it nothing; one subject's keys can then never be a prefix of another's.
 Grants come from the token's scopes and from its roles, mapped by the role policy (`policy.py`); both
 must have the grammar below, or they grant nothing (the policy refuses to load).
 """
@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 
 READ = "state:read"
 WRITE = "state:write"
+# Publishing value schemas (service.schemas) for the keys a pattern grants.
+SCHEMA = "state:schema"
 _SUB = "${sub}"
 # A grant: key characters and `${sub}` (only before `:` or at the end, so `user:${sub}*` is no grant),
 # optionally ending in `*`; or `*` alone.
-GRANT = re.compile(r"state:(read|write)(:((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*))?\Z")
+GRANT = re.compile(r"state:(read|write|schema)(:((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,18 @@ class Principal:
             if pattern.endswith("*") and prefix.startswith(pattern[:-1]):
                 return True
         return False
+
+    def allows_pattern(self, permission: str, pattern: str, policy: RolePolicy | None = None) -> bool:
+        """Whether `permission` covers every key a schema pattern (a key, or a prefix ending in `*`) matches."""
+        if pattern.endswith("*"):
+            return self.allows_every_key_under(permission, pattern[:-1], policy)
+        return self.allows(permission, pattern, policy)
+
+    def allows_some_key_of(self, permission: str, pattern: str, policy: RolePolicy | None = None) -> bool:
+        """Whether `permission` covers at least one key a schema pattern matches."""
+        if pattern.endswith("*"):
+            return bool(self.ranges_under(permission, pattern[:-1], policy))
+        return self.allows(permission, pattern, policy)
 
 
 def _is_key(text: str) -> bool:

@@ -25,7 +25,7 @@ from state_core.domain.errors import (
     StateError,
 )
 from state_core.domain.merge_patch import apply_merge_patch
-from state_core.domain.ports import Cache, KeyLock, MetricsSink, Store
+from state_core.domain.ports import Cache, KeyLock, MetricsSink, SchemaChecker, Store
 from state_core.domain.records import StateRecord
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 
@@ -74,8 +74,10 @@ class StateManager:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        schemas: SchemaChecker | None = None,
     ) -> None:
         self._store = store
+        self._schemas = schemas
         self._cache = cache
         self._lock = lock
         self._clock = clock
@@ -162,6 +164,7 @@ class StateManager:
     ) -> WriteResult:
         """Create or replace the key's value. No read happens before the write."""
         stored = self._encode(value)
+        self.check_schema(key, value)
         if expect.if_none_match_any:
             precondition = Precondition.GONE
         elif expect.if_match == "*":
@@ -280,6 +283,8 @@ class StateManager:
             merged = apply_merge_patch(json.loads(current.value.canonical()), patch)
             canonical = canonical_json(merged)
             stored = self._encode_canonical(canonical)
+            # The merged result is what gets stored, so it is what the key's schema judges (each retry's too).
+            self.check_schema(key, merged)
             try:
                 result = self._store.write(
                     key,
@@ -354,6 +359,11 @@ class StateManager:
         """Write `current`'s expiry as its own version, if it is live in the table but past its expiry."""
         if _expired(current, now):
             self._expire(key, current, now)
+
+    def check_schema(self, key: str, value: Any) -> None:
+        """SchemaViolation (422) unless `value` satisfies the schema governing `key`: before any write."""
+        if self._schemas is not None:
+            self._schemas.check(key, value)
 
     def write_through(self, record: StateRecord) -> None:
         """What every acknowledged write does after DynamoDB took it: the versioned write-through (kept and

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from state_core import failpoints
 from state_core.domain.codec import canonical_json
 from state_core.domain.errors import PayloadTooLarge, ServiceUnavailable
 from state_core.domain.merge_patch import apply_merge_patch
+from state_core.domain.schemas import SchemaViolation
 from state_core.domain.transactions import (
     IDEMPOTENCY_SECONDS,
     MAX_TRANSACTION_STORED_BYTES,
@@ -221,6 +222,7 @@ class Transactions:
         """A put's value as stored, refused before any I/O if it cannot be part of a transaction."""
         stored = self._manager.encode(op.value)
         _check_fits(op, stored)
+        _check_schema(self._manager, op, op.value)
         return stored
 
     def _plan(
@@ -247,6 +249,7 @@ class Transactions:
                 merged = apply_merge_patch(json.loads(record.value.canonical()), op.patch)
                 stored = self._manager.encode_canonical(canonical_json(merged))
                 _check_fits(op, stored)
+                _check_schema(self._manager, op, merged)
                 planned.append(PlannedOperation(op, replace(record, value=None), stored, record.expires_at))
             else:
                 planned.append(PlannedOperation(op, record))
@@ -257,6 +260,16 @@ class Transactions:
                 f" {MAX_TRANSACTION_STORED_BYTES}"
             )
         return planned
+
+
+def _check_schema(manager: StateManager, op: Operation, value: Any) -> None:
+    """The key's schema judges the value the operation would store; a violation names the operation."""
+    try:
+        manager.check_schema(op.key, value)
+    except SchemaViolation as violation:
+        violation.operation_index = op.index
+        violation.detail = f"operations[{op.index}]: {violation.detail}"
+        raise
 
 
 def _check_fits(op: Operation, stored: StoredValue) -> None:

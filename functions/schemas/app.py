@@ -1,0 +1,123 @@
+"""The value schema registry: `PUT /schemas/{name}` publishes a schema's next version, `GET /schemas` lists the
+current versions, `GET /schemas/{name}?version=N` reads one version. Publishing needs `state:schema` on every
+key the schema's patterns (old and new) match; reading needs `state:read` on some key they match."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from state_core.api import edge
+from state_core.domain.codec import parse_json
+from state_core.domain.errors import BadRequest, Forbidden, NotFound
+from state_core.domain.params import ascii_int
+from state_core.domain.schemas import validate_name
+from state_core.observability import lambda_entry, metrics
+from state_core.runtime import role_policy, schema_registry
+from state_core.security import audit
+from state_core.security.principal import READ, SCHEMA
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from state_core.domain.schemas import SchemaVersion
+    from state_core.security.policy import RolePolicy
+    from state_core.security.principal import Principal
+
+router = APIGatewayHttpRouter()
+
+# A schema version number in a query: digits, within DynamoDB's number and the registry's growth.
+MAX_SCHEMA_VERSION = 1_000_000_000
+
+
+def _readable(principal: Principal, policy: RolePolicy, schema: SchemaVersion) -> bool:
+    return any(principal.allows_some_key_of(READ, pattern, policy) for pattern in schema.patterns)
+
+
+def _body(schema: SchemaVersion, *, with_document: bool) -> dict[str, Any]:
+    body = schema.summary()
+    if with_document:
+        body["schema"] = json.loads(schema.document)
+    return body
+
+
+@router.put(
+    "/schemas/<name>",
+    summary="Publish a value schema's next version (JSON Schema 2020-12) and the key patterns it governs",
+    responses=edge.documented(
+        lambda doc: {
+            200: doc.SCHEMA_RESPONSE,
+            201: {**doc.SCHEMA_RESPONSE, "description": "Published its first version"},
+            **doc.error_responses(400, 403, 409, 413, 415, 503),
+        }
+    ),
+)
+def put_schema(name: str) -> Response[str]:
+    event = router.current_event
+    name = validate_name((event.path_parameters or {}).get("name", ""))
+    mode = edge.query_parameter(event, "mode") or "checked"
+    if mode not in ("checked", "forward"):
+        raise BadRequest("mode must be forward (or absent)")
+    edge.require_content_type(event, edge.JSON_CONTENT_TYPE)
+    body = parse_json(edge.body_bytes(event))
+    principal, policy = edge.authenticated_principal(event, role_policy)
+    registry = schema_registry()
+    patterns = body.get("patterns") if isinstance(body, dict) else None
+    wanted = [p for p in patterns if isinstance(p, str)] if isinstance(patterns, list) else []
+    # The patterns it governs now as well: a narrower grant must not take over another owner's schema.
+    for pattern in [*wanted, *registry.previous_patterns(name)]:
+        if not principal.allows_pattern(SCHEMA, pattern, policy):
+            metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+            raise Forbidden(f"{SCHEMA} is not granted on every key of {pattern}")
+    audit.note_decision("allow")
+    published, created = registry.publish(name, body, actor=principal.subject, mode=mode)
+    metrics.add_metric(name="SchemasPublished", unit="Count", value=1)
+    return edge.json_response(201 if created else 200, json.dumps(_body(published, with_document=True)))
+
+
+@router.get(
+    "/schemas",
+    summary="The current version of every schema governing a key the caller may read",
+    responses=edge.documented(lambda doc: {200: doc.SCHEMA_LIST_RESPONSE, **doc.error_responses(400, 503)}),
+)
+def list_schemas() -> Response[str]:
+    event = router.current_event
+    principal, policy = edge.authenticated_principal(event, role_policy)
+    audit.note_decision("allow")
+    visible = [s for s in schema_registry().list_current() if _readable(principal, policy, s)]
+    return edge.json_response(200, json.dumps({"schemas": [_body(s, with_document=False) for s in visible]}))
+
+
+@router.get(
+    "/schemas/<name>",
+    summary="A schema's current version, or an older one with ?version=N",
+    responses=edge.documented(lambda doc: {200: doc.SCHEMA_RESPONSE, **doc.error_responses(400, 403, 404, 503)}),
+)
+def get_schema(name: str) -> Response[str]:
+    event = router.current_event
+    name = validate_name((event.path_parameters or {}).get("name", ""))
+    raw_version = edge.query_parameter(event, "version")
+    version = None if raw_version is None else ascii_int(raw_version, low=1, high=MAX_SCHEMA_VERSION)
+    if raw_version is not None and version is None:
+        raise BadRequest(f"version must be an integer from 1 to {MAX_SCHEMA_VERSION}")
+    principal, policy = edge.authenticated_principal(event, role_policy)
+    registry = schema_registry()
+    current = registry.get(name, None)
+    # Readable by the keys it governs now: an unreadable schema answers as an absent one (no probing of names).
+    if not _readable(principal, policy, current):
+        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        raise NotFound(f"schema {name} has no any version")
+    audit.note_decision("allow")
+    schema = current if version is None or version == current.version else registry.get(name, version)
+    return edge.json_response(200, json.dumps(_body(schema, with_document=True)))
+
+
+app = edge.build_resolver(router)
+
+
+@lambda_entry("schemas")
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)
