@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         "--watch-watchers", type=int, nargs="+", help="watchers of each watch row (default: 1 and 1,000)"
     )
     parser.add_argument(
-        "--skip", action="append", default=[], choices=("inprocess", "capacity", "contention", "cold", "watch")
+        "--skip",
+        action="append",
+        default=[],
+        choices=("inprocess", "capacity", "contention", "cold", "watch", "schemas"),
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
         rows += watch_latency.run(args.watch_writes, tuple(args.watch_watchers or ()) or None)
 
+    if "schemas" not in args.skip:
+        from benchmarks import schemas
+
+        rows += schemas.run(max(10, args.runs // 10))
     if rows:
         print(format_table(rows))
     for r in rows:

@@ -36,6 +36,7 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     assert {"watch: write to 1 watcher of one key", "watch: write to 3 watchers of one key"} <= rows
     # What tracing costs a cold start, against the same import with tracing off.
     assert {"cold import get_state, tracing on", "cold import authorizer, tracing on"} <= rows
+    assert any(name.startswith("schema check of a") for name in rows)
     capacity = {(c["value"], c["operation"]): c for c in json.loads(results.read_text())["capacity"]}
     assert {(size, op) for size in ("100 B", "4 KiB", "1 MiB") for op in ("PUT create", "PATCH", "DELETE")} <= set(
         capacity
