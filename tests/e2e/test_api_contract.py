@@ -39,6 +39,9 @@ OPERATIONS = {
     "GET /state",
     "POST /state:batchGet",
     "POST /state:transact",
+    "PUT /schemas/{name}",
+    "GET /schemas",
+    "GET /schemas/{name}",
 }
 
 
