@@ -23,6 +23,7 @@ FUNCTIONS = (
     "list_state",
     "batch_get_state",
     "transact_state",
+    "schemas",
     "authorizer",
 )
 # Also imported with tracing on (EnableTracing=true: the X-Ray SDK, Powertools' Tracer, its patches), against the
@@ -51,6 +52,8 @@ FIRST_USE = {
     "delete_state": _STATE_FIRST_USE,
     "batch_get_state": _STATE_FIRST_USE,
     "transact_state": "from state_core import runtime; runtime.role_policy(); runtime.transactions()",
+    # The registry's store; the validator is imported by a publish or read, not measured here.
+    "schemas": "from state_core import runtime; runtime.role_policy(); runtime.schema_registry()",
     # Its policy and DynamoDB client (the cursor key's secret is a network read, not measured here).
     "list_state": "from state_core import runtime; runtime.role_policy(); runtime.dynamodb_client()",
     # The settings and the issuer's verifier (the JWKS fetcher is built at import).
