@@ -168,16 +168,14 @@ def test_history_blob_and_marker_items_are_not_in_the_index(invoke, prefix, clie
     """The index is sparse: only items carrying list_shard, which only live state items carry."""
     put(invoke, f"{prefix}big", {"blob": random.Random(1).randbytes(400_000).hex()})
     put(invoke, f"{prefix}small")
-    shards = {
-        item["list_shard"]["S"]
-        for item in client.scan(TableName=state_table, IndexName="ListIndex")["Items"]
-        if item["pk"]["S"].startswith(prefix)
-    }
-    items = [
+    # Every page: the session's other tests fill the table past one Scan page (1 MB).
+    indexed = [
         item
-        for item in client.scan(TableName=state_table, IndexName="ListIndex")["Items"]
-        if item["pk"]["S"].startswith(prefix) or item["pk"]["S"].startswith("chunk#")
+        for page in client.get_paginator("scan").paginate(TableName=state_table, IndexName="ListIndex")
+        for item in page["Items"]
     ]
+    shards = {item["list_shard"]["S"] for item in indexed if item["pk"]["S"].startswith(prefix)}
+    items = [item for item in indexed if item["pk"]["S"].startswith(prefix) or item["pk"]["S"].startswith("chunk#")]
 
     assert sorted(item["pk"]["S"] for item in items) == [f"{prefix}big", f"{prefix}small"]
     assert {item["sk"]["S"] for item in items} == {"state"}
