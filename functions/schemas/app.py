@@ -57,6 +57,7 @@ def _body(schema: SchemaVersion, *, with_document: bool) -> dict[str, Any]:
 )
 def put_schema(name: str) -> Response[str]:
     event = router.current_event
+    audit.note_action("publish_schema")
     name = validate_name((event.path_parameters or {}).get("name", ""))
     mode = edge.query_parameter(event, "mode") or "checked"
     if mode not in ("checked", "forward"):
@@ -74,6 +75,7 @@ def put_schema(name: str) -> Response[str]:
             raise Forbidden(f"{SCHEMA} is not granted on every key of {pattern}")
     audit.note_decision("allow")
     published, created = registry.publish(name, body, actor=principal.subject, mode=mode)
+    audit.note_items([{"schema": published.name, "version": published.version, "mode": published.mode}])
     metrics.add_metric(name="SchemasPublished", unit="Count", value=1)
     return edge.json_response(201 if created else 200, json.dumps(_body(published, with_document=True)))
 
@@ -85,6 +87,7 @@ def put_schema(name: str) -> Response[str]:
 )
 def list_schemas() -> Response[str]:
     event = router.current_event
+    audit.note_action("list_schemas")
     principal, policy = edge.authenticated_principal(event, role_policy)
     audit.note_decision("allow")
     visible = [s for s in schema_registry().list_current() if _readable(principal, policy, s)]
@@ -98,6 +101,7 @@ def list_schemas() -> Response[str]:
 )
 def get_schema(name: str) -> Response[str]:
     event = router.current_event
+    audit.note_action("get_schema")
     name = validate_name((event.path_parameters or {}).get("name", ""))
     raw_version = edge.query_parameter(event, "version")
     version = None if raw_version is None else ascii_int(raw_version, low=1, high=MAX_SCHEMA_VERSION)
@@ -112,6 +116,7 @@ def get_schema(name: str) -> Response[str]:
         raise NotFound(f"schema {name} has no any version")
     audit.note_decision("allow")
     schema = current if version is None or version == current.version else registry.get(name, version)
+    audit.note_items([{"schema": schema.name, "version": schema.version}])
     return edge.json_response(200, json.dumps(_body(schema, with_document=True)))
 
 

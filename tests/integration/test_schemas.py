@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import http_event, load_event
+from tests.integration.test_batch_get import _Collect
 from tests.integration.test_transactions import tx_event
 
 pytestmark = pytest.mark.integration
@@ -341,3 +342,30 @@ def test_a_transaction_with_a_violating_operation_is_422_naming_it_and_writes_no
     assert response["statusCode"] == 422
     assert json.loads(response["body"])["index"] == 1
     assert get(call, free)[0] == 404
+
+
+@pytest.fixture
+def audit_records():
+    from state_core.security import audit
+
+    collector = _Collect(audit.audit_logger.registered_formatter)
+    audit.audit_logger.addHandler(collector)
+    yield lambda: [json.loads(line)["audit"] for line in collector.lines]
+    audit.audit_logger.removeHandler(collector)
+
+
+def test_schema_management_leaves_audit_records_never_the_schema(call, publish, name, prefix, audit_records):
+    assert publish(name, PROFILE, [f"{prefix}*"], scopes="state:read")[0] == 403
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
+    assert call(schema_event("GET", name))[0] == 200
+    assert call(schema_event("GET", None))[0] == 200
+
+    records = audit_records()[-4:]
+    assert [(r["action"], r["permission"], r["decision"], r["status"]) for r in records] == [
+        ("publish_schema", "state:schema", "deny", 403),
+        ("publish_schema", "state:schema", "allow", 201),
+        ("get_schema", "state:read", "allow", 200),
+        ("list_schemas", "state:read", "allow", 200),
+    ]
+    assert records[1]["items"] == [{"schema": name, "version": 1, "mode": "checked"}]
+    assert "enum" not in json.dumps(records)

@@ -39,8 +39,26 @@ PERMISSIONS = {
     "batch_get": "state:read",
     # A transaction needs state:write on every key it writes and state:read on every key it only checks.
     "transact": "state:write",
+    # The schema registry's function: publishing needs state:schema, reading a schema state:read.
+    "schemas": "state:schema",
+    "publish_schema": "state:schema",
+    "get_schema": "state:read",
+    "list_schemas": "state:read",
 }
-Action = Literal["get", "get_version", "list_history", "put", "patch", "delete", "list", "batch_get", "transact"]
+Action = Literal[
+    "get",
+    "get_version",
+    "list_history",
+    "put",
+    "patch",
+    "delete",
+    "list",
+    "batch_get",
+    "transact",
+    "publish_schema",
+    "get_schema",
+    "list_schemas",
+]
 
 Decision = Literal["allow", "deny"]
 
