@@ -104,6 +104,8 @@ def test_schemathesis_with_all_checks_finds_no_failure(devstack, tmp_path: Path)
             recorder = finished["recorder"]
             sent[recorder["label"]] += len(recorder.get("interactions", {}))
     print(f"\nschemathesis: {sum(sent.values())} cases in {elapsed:.1f} s, 0 failures: {dict(sent)}")
+    # PUT and GET /schemas/{name} share a path, so schemathesis links them and adds a stateful phase.
+    sent.pop("Stateful tests", None)
     assert set(sent) == OPERATIONS, sent
     assert report["test_cases"]["generated"] >= MIN_CASES, report["test_cases"]
     assert sum(sent.values()) >= MIN_CASES, sent
