@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CACHE_SECONDS = 5.0
 VALUE_MASK = "(value)"
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 # Compiled validators by (name, version): a published version never changes, so they never go stale.
 _compiled: dict[tuple[str, int], Any] = {}
@@ -58,7 +59,11 @@ def compile_schema(document: Any) -> Any:
         # Messages mask the value: a PATCH's merged result holds stored parts a writer may not be allowed to
         # read, and a problem document must not disclose them. Remote references are never fetched (a
         # schema cannot make the service call out).
-        return jsonschema_rs.Draft202012Validator(document, mask=VALUE_MASK, retriever=_no_remote)
+        # Linear-time regular expressions: a schema's `pattern` cannot make a write spin (no lookaround or
+        # backreferences, which a publish refuses).
+        return jsonschema_rs.Draft202012Validator(
+            document, mask=VALUE_MASK, retriever=_no_remote, pattern_options=jsonschema_rs.RegexOptions()
+        )
     except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
         raise BadRequest(f"not a valid JSON Schema (draft 2020-12): {_first_line(exc)}") from None
 
@@ -201,6 +206,8 @@ def _parse_body(body: Any) -> tuple[Any, tuple[str, ...]]:
     document = body["schema"]
     if not isinstance(document, dict | bool):
         raise BadRequest("schema must be a JSON Schema: an object or a boolean")
+    if isinstance(document, dict) and document.get("$schema", DRAFT_2020_12) != DRAFT_2020_12:
+        raise BadRequest(f"schemas are draft 2020-12: $schema, if given, is {DRAFT_2020_12}")
     check_depth(document)
     return document, validate_patterns(body.get("patterns"))
 
