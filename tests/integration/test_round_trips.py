@@ -218,15 +218,22 @@ def deployed_calls(invoke):
     events.unregister("before-call.dynamodb", calls.dynamodb_call)
 
 
+def besides_schema_lookup(calls: list[str]) -> list[str]:
+    """The calls but the write's value schema lookup: one Query of the registry's partition, made by a container
+    at most once per 5 s (service/schemas.py), so a write may or may not make it."""
+    assert calls.count("Query") <= 1, calls
+    return [call for call in calls if call != "Query"]
+
+
 def test_each_write_of_the_deployed_functions_writes_one_dynamodb_item(invoke, deployed_calls, key):
     # The history item of each version comes from the stream (publish_changes), never from the request path.
     assert invoke("put_state", http_event("put", key, body={"value": {"a": 1}}))["statusCode"] == 201
-    assert deployed_calls.dynamodb == ["UpdateItem"]
+    assert besides_schema_lookup(deployed_calls.dynamodb) == ["UpdateItem"]
     deployed_calls.reset()
 
     assert invoke("patch_state", http_event("patch", key, body={"b": 2}))["statusCode"] == 200
-    assert deployed_calls.dynamodb == ["GetItem", "UpdateItem"]
+    assert besides_schema_lookup(deployed_calls.dynamodb) == ["GetItem", "UpdateItem"]
     deployed_calls.reset()
 
     assert invoke("delete_state", http_event("delete", key))["statusCode"] == 204
-    assert deployed_calls.dynamodb == ["UpdateItem"]
+    assert deployed_calls.dynamodb == ["UpdateItem"]  # a delete checks no schema
