@@ -135,15 +135,11 @@ class BlobStore:
             "ExpressionAttributeValues": {":key": {"S": key}, ":prefix": {"S": MARKER_PREFIX}},
             "ConsistentRead": True,
         }
-        while True:
-            page = self._client.query(**request)
+        for page in self._client.get_paginator("query").paginate(**request):
             for item in page.get("Items", []):
                 write_id = item["sk"]["S"][len(MARKER_PREFIX) :]
                 if int(item["created_epoch"]["N"]) <= cutoff:
                     stale.append((write_id, int(item["chunks"]["N"])))
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         if stale:
             # Read after the markers: a write that lands after these reads has a marker younger than the cutoff.
             named = self._state_blob_ids(key) | self._history_blob_ids(key)
@@ -173,12 +169,9 @@ class BlobStore:
             "ProjectionExpression": "#blob_id",
             "ConsistentRead": True,
         }
-        while True:
-            page = self._client.query(**request)
+        for page in self._client.get_paginator("query").paginate(**request):
             named.update(item["blob_id"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return named
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return named
 
     def sweep(self, now: datetime) -> list[str]:
         """The backstop for blobs the stream did not collect (a write that died between its chunks and its
@@ -193,12 +186,8 @@ class BlobStore:
             "ExpressionAttributeValues": {":prefix": {"S": MARKER_PREFIX}},
             "ProjectionExpression": "pk",
         }
-        while True:
-            page = self._client.scan(**request)
+        for page in self._client.get_paginator("scan").paginate(**request):
             owners.update(item["pk"]["S"] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         collected: list[str] = []
         for key in sorted(owners):
             collected += self.collect(key, as_of=as_of)

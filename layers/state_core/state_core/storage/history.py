@@ -215,10 +215,5 @@ class HistoryStore:
             "ProjectionExpression": "#blob_id",
             "ConsistentRead": True,
         }
-        while True:
-            response = self._client.query(**request)
-            if response.get("Items"):
-                return True
-            if "LastEvaluatedKey" not in response:
-                return False
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        pages = self._client.get_paginator("query").paginate(**request)
+        return any(page.get("Items") for page in pages)  # stops at the first page with one

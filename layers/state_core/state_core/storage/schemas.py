@@ -53,12 +53,9 @@ class SchemaStore:
             "ConsistentRead": True,
         }
         with dynamodb_errors():
-            while True:
-                page = self._client.query(**query)
+            for page in self._client.get_paginator("query").paginate(**query):
                 found += [_schema_of(item) for item in page.get("Items", [])]
-                if "LastEvaluatedKey" not in page:
-                    return found
-                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            return found
 
     def version(self, name: str, version: int | None) -> SchemaVersion | None:
         """A schema's `version`, or its current version when None."""
@@ -80,12 +77,9 @@ class SchemaStore:
             "ConsistentRead": True,
         }
         with dynamodb_errors():
-            while True:
-                page = self._client.query(**query)
+            for page in self._client.get_paginator("query").paginate(**query):
                 found += [_schema_of(item) for item in page.get("Items", [])]
-                if "LastEvaluatedKey" not in page:
-                    return found
-                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            return found
 
     def publish(self, schema: SchemaVersion, *, previous: int | None, revision: int) -> None:
         """Write `schema` as its name's new current version, if the registry is still at `revision` (no other

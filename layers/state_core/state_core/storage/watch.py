@@ -210,13 +210,9 @@ class WatchStore:
             "ExpressionAttributeNames": {"#exp": "exp"},
             "ExpressionAttributeValues": {":conn": {"S": CONNECTION_SK}, ":before": {"N": str(int(before))}},
         }
-        while True:
-            response = self._client.scan(**request)
+        for response in self._client.get_paginator("scan").paginate(**request):
             for item in response.get("Items", []):
                 yield _connection(item)
-            if "LastEvaluatedKey" not in response:
-                return
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def forget_connection(self, connection_id: str) -> None:
         """Delete everything of a connection: its subscriptions' index entries, then its own items."""
@@ -237,12 +233,9 @@ class WatchStore:
             "ConsistentRead": True,
         }
         items: list[dict[str, Any]] = []
-        while True:
-            response = self._client.query(**request)
+        for response in self._client.get_paginator("query").paginate(**request):
             items += response.get("Items", [])
-            if "LastEvaluatedKey" not in response:
-                return items
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return items
 
     def _delete_all(self, keys: list[dict[str, Any]]) -> None:
         write_all(self._client, self._table, [{"DeleteRequest": {"Key": key}} for key in keys])
@@ -349,16 +342,13 @@ class WatchStore:
             "ConsistentRead": True,
         }
         found: list[Subscription] = []
-        while True:
-            with dynamodb_errors():
-                response = self._client.query(**request)
-            found += [
-                _subscription_of(item["connection"]["S"], item["subscription"]["S"], target, item)
-                for item in response.get("Items", [])
-            ]
-            if "LastEvaluatedKey" not in response:
-                return found
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        with dynamodb_errors():
+            for response in self._client.get_paginator("query").paginate(**request):
+                found += [
+                    _subscription_of(item["connection"]["S"], item["subscription"]["S"], target, item)
+                    for item in response.get("Items", [])
+                ]
+        return found
 
     # ----------------------------------------------------------------------------------------- journal
     def open_journal(self, prefix: str, until: float, now: float) -> Journal:
@@ -603,14 +593,10 @@ class WatchStore:
             ),
             "ExpressionAttributeValues": {":w": {"S": "w#"}, ":now": {"N": f"{now:.3f}"}},
         }
-        while True:
-            response = self._client.scan(**request)
+        for response in self._client.get_paginator("scan").paginate(**request):
             for item in response.get("Items", []):
                 connection_id = item["pk"]["S"][2:]
                 subscription_id, key = item["sk"]["S"][2:].split("#", 1)
                 found = self.subscription(connection_id, subscription_id)
                 if found is not None:
                     yield found, key
-            if "LastEvaluatedKey" not in response:
-                return
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
