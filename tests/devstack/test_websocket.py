@@ -63,7 +63,8 @@ class RunningSockets:
         """The events the fixture's $connect and $disconnect functions got, in order."""
         if not self.record_file.exists():
             return []
-        lines = self.record_file.read_text(encoding="utf-8").splitlines()
+        # A function may be writing its line right now: only whole lines (ended by a newline) are records.
+        lines = self.record_file.read_text(encoding="utf-8").split("\n")[:-1]
         return [json.loads(line) for line in lines if line.strip()]
 
     def disconnects(self) -> list[dict[str, Any]]:

@@ -275,6 +275,7 @@ def test_a_transaction_that_keeps_losing_races_is_503_past_its_budget_and_writes
         "transact_before_commit", "call", lambda *_, **__: other.manager.put(keys[0], {"n": next(writes)}, actor="o")
     )
 
+    started = time.monotonic()
     with pytest.raises(ServiceUnavailable):
         container.transact(
             [{"op": "patch", "key": keys[0], "patch": {"mine": True}}, {"op": "put", "key": keys[1], "value": 1}]
@@ -283,4 +284,6 @@ def test_a_transaction_that_keeps_losing_races_is_503_past_its_budget_and_writes
     _, value = container.value(keys[0], consistent=True)
     assert "mine" not in value
     assert container.value(keys[1], consistent=True) is None
-    assert container.metrics.count("Conflicts") >= 2
+    # It went on losing until its budget was spent (how many rounds fit in 0.3 s depends on the machine).
+    assert container.metrics.count("Conflicts") >= 1
+    assert time.monotonic() - started >= 0.3
