@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from devstack.log_follow import LogFollower
 from devstack.loopback import refusal
 
 if TYPE_CHECKING:
@@ -272,36 +273,18 @@ def _unit(record: dict[str, Any], name: str) -> str:
     return ""
 
 
-class LogTail:
-    """New complete lines of ``<log_dir>/*.log`` since the last read, per file (a file that appears later is
-    read from its start). Reads on demand (a scrape) and every `interval` seconds."""
+class LogTail(LogFollower):
+    """The EMF records and access-log records of the stack's logs, into `metrics`. Reads on demand (a scrape)
+    and every `interval` seconds."""
 
     def __init__(self, log_dir: Path, metrics: StackMetrics, interval: float = 0.5) -> None:
-        self.log_dir = log_dir
+        super().__init__(log_dir, interval=interval, name="metrics-tail")
         self.metrics = metrics
-        self.interval = interval
-        self._offsets: dict[Path, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metrics-tail", daemon=True)
-
-    def start(self) -> None:
-        # From the current end: a restarted stack starts its counters at zero, as a restarted process does.
-        for path in self.log_dir.glob("*.log"):
-            self._offsets[path] = path.stat().st_size
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
 
     def poll(self) -> None:
         with self._lock:
-            for path in sorted(self.log_dir.glob("*.log")):
+            for path in self.logs():
                 if path.name == "access.log":
                     for record in self._records(path):
                         self.metrics.record_access(record)
@@ -311,20 +294,7 @@ class LogTail:
                             self.metrics.record_emf(record)
 
     def _records(self, path: Path) -> Iterator[dict[str, Any]]:
-        offset = self._offsets.get(path, 0)
-        try:
-            if path.stat().st_size < offset:
-                offset = 0  # truncated (a developer emptied it): read it again from its start
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-        except OSError:
-            return
-        end = data.rfind(b"\n")
-        if end < 0:
-            return
-        self._offsets[path] = offset + end + 1
-        for line in data[: end + 1].decode("utf-8", "replace").splitlines():
+        for line in self.new_lines(path):
             if not line.startswith("{"):
                 continue  # a traceback or a print: not a record
             try:

@@ -8,8 +8,8 @@ up to a maximum per function, and are reused warm afterwards. A worker that
 overruns the function's Timeout is killed and replaced, as Lambda discards an
 environment after a timeout.
 
-This module imports only the standard library at the top: the ``spawn`` children
-import it to find their entry point, and every import here is paid on each cold
+This module imports only the standard library at the top (and devstack.log_follow, which does too):
+the ``spawn`` children import it to find their entry point, and every import here is paid on each cold
 start.
 """
 
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from devstack.log_follow import LogFollower
 
 if TYPE_CHECKING:
     from devstack.template import FunctionSpec
@@ -457,46 +459,20 @@ def max_concurrency_for(logical_id: str) -> int:
 # --- console echo of the function logs ----------------------------------------------------------
 
 
-class LogEcho:
+class LogEcho(LogFollower):
     """Echo new lines of ``<log_dir>/*.log`` to a stream, prefixed with the function name."""
 
     def __init__(self, log_dir: Path, write: Callable[[str], Any], interval: float = 0.2) -> None:
-        self.log_dir = log_dir
+        super().__init__(log_dir, interval=interval, name="log-echo")
         self.write = write
-        self.interval = interval
-        self._offsets: dict[Path, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-echo", daemon=True)
-
-    def start(self) -> None:
-        # Start at the current end: a restarted stack does not replay old logs.
-        for path in self.log_dir.glob("*.log"):
-            self._offsets[path] = path.stat().st_size
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._poll()
+        super().stop()
+        self.poll()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._poll()
-
-    def _poll(self) -> None:
-        for path in sorted(self.log_dir.glob("*.log")):
+    def poll(self) -> None:
+        for path in self.logs():
             if path.name in ("access.log", "websocket-access.log"):
                 continue
-            offset = self._offsets.get(path, 0)
-            try:
-                with path.open("rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except OSError:
-                continue
-            end = data.rfind(b"\n")
-            if end < 0:
-                continue
-            self._offsets[path] = offset + end + 1
-            for line in data[: end + 1].decode("utf-8", "replace").splitlines():
+            for line in self.new_lines(path):
                 self.write(f"[{path.stem}] {line}")
