@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import CorruptStoredValue
 from state_core.domain.records import BlobRef
-from state_core.storage.batch_writes import write_all
+from state_core.storage.batches import write_all
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient

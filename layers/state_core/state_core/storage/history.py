@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, entry_of_record, rfc3339_epoch
 from state_core.domain.records import StateRecord
-from state_core.storage.batch_writes import write_all
+from state_core.storage.batches import write_all
 from state_core.storage.blobs import MARKER_PREFIX
 from state_core.storage.state import dynamodb_errors, read_head, record_of_item, value_of_item
 

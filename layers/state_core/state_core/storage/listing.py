@@ -10,12 +10,11 @@ shard's keys within a range, at most `limit` of them.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from state_core.domain.errors import ServiceUnavailable
 from state_core.domain.listing import LIST_INDEX, LIST_SHARD_ATTRIBUTE, KeyRange, ListedKey
 from state_core.domain.records import StateRecord
+from state_core.storage.batches import read_all
 from state_core.storage.state import STATE_SORT_KEY, dynamodb_errors, record_of_item
 
 if TYPE_CHECKING:
@@ -31,10 +30,6 @@ _INDEX_NAMES = {
     "#blob_id": "blob_id",
 }
 _INDEX_PROJECTION = "#pk, #version, #updated_at, #value_size, #expires_at, #blob_id"
-# BatchGetItem takes at most 100 keys a request.
-_BATCH_GET_KEYS = 100
-# Keys DynamoDB leaves unread (throttling, or over 16 MB of answer) are asked for again, with a short backoff.
-_UNPROCESSED_ATTEMPTS = 5
 _VALUE_NAMES = {
     f"#{name}": name
     for name in (
@@ -85,33 +80,16 @@ class ListIndexStore:
     def values(self, keys: list[str]) -> dict[str, StateRecord]:
         """The state items of `keys`, read strongly consistently, with inline values (a blob-backed value
         is left unloaded: its record has `blob` set and no value). Absent keys are left out."""
-        found: dict[str, StateRecord] = {}
-        for start in range(0, len(keys), _BATCH_GET_KEYS):
-            pending: dict[str, Any] = {
-                self._table: {
-                    "Keys": [
-                        {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}} for key in keys[start : start + _BATCH_GET_KEYS]
-                    ],
-                    "ConsistentRead": True,
-                    "ProjectionExpression": ", ".join(_VALUE_NAMES),
-                    "ExpressionAttributeNames": _VALUE_NAMES,
-                }
-            }
-            for attempt in range(_UNPROCESSED_ATTEMPTS):
-                if not pending:
-                    break
-                if attempt:
-                    time.sleep(0.05 * 2**attempt)
-                with dynamodb_errors():
-                    response = self._client.batch_get_item(RequestItems=pending)
-                for item in response.get("Responses", {}).get(self._table, []):
-                    record = record_of_item(item)
-                    found[record.key] = record
-                # Over 16 MB of answer, or throttled: DynamoDB hands back what it did not read.
-                pending = dict(response.get("UnprocessedKeys") or {})
-            if pending:
-                raise ServiceUnavailable("the state table is busy; retry shortly")
-        return found
+        with dynamodb_errors():
+            items = read_all(
+                self._client,
+                self._table,
+                [{"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}} for key in keys],
+                ProjectionExpression=", ".join(_VALUE_NAMES),
+                ExpressionAttributeNames=_VALUE_NAMES,
+            )
+        records = map(record_of_item, items)
+        return {record.key: record for record in records}
 
 
 def _listed(item: dict[str, Any]) -> ListedKey:

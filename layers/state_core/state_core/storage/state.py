@@ -13,9 +13,7 @@ expires_at and list_shard.
 
 from __future__ import annotations
 
-import random
 import secrets
-import time
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +37,7 @@ from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.listing import LIST_SHARD_ATTRIBUTE, list_shard
 from state_core.domain.records import BlobRef, StateRecord, rfc3339
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
+from state_core.storage.batches import KEYS_PER_READ, READ_ATTEMPTS, backoff, read_all
 from state_core.storage.blobs import BlobStore
 
 if TYPE_CHECKING:
@@ -49,11 +48,11 @@ STATE_SORT_KEY = "state"
 INLINE_VALUE_BYTES = 350_000
 # A reader that finds its blob collected (replaced meanwhile) reads the state item again this often.
 _READ_ATTEMPTS = 3
-# BatchGetItem and TransactGetItems take at most 100 keys a call.
-MAX_KEYS_PER_READ = 100
-# UnprocessedKeys (throttled, or over 16 MB of answer) and cancelled snapshot reads (a write to one of the
-# keys was in flight) are tried again this often, with jittered backoff, before the read answers 503.
-_BATCH_READ_ATTEMPTS = 6
+# TransactGetItems takes at most 100 keys a call, as BatchGetItem does.
+MAX_KEYS_PER_READ = KEYS_PER_READ
+# Cancelled snapshot reads (a write to one of the keys was in flight) are tried again as often as a batch
+# read's unprocessed keys (batches.py), with the same jittered backoff, before the read answers 503.
+_BATCH_READ_ATTEMPTS = READ_ATTEMPTS
 
 # Errors that mean "DynamoDB is slow or unavailable right now" once botocore's own retries are spent.
 _UNAVAILABLE_CODES = frozenset(
@@ -173,27 +172,9 @@ class StateStore:
         """Strongly consistent reads of the keys' items (tombstones included), values loaded; absent keys
         are left out. Each item is read after the call began, as `get` reads it: BatchGetItem with
         ConsistentRead, its UnprocessedKeys asked again."""
-        found: dict[str, StateRecord] = {}
-        for start in range(0, len(keys), MAX_KEYS_PER_READ):
-            pending: dict[str, Any] = {
-                self._table: {
-                    "Keys": [self._item_key(key) for key in keys[start : start + MAX_KEYS_PER_READ]],
-                    "ConsistentRead": True,
-                }
-            }
-            for attempt in range(_BATCH_READ_ATTEMPTS):
-                if attempt:
-                    _backoff(attempt)
-                with dynamodb_errors():
-                    response = self._client.batch_get_item(RequestItems=pending)
-                for item in response.get("Responses", {}).get(self._table, []):
-                    record = record_of_item(item)
-                    found[record.key] = record
-                pending = dict(response.get("UnprocessedKeys") or {})
-                if not pending:
-                    break
-            else:
-                raise ServiceUnavailable("the state table is busy; retry shortly")
+        with dynamodb_errors():
+            items = read_all(self._client, self._table, [self._item_key(key) for key in keys])
+        found = {record.key: record for record in map(record_of_item, items)}
         for key, record in list(found.items()):
             loaded = self._loaded(record)
             # Its blob was collected under us (a newer version replaced it): that key alone is read again.
@@ -225,7 +206,7 @@ class StateStore:
         request = [{"Get": {"TableName": self._table, "Key": self._item_key(key)}} for key in keys]
         for attempt in range(_BATCH_READ_ATTEMPTS):
             if attempt:
-                _backoff(attempt)
+                backoff(attempt)
             try:
                 with dynamodb_errors():
                     response = self._client.transact_get_items(TransactItems=request)  # type: ignore[arg-type]
@@ -495,11 +476,6 @@ class StateStore:
     @staticmethod
     def _item_key(key: str) -> dict[str, Any]:
         return {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}}
-
-
-def _backoff(attempt: int) -> None:
-    """Full-jitter exponential backoff before the `attempt`-th retry of a batch or transactional read."""
-    time.sleep(random.uniform(0, min(0.2, 0.01 * 2**attempt)))  # noqa: S311 - jitter, not security
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from state_core.domain.watch import (
     Subscription,
     Watermark,
 )
-from state_core.storage.batch_writes import write_all
+from state_core.storage.batches import write_all
 from state_core.storage.state import dynamodb_errors
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from state_core.domain.records import BlobRef, StateRecord
 from state_core.domain.writes import ConditionFailed
-from state_core.storage.batch_writes import write_all
+from state_core.storage.batches import write_all
 from state_core.storage.history import HistoryStore, entry_of_item, is_history_sort_key
 from state_core.stream.events import StreamChange, image
 
