@@ -376,6 +376,51 @@ def test_the_replay_and_the_fan_out_racing_at_the_seam_send_each_version_once_in
     assert w.versions() == [2, 3, 4, 5, 6, 7]
 
 
+def test_a_replay_that_outlasts_its_lease_never_sends_a_version_the_fan_out_took_over(
+    watcher, manager, fan_out, lifecycle, state_table, client, watch_table
+):
+    """The replay's history read outlasts its lease (a slow table): meanwhile the fan-out, finding the lease run
+    out, claims the next versions and sends them. The replay must then send none of them again, and the
+    subscription stands: the client gets every version once, in order, and no error."""
+    key = user_key()
+    for n in range(1, 5):
+        manager.put(key, n, actor="alice")
+    tail = StreamTail(state_table, {key})
+    record_history(lifecycle, tail.poll())
+    w = watcher()
+    taken_over = []
+
+    def lease_runs_out(name: str, **context: Any) -> None:
+        if name != "watch_replay_before_post" or context["version"] != 3 or taken_over:
+            return
+        taken_over.append(True)
+        # What 15 s of a slow read would leave: the watermark's lease run out.
+        client.update_item(
+            TableName=watch_table,
+            Key={"pk": {"S": f"c#{w.id}"}, "sk": {"S": f"w#s#{key}"}},
+            UpdateExpression="SET lease_until = :past",
+            ExpressionAttributeValues={":past": {"N": "0"}},
+        )
+        manager.put(key, 5, actor="alice")
+        records = tail.poll()
+        record_history(lifecycle, records)
+        fan_out(key)  # claims 3, 4 and 5 and sends them
+
+    failpoints.install(lease_runs_out)
+    try:
+        w.send({"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)})
+    finally:
+        failpoints.uninstall()
+    assert taken_over
+    assert w.versions() == [2, 3, 4, 5]
+    assert w.messages("error") == []
+    manager.put(key, 6, actor="alice")
+    records = tail.poll()
+    record_history(lifecycle, records)
+    fan_out(key, records=records)
+    assert w.versions() == [2, 3, 4, 5, 6]
+
+
 def test_a_cursor_older_than_the_history_gets_resync(watcher, manager, fan_out, lifecycle, state_table, client):
     key = user_key()
     for n in range(1, 4):

@@ -25,6 +25,9 @@ from state_core.domain.watch import (
     value_for_message,
 )
 from state_core.domain.watch_messages import CLIENT_MESSAGES, SERVER_MESSAGES, parse_client_message
+from state_core.runtime import CONNECTIONS_CONFIG
+from state_core.service.watch import LEASE_SECONDS, POST_SECONDS
+from state_core.storage.connections import BACKOFF_BASE_SECONDS, POST_ATTEMPTS
 
 pytestmark = pytest.mark.unit
 
@@ -172,3 +175,13 @@ def test_the_watch_handlers_import_no_pydantic_until_a_message_is_parsed():
 def test_an_oversized_message_is_refused_before_parsing():
     with pytest.raises(PayloadTooLarge):
         parse_client_message("{" + " " * MAX_CLIENT_MESSAGE_BYTES + "}")
+
+
+def test_a_post_fits_in_the_lease_its_holder_renewed_just_before_it() -> None:
+    """A lease holder renews before each post and relies on the post ending before the lease: the poster's
+    attempts, each bounded by the @connections client's timeouts, with their backoff, take at most
+    POST_SECONDS, and that leaves room in the lease."""
+    assert CONNECTIONS_CONFIG.retries == {"mode": "standard", "total_max_attempts": 1}  # no retries underneath
+    per_attempt = CONNECTIONS_CONFIG.connect_timeout + CONNECTIONS_CONFIG.read_timeout
+    backoff = sum(BACKOFF_BASE_SECONDS * 2**attempt for attempt in range(POST_ATTEMPTS - 1))
+    assert POST_ATTEMPTS * per_attempt + backoff <= POST_SECONDS <= LEASE_SECONDS - 5

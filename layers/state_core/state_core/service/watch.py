@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from state_core.security.policy import RolePolicy
 
 LEASE_SECONDS = 15.0
+# The longest a post can take, well inside the lease: the poster's attempts (storage/connections.py) of at most
+# connect + read timeout each (runtime.CONNECTIONS_CONFIG), with their backoff.
+POST_SECONDS = 10.0
 # How long a replay waits for versions the stream has not recorded in the history yet (its lag).
 HISTORY_WAIT_SECONDS = 3.0
 # Polled with a doubling pause: each poll is three reads, and a lagging history usually means a busy table,
@@ -152,6 +155,7 @@ class WatchService:
         subscription = Subscription(connection.connection_id, request.id, request.key, None)
         key = request.key
         token = f"r{uuid.uuid4().hex}"
+        current_version = 0
         # The lease before the index entry: from the moment the fan-out can see the subscription, it finds
         # the lease and leaves what it has to the replay.
         if self.store.subscription(connection.connection_id, request.id) is not None:
@@ -186,6 +190,10 @@ class WatchService:
             if too_far:
                 self._resync(connection, subscription, key, f"more than {MAX_REPLAY_VERSIONS} versions to replay")
             self._deliver_under_lease(connection, subscription, key, token=token, upto=current_version, known={})
+        except LeaseLost:
+            # The replay outlasted its lease and a live change took the key over, in order from where the replay
+            # stopped: the subscription stands; what is left is the sweep's, or the key's next change's.
+            self.store.mark_behind(subscription, key, current_version)
         except BaseException:
             self._abandon(subscription, key, token)
             raise
@@ -251,9 +259,11 @@ class WatchService:
                 if self.store.take_lease(subscription, key, token, self.now() + LEASE_SECONDS, self.now()) is None:
                     continue  # the fan-out is catching this key up itself
                 current = self._states.get(key)
-                self._deliver_under_lease(
-                    connection, subscription, key, token=token, upto=0 if current is None else current.version, known={}
-                )
+                upto = 0 if current is None else current.version
+                try:
+                    self._deliver_under_lease(connection, subscription, key, token=token, upto=upto, known={})
+                except LeaseLost:
+                    self.store.mark_behind(subscription, key, upto)  # taken over, as a key's replay can be
         except SubscriptionGone:
             return  # unsubscribed while replaying: nothing more to send
         except BaseException:
@@ -390,6 +400,12 @@ class WatchService:
                     target = max(target, delivered)
                     continue
                 if principal.allows(READ, key, self._policy()):
+                    if failpoints.ENABLED:
+                        failpoints.hit("watch_replay_before_post", key=key, version=version)
+                    # Reading the history under a slow table can outlast the lease; once it has run out, the
+                    # fan-out may claim and send this very version. Renewed only while the watermark is where
+                    # this holder left it, the lease then covers the post (at most POST_SECONDS).
+                    self.store.renew(subscription, key, token, delivered, self.now() + LEASE_SECONDS)
                     self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
                 self.store.advance(subscription, key, version, token)
                 delivered, version = version, version + 1

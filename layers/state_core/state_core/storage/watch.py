@@ -524,6 +524,22 @@ class WatchStore:
             ExpressionAttributeValues={":v": {"N": str(version)}, ":token": {"S": token}},
         )
 
+    def renew(self, s: Subscription, key: str, token: str, delivered: int, until: float) -> None:
+        """Extend the lease before a post, only while the watermark is where its holder left it. A lease that
+        ran out let a live change be claimed and sent; the holder must then not send it too."""
+        refused = self._update(
+            _watermark_key(s, key),
+            UpdateExpression="SET lease_until = :until",
+            ConditionExpression="lease_by = :token AND (delivered = :d OR attribute_not_exists(delivered))",
+            ExpressionAttributeValues={
+                ":token": {"S": token},
+                ":d": {"N": str(delivered)},
+                ":until": {"N": f"{until:.3f}"},
+            },
+        )
+        if refused is not None:
+            raise LeaseLost(f"the lease of {key} for subscription {s.subscription_id} ran out and was taken over")
+
     def advance(self, s: Subscription, key: str, version: int, token: str) -> None:
         refused = self._update(
             _watermark_key(s, key),
