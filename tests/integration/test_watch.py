@@ -22,11 +22,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from devstack.token import mint
 from state_core import failpoints, runtime
 from state_core.domain.errors import NotFound
-from state_core.domain.watch import RESUME_RETENTION_SECONDS, encode_cursor, encode_prefix_cursor
+from state_core.domain.watch import RESUME_RETENTION_SECONDS, GiveBackFailed, encode_cursor, encode_prefix_cursor
 from state_core.security import audit
 from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryStore
@@ -310,6 +311,37 @@ def test_a_throttled_post_is_caught_up_at_the_next_change(watcher, watch_env, ma
     manager.put(key, 2, actor="alice")
     record_history(lifecycle, stream_records(state_table, {key}))
     fan_out(key)
+    assert w.versions() == [1, 2]
+
+
+def test_a_version_neither_posted_nor_given_back_fails_the_batch_whose_retry_sends_it(
+    watcher, watch_env, manager, fan_out, invoke, lifecycle, state_table
+):
+    """The post fails and so does the give-back (the table timing out): left claimed, the next version's claim
+    would go through and this one never be sent. The batch fails instead, and its retry claims it again."""
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    manager.put(key, 1, actor="alice")
+    records = stream_records(state_table, {key})
+    watch_env.throttle[w.id] = 3  # every attempt of version 1's post
+
+    def table_times_out(name: str, **context: Any) -> None:
+        if name == "watch_give_back":
+            raise EndpointConnectionError(endpoint_url="http://table")
+
+    failpoints.install(table_times_out)
+    try:
+        with pytest.raises(GiveBackFailed):
+            invoke("watch_fanout", {"Records": records})
+    finally:
+        failpoints.uninstall()
+    assert w.versions() == []
+    fan_out(key, records=records)  # the retried batch
+    assert w.versions() == [1]
+    manager.put(key, 2, actor="alice")
+    later = stream_records(state_table, {key})[len(records) :]
+    fan_out(key, records=later)
     assert w.versions() == [1, 2]
 
 

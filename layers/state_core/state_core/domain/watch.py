@@ -242,6 +242,11 @@ class SubscriptionGone(Exception):
     """The subscription was removed (unsubscribed, abandoned, disconnected) while a deliverer held its lease."""
 
 
+class GiveBackFailed(Exception):
+    """A claimed version could be neither posted nor given back: only a retry of the whole batch (which claims
+    it again with the same token) still sends it."""
+
+
 class PostThrottled(Exception):
     """PostToConnection kept being throttled (429) through its retries."""
 

@@ -33,6 +33,7 @@ from state_core.domain.watch import (
     Connection,
     ConnectionGone,
     ConnectionPoster,
+    GiveBackFailed,
     LeaseLost,
     PostThrottled,
     Subscription,
@@ -531,6 +532,9 @@ class WatchService:
                 self.store.forget_connection(connection_id)
                 self._metrics.add_metric(name="WatchConnectionsGone", unit="Count", value=1)
                 return sent
+            except GiveBackFailed:
+                # Failing the batch sends some watchers a version twice (documented); the alternative is a gap.
+                raise
             except Exception as error:  # one connection's trouble must not fail everyone's batch
                 # A retried batch would send again what the others already have; instead this connection's
                 # remaining versions are marked behind, and the sweep (or the key's next change) catches up.
@@ -642,14 +646,20 @@ class WatchService:
             return 0  # its version is consumed: a watcher never receives a key it may not read
         try:
             self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
-        except PostThrottled:
-            self.store.unclaim(subscription, key, version, token)
-            self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
-            return 0
         except ConnectionGone:
             raise
-        except Exception:
-            # Perhaps sent, perhaps not (a timeout): given back, so it is sent again rather than never.
-            self.store.unclaim(subscription, key, version, token)
-            raise
+        except Exception as error:
+            # Throttled (not sent), or perhaps sent, perhaps not (a timeout): given back, so it is sent again
+            # rather than never.
+            try:
+                if failpoints.ENABLED:
+                    failpoints.hit("watch_give_back", key=key, version=version)
+                self.store.unclaim(subscription, key, version, token)
+            except Exception as give_back:
+                # Left claimed, the next version's claim would go through and this one would never be sent.
+                raise GiveBackFailed(key) from give_back
+            if not isinstance(error, PostThrottled):
+                raise
+            self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
+            return 0
         return 1
