@@ -54,6 +54,9 @@ POINTS = frozenset(
         "transact_after_cache_write",  # transaction: one more key's cache written (per key, in request order)
         "watch_history_between_reads",  # watch replay: a version missed in the history, later ones not yet looked for
         "watch_resume_start",  # resumed prefix: a key without a watermark, the client's versions not yet read
+        "watch_replay_before_post",  # watch replay: a version read from the history, its lease not yet renewed
+        "watch_after_claim",  # fan-out: a version's claim answered (claimed or refused), nothing posted yet
+        "watch_give_back",  # fan-out: a claimed version not posted, its claim not yet given back
         "listing_backfill_before_update",  # listing backfill: an item scanned, its shard not yet written
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
         "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost

@@ -242,10 +242,11 @@ def parse_each_event_path_once() -> None:
 
     from jsonpath_ng import ext
 
-    if hasattr(ext.parse, "cache_info"):
-        return
-    # moto imports `parse` from this module at each call, so the cached one is what it gets.
-    ext.parse = functools.lru_cache(maxsize=256)(ext.parse)  # type: ignore[assignment]
+    # moto imports `parse` from this module at each call, so the cached one is what it gets. (Through the
+    # module's namespace: the package does not re-export `parse` as far as its types say.)
+    namespace = vars(ext)
+    if not hasattr(namespace["parse"], "cache_info"):
+        namespace["parse"] = functools.lru_cache(maxsize=256)(namespace["parse"])
 
 
 class SerializedMotoServer:

@@ -262,7 +262,8 @@ def _queued_events(endpoint: str) -> list[dict[str, Any]]:
         for message in messages:
             body = json.loads(message["Body"])
             # What differs between two runs: the event's id and when it was put.
-            assert body.pop("id") and body.pop("time")
+            assert body.pop("id")
+            assert body.pop("time")
             bodies.append(body)
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
     return sorted(bodies, key=json.dumps)

@@ -22,7 +22,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from devstack.token import mint
 from state_core import failpoints, runtime
@@ -311,6 +311,36 @@ def test_a_throttled_post_is_caught_up_at_the_next_change(watcher, watch_env, ma
     manager.put(key, 2, actor="alice")
     record_history(lifecycle, stream_records(state_table, {key}))
     fan_out(key)
+    assert w.versions() == [1, 2]
+
+
+def test_a_claim_the_table_applied_but_whose_answer_was_lost_is_given_back_and_caught_up(
+    watcher, manager, fan_out, lifecycle, state_table
+):
+    """The claim of version 1 lands but its answer never comes (the fan-out sees an error): left claimed, version
+    2's claim would go through and 1 would never be sent. It is given back, and the next change catches up."""
+    key = user_key()
+    w = watcher()
+    w.send({"type": "subscribe", "id": "s", "key": key})
+    manager.put(key, 1, actor="alice")
+    records = stream_records(state_table, {key})
+    lost = []
+
+    def answer_lost(name: str, **context: Any) -> None:
+        if name == "watch_after_claim" and context["claimed"] and not lost:
+            lost.append(context["version"])
+            raise ReadTimeoutError(endpoint_url="http://table")
+
+    failpoints.install(answer_lost)
+    try:
+        fan_out(key, records=records)  # the batch itself succeeds: one watcher's trouble is its own
+    finally:
+        failpoints.uninstall()
+    assert lost == [1]
+    assert w.versions() == []
+    manager.put(key, 2, actor="alice")
+    record_history(lifecycle, stream_records(state_table, {key}))
+    fan_out(key, records=stream_records(state_table, {key})[len(records) :])
     assert w.versions() == [1, 2]
 
 

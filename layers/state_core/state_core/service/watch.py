@@ -538,7 +538,10 @@ class WatchService:
             except Exception as error:  # one connection's trouble must not fail everyone's batch
                 # A retried batch would send again what the others already have; instead this connection's
                 # remaining versions are marked behind, and the sweep (or the key's next change) catches up.
+                # The failing one first goes back if it was claimed: a post that timed out, or a claim the table
+                # applied though its answer was lost. Left claimed, it would never be sent.
                 self._log.warning("watch delivery failed; left to catch up", extra={"reason": type(error).__name__})
+                self._give_back(delivery)
                 self._metrics.add_metric(name="WatchDeliveriesDeferred", unit="Count", value=1)
                 highest: dict[tuple[Subscription, str], int] = {}
                 for later in deliveries[position:]:
@@ -554,6 +557,8 @@ class WatchService:
         key, version = note.key, note.version
         for _ in range(3):
             refused = self.store.claim(subscription, key, version, token, self.now())
+            if failpoints.ENABLED:
+                failpoints.hit("watch_after_claim", key=key, version=version, claimed=refused is None)
             if refused is None:
                 return self._post_claimed(connection, delivery)
             if refused.delivered is not None and refused.delivered >= version:
@@ -640,26 +645,24 @@ class WatchService:
 
     def _post_claimed(self, connection: Connection, delivery: Delivery) -> int:
         """Post a claimed version (1 if sent); one that cannot be posted is given back."""
-        subscription, note, token = delivery.subscription, delivery.note, delivery.token
-        key, version = note.key, note.version
-        if not principal_of(connection).allows(READ, key, self._policy()):
+        subscription, note = delivery.subscription, delivery.note
+        if not principal_of(connection).allows(READ, note.key, self._policy()):
             return 0  # its version is consumed: a watcher never receives a key it may not read
         try:
             self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
-        except ConnectionGone:
-            raise
-        except Exception as error:
-            # Throttled (not sent), or perhaps sent, perhaps not (a timeout): given back, so it is sent again
-            # rather than never.
-            try:
-                if failpoints.ENABLED:
-                    failpoints.hit("watch_give_back", key=key, version=version)
-                self.store.unclaim(subscription, key, version, token)
-            except Exception as give_back:
-                # Left claimed, the next version's claim would go through and this one would never be sent.
-                raise GiveBackFailed(key) from give_back
-            if not isinstance(error, PostThrottled):
-                raise
+        except PostThrottled:
+            self._give_back(delivery)
             self._metrics.add_metric(name="WatchPostsThrottled", unit="Count", value=1)
             return 0
         return 1
+
+    def _give_back(self, delivery: Delivery) -> None:
+        """Undo this delivery's claim, if it holds one (a claim is conditional on its token): `delivered` back to
+        the version before, the version pending. Its next change, or the sweep, then sends it."""
+        try:
+            if failpoints.ENABLED:
+                failpoints.hit("watch_give_back", key=delivery.note.key, version=delivery.note.version)
+            self.store.unclaim(delivery.subscription, delivery.note.key, delivery.note.version, delivery.token)
+        except Exception as error:
+            # Left claimed, the next version's claim would go through and this one would never be sent.
+            raise GiveBackFailed(delivery.note.key) from error
