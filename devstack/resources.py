@@ -29,6 +29,8 @@ _QUEUE_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
     "MessageRetentionPeriod",
     "DelaySeconds",
     "FifoQueue",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
 )
 
 
@@ -49,8 +51,8 @@ def create_resources(
     *,
     table_names: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Create tables, event buses, queues, buckets and event rules (with their targets); return the
-    physical names map.
+    """Create KMS keys (with their aliases), tables, event buses, queues, buckets and event rules (with their
+    targets); return the physical names map.
 
     The map holds ``LogicalId`` (what ``!Ref`` yields) and ``LogicalId.Attribute``
     (what ``!GetAtt`` yields) and is also recorded on ``template``.
@@ -59,6 +61,10 @@ def create_resources(
     if not endpoint:
         raise ValueError("no emulator endpoint: pass endpoint_url or set AWS_ENDPOINT_URL")
     names: dict[str, str] = {}
+
+    # First: the tables' encryption, the queues, the bucket and the functions' environment name the keys.
+    names.update(ensure_keys(client("kms", endpoint), template))
+    template.set_physical_names(names)
 
     ddb: DynamoDBClient = client("dynamodb", endpoint)
     for logical_id in template.tables():
@@ -95,10 +101,7 @@ def create_resources(
     if buckets:
         s3: S3Client = client("s3", endpoint)
         for logical_id in buckets:
-            # No BucketName in the template (a deployed stack gets a generated one); S3 wants lower case.
-            name = str(template.properties(logical_id).get("BucketName") or local_table_name(logical_id)).lower()
-            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-                s3.create_bucket(Bucket=name)
+            name = ensure_bucket(s3, template, logical_id)
             names[logical_id] = name
             names[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
 
@@ -131,6 +134,77 @@ def create_resources(
         names[f"{logical_id}.Arn"] = f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{bus}/{local_table_name(logical_id)}"
 
     template.set_physical_names(names)
+    return names
+
+
+def ensure_bucket(s3: S3Client, template: StateTemplate, logical_id: str) -> str:
+    """Create the bucket unless it exists, with the template's default encryption; return its name."""
+    props = template.properties(logical_id)
+    # No BucketName in the template (a deployed stack gets a generated one); S3 wants lower case.
+    name = str(props.get("BucketName") or local_table_name(logical_id)).lower()
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        s3.create_bucket(Bucket=name)
+    rules = (props.get("BucketEncryption") or {}).get("ServerSideEncryptionConfiguration")
+    if rules:
+        # CloudFormation's ServerSideEncryptionByDefault is the API's ApplyServerSideEncryptionByDefault.
+        s3.put_bucket_encryption(
+            Bucket=name,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"],
+                        "BucketKeyEnabled": bool(rule.get("BucketKeyEnabled", False)),
+                    }
+                    for rule in rules
+                ]
+            },
+        )
+    return name
+
+
+def ensure_keys(kms: Any, template: StateTemplate) -> dict[str, str]:
+    """Create the template's KMS keys as it declares them (policy, rotation) and point its aliases at them;
+    return their physical names (``!Ref``: the key id; ``!GetAtt .Arn``). A key whose alias already exists
+    is reused: a restarted stack must still decrypt what it encrypted."""
+    names: dict[str, str] = {}
+    aliases = {
+        logical_id: template.resources[logical_id]["Properties"]
+        for logical_id in template.resources_of_type("AWS::KMS::Alias")
+    }
+    for logical_id in template.resources_of_type("AWS::KMS::Key"):
+        props = template.properties(logical_id)
+        own_aliases = [
+            str(template.resolve(alias["AliasName"]))
+            for alias in aliases.values()
+            if alias.get("TargetKeyId") in ({"Ref": logical_id}, {"Fn::GetAtt": [logical_id, "Arn"]})
+        ]
+        metadata = None
+        for alias in own_aliases:
+            with contextlib.suppress(kms.exceptions.NotFoundException):
+                metadata = kms.describe_key(KeyId=alias)["KeyMetadata"]
+                break
+        if metadata is None:
+            create: dict[str, Any] = {
+                "Description": str(props.get("Description") or logical_id),
+                "KeySpec": str(props.get("KeySpec") or "SYMMETRIC_DEFAULT"),
+                "KeyUsage": str(props.get("KeyUsage") or "ENCRYPT_DECRYPT"),
+            }
+            if props.get("KeyPolicy"):
+                create["Policy"] = json.dumps(props["KeyPolicy"])
+            metadata = kms.create_key(**create)["KeyMetadata"]
+            for alias in own_aliases:
+                kms.create_alias(AliasName=alias, TargetKeyId=metadata["KeyId"])
+        if props.get("EnableKeyRotation"):
+            rotation: dict[str, Any] = {"KeyId": metadata["KeyId"]}
+            if props.get("RotationPeriodInDays"):
+                rotation["RotationPeriodInDays"] = int(props["RotationPeriodInDays"])
+            kms.enable_key_rotation(**rotation)
+        names[logical_id] = str(metadata["KeyId"])
+        names[f"{logical_id}.Arn"] = str(metadata["Arn"])
+        names[f"{logical_id}.KeyId"] = str(metadata["KeyId"])
+    for logical_id, alias in aliases.items():
+        name = str(template.resolve(alias["AliasName"]))
+        names[logical_id] = name
     return names
 
 

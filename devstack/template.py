@@ -535,6 +535,7 @@ class _Resolver:
             "AWS::Events::EventBus": "events",
             "AWS::SQS::Queue": "sqs",
             "AWS::IAM::Role": "iam",
+            "AWS::KMS::Key": "kms",
         }.get(res.get("Type", ""), "local")
         if attribute == "Arn":
             kind = {
@@ -543,6 +544,7 @@ class _Resolver:
                 "events": f"event-bus/{name}",
                 "sqs": str(name).rsplit("/", 1)[-1],
                 "iam": f"role/{name}",
+                "kms": f"key/{name}",
             }.get(service, str(name))
             region = "" if service == "iam" else REGION
             return f"arn:aws:{service}:{region}:{ACCOUNT_ID}:{kind}"
