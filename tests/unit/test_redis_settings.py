@@ -1,5 +1,6 @@
-"""The state functions' Redis settings: AUTH only over TLS (or to this machine), never a secret in the
-environment, and no Redis without the key that signs its entries."""
+"""The state functions' Redis settings: TLS to any other host (with or without AUTH), never a secret in the
+environment, no query string that could weaken the client, and no Redis without the key that signs its
+entries."""
 
 import pytest
 
@@ -33,7 +34,7 @@ def settings(url, *, auth=AUTH, signing=SIGNING):
     ],
 )
 def test_an_auth_token_over_plain_tcp_to_another_host_is_refused(url):
-    with pytest.raises(SettingsError, match=r"must be rediss:// \(TLS\) when an AUTH token is configured"):
+    with pytest.raises(SettingsError, match=r"must be rediss:// \(TLS\)"):
         settings(url)
 
 
@@ -53,8 +54,26 @@ def test_an_auth_token_goes_over_tls_or_stays_on_this_machine(url):
     assert settings(url).redis_url == url
 
 
-def test_without_an_auth_token_plain_tcp_stays_possible():
-    assert settings("redis://cache.example.internal:6379", auth="").redis_auth_secret_arn == ""
+def test_without_an_auth_token_plain_tcp_to_another_host_is_refused_too():
+    # The cached values and their signatures would cross the network readable, AUTH or not.
+    with pytest.raises(SettingsError, match=r"must be rediss:// \(TLS\)"):
+        settings("redis://cache.example.internal:6379", auth="")
+    assert settings("redis://127.0.0.1:6380/0", auth="").redis_url == "redis://127.0.0.1:6380/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://cache.example.internal:6379/0?ssl_cert_reqs=none",
+        "rediss://cache.example.internal:6379?ssl_check_hostname=false",
+        "rediss://cache.example.internal:6379/0?socket_timeout=30",
+        "redis://127.0.0.1:6380/0?db=1",
+        "rediss://cache.example.internal:6379#fragment",
+    ],
+)
+def test_a_query_string_that_could_weaken_the_client_is_refused(url):
+    with pytest.raises(SettingsError, match="must not carry a query string"):
+        settings(url)
 
 
 def test_a_password_in_the_url_is_refused():

@@ -206,11 +206,15 @@ class ServiceSettings(_Settings):
                 "STATE_REDIS_URL must not carry a password (the environment is readable by anyone allowed "
                 "lambda:GetFunctionConfiguration); name the AUTH token's secret in STATE_REDIS_AUTH_SECRET_ARN"
             )
-        if self.redis_auth_secret_arn and parts.scheme == "redis" and not _is_loopback(host):
-            # Over plain TCP the AUTH token (and every value) crosses the network readable and forgeable.
+        if parts.query or parts.fragment:
+            # redis-py lets a URL's query override the client's own arguments: ssl_cert_reqs=none would turn
+            # certificate checks off, a socket_timeout the fast failure. Those settings have variables of their own.
+            raise SettingsError("STATE_REDIS_URL must not carry a query string or a fragment")
+        if parts.scheme == "redis" and not _is_loopback(host):
+            # Over plain TCP the AUTH token, the cached values and their signatures cross the network readable
+            # and alterable.
             raise SettingsError(
-                "STATE_REDIS_URL must be rediss:// (TLS) when an AUTH token is configured "
-                "(STATE_REDIS_AUTH_SECRET_ARN); redis:// is accepted only for a loopback host"
+                "STATE_REDIS_URL must be rediss:// (TLS); redis:// is accepted only for a loopback host"
             )
         if not self.cache_signing_secret_arn:
             # Without a key nothing read from Redis could be told from what an intruder wrote there.
