@@ -233,14 +233,16 @@ def test_the_authorizer_has_no_kms_permission_at_all(template):
         assert {"Ref": role} not in resource["Properties"]["Roles"], logical_id
 
 
-def _allows(statement: dict[str, Any], action: str, context: dict[str, str], via: str | None = None) -> bool:
-    """Whether a role statement allows `action` on the key for a request with this encryption context (and
+def _allows(
+    statement: dict[str, Any], action: str, context: dict[str, str], via: str | None = None, key: str = KEY_ARN
+) -> bool:
+    """Whether a role statement allows `action` on `key` for a request with this encryption context (and
     made through `via`, an AWS service, or directly): the statement's conditions evaluated as IAM would for
     the condition operators the template uses; an operator it does not know allows nothing (so a new one fails
     the tests that expect a grant, never the ones that expect none)."""
     if statement["Effect"] != "Allow" or action not in _as_list(statement["Action"]):
         return False
-    if statement["Resource"] != KEY_ARN:
+    if key not in _as_list(statement["Resource"]):
         return False
     request = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
     if via is not None:
@@ -272,7 +274,7 @@ def test_every_key_statement_of_a_role_names_the_key_and_pins_its_context(templa
             assert statement["Effect"] == "Allow", role
             assert "NotAction" not in statement, role
             assert "NotResource" not in statement, role
-            assert statement["Resource"] == KEY_ARN, role
+            assert _as_list(statement["Resource"]) == [KEY_ARN], role
             for action in _as_list(statement["Action"]):
                 assert "*" not in action, (role, action)
             # Only exact string matches (no wildcards a StringLike would allow).
@@ -297,6 +299,47 @@ def test_the_publisher_may_send_to_its_encrypted_queue_and_bucket_and_nothing_el
     assert not any(_allows(s, "kms:GenerateDataKey", {"aws:sqs:arn": queue}) for s in statements)
     assert not any(_allows(s, "kms:Decrypt", {"aws:sqs:arn": other_queue}, sqs) for s in statements)
     assert not any(_allows(s, "kms:Decrypt", {"aws:s3:arn": bucket}, s3) for s in statements)
+
+
+# --- moving to another key -----------------------------------------------------------------------------------
+
+NEW_KEY = "arn:aws:kms:us-east-1:000000000000:key/1a2b3c4d-0000-4000-8000-00000000abcd"
+
+
+def test_values_move_to_another_key_while_the_previous_one_still_opens_old_values():
+    template = _loaded({"ValuesKmsKeyArn": NEW_KEY, "PreviousValuesKmsKeyArn": KEY_ARN})
+    context = {"table": TABLE}
+    for function_id in READERS | WRITERS:
+        assert template.function(function_id).environment["STATE_KMS_KEY_ID"] == NEW_KEY, function_id
+        statements = _key_uses(template, function_id)
+        for key in (NEW_KEY, KEY_ARN):
+            assert any(_allows(s, "kms:Decrypt", context, key=key) for s in statements), (function_id, key)
+            assert not any(_allows(s, "kms:Decrypt", {"table": OTHER_TABLE}, key=key) for s in statements)
+        # New data keys only from the new key, and only for the writers.
+        assert any(_allows(s, "kms:GenerateDataKey", context, key=NEW_KEY) for s in statements) == (
+            function_id in WRITERS
+        )
+        assert not any(_allows(s, "kms:GenerateDataKey", context, key=KEY_ARN) for s in statements), function_id
+    assert _key_uses(template, "AuthorizerFunction") == []
+
+
+def test_once_moved_the_previous_key_is_no_longer_usable():
+    template = _loaded({"ValuesKmsKeyArn": NEW_KEY})
+    for function_id in READERS | WRITERS:
+        for statement in _key_uses(template, function_id):
+            if TABLE_CONTEXT in statement["Condition"]["StringEquals"]:
+                assert _as_list(statement["Resource"]) == [NEW_KEY], function_id
+
+
+@pytest.mark.parametrize("parameter", ["ValuesKmsKeyArn", "PreviousValuesKmsKeyArn"])
+@pytest.mark.parametrize(
+    "value", ["alias/state-values", "arn:aws:kms:us-east-1:000000000000:alias/x", "*", "arn:aws:kms:*:*:key/*"]
+)
+def test_a_key_is_named_by_its_arn_only(parameter: str, value: str):
+    pattern = re.compile(_loaded().raw["Parameters"][parameter]["AllowedPattern"])
+    assert pattern.fullmatch("")
+    assert pattern.fullmatch(NEW_KEY)
+    assert not pattern.fullmatch(value)
 
 
 # --- the functions' settings ----------------------------------------------------------------------------------
