@@ -5,6 +5,7 @@ alarm on decryption failures."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -152,6 +153,21 @@ def test_every_resource_that_can_hold_a_value_is_encrypted_with_the_key(template
 def _key_policy(template: Any) -> list[dict[str, Any]]:
     statements: list[dict[str, Any]] = template.properties("StateKey")["KeyPolicy"]["Statement"]
     return statements
+
+
+def test_the_key_policy_names_only_the_account_and_three_aws_services(template):
+    principals = {json.dumps(s["Principal"], sort_keys=True) for s in _key_policy(template)}
+    assert principals == {
+        json.dumps({"AWS": "arn:aws:iam::000000000000:root"}),
+        json.dumps({"Service": "logs.us-east-1.amazonaws.com"}),
+        json.dumps({"Service": "cloudwatch.amazonaws.com"}),
+        json.dumps({"Service": "events.amazonaws.com"}),
+    }
+    for statement in _key_policy(template):
+        assert statement["Effect"] == "Allow"
+        assert statement["Resource"] == "*"  # in a key policy: this key
+        assert "NotPrincipal" not in statement
+        assert "NotResource" not in statement
 
 
 def test_the_key_policy_keeps_the_key_administrable_by_the_account(template):
