@@ -33,6 +33,11 @@ VERIFY = os.environ.get("STATE_VERIFY") == "1"
 WATCHERS, KEYS, PREFIXES, WRITES, WRITERS = (200, 50, 10, 2000, 8) if VERIFY else (30, 10, 2, 200, 8)
 
 
+def backoff(failures: int) -> float:
+    """Full jitter, doubling from 0.5 s up to 8 s: what a client does after its n-th failure in a row."""
+    return random.uniform(0, min(8.0, 0.5 * 2**failures))
+
+
 def ws_url(stack: DevStack) -> str:
     return stack.ws_base_url.replace("http", "ws") + "/watch"
 
@@ -146,17 +151,18 @@ class Watcher:
         self.reader: asyncio.Task[None] | None = None
         self.reconnects = 0
         self.attempts = 0  # each subscribe goes under a new id: what still comes for an abandoned one is not read
+        self.failures = 0  # in a row: retries back off, so that a slow table is not buried under them
 
     async def connect(self, session: aiohttp.ClientSession) -> None:
-        for attempt in range(10):
+        for attempt in range(12):
             try:
                 self.socket = await session.ws_connect(self.url, headers=bearer(self.token))
                 break
             except aiohttp.WSServerHandshakeError as refused:
                 # 503: the table or the issuer did not answer in time under this load; a client tries again.
-                if refused.status != 503 or attempt == 9:
+                if refused.status != 503 or attempt == 11:
                     raise
-                await asyncio.sleep(random.uniform(0.5, 2.0))
+                await asyncio.sleep(backoff(attempt))
         self.subscribed = asyncio.Event()
         self.reader = asyncio.create_task(self._read(self.socket))
         await self._subscribe()
@@ -200,7 +206,8 @@ class Watcher:
                 # again from the cursor of what it processed; the messages of one socket are processed
                 # concurrently, so it waits for `unsubscribed` in between. A 409: a subscribe this client gave
                 # up on (no answer in 20 s) landed after its unsubscribe; the same again.
-                await asyncio.sleep(random.uniform(0.2, 1.0))
+                await asyncio.sleep(backoff(self.failures))
+                self.failures += 1
                 await socket.send_json({"type": "unsubscribe", "id": self.subscription_id})
                 continue
             if message["type"] == "unsubscribed":
@@ -211,6 +218,7 @@ class Watcher:
             if message["type"] == "error":
                 raise AssertionError(message)
             if message["type"] == "subscribed":
+                self.failures = 0
                 self.subscribed.set()
                 if message.get("cursor") and not self.cursor:
                     self.cursor = message["cursor"]
@@ -274,7 +282,7 @@ def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writer
     async def scenario() -> None:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            gate = asyncio.Semaphore(16)
+            gate = asyncio.Semaphore(8)
 
             async def connect(watcher: Watcher) -> None:
                 async with gate:
