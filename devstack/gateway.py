@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -228,6 +228,7 @@ class Gateway:
             self.throttling = throttling_from_env(self.template.stage_throttling())
         self._buckets: dict[str, TokenBucket] = {}
         self._runner: web.AppRunner | None = None
+        self._async_invocations: set[asyncio.Task[InvokeResult]] = set()
         self._access_log = (self.log_dir / "access.log").open("a", buffering=1, encoding="utf-8")
         needed = {r.function for r in self.routes} | {a.function for a in self.authorizers.values()}
         for logical_id in sorted(needed):
@@ -247,6 +248,9 @@ class Gateway:
         # client_max_size above the payload limit: this gateway answers 413 itself,
         # with API Gateway's body, before aiohttp would.
         app = web.Application(client_max_size=MAX_PAYLOAD_BYTES + 1)
+        # Lambda's Invoke API, for a function that hands work to itself asynchronously (the schema
+        # registry's checks); API Gateway has no route under this path, so no client route is shadowed.
+        app.router.add_route("POST", "/2015-03-31/functions/{function}/invocations", self.invoke_api)
         # Every path reaches handle(), which routes as API Gateway does: `.` would not match a decoded
         # newline (%0A), and aiohttp would answer its own text/plain 404.
         app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
@@ -272,6 +276,10 @@ class Gateway:
         await site.start()
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # Known only now (the port may have been chosen by the system); no worker has started yet.
+        for pool in self.pools.values():
+            environment = {**pool.config.environment, "AWS_ENDPOINT_URL_LAMBDA": self.base_url}
+            pool.config = replace(pool.config, environment=environment)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -280,6 +288,26 @@ class Gateway:
         for pool in self.pools.values():
             await asyncio.to_thread(pool.close)
         self._access_log.close()
+
+    # -- Lambda's Invoke API (asynchronous invocations only) -----------------------------------------
+
+    async def invoke_api(self, request: web.Request) -> web.Response:
+        """`InvocationType: Event`: Lambda queues the event and answers 202 at once; the function runs it
+        in one of its environments, as any invocation."""
+        name = request.match_info["function"]
+        pool = next((p for p in self.pools.values() if name in (p.config.function_name, p.config.logical_id)), None)
+        if pool is None:
+            return _message(404, f"Function not found: {name}")
+        if request.headers.get("X-Amz-Invocation-Type") != "Event":
+            return _message(400, "the local stack invokes functions asynchronously only (InvocationType Event)")
+        try:
+            event = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return _message(400, "the payload is not JSON")
+        task = asyncio.create_task(pool.invoke(event))
+        self._async_invocations.add(task)
+        task.add_done_callback(self._async_invocations.discard)
+        return web.Response(status=202)
 
     # -- request handling ----------------------------------------------------------------------
 

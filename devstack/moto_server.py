@@ -195,7 +195,8 @@ def copy_each_table_once_per_transaction() -> None:
     one fails; the copies of one table are the same snapshot, and only the last is kept. A 25-item transaction
     copied the table 25 times: over a table the test suite had filled, long enough for the service's DynamoDB
     timeout. Each table is now copied once per transaction, which restores exactly what it restored before
-    (tests/devstack/test_emulator.py fails transactions over concurrent writes)."""
+    (tests/devstack/test_emulator.py fails transactions over concurrent writes), and its stream's records,
+    which never change, are shared rather than copied."""
     import copy
 
     from moto.dynamodb import models
@@ -215,7 +216,12 @@ def copy_each_table_once_per_transaction() -> None:
             if not isinstance(value, Table):
                 return copy.deepcopy(value, memo)
             if id(value) not in self.copies:
-                self.copies[id(value)] = copy.deepcopy(value)
+                # The stream's records are snapshots taken when written and never change: the backup shares
+                # them (a list of its own, so a rollback still drops what the failed transaction appended).
+                # Deep-copied, every record the session's tests ever wrote made each transaction slower.
+                shard = getattr(value, "stream_shard", None)
+                shared = {} if shard is None else {id(shard.items): list(shard.items)}
+                self.copies[id(value)] = copy.deepcopy(value, shared)
             return self.copies[id(value)]
 
     def copying_once(self: models.DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:

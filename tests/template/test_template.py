@@ -39,6 +39,7 @@ ROUTES = {
     ("PUT", "/schemas/{name}"): "SchemasFunction",
     ("GET", "/schemas"): "SchemasFunction",
     ("GET", "/schemas/{name}"): "SchemasFunction",
+    ("GET", "/schemas/{name}/checks/{check_id}"): "SchemasFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
@@ -68,7 +69,16 @@ TABLE_ACTIONS = {
         "dynamodb:Query",
     },
     # Only in the registry's partitions (see below): a publish is one TransactWriteItems.
-    "SchemasFunction": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"},
+    # Writes confined to the registry's partitions; reads of state items (and blobs) for a check's values.
+    "SchemasFunction": {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:BatchGetItem",
+    },
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
@@ -265,7 +275,13 @@ def test_each_state_function_gets_only_its_table_actions_on_the_table(function_i
 
     assert actions == TABLE_ACTIONS[function_id]
     assert all(s["Effect"] == "Allow" for s in table_statements)
-    assert all(as_list(s["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}] for s in table_statements)
+    index = [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}]
+    assert all(
+        as_list(s["Resource"]) == [{"Fn::GetAtt": [TABLE, "Arn"]}]
+        # The schema registry's check queries the listing index for the keys a version governs.
+        or (function_id == "SchemasFunction" and as_list(s["Resource"]) == index and s["Action"] == ["dynamodb:Query"])
+        for s in table_statements
+    )
 
 
 @pytest.mark.parametrize("function_id", sorted(FUNCTIONS))
@@ -277,7 +293,7 @@ def test_no_function_may_touch_dynamodb_beyond_its_table_statements(function_id)
             assert as_list(statement["Resource"]) == ["*"]
         elif actions <= STREAM_ACTIONS:
             assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/stream/*"}]
-        elif actions == {"dynamodb:Query"} and function_id == LIST_FUNCTION:
+        elif actions == {"dynamodb:Query"} and function_id in (LIST_FUNCTION, "SchemasFunction"):
             assert as_list(statement["Resource"]) == [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}]
         elif any(action.startswith("dynamodb:") for action in actions):
             # The watch functions also keep their connections and subscriptions in the watch table.
@@ -635,10 +651,19 @@ def test_the_schema_registry_is_reached_only_in_its_own_partitions(function_id):
     confined = [s for s in statements if "Condition" in s]
 
     if function_id == "SchemasFunction":
-        assert confined == statements
-        assert [s["Condition"] for s in statements] == [
+        # Every write is confined; what is not confined only reads (a check reads the values it judges).
+        assert [s["Condition"] for s in confined] == [
             {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["#schema*"]}}
         ]
+        index = [{"Fn::Sub": "${StateTable.Arn}/index/ListIndex"}]
+        unconfined = [s for s in statements if s not in confined]
+        assert {a for s in unconfined if as_list(s["Resource"]) != index for a in as_list(s["Action"])} == {
+            "dynamodb:GetItem",
+            "dynamodb:BatchGetItem",
+        }
+        assert {a for s in unconfined if as_list(s["Resource"]) == index for a in as_list(s["Action"])} == {
+            "dynamodb:Query"
+        }
     else:
         assert [as_list(s["Action"]) for s in confined] == [["dynamodb:Query"]]
         assert confined[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["#schemas"]}}

@@ -187,6 +187,9 @@ class ServiceSettings(_Settings):
     history_retention_days: int = integer("STATE_HISTORY_RETENTION_DAYS", 90, low=1, high=3650)
     # The key that signs listing cursors (Secrets Manager ARN, read at the first listing); only list_state has it.
     list_cursor_secret_arn: str = text("STATE_LIST_CURSOR_SECRET_ARN", "")
+    # A schema check reads no value until writes checked without its version can no longer land: the
+    # registry's 5 s cache, a write function's timeout (10 s) and a margin (docs/schemas.md, "Evolution").
+    schema_check_settle_seconds: float = number("STATE_SCHEMA_CHECK_SETTLE_SECONDS", 17.0, low=0.0, high=900.0)
 
     def check(self) -> None:
         """Redis is trusted only over a safe link, and only with signed entries."""

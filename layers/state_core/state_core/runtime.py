@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from state_core.cache.link import RedisLink
     from state_core.cache.state_cache import RedisStateCache
+    from state_core.domain.ports import ListIndex
     from state_core.security.tokens import VerifiedToken
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
@@ -252,7 +254,43 @@ def schema_registry() -> SchemaRegistry:
     from state_core.service.schemas import SchemaRegistry
     from state_core.storage.schemas import SchemaStore
 
-    return SchemaRegistry(SchemaStore(dynamodb_client(), service_settings().table_name), clock=utc_now, metrics=metrics)
+    def index() -> ListIndex:
+        # Only a check enumerates keys: the write functions never import the listing's storage.
+        from state_core.storage.listing import ListIndexStore
+
+        return ListIndexStore(dynamodb_client(), service_settings().table_name)
+
+    return SchemaRegistry(
+        SchemaStore(dynamodb_client(), service_settings().table_name),
+        clock=utc_now,
+        metrics=metrics,
+        index=index,
+        load=lambda key: state_store().get(key),
+        settle_seconds=service_settings().schema_check_settle_seconds,
+    )
+
+
+# Handing a check to the next invocation: queued by Lambda, so a short timeout and one retry are enough.
+LAMBDA_CONFIG = Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 2})
+
+
+@functools.cache
+def schema_check_launcher() -> Callable[[str, str], None] | None:
+    """How the registry's function runs a check in the background where Lambda runs it: it invokes itself
+    asynchronously with the check's name and id, one step per invocation, each handing over to the next.
+    None outside Lambda (no AWS_LAMBDA_FUNCTION_NAME: the tests run the steps themselves)."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+    if not function:
+        return None
+    import json
+
+    client: Any = botocore_session().create_client("lambda", config=LAMBDA_CONFIG)
+
+    def launch(name: str, check_id: str) -> None:
+        payload = json.dumps({"schema_check": {"name": name, "id": check_id}}).encode("utf-8")
+        client.invoke(FunctionName=function, InvocationType="Event", Payload=payload)
+
+    return launch
 
 
 @functools.cache

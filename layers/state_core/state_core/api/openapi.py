@@ -286,7 +286,8 @@ class SchemaSummaryModel(BaseModel):
     version: int
     patterns: list[str] = Field(description="Exact keys, or key prefixes followed by *.")
     mode: Literal["checked", "forward"] = Field(
-        description="forward: published with ?mode=forward, for future writes only (stored values not checked)."
+        description="forward: published with ?mode=forward, for future writes only (stored values not checked);"
+        " checked: every value stored under its patterns satisfied it (or none was stored)."
     )
     created_at: str
     created_by: str
@@ -302,6 +303,54 @@ class SchemaListModel(BaseModel):
     schemas: list[SchemaSummaryModel]
 
 
+class OffendingViolationModel(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    pointer: str = Field(description="JSON Pointer (RFC 6901) into the value.")
+    message: str = Field(description="The validator's message; the value itself shows as (value).")
+
+
+class OffendingKeyModel(BaseModel):
+    """A key whose current value the checked version refuses."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    key: str
+    violation_count: int
+    violations: list[OffendingViolationModel] = Field(description="The first 3 of its violations.")
+
+
+class SchemaCheckModel(BaseModel):
+    """A check of a schema version against the values already stored under its patterns."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    id: str = Field(description="32 hexadecimal digits.")
+    name: str
+    version: int = Field(description="The version being checked: published only if the check passes.")
+    patterns: list[str]
+    state: Literal["settling", "running", "passed", "refused"] = Field(
+        description="settling: waiting for writes checked without the version to land; running: reading values;"
+        " passed: every value satisfied it, the version is published; refused: some did not, it is not."
+    )
+    keys_checked: int
+    offending_key_count: int = Field(description="Offending keys found so far (the first 1,000 are listed).")
+    created_at: str
+    created_by: str
+    finished_at: str | None
+    offending_keys: list[OffendingKeyModel] = Field(description="A page of offending keys, in key order.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page of offending keys.")
+
+
+SCHEMA_CHECK_RESPONSE: OpenAPIResponse = {
+    "description": "The check as it stands, with a page of the offending keys found so far",
+    "content": {JSON_CONTENT_TYPE: {"model": SchemaCheckModel}},
+}
+SCHEMA_CHECK_STARTED_RESPONSE: OpenAPIResponse = {
+    "description": "Stored values are governed: the version is pending until its check (Location) ends",
+    "headers": {"Location": _required_header("The check: /schemas/{name}/checks/{id}.", "^/schemas/")},
+    "content": {JSON_CONTENT_TYPE: {"model": SchemaCheckModel}},
+}
 SCHEMA_RESPONSE: OpenAPIResponse = {
     "description": "The schema's version",
     "content": {JSON_CONTENT_TYPE: {"model": SchemaModel}},

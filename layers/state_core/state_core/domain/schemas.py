@@ -8,7 +8,7 @@ records, and the 422 a value that violates its schema gets. The validator itself
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from state_core.domain.errors import BadRequest, Conflict, StateError
@@ -23,6 +23,19 @@ MAX_SCHEMA_BYTES = 65_536
 # A 422 lists this many violations, then how many more there were.
 MAX_VIOLATIONS = 20
 MODES = ("checked", "forward")
+# A check's id: 32 hex digits (a uuid4), so a path segment that is anything else is refused before a read.
+_CHECK_ID = re.compile(r"[0-9a-f]{32}\Z")
+# The offending keys a check records (it counts them all): enough to fix them, bounded in storage.
+MAX_OFFENDING_RECORDED = 1000
+# Each offending key keeps this many of its violations.
+OFFENDING_VIOLATIONS = 3
+CHECK_STATES = ("settling", "running", "passed", "refused")
+
+
+def validate_check_id(check_id: str) -> str:
+    if not _CHECK_ID.match(check_id):
+        raise BadRequest("a check id is 32 hexadecimal digits (lower case)")
+    return check_id
 
 
 def validate_name(name: str) -> str:
@@ -72,6 +85,11 @@ class SchemaVersion:
     created_at: str
     created_by: str
     mode: str = "checked"
+    # Set while this version is being checked against the values already stored (not yet published).
+    check_id: str | None = None
+
+    def with_check(self, check_id: str | None) -> SchemaVersion:
+        return replace(self, check_id=check_id)
 
     def governs(self, key: str) -> bool:
         return any(pattern_matches(pattern, key) for pattern in self.patterns)
@@ -109,9 +127,84 @@ def overlapping(patterns: tuple[str, ...], others: list[SchemaVersion], name: st
 
 
 @dataclass(frozen=True, slots=True)
+class CheckProgress:
+    """How far a check got: keys checked, offending keys found, where it goes on (`cursor`: the pattern's
+    index, the shard's index and the last key read, or `done`), and when a runner last recorded it."""
+
+    checked: int = 0
+    offending: int = 0
+    cursor: str = "0:0:"
+    heartbeat: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.cursor == "done"
+
+    def position(self) -> tuple[int, int, str | None]:
+        pattern, shard, last = self.cursor.split(":", 2)
+        return int(pattern), int(shard), last or None
+
+
+def cursor_at(pattern: int, shard: int, last: str | None) -> str:
+    return f"{pattern}:{shard}:{last or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaCheck:
+    """A check of a pending version against the values already stored under its patterns: `settling` until
+    every write checked without the pending version has landed, then `running`, then `passed` (published)
+    or `refused` (offending keys found; not published)."""
+
+    id: str
+    name: str
+    version: int
+    patterns: tuple[str, ...]
+    state: str
+    created_at: str
+    created_by: str
+    settle_until: float  # epoch seconds
+    progress: CheckProgress
+    finished_at: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("passed", "refused")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "patterns": list(self.patterns),
+            "state": self.state,
+            "keys_checked": self.progress.checked,
+            "offending_key_count": self.progress.offending,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Violation:
     pointer: str  # JSON Pointer (RFC 6901) into the value
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OffendingKey:
+    """A key whose current value a checked version refuses: the first of its violations and how many."""
+
+    key: str
+    violation_count: int
+    violations: tuple[Violation, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "violation_count": self.violation_count,
+            "violations": [{"pointer": v.pointer, "message": v.message} for v in self.violations],
+        }
 
 
 class SchemaViolation(StateError):
@@ -158,7 +251,17 @@ class SchemaSource(Protocol):
     """The registry's storage (storage.schemas.SchemaStore), as the service needs it."""
 
     def current(self) -> list[SchemaVersion]: ...
+    def registry(self) -> list[SchemaVersion]: ...
     def version(self, name: str, version: int | None) -> SchemaVersion | None: ...
     def versions(self, name: str) -> list[SchemaVersion]: ...
     def publish(self, schema: SchemaVersion, *, previous: int | None, revision: int) -> None: ...
     def revision(self) -> int: ...
+    def begin_check(
+        self, schema: SchemaVersion, check: SchemaCheck, *, previous: int | None, revision: int
+    ) -> None: ...
+    def end_check(self, schema: SchemaVersion, check: SchemaCheck, *, revision: int) -> None: ...
+    def check(self, name: str, check_id: str) -> SchemaCheck | None: ...
+    def save_progress(self, check: SchemaCheck, previous: CheckProgress, offending: list[OffendingKey]) -> bool: ...
+    def offending(
+        self, name: str, check_id: str, *, after: str | None, limit: int
+    ) -> tuple[list[OffendingKey], bool]: ...

@@ -44,6 +44,7 @@ PERMISSIONS = {
     "publish_schema": "state:schema",
     "get_schema": "state:read",
     "list_schemas": "state:read",
+    "get_schema_check": "state:schema",
 }
 Action = Literal[
     "get",
@@ -58,6 +59,7 @@ Action = Literal[
     "publish_schema",
     "get_schema",
     "list_schemas",
+    "get_schema_check",
 ]
 
 Decision = Literal["allow", "deny"]

@@ -11,6 +11,18 @@ schema, not at all). Compiled validators are cached per container by name and ve
 
 The validator (jsonschema_rs) is imported only when a governed key is written or a schema published, so
 a write function's cold start does not pay for it.
+
+Evolution: a `checked` publish whose patterns govern stored values does not publish at once. It records the
+version as pending, with a check (a job), and the check reads every governed key's current value through
+the listing index. While the version is pending, a write of a key it governs must satisfy it as well as the
+current version, so neither outcome leaves a value that slipped past: the check passes (the pending version
+becomes current) or is refused (offending keys listed, the pending version dropped).
+
+The race with writes: a container may still check writes against the registry it read up to
+`cache_seconds` before the version became pending, and such a write may land up to a write function's
+timeout later. So the check reads no value before `settle_seconds` (both together, and a margin) have
+passed since the version became pending. From then on every write that lands was checked against the
+pending version; every value the check reads it judges itself.
 """
 
 from __future__ import annotations
@@ -18,31 +30,50 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.codec import canonical_json, check_depth
-from state_core.domain.errors import BadRequest, NotFound
+from state_core.domain.errors import BadRequest, NotFound, ServiceUnavailable
+from state_core.domain.listing import KeyRange
 from state_core.domain.records import rfc3339
 from state_core.domain.schemas import (
+    MAX_OFFENDING_RECORDED,
     MAX_SCHEMA_BYTES,
     MAX_VIOLATIONS,
+    OFFENDING_VIOLATIONS,
+    CheckProgress,
+    OffendingKey,
+    SchemaCheck,
     SchemaConflict,
     SchemaSource,
     SchemaVersion,
     SchemaViolation,
     Violation,
+    cursor_at,
     governing,
     overlapping,
+    pattern_matches,
     validate_name,
     validate_patterns,
 )
 
 if TYPE_CHECKING:
-    from state_core.domain.ports import MetricsSink
+    from state_core.domain.ports import ListIndex, MetricsSink
+    from state_core.domain.records import StateRecord
 
 DEFAULT_CACHE_SECONDS = 5.0
+# The registry's cache, a write function's timeout (10 s) and a margin for the listing index to show keys
+# created just before (normally well under a second).
+DEFAULT_SETTLE_SECONDS = 17.0
+# Keys a check reads per index query (and per strongly consistent batch read of their values).
+CHECK_BATCH = 100
+# A check step stops with this much of its invocation left: a DynamoDB attempt starts only with 5.3 s left
+# (runtime.DYNAMODB_ATTEMPT_BUDGET_SECONDS), and the step records its progress, then hands over.
+CHECK_STEP_MARGIN_SECONDS = 6.0
 VALUE_MASK = "(value)"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
@@ -109,7 +140,7 @@ def _message(error: Any) -> str:
 
 
 class SchemaRegistry:
-    def __init__(
+    def __init__(  # noqa: PLR0913  one collaborator each, keyword-only
         self,
         source: SchemaSource,
         *,
@@ -117,8 +148,17 @@ class SchemaRegistry:
         metrics: MetricsSink | None = None,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        index: Callable[[], ListIndex] | None = None,
+        load: Callable[[str], StateRecord | None] | None = None,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._source = source
+        # Only the registry's function enumerates keys: built at first use, so the write functions never do.
+        self._index = index
+        self._load = load
+        self._settle_seconds = settle_seconds
+        self._sleep = sleep
         self._clock = clock
         self._metrics = metrics
         self._cache_seconds = cache_seconds
@@ -128,34 +168,39 @@ class SchemaRegistry:
 
     # ------------------------------------------------------------------------------ enforcement
     def current(self) -> list[SchemaVersion]:
-        """Every schema's current version, as read at most `cache_seconds` ago."""
+        """Every schema's current version and every pending one, as read at most `cache_seconds` ago."""
         now = self._monotonic()
         if self._current is None or now - self._read_at >= self._cache_seconds:
-            self._current = self._source.current()
+            self._current = self._source.registry()
             self._read_at = now
         return self._current
 
     def governing(self, key: str) -> SchemaVersion | None:
-        return governing(self.current(), key)
+        return governing([schema for schema in self.current() if schema.check_id is None], key)
 
     def check(self, key: str, value: Any) -> SchemaVersion | None:
-        """Raise SchemaViolation (422) unless `value` satisfies the schema governing `key`; the schema it
-        was checked against (None when no schema governs the key)."""
-        schema = self.governing(key)
-        if schema is None:
-            return None
-        violations, total = violations_of(schema, value)
-        if total:
-            if self._metrics is not None:
-                self._metrics.add_metric(name="SchemaViolations", unit="Count", value=1)
-            raise SchemaViolation(key, schema, violations, total)
-        return schema
+        """Raise SchemaViolation (422) unless `value` satisfies the schema governing `key` and the version
+        of it being checked, if any; the current schema it was checked against (None when none governs it)."""
+        checked_against = None
+        for schema in self.current():
+            if not schema.governs(key):
+                continue
+            violations, total = violations_of(schema, value)
+            if total:
+                if self._metrics is not None:
+                    self._metrics.add_metric(name="SchemaViolations", unit="Count", value=1)
+                raise SchemaViolation(key, schema, violations, total)
+            if schema.check_id is None:
+                checked_against = schema
+        return checked_against
 
     # ------------------------------------------------------------------------------ the registry
-    def publish(self, name: str, body: Any, *, actor: str, mode: str) -> tuple[SchemaVersion, bool]:
+    def publish(self, name: str, body: Any, *, actor: str, mode: str) -> tuple[SchemaVersion, bool, SchemaCheck | None]:
         """Publish `body` ({"schema": ..., "patterns": [...]}) as `name`'s next version: (the version,
-        whether the name is new). BadRequest for a bad body or schema, SchemaConflict (409) when its
-        patterns overlap another schema's or another publish came first."""
+        whether the name is new, the check it waits for). A `checked` version whose patterns govern stored
+        values is not published yet: it is pending, with a check to run (`run_check`). BadRequest for a bad
+        body or schema, SchemaConflict (409) when its patterns overlap another schema's, another publish came
+        first, or a check of the name is still running."""
         validate_name(name)
         document, patterns = _parse_body(body)
         compile_schema(document)
@@ -163,13 +208,19 @@ class SchemaRegistry:
         if len(text.encode("utf-8")) > MAX_SCHEMA_BYTES:
             raise BadRequest(f"a schema is at most {MAX_SCHEMA_BYTES} bytes as canonical JSON")
         revision = self._source.revision()
-        current = self._source.current()
-        clashes = overlapping(patterns, current, name)
+        registry = self._source.registry()
+        running = next((s for s in registry if s.name == name and s.check_id is not None), None)
+        if running is not None:
+            raise SchemaConflict(
+                f"version {running.version} of schema {name} is still being checked; publish after it ends",
+                [f"{name}: check {running.check_id} of version {running.version} is running"],
+            )
+        clashes = overlapping(patterns, registry, name)
         if clashes:
             raise SchemaConflict(
                 f"schema {name}'s patterns overlap other schemas': a key would be governed by two", clashes
             )
-        previous = next((schema for schema in current if schema.name == name), None)
+        previous = next((schema for schema in registry if schema.name == name), None)
         published = SchemaVersion(
             name=name,
             version=(previous.version if previous else 0) + 1,
@@ -179,9 +230,171 @@ class SchemaRegistry:
             created_by=actor,
             mode=mode,
         )
-        self._source.publish(published, previous=previous.version if previous else None, revision=revision)
+        previous_version = previous.version if previous else None
+        if mode == "checked" and self._governs_stored_values(patterns):
+            now = self._clock()
+            check = SchemaCheck(
+                id=uuid.uuid4().hex,
+                name=name,
+                version=published.version,
+                patterns=patterns,
+                state="settling",
+                created_at=published.created_at,
+                created_by=actor,
+                settle_until=round(now.timestamp() + self._settle_seconds, 3),
+                progress=CheckProgress(heartbeat=round(now.timestamp(), 3)),
+            )
+            pending = published.with_check(check.id)
+            self._source.begin_check(pending, check, previous=previous_version, revision=revision)
+            self._current = None
+            return pending, previous is None, check
+        self._source.publish(published, previous=previous_version, revision=revision)
         self._current = None  # this container sees its own publish at once
-        return published, previous is None
+        return published, previous is None, None
+
+    # ------------------------------------------------------------------------------ checks
+    def _governs_stored_values(self, patterns: tuple[str, ...]) -> bool:
+        """Whether the listing index holds some key under `patterns` (one small query per shard at most)."""
+        index = self._key_index()
+        for pattern in patterns:
+            key_range = _range_of(pattern)
+            for shard in key_range.shards():
+                listed, _ = index.query(shard, key_range, limit=1)
+                if listed:
+                    return True
+        return False
+
+    def _key_index(self) -> ListIndex:
+        if self._index is None:
+            raise RuntimeError("this registry was built without the listing index: it cannot check stored values")
+        return self._index()
+
+    def get_check(self, name: str, check_id: str) -> SchemaCheck:
+        validate_name(name)
+        check = self._source.check(name, check_id)
+        if check is None:
+            raise NotFound(f"schema {name} has no check {check_id}")
+        return check
+
+    def offending_keys(self, check: SchemaCheck, *, after: str | None, limit: int) -> tuple[list[OffendingKey], bool]:
+        return self._source.offending(check.name, check.id, after=after, limit=limit)
+
+    def stalled(self, check: SchemaCheck, *, after_seconds: float) -> bool:
+        """Whether an unfinished check has recorded no progress for `after_seconds` (its runner died)."""
+        now = self._clock().timestamp()
+        return not check.finished and now >= check.settle_until and now - check.progress.heartbeat > after_seconds
+
+    def run_check(self, name: str, check_id: str, *, seconds_left: Callable[[], float]) -> SchemaCheck:
+        """Advance a check as far as `seconds_left` allows (stopping CHECK_STEP_MARGIN_SECONDS short of the
+        end), recording its progress after every batch; the check as it stands. Its caller runs it again
+        while it is unfinished. Two runners of one check are safe: each batch is recorded only if the check
+        is still where its runner read it, and the loser stops."""
+        check = self.get_check(name, check_id)
+        if check.finished:
+            return check
+        wait = check.settle_until - self._clock().timestamp()
+        if wait > 0:
+            # Settling costs the invocation's time, never an invocation of its own per moment of it.
+            self._sleep(max(0.0, min(wait, seconds_left() - CHECK_STEP_MARGIN_SECONDS)))
+            if self._clock().timestamp() < check.settle_until:
+                return check
+        pending = next((s for s in self._source.registry() if s.name == name and s.check_id == check_id), None)
+        if pending is None:
+            return check  # ended by another runner meanwhile
+        index = self._key_index()
+        batches = 0
+        while not check.progress.done:
+            if seconds_left() < CHECK_STEP_MARGIN_SECONDS:
+                return check
+            try:
+                progress, offending = self._check_batch(pending, check.progress, index)
+                advanced = replace(check, state="running", progress=progress)
+                if not self._source.save_progress(advanced, check.progress, offending):
+                    return self.get_check(name, check_id)
+            except ServiceUnavailable:
+                # A slow or throttled table: hand over what this step did; a step that did nothing fails,
+                # and its invocation's retries (then a read of the stalled check) take it up again.
+                if batches:
+                    return check
+                raise
+            check = advanced
+            batches += 1
+        return self._end_check(pending, check)
+
+    def _check_batch(
+        self, schema: SchemaVersion, progress: CheckProgress, index: ListIndex
+    ) -> tuple[CheckProgress, list[OffendingKey]]:
+        """The next batch of keys after `progress`: the progress after it, and the offending keys it found."""
+        pattern_index, shard_index, last = progress.position()
+        pattern = schema.patterns[pattern_index]
+        key_range = _range_of(pattern)
+        shards = key_range.shards()
+        remaining = key_range.after(last)
+        listed, more = (
+            ([], False) if remaining is None else index.query(shards[shard_index], remaining, limit=CHECK_BATCH)
+        )
+        now = self._clock()
+        # A key an earlier pattern of the schema matches was checked with that pattern.
+        keys = [
+            item.key
+            for item in listed
+            if not any(pattern_matches(earlier, item.key) for earlier in schema.patterns[:pattern_index])
+        ]
+        inline = [item.key for item in listed if item.inline and item.key in keys]
+        records = index.values(inline) if inline else {}
+        offending: list[OffendingKey] = []
+        checked = 0
+        for key in keys:
+            record = records.get(key) if key in inline else self._load_value(key)
+            if record is None or record.value is None or not record.is_live(now):
+                continue  # deleted or expired since the index listed it: nothing stored to judge
+            checked += 1
+            violations, total = violations_of(schema, json.loads(record.value.canonical()))
+            if total:
+                offending.append(OffendingKey(key, total, tuple(violations[:OFFENDING_VIOLATIONS])))
+        recorded = max(0, min(len(offending), MAX_OFFENDING_RECORDED - progress.offending))
+        if more and listed:
+            cursor = cursor_at(pattern_index, shard_index, listed[-1].key)
+        elif shard_index + 1 < len(shards):
+            cursor = cursor_at(pattern_index, shard_index + 1, None)
+        elif pattern_index + 1 < len(schema.patterns):
+            cursor = cursor_at(pattern_index + 1, 0, None)
+        else:
+            cursor = "done"
+        advanced = CheckProgress(
+            checked=progress.checked + checked,
+            offending=progress.offending + len(offending),
+            cursor=cursor,
+            heartbeat=round(now.timestamp(), 3),
+        )
+        return advanced, offending[:recorded]
+
+    def _load_value(self, key: str) -> StateRecord | None:
+        if self._load is None:
+            raise RuntimeError("this registry was built without the store: it cannot read large values")
+        return self._load(key)
+
+    def _end_check(self, pending: SchemaVersion, check: SchemaCheck) -> SchemaCheck:
+        ended = replace(
+            check,
+            state="refused" if check.progress.offending else "passed",
+            finished_at=rfc3339(self._clock()),
+        )
+        for _ in range(5):
+            revision = self._source.revision()
+            try:
+                self._source.end_check(pending, ended, revision=revision)
+            except SchemaConflict:
+                # Another name's publish raised the revision meanwhile (or another runner ended it).
+                current = self.get_check(check.name, check.id)
+                if current.finished:
+                    return current
+                continue
+            self._current = None
+            if self._metrics is not None:
+                self._metrics.add_metric(name=f"SchemaChecks{ended.state.capitalize()}", unit="Count", value=1)
+            return ended
+        raise SchemaConflict(f"the registry kept changing while check {check.id} ended; it is retried", [])
 
     def previous_patterns(self, name: str) -> tuple[str, ...]:
         """The patterns `name` governs now (empty for a new name): replacing them needs the right to them too."""
@@ -198,6 +411,10 @@ class SchemaRegistry:
 
     def list_current(self) -> list[SchemaVersion]:
         return sorted(self._source.current(), key=lambda schema: schema.name)
+
+
+def _range_of(pattern: str) -> KeyRange:
+    return KeyRange.prefix(pattern[:-1]) if pattern.endswith("*") else KeyRange.key(pattern)
 
 
 def _parse_body(body: Any) -> tuple[Any, tuple[str, ...]]:
