@@ -13,7 +13,7 @@ import pytest
 
 from devstack.template import load_yaml
 from state_core.domain.codec import StoredValue
-from state_core.domain.records import StateRecord
+from state_core.domain.records import SchemaStamp, StateRecord
 from state_core.stream.events import Operation, state_changed
 from tests.event_schemas import (
     CURRENT,
@@ -109,6 +109,12 @@ def test_every_operation_and_shape_of_detail_satisfies_the_schema(operation):
         state_changed(record(), operation=operation, previous_version=2, max_detail_bytes=65_536),
         state_changed(record(), operation=operation, previous_version=None, max_detail_bytes=10),
         state_changed(record(transaction_id="tx-1"), operation=operation, previous_version=2, max_detail_bytes=65_536),
+        state_changed(
+            record(schema=SchemaStamp("user-prefs", 2)),
+            operation=operation,
+            previous_version=2,
+            max_detail_bytes=65_536,
+        ),
     ]
 
     for detail in details:

@@ -44,7 +44,7 @@ def include_values(text: str | None) -> bool:
 
 
 def _entry_body(entry: ListEntry) -> str:
-    fields = {
+    fields: dict[str, object] = {
         "key": entry.key,
         "version": entry.version,
         "updated_at": entry.updated_at,
@@ -53,6 +53,8 @@ def _entry_body(entry: ListEntry) -> str:
     }
     if entry.value_omitted:
         fields["value_omitted"] = True
+    if entry.schema is not None:
+        fields["schema"] = entry.schema.fields()
     text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
     if entry.value is None:
         return text

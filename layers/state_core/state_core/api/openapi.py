@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     )
 
 
+class SchemaStampModel(BaseModel):
+    """The value schema a version's value was checked against when it was written."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    name: str
+    version: int
+
+
+_SCHEMA_STAMP = (
+    "The value schema (name, version) the value was checked against when written; absent when no schema"
+    " governed the key."
+)
+
+
 class StateMetadata(BaseModel):
     """The envelope without its value: what PUT answers."""
 
@@ -34,6 +49,7 @@ class StateMetadata(BaseModel):
     updated_at: str
     updated_by: str = Field(description="Subject of the caller that made the last change.")
     expires_at: str | None = Field(description="RFC 3339 UTC expiry, or null when the key has no TTL.")
+    schema_: SchemaStampModel | None = Field(default=None, alias="schema", description=_SCHEMA_STAMP)
 
 
 class StateEnvelope(StateMetadata):
@@ -113,6 +129,9 @@ class ListedKeyModel(BaseModel):
         description="With include=value: true when the value is not in the page (a large value, stored as a"
         " blob, or one that fails its checks): read it with GET /state/{key}.",
     )
+    schema_: SchemaStampModel | None = Field(
+        default=None, alias="schema", description=f"With include=value and the value listed: {_SCHEMA_STAMP}"
+    )
 
 
 class ListPageModel(BaseModel):
@@ -142,6 +161,7 @@ class BatchGetItemModel(BaseModel):
     updated_at: str | None = Field(default=None, description="On 200.")
     updated_by: str | None = Field(default=None, description="On 200.")
     expires_at: str | None = Field(default=None, description="On 200: the RFC 3339 UTC expiry, or null.")
+    schema_: SchemaStampModel | None = Field(default=None, alias="schema", description=f"On 200: {_SCHEMA_STAMP}")
     value: Any = Field(default=None, description="On 200: the stored JSON value, unless value_omitted.")
     value_omitted: bool | None = Field(
         default=None,

@@ -40,7 +40,7 @@ from state_core.cache.breaker import RedisUnavailable
 from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import ENCODING_IDENTITY, StoredValue
 from state_core.domain.ports import MetricsSink
-from state_core.domain.records import StateRecord
+from state_core.domain.records import SchemaStamp, StateRecord
 
 if TYPE_CHECKING:
     from state_core.cache.link import RedisLink
@@ -188,13 +188,15 @@ def change_channel(key: str) -> str:
 def entry_fields(entry: CacheEntry) -> tuple[str, bytes]:
     """The entry's hash fields `m` (metadata JSON) and `d` (value bytes, empty for none)."""
     record = entry.record
-    metadata = {
+    metadata: dict[str, object] = {
         "deleted": record.deleted,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "updated_by": record.updated_by,
         "expires_at": record.expires_at,
     }
+    if record.schema is not None:
+        metadata["schema"] = [record.schema.name, record.schema.version]
     data = b""
     if record.value is not None:
         metadata["encoding"] = record.value.encoding
@@ -219,6 +221,7 @@ def parse_entry(key: str, version: Any, metadata: Any, data: Any) -> CacheEntry:
             updated_at=meta["updated_at"],
             updated_by=meta["updated_by"],
             expires_at=meta["expires_at"],
+            schema=SchemaStamp(*meta["schema"]) if "schema" in meta else None,
         )
     )
 

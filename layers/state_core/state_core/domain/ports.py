@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from state_core.domain.cached import CacheEntry
 from state_core.domain.codec import StoredValue
-from state_core.domain.records import BlobRef, StateRecord
+from state_core.domain.records import BlobRef, SchemaStamp, StateRecord
 from state_core.domain.writes import Precondition, WriteResult
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Store(Protocol):
     def get_many(self, keys: list[str]) -> dict[str, StateRecord]: ...
     def snapshot(self, keys: list[str]) -> dict[str, StateRecord]: ...
 
-    def write(
+    def write(  # noqa: PLR0913  one keyword each for what a write may carry
         self,
         key: str,
         value: StoredValue,
@@ -60,6 +60,7 @@ class Store(Protocol):
         version: int | None = None,
         expires_at: float | None = None,
         keep_expiry: bool = False,
+        schema: SchemaStamp | None = None,
     ) -> WriteResult: ...
 
     def delete(self, key: str, *, actor: str, now: datetime, version: int | None) -> StateRecord: ...

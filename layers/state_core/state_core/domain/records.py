@@ -30,6 +30,17 @@ class BlobRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaStamp:
+    """The value schema (name and version) a version's value was checked against when it was written."""
+
+    name: str
+    version: int
+
+    def fields(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
 class StateRecord:
     """A key's current item. A tombstone (`deleted`) keeps the version counter and has no value.
 
@@ -47,6 +58,8 @@ class StateRecord:
     blob: BlobRef | None = None
     # The transaction (POST /state:transact) that wrote this version, if one did: events and history carry it.
     transaction_id: str | None = None
+    # The schema the value was checked against when written; None for an ungoverned key (and a tombstone).
+    schema: SchemaStamp | None = None
 
     def is_live(self, now: datetime) -> bool:
         """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""
@@ -55,7 +68,7 @@ class StateRecord:
     def metadata_fields(self) -> dict[str, Any]:
         """The HTTP API's StateMetadata fields in its order, as plain values: responses are built from these
         without a pydantic model on the request path (the model documents them in the OpenAPI document)."""
-        return {
+        fields: dict[str, Any] = {
             "key": self.key,
             "version": self.version,
             "created_at": self.created_at or self.updated_at,
@@ -63,3 +76,6 @@ class StateRecord:
             "updated_by": self.updated_by,
             "expires_at": None if self.expires_at is None else rfc3339(datetime.fromtimestamp(self.expires_at, UTC)),
         }
+        if self.schema is not None:
+            fields["schema"] = self.schema.fields()  # absent for an ungoverned key
+        return fields

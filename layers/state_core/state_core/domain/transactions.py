@@ -15,7 +15,7 @@ from typing import Any, Literal
 from state_core.domain.codec import StoredValue, canonical_json, check_depth
 from state_core.domain.errors import BadRequest, InvalidKey, PreconditionFailed, StateError
 from state_core.domain.keys import validate_key
-from state_core.domain.records import MAX_TTL_SECONDS, StateRecord
+from state_core.domain.records import MAX_TTL_SECONDS, SchemaStamp, StateRecord
 
 # DynamoDB's TransactWriteItems takes 100 actions; the contract (and etcd's default) is 25, which
 # leaves room for the idempotency record and keeps a conflict-retried transaction cheap.
@@ -244,6 +244,7 @@ class PlannedOperation:
     current: StateRecord | None
     value: StoredValue | None = None
     expires_at: float | None = None
+    schema: SchemaStamp | None = None  # the schema a put's or patch's value was checked against
 
     @property
     def next_version(self) -> int:

@@ -31,7 +31,7 @@ from state_core.domain.records import rfc3339
 
 if TYPE_CHECKING:
     from state_core.domain.ports import ListCursorSigner, ListIndex, Log, MetricsSink
-    from state_core.domain.records import StateRecord
+    from state_core.domain.records import SchemaStamp, StateRecord
 
 # The listing's body stays under this many bytes of UTF-8 (values included). Lambda's response is at most
 # 6 MB and carries the body as an escaped JSON string, which can grow a value up to 3 times (a non-ASCII
@@ -55,6 +55,7 @@ class ListEntry:
     expires_at: str | None
     value: bytes | None = None  # canonical JSON, with include=value
     value_omitted: bool = False  # include=value, but the value is not in the page (a blob, or unreadable)
+    schema: SchemaStamp | None = None  # include=value: the schema the value was checked against, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ class KeyLister:
             updated_at=record.updated_at,
             size=record.value.size if record.value is not None else (record.blob.size if record.blob else 0),
             expires_at=_expiry(record.expires_at),
+            schema=record.schema,
         )
         if record.value is None:
             # It became a large value after the index listed it.

@@ -26,7 +26,7 @@ from state_core.domain.errors import (
 )
 from state_core.domain.merge_patch import apply_merge_patch
 from state_core.domain.ports import Cache, KeyLock, MetricsSink, SchemaChecker, Store
-from state_core.domain.records import StateRecord
+from state_core.domain.records import SchemaStamp, StateRecord
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 
 # An unconditional PUT meets a condition failure only when the item it replaces has expired (it then
@@ -164,7 +164,7 @@ class StateManager:
     ) -> WriteResult:
         """Create or replace the key's value. No read happens before the write."""
         stored = self._encode(value)
-        self.check_schema(key, value)
+        schema = self.check_schema(key, value)
         if expect.if_none_match_any:
             precondition = Precondition.GONE
         elif expect.if_match == "*":
@@ -187,6 +187,7 @@ class StateManager:
                     precondition=precondition,
                     version=version,
                     expires_at=expires_at,
+                    schema=schema,
                 )
             except ConditionFailed as failed:
                 current = failed.current
@@ -284,7 +285,7 @@ class StateManager:
             canonical = canonical_json(merged)
             stored = self._encode_canonical(canonical)
             # The merged result is what gets stored, so it is what the key's schema judges (each retry's too).
-            self.check_schema(key, merged)
+            schema = self.check_schema(key, merged)
             try:
                 result = self._store.write(
                     key,
@@ -294,6 +295,7 @@ class StateManager:
                     precondition=Precondition.LIVE_AT_VERSION,
                     version=current.version,
                     keep_expiry=True,
+                    schema=schema,
                 )
             except ConditionFailed as failed:
                 # The version fence: another writer came first (or our lock lapsed). DynamoDB returned
@@ -360,10 +362,13 @@ class StateManager:
         if _expired(current, now):
             self._expire(key, current, now)
 
-    def check_schema(self, key: str, value: Any) -> None:
-        """SchemaViolation (422) unless `value` satisfies the schema governing `key`: before any write."""
-        if self._schemas is not None:
-            self._schemas.check(key, value)
+    def check_schema(self, key: str, value: Any) -> SchemaStamp | None:
+        """SchemaViolation (422) unless `value` satisfies the schema governing `key`: before any write. The
+        schema it was checked against, stored with the version (None for an ungoverned key)."""
+        if self._schemas is None:
+            return None
+        checked = self._schemas.check(key, value)
+        return None if checked is None else SchemaStamp(checked.name, checked.version)
 
     def write_through(self, record: StateRecord) -> None:
         """What every acknowledged write does after DynamoDB took it: the versioned write-through (kept and

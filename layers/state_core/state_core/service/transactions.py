@@ -47,7 +47,7 @@ from state_core.service.manager import PatchPolicy, StateManager
 if TYPE_CHECKING:
     from state_core.domain.codec import StoredValue
     from state_core.domain.ports import MetricsSink, TransactionWrites
-    from state_core.domain.records import StateRecord
+    from state_core.domain.records import SchemaStamp, StateRecord
 
 # How a result or a failed condition is answered (api/transact.py): the service remembers exactly that.
 Render = Callable[[TransactionResult | TransactionPreconditionFailed], Outcome]
@@ -117,7 +117,7 @@ class Transactions:
             if outcome is not None:
                 return outcome
 
-    def _round(self, attempt: _Attempt, puts: dict[int, StoredValue]) -> Outcome | None:
+    def _round(self, attempt: _Attempt, puts: dict[int, tuple[StoredValue, SchemaStamp | None]]) -> Outcome | None:
         """One read, decide and commit; None when the transaction must be read again."""
         transaction, partition = attempt.transaction, attempt.partition
         now = self._clock()
@@ -218,18 +218,18 @@ class Transactions:
             if failpoints.ENABLED:
                 failpoints.hit("transact_after_cache_write", key=record.key)
 
-    def _encoded(self, op: Operation) -> StoredValue:
-        """A put's value as stored, refused before any I/O if it cannot be part of a transaction."""
+    def _encoded(self, op: Operation) -> tuple[StoredValue, SchemaStamp | None]:
+        """A put's value as stored, refused before any I/O if it cannot be part of a transaction, and the
+        schema it was checked against."""
         stored = self._manager.encode(op.value)
         _check_fits(op, stored)
-        _check_schema(self._manager, op, op.value)
-        return stored
+        return stored, _check_schema(self._manager, op, op.value)
 
     def _plan(
         self,
         transaction: Transaction,
         current: dict[str, StateRecord | None],
-        puts: dict[int, StoredValue],
+        puts: dict[int, tuple[StoredValue, SchemaStamp | None]],
         now: datetime,
     ) -> list[PlannedOperation] | None:
         planned: list[PlannedOperation] = []
@@ -237,7 +237,8 @@ class Transactions:
             record = current[op.key]
             if op.op == "put":
                 expires_at = None if op.ttl_seconds is None else now.timestamp() + op.ttl_seconds
-                planned.append(PlannedOperation(op, record, puts[op.index], expires_at))
+                stored, schema = puts[op.index]
+                planned.append(PlannedOperation(op, record, stored, expires_at, schema))
             elif op.op == "patch":
                 assert record is not None  # _failed_condition: a patch needs a live key
                 if record.value is None:
@@ -249,8 +250,8 @@ class Transactions:
                 merged = apply_merge_patch(json.loads(record.value.canonical()), op.patch)
                 stored = self._manager.encode_canonical(canonical_json(merged))
                 _check_fits(op, stored)
-                _check_schema(self._manager, op, merged)
-                planned.append(PlannedOperation(op, replace(record, value=None), stored, record.expires_at))
+                schema = _check_schema(self._manager, op, merged)
+                planned.append(PlannedOperation(op, replace(record, value=None), stored, record.expires_at, schema))
             else:
                 planned.append(PlannedOperation(op, record))
         total = sum(len(step.value.data) for step in planned if step.value is not None)
@@ -262,10 +263,10 @@ class Transactions:
         return planned
 
 
-def _check_schema(manager: StateManager, op: Operation, value: Any) -> None:
+def _check_schema(manager: StateManager, op: Operation, value: Any) -> SchemaStamp | None:
     """The key's schema judges the value the operation would store; a violation names the operation."""
     try:
-        manager.check_schema(op.key, value)
+        return manager.check_schema(op.key, value)
     except SchemaViolation as violation:
         violation.operation_index = op.index
         violation.detail = f"operations[{op.index}]: {violation.detail}"

@@ -46,6 +46,8 @@ _VALUE_NAMES = {
         "blob_id",
         "blob_chunks",
         "blob_sha256",
+        "schema_name",
+        "schema_version",
     )
 }
 

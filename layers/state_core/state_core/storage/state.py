@@ -35,7 +35,7 @@ from state_core.domain.codec import StoredValue
 from state_core.domain.errors import OutcomeUnknown, PayloadTooLarge, ServiceUnavailable
 from state_core.domain.keys import SYSTEM_ACTOR_PREFIX
 from state_core.domain.listing import LIST_SHARD_ATTRIBUTE, list_shard
-from state_core.domain.records import BlobRef, StateRecord, rfc3339
+from state_core.domain.records import BlobRef, SchemaStamp, StateRecord, rfc3339
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 from state_core.storage.batches import KEYS_PER_READ, READ_ATTEMPTS, backoff, read_all
 from state_core.storage.blobs import BlobStore
@@ -96,6 +96,8 @@ _NAMES = {
     "#blob_sha256": "blob_sha256",
     "#list_shard": LIST_SHARD_ATTRIBUTE,
     "#transaction_id": "transaction_id",
+    "#schema_name": "schema_name",
+    "#schema_version": "schema_version",
 }
 
 # Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
@@ -133,6 +135,8 @@ _HEAD_NAMES = {
         "blob_id",
         "blob_chunks",
         "blob_sha256",
+        "schema_name",
+        "schema_version",
     )
 }
 
@@ -235,7 +239,7 @@ class StateStore:
             value = self.blobs.load(record.blob)
         return None if value is None else replace(record, value=value)
 
-    def write(
+    def write(  # noqa: PLR0913  one keyword each for what a write may carry
         self,
         key: str,
         value: StoredValue,
@@ -246,9 +250,11 @@ class StateStore:
         version: int | None = None,
         expires_at: float | None = None,
         keep_expiry: bool = False,
+        schema: SchemaStamp | None = None,
     ) -> WriteResult:
         """Write a new version of `key` if `precondition` holds; raise ConditionFailed otherwise, and
-        OutcomeUnknown if it was sent but whether it landed cannot be told (see _update).
+        OutcomeUnknown if it was sent but whether it landed cannot be told (see _update). `schema`: the
+        schema name and version the value was checked against (None for an ungoverned key).
 
         No read happens first: the version increments server-side and the condition is the only guard.
         """
@@ -299,6 +305,11 @@ class StateStore:
                 }
             )
             removes.append("#value")
+        if schema is None:
+            removes += ["#schema_name", "#schema_version"]
+        else:
+            sets += ["#schema_name = :schema_name", "#schema_version = :schema_version"]
+            values.update({":schema_name": {"S": schema.name}, ":schema_version": {"N": str(schema.version)}})
         if not keep_expiry:
             if expires_at is None:
                 removes.append("#expires_at")
@@ -348,7 +359,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
                 " #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version"
             ),
             condition=condition,
             values=values,
@@ -380,7 +391,7 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
                 " #updated_by = :actor, #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version"
             ),
             condition=_EXPIRABLE,
             values=values,
@@ -598,4 +609,7 @@ def record_of_item(item: Mapping[str, Any]) -> StateRecord:
         expires_at=float(item["expires_at"]["N"]) if "expires_at" in item else None,
         blob=blob,
         transaction_id=item["transaction_id"]["S"] if "transaction_id" in item else None,
+        schema=SchemaStamp(item["schema_name"]["S"], int(item["schema_version"]["N"]))
+        if "schema_name" in item
+        else None,
     )

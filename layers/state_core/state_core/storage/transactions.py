@@ -54,6 +54,8 @@ _NAMES = {
         "blob_sha256": "blob_sha256",
         "list_shard": LIST_SHARD_ATTRIBUTE,
         "transaction_id": "transaction_id",
+        "schema_name": "schema_name",
+        "schema_version": "schema_version",
     }.items()
 }
 
@@ -193,7 +195,7 @@ class TransactionStore:
             sets.append("#deleted = :true")
             update = (
                 f"SET {', '.join(sets)} REMOVE #value, #encoding, #value_size, #created_at, #incarnation,"
-                " #expires_at, #blob_id, #blob_chunks, #blob_sha256, #list_shard"
+                " #expires_at, #blob_id, #blob_chunks, #blob_sha256, #list_shard, #schema_name, #schema_version"
             )
             tombstone = StateRecord(
                 key=operation.key,
@@ -229,6 +231,11 @@ class TransactionStore:
             "#incarnation = :write_id" if fresh else "#incarnation = if_not_exists(#incarnation, :write_id)",
         ]
         removes = ["#deleted", "#expired", "#blob_id", "#blob_chunks", "#blob_sha256"]
+        if step.schema is None:
+            removes += ["#schema_name", "#schema_version"]
+        else:
+            sets += ["#schema_name = :schema_name", "#schema_version = :schema_version"]
+            values.update({":schema_name": {"S": step.schema.name}, ":schema_version": {"N": str(step.schema.version)}})
         if operation.op == "put":
             if step.expires_at is None:
                 removes.append("#expires_at")
@@ -246,6 +253,7 @@ class TransactionStore:
             updated_by=actor,
             expires_at=step.expires_at,
             transaction_id=transaction_id,
+            schema=step.schema,
         )
         return {"Update": _expression(self._table, key, condition=condition, values=values, update=update)}, record
 

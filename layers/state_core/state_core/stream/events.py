@@ -19,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from state_core.domain.records import BlobRef, StateRecord
+from state_core.domain.records import BlobRef, SchemaStamp, StateRecord
 from state_core.storage.state import STATE_SORT_KEY, record_of_item
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class StateChanged:
     value_omitted: bool
     # The transaction that wrote this version, shared by every key it wrote (absent for a single write).
     transaction_id: str | None = None
+    # The value schema the value was checked against when written (absent for an ungoverned key, a delete).
+    schema: SchemaStamp | None = None
 
     def detail(self) -> str:
         """The detail as JSON text. The canonical value is spliced in as is (it already is canonical
@@ -86,6 +88,8 @@ class StateChanged:
         }
         if self.transaction_id is not None:
             head["transaction_id"] = self.transaction_id
+        if self.schema is not None:
+            head["schema"] = self.schema.fields()
         if self.value_omitted:
             head["value_omitted"] = True
         text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
@@ -261,6 +265,7 @@ def state_changed(
         value_json=None,
         value_omitted=False,
         transaction_id=record.transaction_id,
+        schema=record.schema,
     )
     if record.deleted or operation in (Operation.DELETED, Operation.EXPIRED):
         return without_value
