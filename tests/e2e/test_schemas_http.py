@@ -54,3 +54,36 @@ def test_publish_then_a_governed_key_refuses_a_bad_value_over_http(owner, writer
     listed = writer.session.get(f"{owner.base_url}/schemas", timeout=30)
     assert name in [s["name"] for s in listed.json()["schemas"]]
     assert writer.session.get(url, params={"version": "1"}, timeout=30).json()["schema"] == SCHEMA
+
+
+def test_a_version_over_offending_values_is_checked_in_the_background_and_refused_over_http(owner, writer):
+    """The check runs as asynchronous invocations of the registry's function by itself (the gateway's
+    Lambda Invoke API), settles, reads the stored values and lists the offending key; reads name the schema
+    version a value was checked against."""
+    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
+    name = f"prefs-{uuid.uuid4().hex[:10]}"
+    url = f"{owner.base_url}/schemas/{name}"
+    loose = {"type": "object"}
+    assert owner.session.put(url, json={"schema": loose, "patterns": [f"{prefix}*"]}, timeout=30).status_code == 201
+    published_at = time.monotonic()
+    while "schema" not in (written := writer.put(f"{prefix}good", {"theme": "dark"})).json():
+        assert time.monotonic() - published_at < CACHE_SECONDS + 3, "a publish was not enforced within its bound"
+        time.sleep(0.25)
+    assert written.json()["schema"] == {"name": name, "version": 1}
+    assert writer.put(f"{prefix}bad", {"colour": "mauve"}).status_code == 201
+    assert writer.get(f"{prefix}bad").json()["schema"] == {"name": name, "version": 1}
+
+    started = owner.session.put(url, json={"schema": SCHEMA, "patterns": [f"{prefix}*"]}, timeout=30)
+    assert started.status_code == 202, started.text
+    location = started.headers["Location"]
+    assert location == f"/schemas/{name}/checks/{started.json()['id']}"
+    assert writer.session.get(f"{owner.base_url}{location}", timeout=30).status_code == 404  # not the publisher
+
+    deadline = time.monotonic() + 60  # the settle (17 s), then a few steps
+    while (check := owner.session.get(f"{owner.base_url}{location}", timeout=30).json())["state"] != "refused":
+        assert check["state"] in ("settling", "running"), check
+        assert time.monotonic() < deadline, check
+        time.sleep(1)
+    assert (check["keys_checked"], check["offending_key_count"]) == (2, 1)
+    assert [entry["key"] for entry in check["offending_keys"]] == [f"{prefix}bad"]
+    assert owner.session.get(url, timeout=30).json()["version"] == 1
