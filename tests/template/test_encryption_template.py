@@ -33,13 +33,13 @@ CRYPTO_ACTIONS = frozenset(
         "kms:ReEncryptTo",
     }
 )
-READERS = {"GetStateFunction", "BatchGetStateFunction", "ListStateFunction"}
+# The schema registry reads the stored values a new version is checked against.
+READERS = {"GetStateFunction", "BatchGetStateFunction", "ListStateFunction", "SchemasFunction"}
 WRITERS = {"PutStateFunction", "PatchStateFunction", "TransactStateFunction"}
 # Every function the stack can have, so a new function must be placed in one of the sets here.
 NO_VALUE_KEY = {
     "AuthorizerFunction",
     "DeleteStateFunction",
-    "SchemasFunction",
     "PublishChangesFunction",
     "RepairCacheFunction",
     "WatchSocketFunction",
