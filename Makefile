@@ -68,11 +68,28 @@ dashboard: $(VENV_STAMP)
 replay: $(VENV_STAMP)
 	$(PY) -m devstack.replay $(REPLAY_ARGS)
 
+# make test runs the suite on pytest-xdist workers, each with its own moto server, redis-server, tables, temp dirs
+# and local stacks; a test file stays on one worker (pyproject's addopts), so a module's stack starts once. The
+# workers mostly wait on their one-request-at-a-time emulators, so one more worker than cores was measured
+# fastest (docs/testing.md). PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
+
 ## test: lint, types, generated files, unit + integration + end-to-end tests, sam validate --lint, sam build
+##       (checks and the SAM steps run beside pytest, their output printed after it; any failure fails the target)
 test: $(VENV_STAMP) $(TOOLS_STAMP) redis-server
-	$(MAKE) --no-print-directory checks
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory validate sam-build
+	@logs=$$(mktemp -d); \
+	$(MAKE) --no-print-directory checks >"$$logs/checks.log" 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory validate sam-build >"$$logs/sam.log" 2>&1 & sam=$$!; \
+	status=0; \
+	echo "$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)"; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) || status=1; \
+	for step in checks sam; do \
+	  if [ $$step = checks ]; then pid=$$checks; name="make checks"; else pid=$$sam; name="make validate sam-build"; fi; \
+	  if wait $$pid; then result=passed; else result=FAILED; status=1; fi; \
+	  echo "=== $$name: $$result"; cat "$$logs/$$step.log"; \
+	done; \
+	rm -rf "$$logs"; \
+	exit $$status
 
 ## checks: ruff (lint + format), mypy (strict: the core, the functions, the local stack), the core's import
 ##         contracts, generated files up to date

@@ -32,9 +32,32 @@ def pytest_configure(config: pytest.Config) -> None:
 EMULATOR_CANARY = "tests/devstack/test_emulator.py"
 
 
+# Under pytest-xdist (make test) whole files are handed to the workers in collection order: the longest go first,
+# so that none of them starts last and keeps one worker busy while the others have finished. By marker, end-to-end
+# files (a local stack each, seconds a test) before integration before unit; these, measured the longest of their
+# kind, before the rest.
+LONGEST_FILES = (
+    "tests/e2e/test_benchmarks_run.py",
+    "tests/e2e/test_history.py",
+    "tests/integration/test_transaction_concurrency.py",
+    "tests/integration/test_watch.py",
+)
+MARKER_ORDER = ("e2e", "integration")
+
+
+def _parallel_rank(item: pytest.Item) -> tuple[int, int]:
+    path = item.nodeid.split("::", 1)[0]
+    longest = LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+    kind = next((i for i, name in enumerate(MARKER_ORDER) if item.get_closest_marker(name)), len(MARKER_ORDER))
+    return longest, kind
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """The emulator canary runs first: if moto misbehaves, that is known before any test that
     relies on its conditional writes fails for moto's sake rather than the code's."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Stable: a file's tests keep their order, and every worker collects the same order (xdist checks).
+        items.sort(key=_parallel_rank)
     items.sort(key=lambda item: 0 if item.nodeid.startswith(EMULATOR_CANARY) else 1)
 
 
