@@ -70,8 +70,8 @@ replay: $(VENV_STAMP)
 
 # make test runs the suite on pytest-xdist workers, each with its own moto server, redis-server, tables, temp dirs
 # and local stacks; a test file stays on one worker (pyproject's addopts), so a module's stack starts once. The
-# workers mostly wait on their one-request-at-a-time emulators, so one more worker than cores was measured
-# fastest (docs/testing.md). PYTEST_WORKERS=0 runs the suite in one process.
+# workers mostly wait on their one-request-at-a-time emulators, hence one more worker than cores
+# (docs/testing.md). PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= $(shell echo $$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
 
 ## test: lint, types, generated files, unit + integration + end-to-end tests, sam validate --lint, sam build
@@ -83,11 +83,10 @@ test: $(VENV_STAMP) $(TOOLS_STAMP) redis-server
 	status=0; \
 	echo "$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)"; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) || status=1; \
-	for step in checks sam; do \
-	  if [ $$step = checks ]; then pid=$$checks; name="make checks"; else pid=$$sam; name="make validate sam-build"; fi; \
-	  if wait $$pid; then result=passed; else result=FAILED; status=1; fi; \
-	  echo "=== $$name: $$result"; cat "$$logs/$$step.log"; \
-	done; \
+	wait $$checks && echo "=== make checks: passed" || { echo "=== make checks: FAILED"; status=1; }; \
+	cat "$$logs/checks.log"; \
+	wait $$sam && echo "=== make validate sam-build: passed" || { echo "=== make validate sam-build: FAILED"; status=1; }; \
+	cat "$$logs/sam.log"; \
 	rm -rf "$$logs"; \
 	exit $$status
 
