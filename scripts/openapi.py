@@ -24,6 +24,7 @@ FUNCTIONS = (
     "batch_get_state",
     "transact_state",
     "schemas",
+    "approvals",
 )
 
 

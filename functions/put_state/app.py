@@ -8,10 +8,11 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from state_core.api import edge
+from state_core.api.approvals import propose_if_protected
 from state_core.api.bodies import parse_put_body
 from state_core.domain.codec import parse_json
 from state_core.observability import lambda_entry
-from state_core.runtime import role_policy, state_manager
+from state_core.runtime import approvals, role_policy, state_manager
 from state_core.security.principal import WRITE
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ router = APIGatewayHttpRouter()
         lambda doc: {
             200: doc.METADATA_RESPONSE,
             201: {**doc.METADATA_RESPONSE, "description": "Created"},
+            202: doc.PROPOSAL_CREATED_RESPONSE,
             **doc.error_responses(400, 403, 404, 412, 413, 415, 422, 503),
         }
     ),
@@ -38,6 +40,18 @@ def put_state(key: str) -> Response[str]:
     expect = edge.expectation(event, allow_if_none_match=True)
     edge.require_content_type(event, edge.JSON_CONTENT_TYPE)
     request = parse_put_body(parse_json(edge.body_bytes(event)))
+    proposed = propose_if_protected(
+        key,
+        "put",
+        principal,
+        role_policy(),
+        approvals,
+        expect=expect,
+        value=request.value,
+        ttl_seconds=request.ttl_seconds,
+    )
+    if proposed is not None:
+        return proposed
     result = state_manager().put(
         key, request.value, actor=principal.subject, ttl_seconds=request.ttl_seconds, expect=expect
     )

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from state_core.cache.state_cache import RedisStateCache
     from state_core.domain.ports import ListIndex
     from state_core.security.tokens import VerifiedToken
+    from state_core.service.approvals import Approvals
     from state_core.service.history import HistoryReader
     from state_core.service.listing import KeyLister
     from state_core.service.schemas import SchemaRegistry
@@ -305,6 +306,25 @@ def transactions() -> Transactions:
         clock=utc_now,
         metrics=metrics,
         policy=PatchPolicy(time_budget_seconds=service_settings().patch_time_budget_seconds),
+    )
+
+
+@functools.cache
+def approvals() -> Approvals:
+    """Proposals of protected keys (approvals.md), in the state table beside their keys' items."""
+    from state_core.service.approvals import Approvals
+    from state_core.storage.approvals import ProposalStore
+    from state_core.storage.transactions import TransactionStore
+
+    settings = service_settings()
+    store = TransactionStore(dynamodb_client(), settings.table_name, state_store())
+    return Approvals(
+        ProposalStore(dynamodb_client(), settings.table_name, store),
+        state_store(),
+        state_manager(),
+        clock=utc_now,
+        metrics=metrics,
+        policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
     )
 
 

@@ -150,6 +150,14 @@ def authorized_principal(
     return principal
 
 
+def note_override(keys: list[str]) -> None:
+    """A protected key written directly under state:write:override (break glass): a decision of its own in
+    the audit record, a metric the template alarms on, and a warning naming the keys (never a value)."""
+    audit.note_decision("override")
+    metrics.add_metric(name="ApprovalOverrides", unit="Count", value=1)
+    logger.warning("protected key written under state:write:override", extra={"keys": keys[:25]})
+
+
 def authenticated_principal(
     event: APIGatewayProxyEventV2, role_policy: Callable[[], RolePolicy]
 ) -> tuple[Principal, RolePolicy]:

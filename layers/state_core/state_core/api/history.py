@@ -38,13 +38,18 @@ def requested_version(text: str | None) -> int | None:
 
 def version_summary(entry: HistoryEntry) -> dict[str, Any]:
     """What the listing shows of a version (openapi.HistoryEntryModel's fields; never the value)."""
-    return {
+    summary: dict[str, Any] = {
         "version": entry.version,
         "operation": entry.operation,
         "actor": entry.actor,
         "occurred_at": entry.occurred_at,
         "size": entry.size,
     }
+    if entry.proposal_id is not None:
+        # An approved change: the actor proposed it, these approved it (approvals.md).
+        summary["proposal_id"] = entry.proposal_id
+        summary["approved_by"] = list(entry.approved_by)
+    return summary
 
 
 def page_body(page: HistoryPage) -> str:

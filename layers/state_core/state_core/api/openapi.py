@@ -101,6 +101,10 @@ class HistoryEntryModel(BaseModel):
     actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
     occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
     size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
+    proposal_id: str | None = Field(
+        default=None, description="Only on a version an approved proposal applied (its actor is the proposer)."
+    )
+    approved_by: list[str] | None = Field(default=None, description="With proposal_id: who approved it.")
 
 
 class HistoryPageModel(BaseModel):
@@ -187,7 +191,11 @@ _ERROR_DESCRIPTIONS = {
     404: "Absent, deleted or expired; or no such route (API Gateway)",
     412: "Precondition failed",
     413: "Value or body too large; or the request is over API Gateway's limits",
-    409: "A schema publish refused: patterns overlapping another schema's, or another publish came first",
+    409: (
+        "A schema publish refused: patterns overlapping another schema's, or another publish came first; or a"
+        " proposal no longer open (proposal-closed) or whose key moved on from its base version (proposal-stale)"
+    ),
+    410: "The proposal expired (proposal-expired)",
     415: "Unsupported media type",
     422: "Body of the wrong shape; or a value its key's schema refuses (schema-violation: each violation listed)",
     429: "Throttled by the API's stage limits (API Gateway); retry later",
@@ -200,7 +208,7 @@ _ERROR_DESCRIPTIONS = {
 # What API Gateway answers itself, before or instead of a function, with its own {"message": ...} body.
 _GATEWAY_STATUSES = frozenset({401, 403, 404, 413, 429})
 # What a function answers, as an RFC 9457 problem document.
-_SERVICE_STATUSES = frozenset({400, 403, 404, 409, 412, 413, 415, 422, 503})
+_SERVICE_STATUSES = frozenset({400, 403, 404, 409, 410, 412, 413, 415, 422, 503})
 
 
 def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
@@ -378,4 +386,64 @@ SCHEMA_RESPONSE: OpenAPIResponse = {
 SCHEMA_LIST_RESPONSE: OpenAPIResponse = {
     "description": "The current version of every schema governing a key the caller may read, by name",
     "content": {JSON_CONTENT_TYPE: {"model": SchemaListModel}},
+}
+
+
+class ProposalModel(BaseModel):
+    """A proposed change of a protected key (approvals.md)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    id: str
+    key: str
+    operation: Literal["put", "patch", "delete"]
+    status: Literal["open", "applied", "rejected", "withdrawn", "expired", "stale"]
+    proposer: str
+    created_at: str
+    expires_at: str = Field(description="RFC 3339 UTC; after it the proposal answers 410.")
+    base_version: int = Field(description="The key's version the change applies to (0: the key was never written).")
+    approvals_required: int
+    approved_by: list[str] = Field(description="The subjects whose approval counted, each once.")
+    approval_comments: dict[str, str] = Field(description="Approvers' comments, by subject.")
+    ttl_seconds: int | None = Field(description="A PUT's TTL, counted from when the change is applied.")
+    decided_by: str | None = Field(description="Who rejected or withdrew it.")
+    decided_at: str | None
+    comment: str | None = Field(description="The rejection's or withdrawal's comment.")
+    applied_version: int | None = Field(description="The version its application wrote.")
+    current_version: int | None = Field(description="When stale: the key's version that made it so.")
+
+
+class ProposalReviewModel(ProposalModel):
+    """A proposal with what it would write: the resulting value and a JSON Patch (RFC 6902) against the base."""
+
+    value: Any = Field(description="The value the change writes (null for a delete).")
+    patch: Any = Field(default=None, description="A PATCH's merge patch (RFC 7396), as proposed.")
+    diff: list[dict[str, Any]] | None = Field(
+        description="RFC 6902 operations from the base version's value to `value`; null once the key moved on."
+    )
+
+
+class ProposalListModel(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    proposals: list[ProposalModel] = Field(description="Open proposals, oldest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last one.")
+
+
+PROPOSAL_CREATED_RESPONSE: OpenAPIResponse = {
+    "description": "The key is protected: the change is a proposal waiting for approvals (Location names it)",
+    "content": {JSON_CONTENT_TYPE: {"model": ProposalModel}},
+    "headers": {"Location": {"description": "/state/{key}/proposals/{id}", "schema": {"type": "string"}}},
+}
+PROPOSAL_RESPONSE: OpenAPIResponse = {
+    "description": "The proposal",
+    "content": {JSON_CONTENT_TYPE: {"model": ProposalModel}},
+}
+PROPOSAL_REVIEW_RESPONSE: OpenAPIResponse = {
+    "description": "The proposal with its resulting value and diff",
+    "content": {JSON_CONTENT_TYPE: {"model": ProposalReviewModel}},
+}
+PROPOSAL_LIST_RESPONSE: OpenAPIResponse = {
+    "description": "A page of the key's open proposals",
+    "content": {JSON_CONTENT_TYPE: {"model": ProposalListModel}},
 }

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from aws_lambda_powertools.event_handler import Response
 
 from state_core.api import edge
+from state_core.domain.approvals import ApprovalRequired
 from state_core.domain.errors import Forbidden
 from state_core.domain.transactions import Outcome, Transaction, TransactionPreconditionFailed, TransactionResult
 from state_core.observability import metrics
 from state_core.security import audit
-from state_core.security.principal import READ, WRITE, Principal, authorize
+from state_core.security.principal import OVERRIDE, READ, WRITE, Principal, authorize
 
 if TYPE_CHECKING:
     from state_core.security.policy import RolePolicy
@@ -33,6 +34,21 @@ def authorize_all(principal: Principal, transaction: Transaction, policy: RolePo
                 f"operations[{operation.index}]: {WRITE if operation.writes else READ} is not granted on key"
                 f" {operation.key}; nothing was read or written"
             ) from None
+    # A transaction cannot become a proposal (its other keys would wait on it): a protected key in it is refused
+    # unless the caller holds the break-glass permission on it, which is audited as an override.
+    protected = [op for op in transaction.operations if op.writes and policy.approval_rule(op.key) is not None]
+    refused = [op.key for op in protected if not principal.allows(OVERRIDE, op.key, policy)]
+    if refused:
+        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        raise ApprovalRequired(
+            f"{', '.join(refused[:5])}{' and more' if len(refused) > 5 else ''}: a change of a protected key needs"
+            " approval and cannot be part of a transaction; write it on its own (PUT, PATCH or DELETE) to propose"
+            " it; nothing was read or written",
+            refused,
+        )
+    if protected:
+        edge.note_override([op.key for op in protected])
+        return
     audit.note_decision("allow")
 
 

@@ -41,6 +41,8 @@ class HistoryEntry:
     value: StoredValue | None = None
     blob: BlobRef | None = None
     transaction_id: str | None = None  # the transaction that wrote this version, if one did
+    proposal_id: str | None = None  # the approved proposal it applied (the actor is its proposer)
+    approved_by: tuple[str, ...] = ()  # and who approved it
 
     @property
     def has_value(self) -> bool:
@@ -79,4 +81,6 @@ def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
         value=value,
         blob=blob,
         transaction_id=record.transaction_id,
+        proposal_id=record.proposal_id,
+        approved_by=record.approved_by,
     )

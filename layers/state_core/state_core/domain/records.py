@@ -60,6 +60,9 @@ class StateRecord:
     transaction_id: str | None = None
     # The schema the value was checked against when written; None for an ungoverned key (and a tombstone).
     schema: SchemaStamp | None = None
+    # The approved proposal this version applied, and who approved it (approvals.md); the actor is its proposer.
+    proposal_id: str | None = None
+    approved_by: tuple[str, ...] = ()
 
     def is_live(self, now: datetime) -> bool:
         """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""

@@ -45,6 +45,15 @@ PERMISSIONS = {
     "get_schema": "state:read",
     "list_schemas": "state:read",
     "get_schema_check": "state:schema",
+    # Change approvals (approvals.md): a write of a protected key becomes a proposal; deciding needs state:approve.
+    "approvals": "state:approve",
+    "propose": "state:write",
+    "list_proposals": "state:read",
+    "get_proposal": "state:read",
+    "approve": "state:approve",
+    "reject": "state:approve",
+    "withdraw": "state:write",
+    "apply_proposal": "state:approve",
 }
 Action = Literal[
     "get",
@@ -60,9 +69,17 @@ Action = Literal[
     "get_schema",
     "list_schemas",
     "get_schema_check",
+    "propose",
+    "list_proposals",
+    "get_proposal",
+    "approve",
+    "reject",
+    "withdraw",
+    "apply_proposal",
 ]
 
-Decision = Literal["allow", "deny"]
+# `override`: a protected key written directly under state:write:override (break glass), never by a proposal.
+Decision = Literal["allow", "deny", "override"]
 
 # Level fixed at INFO: an audit trail must not vanish when someone turns POWERTOOLS_LOG_LEVEL to WARNING.
 audit_logger = Logger(service=AUDIT_SERVICE, level="INFO")
@@ -72,6 +89,7 @@ _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
 _prefix: ContextVar[str | None] = ContextVar("audit_prefix", default=None)
 _items: ContextVar[list[dict[str, Any]] | None] = ContextVar("audit_items", default=None)
 _transaction_id: ContextVar[str | None] = ContextVar("audit_transaction_id", default=None)
+_proposal: ContextVar[tuple[str, int | None] | None] = ContextVar("audit_proposal", default=None)
 
 
 def begin() -> None:
@@ -81,6 +99,13 @@ def begin() -> None:
     _prefix.set(None)
     _items.set(None)
     _transaction_id.set(None)
+    _proposal.set(None)
+
+
+def note_proposal(proposal_id: str, applied_version: int | None = None) -> None:
+    """The proposal this request created or decided; `applied_version` when the request applied it, which
+    adds an `apply_proposal` record of its own to the request's."""
+    _proposal.set((proposal_id, applied_version))
 
 
 def note_transaction(operations: list[dict[str, Any]], transaction_id: str | None = None) -> None:
@@ -137,6 +162,7 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         status = response["statusCode"]
     action = _action.get() or operation
     decision = _decision.get()
+    proposal = _proposal.get()
     if decision is None and status in (401, 403):
         decision = "deny"  # refused before the decision was noted (no authorizer context)
     return {
@@ -153,6 +179,8 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "items": _items.get(),
         # A transaction's id, once it has one; None for every other action.
         "transaction_id": _transaction_id.get(),
+        # The proposal a request created or decided (approvals.md); None for every other action.
+        "proposal_id": proposal[0] if proposal is not None else None,
         "decision": decision,
         "status": status,
         "version": _version(response),
@@ -165,6 +193,14 @@ def emit(operation: str, event: dict[str, Any], response: Any, status: int | Non
     if operation in PERMISSIONS:
         # Nested: Powertools drops top-level keys whose value is None, and every field is always present.
         audit_logger.info("audit", extra={"audit": record(operation, event, response, status)})
+        proposal = _proposal.get()
+        if proposal is not None and proposal[1] is not None:
+            # The application is a change of its own: one more record, in the proposal's name.
+            applied = record(operation, event, response, status)
+            applied.update(
+                {"action": "apply_proposal", "permission": PERMISSIONS["apply_proposal"], "version": proposal[1]}
+            )
+            audit_logger.info("audit", extra={"audit": applied})
 
 
 WatchAction = Literal["watch_connect", "watch_subscribe", "watch_unsubscribe", "watch_refresh", "watch_message"]

@@ -9,7 +9,15 @@ A JSON file, by default `policy.json` shipped in this package, else the file `ST
 
 Each grant has the grammar of a scope: `state:read` / `state:write`, optionally narrowed to a key pattern
 (an exact key, or a prefix ending in `*`, `${sub}` standing for the caller's subject and followed by `:` or
-the end of the pattern, as in `principal.py`). The file is checked
+the end of the pattern, as in `principal.py`). An optional `approvals` section protects keys (approvals.md):
+
+    "approvals": [{"pattern": "flags:prod:*", "approvals": 2, "expires_after_seconds": 604800}]
+
+a write to a key a rule's pattern matches becomes a proposal that `approvals` other subjects holding
+`state:approve` on the key must approve within `expires_after_seconds` (default 7 days). A pattern has the
+grants' language; `${sub}` in it stands for any one key segment, whoever writes (a rule that followed the
+writer's subject would protect `user:alice:limits` from alice and not from an administrator). A key several
+rules match takes the strictest: the most approvals, the shortest life. The file is checked
 completely at load; anything unexpected (an unknown member, a misspelt permission, a pattern no key could
 match) makes it invalid, and an invalid policy fails closed: every request is refused.
 """
@@ -17,15 +25,25 @@ match) makes it invalid, and an invalid policy fails closed: every request is re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from state_core.domain.keys import MAX_KEY_LENGTH
 from state_core.security.principal import GRANT
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
 MAX_POLICY_BYTES = 1_000_000
+DEFAULT_PROPOSAL_SECONDS = 7 * 86_400
+MAX_PROPOSAL_SECONDS = 90 * 86_400
+MAX_REQUIRED_APPROVALS = 20
+_RULE_MEMBERS = {"pattern", "approvals", "expires_after_seconds"}
+# A rule's pattern: the grants' pattern language (a key, a prefix ending in `*`, `${sub}` as a whole segment).
+_RULE_PATTERN = re.compile(r"((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*)\Z")
+# `${sub}` in a rule: any one key segment.
+_ANY_SEGMENT = "[A-Za-z0-9_.-]+"
 
 
 class PolicyError(Exception):
@@ -33,15 +51,79 @@ class PolicyError(Exception):
 
 
 @dataclass(frozen=True)
+class ApprovalRule:
+    """What protects a key: how many approvals a change needs, and how long a proposal lives."""
+
+    approvals: int
+    expires_after_seconds: int = DEFAULT_PROPOSAL_SECONDS
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    pattern: str
+    matcher: re.Pattern[str]
+    rule: ApprovalRule
+
+
+@dataclass(frozen=True)
 class RolePolicy:
-    """Roles to grants, as loaded from the policy file."""
+    """Roles to grants, and the protected keys' approval rules, as loaded from the policy file."""
 
     version: Literal[1]
     roles: dict[str, tuple[str, ...]]
+    approvals: tuple[_CompiledRule, ...] = ()
 
     def grants_for(self, roles: Iterable[str]) -> frozenset[str]:
         """The grants (scope-shaped strings) the given roles hold; unknown roles grant nothing."""
         return frozenset(grant for role in roles for grant in self.roles.get(role, ()))
+
+    def approval_rule(self, key: str) -> ApprovalRule | None:
+        """The strictest rule protecting `key`, or None: an unprotected key costs a few regex matches in
+        memory, no I/O."""
+        matched = [compiled.rule for compiled in self.approvals if compiled.matcher.match(key)]
+        if not matched:
+            return None
+        return ApprovalRule(
+            approvals=max(rule.approvals for rule in matched),
+            expires_after_seconds=min(rule.expires_after_seconds for rule in matched),
+        )
+
+    @property
+    def protects_any_key(self) -> bool:
+        return bool(self.approvals)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    wildcard = pattern.endswith("*")
+    body = pattern[:-1] if wildcard else pattern
+    regex = _ANY_SEGMENT.join(re.escape(part) for part in body.split("${sub}"))
+    return re.compile(regex if wildcard else regex + r"\Z")
+
+
+def _approval_rules(raw: object) -> tuple[list[_CompiledRule], list[str]]:
+    if not isinstance(raw, list):
+        return [], ["approvals: must be a list of rules"]
+    rules: list[_CompiledRule] = []
+    for index, entry in enumerate(raw):
+        where = f"approvals[{index}]"
+        if not isinstance(entry, Mapping):
+            return [], [f"{where}: must be an object"]
+        unknown = sorted(map(str, set(entry) - _RULE_MEMBERS))
+        if unknown:
+            return [], [f"{where}: unknown member {unknown[0]}"]
+        pattern = entry.get("pattern")
+        if not isinstance(pattern, str) or len(pattern) > MAX_KEY_LENGTH or not _RULE_PATTERN.match(pattern):
+            return [], [
+                f"{where}.pattern: not a key pattern (a key, or a prefix ending in *; ${{sub}} a whole segment)"
+            ]
+        required = entry.get("approvals")
+        if type(required) is not int or not 1 <= required <= MAX_REQUIRED_APPROVALS:
+            return [], [f"{where}.approvals: must be a whole number from 1 to {MAX_REQUIRED_APPROVALS}"]
+        lifetime = entry.get("expires_after_seconds", DEFAULT_PROPOSAL_SECONDS)
+        if type(lifetime) is not int or not 1 <= lifetime <= MAX_PROPOSAL_SECONDS:
+            return [], [f"{where}.expires_after_seconds: must be a whole number from 1 to {MAX_PROPOSAL_SECONDS}"]
+        rules.append(_CompiledRule(pattern, _compile(pattern), ApprovalRule(required, lifetime)))
+    return rules, []
 
 
 def _shape_errors(document: object) -> list[str]:
@@ -49,7 +131,8 @@ def _shape_errors(document: object) -> list[str]:
     beyond what a reader needs to find it."""
     if not isinstance(document, Mapping):
         return ["policy: must be a JSON object"]
-    reasons = [f"{name}: unknown member" for name in sorted(map(str, set(document) - {"version", "roles"}))]
+    members = {"version", "roles", "approvals"}
+    reasons = [f"{name}: unknown member" for name in sorted(map(str, set(document) - members))]
     version = document.get("version")
     if type(version) is not int or version != 1:
         reasons.append("version: must be 1")
@@ -69,7 +152,8 @@ def _grant_errors(roles: Mapping[str, list[str]]) -> list[str]:
         for grant in grants:
             if not GRANT.match(grant):
                 return [
-                    f"roles: role {role}: {grant!r} is not state:read|state:write|state:schema[:<key pattern>]"
+                    f"roles: role {role}: {grant!r} is not"
+                    " state:read|state:write|state:schema|state:approve|state:write:override[:<key pattern>]"
                     " (${sub} only before ':' or at the end)"
                 ]
     return []
@@ -80,8 +164,13 @@ def parse_role_policy(document: Mapping[str, object] | object) -> RolePolicy:
     if not reasons:
         roles = cast("Mapping[str, list[str]]", cast("Mapping[str, object]", document)["roles"])  # checked above
         reasons = _grant_errors(roles)
+        rules: list[_CompiledRule] = []
+        if not reasons and "approvals" in cast("Mapping[str, object]", document):
+            rules, reasons = _approval_rules(cast("Mapping[str, object]", document)["approvals"])
         if not reasons:
-            return RolePolicy(version=1, roles={role: tuple(grants) for role, grants in roles.items()})
+            return RolePolicy(
+                version=1, roles={role: tuple(grants) for role, grants in roles.items()}, approvals=tuple(rules)
+            )
     raise PolicyError(f"invalid role policy: {'; '.join(reasons)}")
 
 

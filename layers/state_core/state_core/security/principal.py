@@ -1,11 +1,14 @@
 """Who is calling and what they may do: the principal the authorizer put in the request
 context, and RBAC by permission and key pattern, enforced on the validated key.
 
-A grant is a scope `state:read` / `state:write` / `state:schema` (every key) or `state:read:<pattern>` /
-`state:write:<pattern>` / `state:schema:<pattern>`, where a pattern is an exact key or a prefix ending in `*`,
-and `${sub}` stands for the caller's subject as one whole segment: followed by `:` or the end of the pattern.
+A grant is a scope `state:read` / `state:write` / `state:schema` / `state:approve` (every key) or
+`state:read:<pattern>` / `state:write:<pattern>` / `state:schema:<pattern>` / `state:approve:<pattern>`, or the
+break-glass `state:write:override[:<pattern>]` (approvals.md), where a pattern is an exact key or a prefix
+ending in `*`, and `${sub}` stands for the caller's subject as one whole segment: followed by `:` or the end of
+the pattern.
 A subject that is not one key segment (empty, too long, holding `:`, `*` or any character a key cannot hold)
-expands to nothing, so a `${sub}` grant grants it nothing; one subject's keys can then never be a prefix of another's.
+expands to nothing, so a `${sub}` grant grants it nothing; one subject's keys can then never be a prefix of
+another's.
 Grants come from the token's scopes and from its roles, mapped by the role policy (`policy.py`); both
 must have the grammar below, or they grant nothing (the policy refuses to load).
 """
@@ -29,10 +32,15 @@ READ = "state:read"
 WRITE = "state:write"
 # Publishing value schemas (service.schemas) for the keys a pattern grants.
 SCHEMA = "state:schema"
+# Approving or rejecting proposed changes of protected keys (service/approvals.py).
+APPROVE = "state:approve"
+# Break glass: writing a protected key directly, without a proposal. `state:write:override[:<pattern>]` is
+# this permission, never a write grant on a key named `override`.
+OVERRIDE = "state:write:override"
 _SUB = "${sub}"
 # A grant: key characters and `${sub}` (only before `:` or at the end, so `user:${sub}*` is no grant),
 # optionally ending in `*`; or `*` alone.
-GRANT = re.compile(r"state:(read|write|schema)(:((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*))?\Z")
+GRANT = re.compile(r"state:(read|write|schema|approve)(:((?:[A-Za-z0-9_.:-]|\$\{sub\}(?=:|\Z))+\*?|\*))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,8 @@ class Principal:
         for scope in self.grants(policy):
             if not GRANT.match(scope):
                 continue
+            if permission == WRITE and (scope == OVERRIDE or scope.startswith(OVERRIDE + ":")):
+                continue  # the break-glass permission is not a grant to write a key named `override`
             if scope == permission:
                 patterns.append("*")
             elif scope.startswith(permission + ":"):

@@ -68,6 +68,10 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
         item["expires_at"] = {"N": f"{entry.expires_at:.3f}"}
     if entry.transaction_id is not None:
         item["transaction_id"] = {"S": entry.transaction_id}
+    if entry.proposal_id is not None:
+        item["proposal_id"] = {"S": entry.proposal_id}
+    if entry.approved_by:
+        item["approved_by"] = {"SS": list(entry.approved_by)}
     if entry.value is not None:
         item["encoding"] = {"S": entry.value.encoding}
         item["value"] = {"B": entry.value.data}
@@ -94,6 +98,8 @@ def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
         value=value,
         blob=blob,
         transaction_id=item["transaction_id"]["S"] if "transaction_id" in item else None,
+        proposal_id=item["proposal_id"]["S"] if "proposal_id" in item else None,
+        approved_by=tuple(sorted(item["approved_by"]["SS"])) if "approved_by" in item else (),
     )
 
 

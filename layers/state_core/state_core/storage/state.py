@@ -6,7 +6,8 @@ Item attributes: version (N), value (B) or blob_id / blob_chunks / blob_sha256 (
 blobs.py), encoding (S), value_size (N), created_at / updated_at (S, RFC 3339), updated_by (S), expires_at
 (N, epoch seconds), incarnation (S: write id of the write that created this life of the key), write_id (S),
 deleted (BOOL, tombstones only), list_shard (S, live items only: the listing index's partition, see
-storage/listing.py), transaction_id (S, only on a version a transaction wrote: storage/transactions.py). A
+storage/listing.py), transaction_id (S, only on a version a transaction wrote: storage/transactions.py),
+proposal_id and approved_by (S and SS, only on a version an approved proposal wrote: storage/approvals.py). A
 tombstone keeps `version`, so a re-created key goes on counting, and drops value, created_at, incarnation,
 expires_at and list_shard.
 """
@@ -98,6 +99,8 @@ _NAMES = {
     "#transaction_id": "transaction_id",
     "#schema_name": "schema_name",
     "#schema_version": "schema_version",
+    "#proposal_id": "proposal_id",
+    "#approved_by": "approved_by",
 }
 
 # Named condition parts. Comparisons with a missing attribute are false in DynamoDB, so an item
@@ -280,7 +283,7 @@ class StateStore:
             "#list_shard = :list_shard",
         ]
         # A version written alone carries no transaction id: the previous version's must not stick to it.
-        removes = ["#deleted", "#expired", "#transaction_id"]
+        removes = ["#deleted", "#expired", "#transaction_id", "#proposal_id", "#approved_by"]
         values: dict[str, Any] = {
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
@@ -359,7 +362,8 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #updated_at = :now, #updated_by = :actor,"
                 " #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version,"
+                " #proposal_id, #approved_by"
             ),
             condition=condition,
             values=values,
@@ -391,7 +395,8 @@ class StateStore:
                 "SET #version = #version + :one, #deleted = :true, #expired = :true, #updated_at = :expired_at,"
                 " #updated_by = :actor, #write_id = :write_id"
                 " REMOVE #value, #encoding, #value_size, #created_at, #incarnation, #expires_at,"
-                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version"
+                " #blob_id, #blob_chunks, #blob_sha256, #list_shard, #transaction_id, #schema_name, #schema_version,"
+                " #proposal_id, #approved_by"
             ),
             condition=_EXPIRABLE,
             values=values,
@@ -612,4 +617,6 @@ def record_of_item(item: Mapping[str, Any]) -> StateRecord:
         schema=SchemaStamp(item["schema_name"]["S"], int(item["schema_version"]["N"]))
         if "schema_name" in item
         else None,
+        proposal_id=item["proposal_id"]["S"] if "proposal_id" in item else None,
+        approved_by=tuple(sorted(item["approved_by"]["SS"])) if "approved_by" in item else (),
     )

@@ -56,6 +56,8 @@ _NAMES = {
         "transaction_id": "transaction_id",
         "schema_name": "schema_name",
         "schema_version": "schema_version",
+        "proposal_id": "proposal_id",
+        "approved_by": "approved_by",
     }.items()
 }
 
@@ -156,8 +158,43 @@ class TransactionStore:
             return False
         return item is not None and item.get("transaction_id", {}).get("S") == transaction_id
 
+    def apply_proposal(
+        self,
+        step: PlannedOperation,
+        *,
+        actor: str,
+        now: datetime,
+        proposal_id: str,
+        approvers: tuple[str, ...],
+        close: dict[str, Any],
+        token: str,
+    ) -> StateRecord | None:
+        """One approved proposal's change and its closing (`close`, the proposal item's conditional update) in
+        one TransactWriteItems: the key's next version conditioned on exactly the state read (the proposal's
+        base version), stamped with the proposal and its approvers instead of a transaction id. Answers the
+        new record; TransactionConflict (reasons in order: the key, the proposal) when either condition
+        failed, nothing written."""
+        action, record = self._action(
+            step, actor=actor, now=now, transaction_id=None, proposal=(proposal_id, approvers)
+        )
+        try:
+            with dynamodb_errors():
+                self._client.transact_write_items(TransactItems=[action, close], ClientRequestToken=token)  # type: ignore[list-item]
+        except ClientError as exc:
+            reasons = _cancellation(exc)
+            if reasons is None:
+                raise
+            raise TransactionConflict([reason.get("Code", "None") for reason in reasons]) from None
+        return record
+
     def _action(
-        self, step: PlannedOperation, *, actor: str, now: datetime, transaction_id: str
+        self,
+        step: PlannedOperation,
+        *,
+        actor: str,
+        now: datetime,
+        transaction_id: str | None,
+        proposal: tuple[str, tuple[str, ...]] | None = None,
     ) -> tuple[dict[str, Any], StateRecord | None]:
         operation, current = step.operation, step.current
         values: dict[str, Any] = {}
@@ -180,22 +217,19 @@ class TransactionStore:
                 ":now": {"S": rfc3339(now)},
                 ":actor": {"S": actor},
                 ":write_id": {"S": write_id},
-                ":transaction_id": {"S": transaction_id},
             }
         )
-        sets = [
-            "#version = :version",
-            "#updated_at = :now",
-            "#updated_by = :actor",
-            "#write_id = :write_id",
-            "#transaction_id = :transaction_id",
-        ]
+        sets = ["#version = :version", "#updated_at = :now", "#updated_by = :actor", "#write_id = :write_id"]
+        stamp_removes = _stamp(sets, values, transaction_id, proposal)
+        approved_by = proposal[1] if proposal is not None else ()
+        proposal_id = proposal[0] if proposal is not None else None
         if operation.op == "delete":
             values[":true"] = {"BOOL": True}
             sets.append("#deleted = :true")
             update = (
                 f"SET {', '.join(sets)} REMOVE #value, #encoding, #value_size, #created_at, #incarnation,"
-                " #expires_at, #blob_id, #blob_chunks, #blob_sha256, #list_shard, #schema_name, #schema_version"
+                " #expires_at, #blob_id, #blob_chunks, #blob_sha256, #list_shard, #schema_name, #schema_version,"
+                f" {', '.join(stamp_removes)}"
             )
             tombstone = StateRecord(
                 key=operation.key,
@@ -207,6 +241,8 @@ class TransactionStore:
                 updated_by=actor,
                 expires_at=None,
                 transaction_id=transaction_id,
+                proposal_id=proposal_id,
+                approved_by=approved_by,
             )
             return {
                 "Update": _expression(self._table, key, condition=condition, values=values, update=update)
@@ -230,7 +266,7 @@ class TransactionStore:
             "#created_at = :now" if fresh else "#created_at = if_not_exists(#created_at, :now)",
             "#incarnation = :write_id" if fresh else "#incarnation = if_not_exists(#incarnation, :write_id)",
         ]
-        removes = ["#deleted", "#expired", "#blob_id", "#blob_chunks", "#blob_sha256"]
+        removes = ["#deleted", "#expired", "#blob_id", "#blob_chunks", "#blob_sha256", *stamp_removes]
         if step.schema is None:
             removes += ["#schema_name", "#schema_version"]
         else:
@@ -254,6 +290,8 @@ class TransactionStore:
             expires_at=step.expires_at,
             transaction_id=transaction_id,
             schema=step.schema,
+            proposal_id=proposal_id,
+            approved_by=approved_by,
         )
         return {"Update": _expression(self._table, key, condition=condition, values=values, update=update)}, record
 
@@ -311,6 +349,27 @@ def _outcome_item(partition: str, outcome: Outcome) -> dict[str, Any]:
         # DynamoDB's TTL removes the record days late at worst; readers check expires_at themselves.
         "ttl": {"N": str(int(outcome.expires_at) + 1)},
     }
+
+
+def _stamp(
+    sets: list[str], values: dict[str, Any], transaction_id: str | None, proposal: tuple[str, tuple[str, ...]] | None
+) -> list[str]:
+    """Set the transaction or the proposal (and its approvers) that writes a version; the attributes to remove,
+    so a version never carries one left from an earlier version."""
+    if proposal is None:
+        assert transaction_id is not None
+        values[":transaction_id"] = {"S": transaction_id}
+        sets.append("#transaction_id = :transaction_id")
+        return ["#proposal_id", "#approved_by"]
+    values[":proposal_id"] = {"S": proposal[0]}
+    sets.append("#proposal_id = :proposal_id")
+    removes = ["#transaction_id"]
+    if proposal[1]:
+        values[":approved_by"] = {"SS": list(proposal[1])}
+        sets.append("#approved_by = :approved_by")
+    else:
+        removes.append("#approved_by")
+    return removes
 
 
 def _state_key(key: str) -> dict[str, Any]:

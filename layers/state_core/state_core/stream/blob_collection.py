@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from state_core.domain.ports import Log, MetricsSink
+from state_core.stream.events import StateChanged
 
 if TYPE_CHECKING:
     from state_core.domain.records import BlobRef
@@ -62,7 +63,8 @@ class BlobCollection:
                         self._blobs.delete(change.record.key, [change.replaced_blob])
                     else:
                         # History items refer to blobs too: the replaced one may still be retained.
-                        previous = change.event.detail.previous_version if change.event is not None else None
+                        detail = change.event.detail if change.event is not None else None
+                        previous = detail.previous_version if isinstance(detail, StateChanged) else None
                         self._lifecycle.release_replaced(change.record.key, previous, change.replaced_blob)
         for key, change in latest.items():
             if change.recorded_at is None:

@@ -25,6 +25,8 @@ from state_core.storage.state import STATE_SORT_KEY, record_of_item
 if TYPE_CHECKING:
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
+    from state_core.stream.proposals import ProposalChanged
+
 DEFAULT_EVENT_SOURCE = "state.service"
 # The value rides in the event only while the whole detail stays under this size (a consumer GETs a larger
 # value): EventBridge takes at most 256 KB per entry.
@@ -73,6 +75,9 @@ class StateChanged:
     transaction_id: str | None = None
     # The value schema the value was checked against when written (absent for an ungoverned key, a delete).
     schema: SchemaStamp | None = None
+    # The approved proposal this version applied, and its approvers (absent otherwise).
+    proposal_id: str | None = None
+    approved_by: tuple[str, ...] = ()
 
     def detail(self) -> str:
         """The detail as JSON text. The canonical value is spliced in as is (it already is canonical
@@ -90,6 +95,9 @@ class StateChanged:
             head["transaction_id"] = self.transaction_id
         if self.schema is not None:
             head["schema"] = self.schema.fields()
+        if self.proposal_id is not None:
+            head["proposal_id"] = self.proposal_id
+            head["approved_by"] = list(self.approved_by)
         if self.value_omitted:
             head["value_omitted"] = True
         text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
@@ -104,7 +112,7 @@ class ChangeEvent:
 
     sequence_number: str  # the stream record's, reported back in batchItemFailures
     position: int  # index in the invocation's batch: stream order, hence version order per key
-    detail: StateChanged
+    detail: StateChanged | ProposalChanged
     entry: PutEventsRequestEntryTypeDef
 
     @property
@@ -266,6 +274,8 @@ def state_changed(
         value_omitted=False,
         transaction_id=record.transaction_id,
         schema=record.schema,
+        proposal_id=record.proposal_id,
+        approved_by=record.approved_by,
     )
     if record.deleted or operation in (Operation.DELETED, Operation.EXPIRED):
         return without_value

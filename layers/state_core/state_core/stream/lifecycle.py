@@ -28,7 +28,7 @@ from state_core.domain.records import BlobRef, StateRecord
 from state_core.domain.writes import ConditionFailed
 from state_core.storage.batches import write_all
 from state_core.storage.history import HistoryStore, entry_of_item, is_history_sort_key
-from state_core.stream.events import StreamChange, image
+from state_core.stream.events import StateChanged, StreamChange, image
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -65,7 +65,7 @@ def _versions(changes: Sequence[StreamChange]) -> list[tuple[StateRecord, str]]:
     return [
         (change.record, change.event.detail.operation.value)
         for change in changes
-        if change.record is not None and change.event is not None
+        if change.record is not None and change.event is not None and isinstance(change.event.detail, StateChanged)
     ]
 
 

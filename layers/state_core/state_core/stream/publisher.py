@@ -30,6 +30,7 @@ from state_core.stream.events import (
     StreamChange,
     build_change,
 )
+from state_core.stream.proposals import is_proposal_record, proposal_events
 
 
 class Sender(Protocol):
@@ -112,6 +113,14 @@ class ChangePublisher:
         unbuildable: list[str] = []
         for position, record in enumerate(records):
             try:
+                if is_proposal_record(record):
+                    # A proposal's lifecycle: events only, no state (nothing for history, blobs or the cache).
+                    sequence_number = str(record["dynamodb"]["SequenceNumber"])
+                    changes += [
+                        StreamChange(sequence_number, None, event)
+                        for event in proposal_events(record, position=position, source=self._source, bus_name=self._bus)
+                    ]
+                    continue
                 change = build_change(
                     record,
                     position=position,
