@@ -128,6 +128,9 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
         failpoint_env = {k: v for k, v in os.environ.items() if k in ("STATE_FAILPOINTS", "STATE_FAILPOINTS_SPEC")}
         if failpoint_env:
             failpoint_env["STATE_LOCAL_STACK"] = "1"
+        # A role policy of one's own (extra roles, protected keys) reaches every function, as a deployed file would.
+        if os.environ.get("STATE_POLICY_FILE"):
+            failpoint_env["STATE_POLICY_FILE"] = os.environ["STATE_POLICY_FILE"]
         # Before the functions' environments are built: a management endpoint in them becomes the local one.
         sockets = WebSocketGateway.for_template(
             template,

@@ -36,7 +36,19 @@ HISTORY_PREFIX = "v#"
 DEFAULT_RETENTION_DAYS = 90
 _PAGE_NAMES = {
     f"#{name}": name
-    for name in ("pk", "version", "operation", "actor", "occurred_at", "created_at", "value_size", "expires_at")
+    for name in (
+        "pk",
+        "version",
+        "operation",
+        "actor",
+        "occurred_at",
+        "created_at",
+        "value_size",
+        "expires_at",
+        # An approved change lists its proposal and approvers beside its actor (the proposer).
+        "proposal_id",
+        "approved_by",
+    )
 }
 
 

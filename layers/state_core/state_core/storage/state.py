@@ -140,6 +140,8 @@ _HEAD_NAMES = {
         "blob_sha256",
         "schema_name",
         "schema_version",
+        "proposal_id",
+        "approved_by",
     )
 }
 
