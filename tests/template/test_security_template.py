@@ -73,6 +73,7 @@ REDIS_FUNCTIONS = (
     "PatchStateFunction",
     "DeleteStateFunction",
     "TransactStateFunction",
+    "ApprovalsFunction",
     "RepairCacheFunction",
 )
 AUTH_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:redis-auth-AbCdEf"

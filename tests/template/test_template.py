@@ -40,6 +40,12 @@ ROUTES = {
     ("GET", "/schemas"): "SchemasFunction",
     ("GET", "/schemas/{name}"): "SchemasFunction",
     ("GET", "/schemas/{name}/checks/{check_id}"): "SchemasFunction",
+    # Change approvals (docs/approvals.md): reviewing and deciding a protected key's proposals.
+    ("GET", "/state/{key}/proposals"): "ApprovalsFunction",
+    ("GET", "/state/{key}/proposals/{id}"): "ApprovalsFunction",
+    ("POST", "/state/{key}/proposals/{id}/approve"): "ApprovalsFunction",
+    ("POST", "/state/{key}/proposals/{id}/reject"): "ApprovalsFunction",
+    ("DELETE", "/state/{key}/proposals/{id}"): "ApprovalsFunction",
 }
 # Least privilege: exactly the table actions each handler's core path needs.
 TABLE_ACTIONS = {
@@ -47,7 +53,14 @@ TABLE_ACTIONS = {
     # Query: the history listing. No PutItem: the request path never writes history (the stream does).
     "GetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"},
     # Query on the write functions: the current value schemas, in the registry's partition only (see below).
-    "PutStateFunction": {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:Query"},
+    # GetItem and BatchGetItem on PUT and DELETE: a protected key is read to propose its change (approvals.md).
+    "PutStateFunction": {
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+    },
     "PatchStateFunction": {
         "dynamodb:GetItem",
         "dynamodb:BatchGetItem",
@@ -55,7 +68,7 @@ TABLE_ACTIONS = {
         "dynamodb:BatchWriteItem",
         "dynamodb:Query",
     },
-    "DeleteStateFunction": {"dynamodb:UpdateItem"},
+    "DeleteStateFunction": {"dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"},
     # TransactGetItems (snapshot) is authorized as GetItem on each item; no Query (no history listing).
     "BatchGetStateFunction": {"dynamodb:GetItem", "dynamodb:BatchGetItem"},
     # TransactWriteItems is authorized per item (UpdateItem, ConditionCheckItem, PutItem for the idempotency
@@ -79,6 +92,9 @@ TABLE_ACTIONS = {
         "dynamodb:BatchWriteItem",
         "dynamodb:BatchGetItem",
     },
+    # Proposals in their keys' partitions: read, listed, decided and applied (TransactWriteItems of two
+    # UpdateItems); the key's state and a large value's chunks read for the diff. No PutItem, no DeleteItem.
+    "ApprovalsFunction": {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"},
 }
 STATE_FUNCTIONS = sorted(TABLE_ACTIONS)
 AUTHORIZER_FUNCTION = "AuthorizerFunction"
@@ -537,13 +553,15 @@ def test_the_publisher_is_fed_by_the_tables_stream_with_partial_failures_bisect_
     assert 0 <= event["MaximumBatchingWindowInSeconds"] <= 300
 
 
-def test_only_state_items_and_the_removals_of_expiry_markers_and_history_items_reach_the_publisher():
+def test_only_state_items_proposals_and_the_removals_of_expiry_markers_and_history_items_reach_the_publisher():
     patterns = [json.loads(f["Pattern"]) for f in stream_event()["FilterCriteria"]["Filters"]]
 
     assert patterns == [
         {"dynamodb": {"Keys": {"sk": {"S": ["state"]}}}},
         {"eventName": ["REMOVE"], "dynamodb": {"Keys": {"sk": {"S": ["expiry"]}}}},
         {"eventName": ["REMOVE"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "v#"}]}}}},
+        # Proposals of protected keys, for their lifecycle events (stream/proposals.py).
+        {"dynamodb": {"Keys": {"sk": {"S": [{"prefix": "proposal#"}]}}}},
     ]
 
 
