@@ -42,6 +42,11 @@ OPERATIONS = {
     "PUT /schemas/{name}",
     "GET /schemas",
     "GET /schemas/{name}",
+    "GET /state/{key}/proposals",
+    "GET /state/{key}/proposals/{id}",
+    "POST /state/{key}/proposals/{id}/approve",
+    "POST /state/{key}/proposals/{id}/reject",
+    "DELETE /state/{key}/proposals/{id}",
 }
 
 
