@@ -166,6 +166,7 @@ def document() -> dict[str, Any]:
     ]
     _document_transactions(schema)
     _document_schemas(schema)
+    _document_approvals(schema, key_parameter)
     for operations in schema["paths"].values():
         for operation in operations.values():
             responses = operation["responses"]
@@ -271,6 +272,55 @@ def _document_schemas(schema: dict[str, Any]) -> None:
             "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
         }
     )
+
+
+def _document_approvals(schema: dict[str, Any], key_parameter: dict[str, Any]) -> None:
+    from state_core.api.edge import JSON_CONTENT_TYPE
+    from state_core.domain.approvals import DEFAULT_PAGE_SIZE, MAX_COMMENT_CHARACTERS, MAX_PAGE_SIZE, PROPOSAL_ID
+
+    id_pattern = f"^{PROPOSAL_ID.pattern.removesuffix(chr(92) + 'Z')}$"
+    id_parameter = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "The proposal's id, from the Location of the 202 that made it.",
+        "schema": {"type": "string", "pattern": id_pattern},
+    }
+    listing = schema["paths"]["/state/{key}/proposals"]["get"]
+    listing["parameters"] = [
+        key_parameter,
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "The previous page's next_cursor; anything else is refused (400).",
+            "schema": {"type": "string", "pattern": id_pattern},
+        },
+    ]
+    decision_body = {
+        "required": False,
+        "content": {
+            JSON_CONTENT_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"comment": {"type": "string", "maxLength": MAX_COMMENT_CHARACTERS}},
+                }
+            }
+        },
+    }
+    for path, operations in schema["paths"].items():
+        if path.startswith("/state/{key}/proposals/"):
+            for method, operation in operations.items():
+                operation["parameters"] = [key_parameter, id_parameter]
+                if method == "post":
+                    operation["requestBody"] = decision_body
 
 
 def _drop_unreferenced_schemas(schema: dict[str, Any]) -> None:
