@@ -35,7 +35,8 @@ CRYPTO_ACTIONS = frozenset(
 )
 # The schema registry reads the stored values a new version is checked against.
 READERS = {"GetStateFunction", "BatchGetStateFunction", "ListStateFunction", "SchemasFunction"}
-WRITERS = {"PutStateFunction", "PatchStateFunction", "TransactStateFunction"}
+# The approvals function applies the value a proposal holds and decrypts the base value for a review.
+WRITERS = {"PutStateFunction", "PatchStateFunction", "TransactStateFunction", "ApprovalsFunction"}
 # Every function the stack can have, so a new function must be placed in one of the sets here.
 NO_VALUE_KEY = {
     "AuthorizerFunction",
