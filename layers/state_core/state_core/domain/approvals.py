@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from state_core.domain.codec import StoredValue
 from state_core.domain.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
-from state_core.domain.records import rfc3339
+from state_core.domain.records import SchemaStamp, rfc3339
 
 if TYPE_CHECKING:
     from state_core.domain.records import StateRecord
@@ -78,6 +78,8 @@ class Proposal:
     applied_version: int | None = None
     current_version: int | None = None
     approval_comments: dict[str, str] = field(default_factory=dict)
+    # The value schema the value was checked against when proposed: the applied version carries it.
+    schema: SchemaStamp | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.status == "expired" or (self.status == "open" and self.expires_at <= now.timestamp())

@@ -100,9 +100,10 @@ class Approvals:
         expect = expect or Expectation()
         stored: StoredValue | None = None
         patch_text: bytes | None = None
+        schema = None
         if op == "put":
             stored = self._manager.encode(value)
-            self._manager.check_schema(key, value)
+            schema = self._manager.check_schema(key, value)
         elif op == "patch":
             check_depth(patch)
             patch_text = canonical_json(patch)
@@ -124,7 +125,7 @@ class Approvals:
             assert current.value is not None
             merged = apply_merge_patch(json.loads(current.value.canonical()), patch)
             stored = self._manager.encode_canonical(canonical_json(merged))
-            self._manager.check_schema(key, merged)
+            schema = self._manager.check_schema(key, merged)
         held = (len(stored.data) if stored is not None else 0) + len(patch_text or b"")
         if held > MAX_PROPOSAL_STORED_BYTES:
             raise PayloadTooLarge(
@@ -144,6 +145,7 @@ class Approvals:
             value=stored,
             patch=patch_text,
             ttl_seconds=ttl_seconds,
+            schema=schema,
         )
         self._proposals.create(proposal)
         self._metrics.add_metric(name="ProposalsCreated", unit="Count", value=1)
@@ -316,10 +318,12 @@ def _step(proposal: Proposal, current: StateRecord | None, now: datetime) -> Pla
     operation = Operation(0, proposal.op, proposal.key, ttl_seconds=proposal.ttl_seconds)
     if proposal.op == "put":
         expires_at = None if proposal.ttl_seconds is None else now.timestamp() + proposal.ttl_seconds
-        return PlannedOperation(operation, current, proposal.value, expires_at)
+        return PlannedOperation(operation, current, proposal.value, expires_at, proposal.schema)
     if proposal.op == "patch":
         assert current is not None
-        return PlannedOperation(operation, replace(current, value=None), proposal.value, current.expires_at)
+        return PlannedOperation(
+            operation, replace(current, value=None), proposal.value, current.expires_at, proposal.schema
+        )
     return PlannedOperation(operation, current)
 
 

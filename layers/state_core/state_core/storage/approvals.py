@@ -25,7 +25,7 @@ from state_core.domain.approvals import (
     Status,
 )
 from state_core.domain.codec import StoredValue
-from state_core.domain.records import rfc3339
+from state_core.domain.records import SchemaStamp, rfc3339
 from state_core.domain.transactions import PlannedOperation
 from state_core.storage.state import dynamodb_errors
 from state_core.storage.transactions import TransactionStore
@@ -276,6 +276,9 @@ def proposal_item(proposal: Proposal) -> dict[str, Any]:
         item["patch"] = {"B": proposal.patch}
     if proposal.ttl_seconds is not None:
         item["ttl_seconds"] = {"N": str(proposal.ttl_seconds)}
+    if proposal.schema is not None:
+        item["schema_name"] = {"S": proposal.schema.name}
+        item["schema_version"] = {"N": str(proposal.schema.version)}
     return item
 
 
@@ -313,4 +316,7 @@ def proposal_of_item(item: dict[str, Any]) -> Proposal:
         applied_version=number("applied_version"),
         current_version=number("current_version"),
         approval_comments={name: v["S"] for name, v in item.get("approval_comments", {}).get("M", {}).items()},
+        schema=SchemaStamp(item["schema_name"]["S"], int(item["schema_version"]["N"]))
+        if "schema_name" in item
+        else None,
     )
