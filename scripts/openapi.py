@@ -165,7 +165,7 @@ def document() -> dict[str, Any]:
         },
     ]
     _document_transactions(schema)
-    _document_schemas(schema)
+    _document_schemas(schema, key_parameter)
     _document_approvals(schema, key_parameter)
     for operations in schema["paths"].values():
         for operation in operations.values():
@@ -218,9 +218,9 @@ def _document_transactions(schema: dict[str, Any]) -> None:
     }
 
 
-def _document_schemas(schema: dict[str, Any]) -> None:
+def _document_schemas(schema: dict[str, Any], key_parameter: dict[str, Any]) -> None:
     from state_core.api.edge import JSON_CONTENT_TYPE
-    from state_core.domain.schemas import MAX_PATTERNS, NAME_PATTERN
+    from state_core.domain.schemas import CHECK_ID, DEFAULT_CHECK_PAGE, MAX_CHECK_PAGE, MAX_PATTERNS, NAME_PATTERN
 
     name_parameter = {
         "name": "name",
@@ -272,6 +272,29 @@ def _document_schemas(schema: dict[str, Any]) -> None:
             "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
         }
     )
+    schema["paths"]["/schemas/{name}/checks/{check_id}"]["get"]["parameters"] = [
+        name_parameter,
+        {
+            "name": "check_id",
+            "in": "path",
+            "required": True,
+            "description": "The check's id, from the Location of the 202 that started it.",
+            "schema": {"type": "string", "pattern": f"^{CHECK_ID.pattern.removesuffix(chr(92) + 'Z')}$"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHECK_PAGE, "default": DEFAULT_CHECK_PAGE},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "The previous page's next_cursor (the last offending key it listed).",
+            "schema": key_parameter["schema"],
+        },
+    ]
 
 
 def _document_approvals(schema: dict[str, Any], key_parameter: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from state_core.domain.codec import parse_json
 from state_core.domain.errors import BadRequest, Forbidden, NotFound
 from state_core.domain.keys import validate_key
 from state_core.domain.params import ascii_int
-from state_core.domain.schemas import validate_check_id, validate_name
+from state_core.domain.schemas import DEFAULT_CHECK_PAGE, MAX_CHECK_PAGE, validate_check_id, validate_name
 from state_core.observability import lambda_entry, logger, metrics
 from state_core.runtime import role_policy, schema_check_launcher, schema_registry
 from state_core.security import audit
@@ -38,8 +38,6 @@ router = APIGatewayHttpRouter()
 # A schema version number in a query: digits, within DynamoDB's number and the registry's growth.
 MAX_SCHEMA_VERSION = 1_000_000_000
 # Offending keys per page of a check.
-DEFAULT_CHECK_PAGE = 100
-MAX_CHECK_PAGE = 1000
 # A check that recorded no progress for this long after settling lost its runner (an invocation that died
 # and was not retried): reading it starts another. Longer than an invocation (15 minutes at most).
 STALLED_CHECK_SECONDS = 960.0

@@ -42,6 +42,7 @@ OPERATIONS = {
     "PUT /schemas/{name}",
     "GET /schemas",
     "GET /schemas/{name}",
+    "GET /schemas/{name}/checks/{check_id}",
     "GET /state/{key}/proposals",
     "GET /state/{key}/proposals/{id}",
     "POST /state/{key}/proposals/{id}/approve",

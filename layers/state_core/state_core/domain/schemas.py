@@ -24,7 +24,10 @@ MAX_SCHEMA_BYTES = 65_536
 MAX_VIOLATIONS = 20
 MODES = ("checked", "forward")
 # A check's id: 32 hex digits (a uuid4), so a path segment that is anything else is refused before a read.
-_CHECK_ID = re.compile(r"[0-9a-f]{32}\Z")
+CHECK_ID = re.compile(r"[0-9a-f]{32}\Z")
+# A check's page of offending keys.
+DEFAULT_CHECK_PAGE = 100
+MAX_CHECK_PAGE = 1000
 # The offending keys a check records (it counts them all): enough to fix them, bounded in storage.
 MAX_OFFENDING_RECORDED = 1000
 # Each offending key keeps this many of its violations.
@@ -33,7 +36,7 @@ CHECK_STATES = ("settling", "running", "passed", "refused")
 
 
 def validate_check_id(check_id: str) -> str:
-    if not _CHECK_ID.match(check_id):
+    if not CHECK_ID.match(check_id):
         raise BadRequest("a check id is 32 hexadecimal digits (lower case)")
     return check_id
 
