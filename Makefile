@@ -70,9 +70,9 @@ replay: $(VENV_STAMP)
 
 # make test runs the suite on pytest-xdist workers, each with its own moto server, redis-server, tables, temp dirs
 # and local stacks; a test file stays on one worker (pyproject's addopts), so a module's stack starts once. The
-# workers mostly wait on their one-request-at-a-time emulators, hence one more worker than cores
-# (docs/testing.md). PYTEST_WORKERS=0 runs the suite in one process.
-PYTEST_WORKERS ?= $(shell echo $$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
+# suite run serially already keeps about one core busy, and the tests with a time budget fail first when the CPU
+# is oversubscribed: one worker per core (docs/testing.md). PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= $(shell getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 
 ## test: lint, types, generated files, unit + integration + end-to-end tests, sam validate --lint, sam build
 ##       (checks and the SAM steps run beside pytest, their output printed after it; any failure fails the target)
