@@ -190,6 +190,12 @@ class ServiceSettings(_Settings):
     # A schema check reads no value until writes checked without its version can no longer land: the
     # registry's 5 s cache, a write function's timeout (10 s) and a margin (docs/schemas.md, "Evolution").
     schema_check_settle_seconds: float = number("STATE_SCHEMA_CHECK_SETTLE_SECONDS", 17.0, low=0.0, high=900.0)
+    # The KMS key (id, ARN or alias) that sensitive values are sealed under (security/envelope.py). Empty: a
+    # sensitive value cannot be written (500 encryption-not-configured); values sealed before still open if
+    # the function may decrypt with their key.
+    kms_key_id: str = text("STATE_KMS_KEY_ID", "")
+    # Every value is sensitive, whatever the policy file's `sensitive` patterns say.
+    encrypt_all: bool = flag("STATE_ENCRYPT_ALL", False)
 
     def check(self) -> None:
         """Redis is trusted only over a safe link, and only with signed entries."""

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from state_core.cache.link import RedisLink
     from state_core.cache.state_cache import RedisStateCache
-    from state_core.domain.ports import ListIndex
+    from state_core.domain.ports import ListIndex, ValueCipher
     from state_core.security.tokens import VerifiedToken
     from state_core.service.approvals import Approvals
     from state_core.service.history import HistoryReader
@@ -76,6 +76,10 @@ EVENTS_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 3},
     tcp_keepalive=True,
 )
+
+
+# KMS: GenerateDataKey and Decrypt only, at most once per data key per container (the envelope caches them).
+KMS_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 3})
 
 
 # @connections: the poster retries throttling itself (storage/connections.py); botocore's retries on top would
@@ -186,8 +190,35 @@ def redis_link() -> RedisLink | None:
 
 # -------------------------------------------------------------------------------------------------- stores
 @functools.cache
+def kms_client() -> Any:
+    """KMS, created at the first seal or open: a function that never meets a sensitive value never makes it."""
+    return botocore_session().create_client("kms", config=KMS_CONFIG)
+
+
+@functools.cache
+def value_cipher() -> ValueCipher:
+    """Envelope encryption of sensitive values. Cheap to build: which keys are sensitive is decided at the
+    first write of a key (from the policy file, whose failure refuses the request as it would anyway), and
+    `cryptography` and the KMS client load only when a value is sealed or opened."""
+    from state_core.security.envelope import KmsEnvelope, sensitive_matcher
+
+    settings = service_settings()
+
+    @functools.cache
+    def matcher() -> Any:
+        return sensitive_matcher(role_policy().sensitive, encrypt_all=settings.encrypt_all)
+
+    def sensitive(key: str) -> bool:
+        return bool(settings.encrypt_all or matcher()(key))
+
+    return KmsEnvelope(
+        table_name=settings.table_name, key_id=settings.kms_key_id, sensitive=sensitive, kms=kms_client, metrics=metrics
+    )
+
+
+@functools.cache
 def state_store() -> StateStore:
-    return StateStore(dynamodb_client(), service_settings().table_name)
+    return StateStore(dynamodb_client(), service_settings().table_name, cipher=value_cipher())
 
 
 def blob_store() -> BlobStore:
@@ -246,6 +277,7 @@ def state_manager() -> StateManager:
         lock=lock,
         patch_policy=PatchPolicy(time_budget_seconds=settings.patch_time_budget_seconds),
         schemas=schema_registry(),
+        cipher=value_cipher(),
     )
 
 
@@ -268,6 +300,7 @@ def schema_registry() -> SchemaRegistry:
         index=index,
         load=lambda key: state_store().get(key),
         settle_seconds=service_settings().schema_check_settle_seconds,
+        cipher=value_cipher(),
     )
 
 
@@ -333,7 +366,7 @@ def history_reader() -> HistoryReader:
     """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
     from state_core.service.history import HistoryReader
 
-    return HistoryReader(state_store(), history_store(), clock=utc_now)
+    return HistoryReader(state_store(), history_store(), clock=utc_now, cipher=value_cipher())
 
 
 @functools.cache
@@ -365,6 +398,7 @@ def key_lister() -> KeyLister:
         clock=utc_now,
         log=logger,
         metrics=metrics,
+        cipher=value_cipher(),
         # One query per shard at once; botocore's clients are safe to share between threads.
         executor=ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list-shard"),
     )

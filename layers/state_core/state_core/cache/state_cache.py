@@ -201,6 +201,9 @@ def entry_fields(entry: CacheEntry) -> tuple[str, bytes]:
     if record.value is not None:
         metadata["encoding"] = record.value.encoding
         metadata["size"] = record.value.size
+        if record.value.sealed:
+            # What the sealed value is bound to: the reader opens it with this, never with the envelope's word.
+            metadata["write_id"] = record.write_id
         data = record.value.data
     return json.dumps(metadata, separators=(",", ":")), data
 
@@ -222,6 +225,7 @@ def parse_entry(key: str, version: Any, metadata: Any, data: Any) -> CacheEntry:
             updated_by=meta["updated_by"],
             expires_at=meta["expires_at"],
             schema=SchemaStamp(*meta["schema"]) if "schema" in meta else None,
+            write_id=meta.get("write_id"),
         )
     )
 
@@ -353,7 +357,8 @@ class RedisStateCache:
         try:
             entry = parse_entry(key, version, metadata, data or None)
             value = entry.record.value
-            if value is None:
+            if value is None or value.sealed:
+                # A sealed value stays sealed in memory too: only the service's read path opens it.
                 return entry
             # Decoded once here, within the size limit: a hit is then served without decompressing again,
             # and a value that does not decode is a miss like any other bad entry.

@@ -22,6 +22,10 @@ MAX_DEPTH = 64
 
 ENCODING_ZLIB = "zlib"
 ENCODING_IDENTITY = "identity"
+# A sealed value's encoding is this prefix before the encoding of the bytes it seals ("aes256gcm+zlib"): its
+# data is an envelope (security/envelope.py) that only the service's read path opens. `canonical()` of a
+# sealed value fails as an unknown encoding, so ciphertext is never served as JSON.
+SEALED_PREFIX = "aes256gcm+"
 
 
 def reject_constant(name: str) -> NoReturn:
@@ -128,6 +132,10 @@ class StoredValue:
         if len(compressed) < len(canonical):
             return cls(ENCODING_ZLIB, compressed, len(canonical))
         return cls(ENCODING_IDENTITY, canonical, len(canonical))
+
+    @property
+    def sealed(self) -> bool:
+        return self.encoding.startswith(SEALED_PREFIX)
 
     def canonical(self) -> bytes:
         """The canonical JSON, checked against the declared size. Whoever can write the store (or the

@@ -91,6 +91,21 @@ class CorruptStoredValue(ServiceUnavailable, ValueError):
         super().__init__(detail, retry_after_seconds=30)
 
 
+class DecryptionFailed(CorruptStoredValue):
+    """A sealed value that does not open: its ciphertext was altered, moved to another key or version, or
+    sealed under a key this function may not use. Never a wrong value in its place: 503 with a problem type
+    of its own, and the DecryptionFailures metric, which is alarmed."""
+
+    title, slug = "Stored value cannot be decrypted", "value-decryption-failed"
+
+
+class EncryptionNotConfigured(StateError):
+    """A sensitive value was to be written, or read, by a function that has no values key configured
+    (STATE_KMS_KEY_ID): a deployment fault, never the client's."""
+
+    status, title, slug = 500, "Encryption not configured", "encryption-not-configured"
+
+
 class Gone(StateError):
     """A version that existed but has left the history's retention."""
 

@@ -43,6 +43,7 @@ class HistoryEntry:
     transaction_id: str | None = None  # the transaction that wrote this version, if one did
     proposal_id: str | None = None  # the approved proposal it applied (the actor is its proposer)
     approved_by: tuple[str, ...] = ()  # and who approved it
+    write_id: str | None = None  # the write that made this version: what a sealed value is bound to
 
     @property
     def has_value(self) -> bool:
@@ -60,6 +61,7 @@ class HistoryEntry:
             updated_by=self.actor,
             expires_at=self.expires_at,
             blob=self.blob,
+            write_id=self.write_id,
         )
 
 
@@ -83,4 +85,5 @@ def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
         transaction_id=record.transaction_id,
         proposal_id=record.proposal_id,
         approved_by=record.approved_by,
+        write_id=record.write_id,
     )

@@ -40,6 +40,16 @@ class Log(Protocol):
     def error(self, msg: object, *args: Any, **kwargs: Any) -> None: ...
 
 
+class ValueCipher(Protocol):
+    """Envelope encryption of sensitive values (security.envelope.KmsEnvelope): `seal` binds a stored value to
+    its key and the write id of its version; `open` gives it back or raises DecryptionFailed, never another
+    value."""
+
+    def sensitive(self, key: str) -> bool: ...
+    def seal(self, key: str, write_id: str, value: StoredValue) -> StoredValue: ...
+    def open(self, key: str, write_id: str | None, value: StoredValue) -> StoredValue: ...
+
+
 class Store(Protocol):
     """The state table (storage.state.StateStore): conditional writes raise ConditionFailed with the
     current item, and OutcomeUnknown when a sent write's answer was lost. `get_many` reads strongly

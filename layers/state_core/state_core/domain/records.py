@@ -63,6 +63,9 @@ class StateRecord:
     # The approved proposal this version applied, and who approved it (approvals.md); the actor is its proposer.
     proposal_id: str | None = None
     approved_by: tuple[str, ...] = ()
+    # The write that made this version: a sealed value is bound to it (with the table and the key), so its
+    # ciphertext opens only in the item of the version it was written for.
+    write_id: str | None = None
 
     def is_live(self, now: datetime) -> bool:
         """Present, not deleted, not expired. Expiry is decided here, at read time, never by DynamoDB's TTL."""

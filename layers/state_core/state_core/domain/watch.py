@@ -110,8 +110,13 @@ class ChangeNote:
         return head[:-1] + b',"value":' + self.value_json + b"}"
 
 
-def value_for_message(value_json: bytes | None, size: int | None) -> tuple[bytes | None, str | None]:
-    """The value a change message carries and, when it carries none although the version has one, why."""
+def value_for_message(
+    value_json: bytes | None, size: int | None, *, sensitive: bool = False
+) -> tuple[bytes | None, str | None]:
+    """The value a change message carries and, when it carries none although the version has one, why. A
+    sensitive (sealed) value is never delivered: the watcher GETs it, which checks its read permission again."""
+    if sensitive:
+        return None, "sensitive"
     if value_json is None:
         return None, ("too-large" if size else None)
     if len(value_json) > MAX_VALUE_IN_MESSAGE_BYTES:

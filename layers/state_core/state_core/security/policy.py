@@ -5,7 +5,8 @@ A JSON file, by default `policy.json` shipped in this package, else the file `ST
     {"version": 1,
      "roles": {"state-admin": ["state:read", "state:write"],
                "support": ["state:read:user:*"],
-               "self-service": ["state:read:user:${sub}:*", "state:write:user:${sub}:*"]}}
+               "self-service": ["state:read:user:${sub}:*", "state:write:user:${sub}:*"]},
+     "sensitive": ["secret:*", "billing:card"]}
 
 Each grant has the grammar of a scope: `state:read` / `state:write`, optionally narrowed to a key pattern
 (an exact key, or a prefix ending in `*`, `${sub}` standing for the caller's subject and followed by `:` or
@@ -17,7 +18,9 @@ a write to a key a rule's pattern matches becomes a proposal that `approvals` ot
 `state:approve` on the key must approve within `expires_after_seconds` (default 7 days). A pattern has the
 grants' language; `${sub}` in it stands for any one key segment, whoever writes (a rule that followed the
 writer's subject would protect `user:alice:limits` from alice and not from an administrator). A key several
-rules match takes the strictest: the most approvals, the shortest life. The file is checked
+rules match takes the strictest: the most approvals, the shortest life. `sensitive` (optional) lists the
+key patterns whose values are encrypted (security/envelope.py): an exact key, a prefix ending in `*`, or `*`.
+The file is checked
 completely at load; anything unexpected (an unknown member, a misspelt permission, a pattern no key could
 match) makes it invalid, and an invalid policy fails closed: every request is refused.
 """
@@ -35,6 +38,9 @@ from state_core.domain.keys import MAX_KEY_LENGTH
 from state_core.security.principal import GRANT
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policy.json")
+_MEMBERS = {"version", "roles", "approvals", "sensitive"}
+# A sensitive-values pattern: the grants' key patterns without `${sub}` (sensitivity is the key's, not the caller's).
+SENSITIVE_PATTERN = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.:-]*\*?|\*)\Z")
 MAX_POLICY_BYTES = 1_000_000
 DEFAULT_PROPOSAL_SECONDS = 7 * 86_400
 MAX_PROPOSAL_SECONDS = 90 * 86_400
@@ -72,6 +78,8 @@ class RolePolicy:
     version: Literal[1]
     roles: dict[str, tuple[str, ...]]
     approvals: tuple[_CompiledRule, ...] = ()
+    # Key patterns whose values are sealed (security/envelope.py): an exact key, a prefix ending in `*`, or `*`.
+    sensitive: tuple[str, ...] = ()
 
     def grants_for(self, roles: Iterable[str]) -> frozenset[str]:
         """The grants (scope-shaped strings) the given roles hold; unknown roles grant nothing."""
@@ -131,8 +139,7 @@ def _shape_errors(document: object) -> list[str]:
     beyond what a reader needs to find it."""
     if not isinstance(document, Mapping):
         return ["policy: must be a JSON object"]
-    members = {"version", "roles", "approvals"}
-    reasons = [f"{name}: unknown member" for name in sorted(map(str, set(document) - members))]
+    reasons = [f"{name}: unknown member" for name in sorted(map(str, set(document) - _MEMBERS))]
     version = document.get("version")
     if type(version) is not int or version != 1:
         reasons.append("version: must be 1")
@@ -143,6 +150,17 @@ def _shape_errors(document: object) -> list[str]:
         if not isinstance(grants, list) or not all(isinstance(grant, str) for grant in grants):
             reasons.append(f"roles: role {role}: must be a list of grant strings")
     return reasons
+
+
+def _sensitive_errors(document: Mapping[str, object]) -> list[str]:
+    patterns = document.get("sensitive", [])
+    if not isinstance(patterns, list) or not all(isinstance(pattern, str) for pattern in patterns):
+        return ["sensitive: must be a list of key patterns"]
+    for pattern in patterns:
+        if not SENSITIVE_PATTERN.match(pattern):
+            # A pattern that matches nothing would leave values in plaintext that someone meant to protect.
+            return [f"sensitive: {pattern!r} is not a key, a key prefix ending in '*', or '*'"]
+    return []
 
 
 def _grant_errors(roles: Mapping[str, list[str]]) -> list[str]:
@@ -163,13 +181,17 @@ def parse_role_policy(document: Mapping[str, object] | object) -> RolePolicy:
     reasons = _shape_errors(document)
     if not reasons:
         roles = cast("Mapping[str, list[str]]", cast("Mapping[str, object]", document)["roles"])  # checked above
-        reasons = _grant_errors(roles)
+        reasons = _grant_errors(roles) + _sensitive_errors(cast("Mapping[str, object]", document))
         rules: list[_CompiledRule] = []
         if not reasons and "approvals" in cast("Mapping[str, object]", document):
             rules, reasons = _approval_rules(cast("Mapping[str, object]", document)["approvals"])
         if not reasons:
+            sensitive = cast("list[str]", cast("Mapping[str, object]", document).get("sensitive", []))
             return RolePolicy(
-                version=1, roles={role: tuple(grants) for role, grants in roles.items()}, approvals=tuple(rules)
+                version=1,
+                roles={role: tuple(grants) for role, grants in roles.items()},
+                approvals=tuple(rules),
+                sensitive=tuple(sensitive),
             )
     raise PolicyError(f"invalid role policy: {'; '.join(reasons)}")
 

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 from state_core.domain.errors import BadRequest, Gone, NotFound, ServiceUnavailable
 from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, rfc3339_epoch
 from state_core.domain.params import ascii_int
+from state_core.domain.sealing import canonical_of
 
 if TYPE_CHECKING:
-    from state_core.domain.ports import HistoryReads, StateReads
+    from state_core.domain.ports import HistoryReads, StateReads, ValueCipher
     from state_core.domain.records import StateRecord
 
 # How far the history may trail the state: the stream's lag (the publisher writes every history item; about
@@ -85,10 +86,18 @@ class HistoryPage:
 class HistoryReader:
     """`GET /state/{key}?version=N` and `GET /state/{key}/history`."""
 
-    def __init__(self, states: StateReads, history: HistoryReads, *, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        states: StateReads,
+        history: HistoryReads,
+        *,
+        clock: Callable[[], datetime],
+        cipher: ValueCipher | None = None,
+    ) -> None:
         self._states = states
         self._history = history
         self._clock = clock
+        self._cipher = cipher
 
     def version(self, key: str, version: int) -> tuple[StateRecord, bytes]:
         """Version `version` of `key` as a record and its canonical value.
@@ -103,7 +112,7 @@ class HistoryReader:
         if version == state.version:
             if state.deleted or state.value is None:  # StateStore.get loads a large value's blob
                 raise NotFound(f"version {version} of key {key} is a deletion and has no value")
-            return state, state.value.canonical()
+            return state, canonical_of(state.value, key, state.write_id, self._cipher)
         found = self._history.get(key, version)
         if found is None:
             if self._within_lag_grace(state.updated_at):
@@ -117,7 +126,7 @@ class HistoryReader:
             if value is None:
                 raise Gone(f"version {version} of key {key} is beyond the history's retention")
         assert value is not None
-        return replace(found, value=value).record(), value.canonical()
+        return replace(found, value=value).record(), canonical_of(value, key, found.write_id, self._cipher)
 
     def list(self, key: str, *, limit: int, cursor: str | None) -> HistoryPage:
         """Versions newest first. The first page starts with the current version, taken from the state

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 from state_core.domain.errors import CorruptStoredValue
 from state_core.domain.listing import KeyRange, ListedKey
 from state_core.domain.records import rfc3339
+from state_core.domain.sealing import canonical_of
 
 if TYPE_CHECKING:
-    from state_core.domain.ports import ListCursorSigner, ListIndex, Log, MetricsSink
+    from state_core.domain.ports import ListCursorSigner, ListIndex, Log, MetricsSink, ValueCipher
     from state_core.domain.records import SchemaStamp, StateRecord
 
 # The listing's body stays under this many bytes of UTF-8 (values included). Lambda's response is at most
@@ -99,7 +100,9 @@ class KeyLister:
         metrics: MetricsSink | None = None,
         max_body_bytes: int = MAX_LIST_BODY_BYTES,
         executor: ThreadPoolExecutor | None = None,
+        cipher: ValueCipher | None = None,
     ) -> None:
+        self._cipher = cipher
         self._index = index
         self._cursors = cursors
         self._clock = clock
@@ -234,7 +237,7 @@ class KeyLister:
             # It became a large value after the index listed it.
             return replace(metadata, value_omitted=True)
         try:
-            return replace(metadata, value=record.value.canonical())
+            return replace(metadata, value=canonical_of(record.value, record.key, record.write_id, self._cipher))
         except CorruptStoredValue as exc:
             if self._log is not None:
                 self._log.error("stored value unreadable", extra={"reason": exc.detail, "key": record.key})

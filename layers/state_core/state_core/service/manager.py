@@ -25,8 +25,9 @@ from state_core.domain.errors import (
     StateError,
 )
 from state_core.domain.merge_patch import apply_merge_patch
-from state_core.domain.ports import Cache, KeyLock, MetricsSink, SchemaChecker, Store
+from state_core.domain.ports import Cache, KeyLock, MetricsSink, SchemaChecker, Store, ValueCipher
 from state_core.domain.records import SchemaStamp, StateRecord
+from state_core.domain.sealing import canonical_of
 from state_core.domain.writes import ConditionFailed, Precondition, WriteResult
 
 # An unconditional PUT meets a condition failure only when the item it replaces has expired (it then
@@ -75,8 +76,10 @@ class StateManager:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         schemas: SchemaChecker | None = None,
+        cipher: ValueCipher | None = None,
     ) -> None:
         self._store = store
+        self._cipher = cipher
         self._schemas = schemas
         self._cache = cache
         self._lock = lock
@@ -96,7 +99,7 @@ class StateManager:
         if self._cache is not None and not consistent:
             entry = self._cache.get(key)
             if entry is not None and entry.is_usable():
-                return _view(key, entry.record, self._clock())
+                return self._view(key, entry.record, self._clock())
             if failpoints.ENABLED:
                 failpoints.hit("after_cache_miss", key=key)
         return self._filled(key, self._store.get(key))
@@ -118,7 +121,7 @@ class StateManager:
         if snapshot:
             records = self._store.snapshot(keys)
             now = self._clock()
-            return [_outcome(_view, key, records.get(key), now) for key in keys]
+            return [_outcome(self._view, key, records.get(key), now) for key in keys]
         answers: dict[str, StateView | StateError] = {}
         misses = list(keys)
         if self._cache is not None and not consistent:
@@ -127,7 +130,7 @@ class StateManager:
             now = self._clock()
             for key, entry in zip(keys, entries, strict=True):
                 if entry is not None and entry.is_usable():
-                    answers[key] = _outcome(_view, key, entry.record, now)
+                    answers[key] = _outcome(self._view, key, entry.record, now)
                     continue
                 if failpoints.ENABLED:
                     failpoints.hit("after_cache_miss", key=key)
@@ -146,7 +149,7 @@ class StateManager:
         try:
             # Decoded before the fill: a stored value that fails its checks (CorruptStoredValue) is never
             # cached, so the cache does not count the table's corruption as its own.
-            view = _view(key, record, now)
+            view = self._view(key, record, now)
         except NotFound:
             self._cache_fill(CacheEntry(record) if record is not None else CacheEntry.absent(key, now))
             raise
@@ -281,7 +284,9 @@ class StateManager:
                 )
             if failpoints.ENABLED:
                 failpoints.hit("after_patch_read", key=key, version=current.version)
-            merged = apply_merge_patch(json.loads(current.value.canonical()), patch)
+            merged = apply_merge_patch(
+                json.loads(canonical_of(current.value, key, current.write_id, self._cipher)), patch
+            )
             canonical = canonical_json(merged)
             stored = self._encode_canonical(canonical)
             # The merged result is what gets stored, so it is what the key's schema judges (each retry's too).
@@ -382,6 +387,16 @@ class StateManager:
     def encode_canonical(self, canonical: bytes) -> StoredValue:
         return self._encode_canonical(canonical)
 
+    def canonical(self, record: StateRecord) -> bytes:
+        """The canonical JSON of a record's loaded value, opened if it is sealed."""
+        assert record.value is not None
+        return canonical_of(record.value, record.key, record.write_id, self._cipher)
+
+    def _view(self, key: str, record: StateRecord | None, now: datetime) -> StateView:
+        if record is None or record.value is None or not record.is_live(now):
+            raise NotFound(f"key {key} does not exist")
+        return StateView(record=record, canonical_value=canonical_of(record.value, key, record.write_id, self._cipher))
+
     def _cache_fill(self, entry: CacheEntry) -> None:
         if self._cache is not None:
             self._cache.fill(entry)
@@ -407,12 +422,6 @@ def _outcome(read: Callable[..., StateView], *args: Any) -> StateView | StateErr
         return read(*args)
     except (NotFound, CorruptStoredValue) as error:
         return error
-
-
-def _view(key: str, record: StateRecord | None, now: datetime) -> StateView:
-    if record is None or record.value is None or not record.is_live(now):
-        raise NotFound(f"key {key} does not exist")
-    return StateView(record=record, canonical_value=record.value.canonical())
 
 
 def _expired(current: StateRecord | None, now: datetime) -> TypeGuard[StateRecord]:

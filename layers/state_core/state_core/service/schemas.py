@@ -60,9 +60,10 @@ from state_core.domain.schemas import (
     validate_name,
     validate_patterns,
 )
+from state_core.domain.sealing import canonical_of
 
 if TYPE_CHECKING:
-    from state_core.domain.ports import ListIndex, MetricsSink
+    from state_core.domain.ports import ListIndex, MetricsSink, ValueCipher
     from state_core.domain.records import StateRecord
 
 DEFAULT_CACHE_SECONDS = 5.0
@@ -152,8 +153,11 @@ class SchemaRegistry:
         load: Callable[[str], StateRecord | None] | None = None,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        cipher: ValueCipher | None = None,
     ) -> None:
         self._source = source
+        # A check reads stored values as the readers do: a sensitive one is opened first.
+        self._cipher = cipher
         # Only the registry's function enumerates keys: built at first use, so the write functions never do.
         self._index = index
         self._load = load
@@ -349,7 +353,9 @@ class SchemaRegistry:
             if record is None or record.value is None or not record.is_live(now):
                 continue  # deleted or expired since the index listed it: nothing stored to judge
             checked += 1
-            violations, total = violations_of(schema, json.loads(record.value.canonical()))
+            violations, total = violations_of(
+                schema, json.loads(canonical_of(record.value, key, record.write_id, self._cipher))
+            )
             if total:
                 offending.append(OffendingKey(key, total, tuple(violations[:OFFENDING_VIOLATIONS])))
         recorded = max(0, min(len(offending), MAX_OFFENDING_RECORDED - progress.offending))

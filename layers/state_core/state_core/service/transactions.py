@@ -247,7 +247,7 @@ class Transactions:
                         return None
                     record = loaded
                 assert record.value is not None
-                merged = apply_merge_patch(json.loads(record.value.canonical()), op.patch)
+                merged = apply_merge_patch(json.loads(self._manager.canonical(record)), op.patch)
                 stored = self._manager.encode_canonical(canonical_json(merged))
                 _check_fits(op, stored)
                 schema = _check_schema(self._manager, op, merged)

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from state_core import failpoints
+from state_core.domain.codec import SEALED_PREFIX
 from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
 from state_core.domain.watch import (
     CLOCK_MARGIN_SECONDS,
@@ -51,6 +52,7 @@ from state_core.domain.watch import (
 from state_core.security.principal import READ, Principal
 
 if TYPE_CHECKING:
+    from state_core.domain.codec import StoredValue
     from state_core.domain.history import HistoryEntry
     from state_core.domain.ports import HistoryReads, Log, MetricsSink, StateReads
     from state_core.domain.records import StateRecord
@@ -472,8 +474,11 @@ class WatchService:
 
     def _note_of_entry(self, entry: HistoryEntry) -> ChangeNote:
         value = entry.value
+        sealed = _sealed(value) or (entry.blob is not None and entry.blob.encoding.startswith(SEALED_PREFIX))
         value_json, omitted = value_for_message(
-            value.canonical() if value is not None else None, entry.size if entry.has_value else None
+            value.canonical() if value is not None and not sealed else None,
+            entry.size if entry.has_value else None,
+            sensitive=sealed,
         )
         return ChangeNote(entry.key, entry.version, entry.operation, entry.occurred_at, value_json, omitted)
 
@@ -481,7 +486,10 @@ class WatchService:
         head = self._history.current(record.key)
         operation = head.operation if head is not None and head.version == record.version else "updated"
         value = None if record.deleted or record.value is None else record.value
-        value_json, omitted = value_for_message(value.canonical() if value is not None else None, None)
+        sealed = _sealed(value)
+        value_json, omitted = value_for_message(
+            value.canonical() if value is not None and not sealed else None, None, sensitive=sealed
+        )
         return ChangeNote(record.key, record.version, operation, record.updated_at, value_json, omitted)
 
     # ------------------------------------------------------------------------------------- the fan-out
@@ -666,3 +674,7 @@ class WatchService:
         except Exception as error:
             # Left claimed, the next version's claim would go through and this one would never be sent.
             raise GiveBackFailed(delivery.note.key) from error
+
+
+def _sealed(value: StoredValue | None) -> bool:
+    return value is not None and value.sealed

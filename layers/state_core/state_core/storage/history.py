@@ -84,6 +84,8 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
         item["proposal_id"] = {"S": entry.proposal_id}
     if entry.approved_by:
         item["approved_by"] = {"SS": list(entry.approved_by)}
+    if entry.write_id is not None:
+        item["write_id"] = {"S": entry.write_id}
     if entry.value is not None:
         item["encoding"] = {"S": entry.value.encoding}
         item["value"] = {"B": entry.value.data}
@@ -112,6 +114,7 @@ def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
         transaction_id=item["transaction_id"]["S"] if "transaction_id" in item else None,
         proposal_id=item["proposal_id"]["S"] if "proposal_id" in item else None,
         approved_by=tuple(sorted(item["approved_by"]["SS"])) if "approved_by" in item else (),
+        write_id=item["write_id"]["S"] if "write_id" in item else None,
     )
 
 

@@ -48,6 +48,7 @@ _VALUE_NAMES = {
         "blob_sha256",
         "schema_name",
         "schema_version",
+        "write_id",
     )
 }
 

@@ -44,6 +44,8 @@ from state_core.storage.blobs import BlobStore
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
+    from state_core.domain.ports import ValueCipher
+
 STATE_SORT_KEY = "state"
 # Compressed values up to this size stay inside the state item; larger ones become blobs.
 INLINE_VALUE_BYTES = 350_000
@@ -157,11 +159,20 @@ def _epoch(moment: datetime) -> str:
 class StateStore:
     """Reads and conditionally writes state items. Translates DynamoDB errors into domain errors."""
 
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+    def __init__(self, client: DynamoDBClient, table_name: str, *, cipher: ValueCipher | None = None) -> None:
         self._client = client
         self._table = table_name
         self.blobs = BlobStore(client, table_name)
+        # Seals a sensitive key's value before it leaves the writer: the item, its blob's chunks, the history
+        # the stream copies from the item and the cache's write-through then all carry ciphertext.
+        self.cipher = cipher
         retry_only_unapplied_writes(client)
+
+    def sealed(self, key: str, write_id: str, value: StoredValue) -> StoredValue:
+        """`value` as the write `write_id` of `key` stores it: sealed if the key is sensitive."""
+        if self.cipher is None or not self.cipher.sensitive(key):
+            return value
+        return self.cipher.seal(key, write_id, value)
 
     def get(self, key: str) -> StateRecord | None:
         """Strongly consistent read of the key's item (tombstones included), with its value loaded."""
@@ -264,6 +275,7 @@ class StateStore:
         No read happens first: the version increments server-side and the condition is the only guard.
         """
         write_id = new_write_id()
+        value = self.sealed(key, write_id, value)
         blob = None
         if len(value.data) > INLINE_VALUE_BYTES:
             with dynamodb_errors():
@@ -621,4 +633,5 @@ def record_of_item(item: Mapping[str, Any]) -> StateRecord:
         else None,
         proposal_id=item["proposal_id"]["S"] if "proposal_id" in item else None,
         approved_by=tuple(sorted(item["approved_by"]["SS"])) if "approved_by" in item else (),
+        write_id=item["write_id"]["S"] if "write_id" in item else None,
     )

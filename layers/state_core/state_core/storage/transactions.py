@@ -243,12 +243,14 @@ class TransactionStore:
                 transaction_id=transaction_id,
                 proposal_id=proposal_id,
                 approved_by=approved_by,
+                write_id=write_id,
             )
             return {
                 "Update": _expression(self._table, key, condition=condition, values=values, update=update)
             }, tombstone
         value = step.value
         assert value is not None
+        value = self._state.sealed(operation.key, write_id, value)
         fresh = current is None or current.deleted
         values.update(
             {
@@ -292,6 +294,7 @@ class TransactionStore:
             schema=step.schema,
             proposal_id=proposal_id,
             approved_by=approved_by,
+            write_id=write_id,
         )
         return {"Update": _expression(self._table, key, condition=condition, values=values, update=update)}, record
 

@@ -19,6 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from state_core.domain.codec import SEALED_PREFIX
 from state_core.domain.records import BlobRef, SchemaStamp, StateRecord
 from state_core.storage.state import STATE_SORT_KEY, record_of_item
 
@@ -31,6 +32,8 @@ DEFAULT_EVENT_SOURCE = "state.service"
 # The value rides in the event only while the whole detail stays under this size (a consumer GETs a larger
 # value): EventBridge takes at most 256 KB per entry.
 DEFAULT_MAX_DETAIL_BYTES = 65_536
+# value_omitted_reason of a sensitive key's event.
+SENSITIVE = "sensitive"
 # EventBridge limits (PutEvents): 10 entries a request, 256 KB per request, sizes computed as below.
 MAX_ENTRIES_PER_REQUEST = 10
 MAX_REQUEST_BYTES = 262_144
@@ -78,6 +81,8 @@ class StateChanged:
     # The approved proposal this version applied, and its approvers (absent otherwise).
     proposal_id: str | None = None
     approved_by: tuple[str, ...] = ()
+    # Why the value is omitted when that is not its size: "sensitive" for a sealed value, which no event carries.
+    omitted_reason: str | None = None
 
     def detail(self) -> str:
         """The detail as JSON text. The canonical value is spliced in as is (it already is canonical
@@ -100,6 +105,8 @@ class StateChanged:
             head["approved_by"] = list(self.approved_by)
         if self.value_omitted:
             head["value_omitted"] = True
+        if self.omitted_reason is not None:
+            head["value_omitted_reason"] = self.omitted_reason
         text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
         if self.value_json is None:
             return text
@@ -280,6 +287,11 @@ def state_changed(
     if record.deleted or operation in (Operation.DELETED, Operation.EXPIRED):
         return without_value
     omitted = replace(without_value, value_omitted=True)
+    if (record.value is not None and record.value.sealed) or (
+        record.blob is not None and record.blob.encoding.startswith(SEALED_PREFIX)
+    ):
+        # A sensitive value is never opened on the stream side: consumers GET it with their own permissions.
+        return replace(omitted, omitted_reason=SENSITIVE)
     if record.value is None:
         # The value is not inline in the item (a large value's blob reference): never fetched here.
         return omitted

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from state_core.domain.codec import SEALED_PREFIX
 from state_core.domain.watch import ChangeNote, value_for_message
 from state_core.storage.state import record_of_item
 from state_core.stream.events import Operation, image, is_state_record, new_state_image, operation_of
@@ -36,9 +37,11 @@ def change_notes(records: Iterable[Mapping[str, Any]]) -> list[tuple[ChangeNote,
             value_json, omitted = None, None
         else:
             # A large value's blob is never fetched here: the watcher reads it with GET.
+            sealed = record.value is not None and record.value.sealed
             value_json, omitted = value_for_message(
-                record.value.canonical() if record.value is not None else None,
+                record.value.canonical() if record.value is not None and not sealed else None,
                 record.blob.size or 1 if record.blob is not None else None,
+                sensitive=sealed or (record.blob is not None and record.blob.encoding.startswith(SEALED_PREFIX)),
             )
         note = ChangeNote(record.key, record.version, operation.value, record.updated_at, value_json, omitted)
         notes.append((note, f"s{ddb['SequenceNumber']}"))
