@@ -104,6 +104,7 @@ class KmsEnvelope:
         self._lock = threading.Lock()
         self._sealing: _SealingKey | None = None
         self._opening: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._key_arns: dict[bytes, str] = {}
 
     def sensitive(self, key: str) -> bool:
         return self._sensitive(key)
@@ -142,7 +143,7 @@ class KmsEnvelope:
                 )
                 current = _SealingKey(answer["Plaintext"], answer["CiphertextBlob"], now)
                 self._sealing = current
-                self._remember(current.encrypted, current.plaintext, now)
+                self._remember(current.encrypted, current.plaintext, now, answer.get("KeyId", ""))
             current.messages += 1
             current.bytes += size
             return current
@@ -177,6 +178,13 @@ class KmsEnvelope:
         nonce_at = start + length
         return envelope[start:nonce_at], envelope[nonce_at : nonce_at + NONCE_BYTES], envelope[nonce_at + NONCE_BYTES :]
 
+    def key_of(self, value: StoredValue) -> str:
+        """The ARN of the KMS key a sealed value's data key is under (one KMS Decrypt unless cached): what
+        re-encryption asks of each item."""
+        encrypted_key, _, _ = self._parts(value.data)
+        self._data_key(encrypted_key)
+        return self._key_arns[encrypted_key]
+
     def _data_key(self, encrypted: bytes) -> bytes:
         now = self._monotonic()
         with self._lock:
@@ -201,14 +209,16 @@ class KmsEnvelope:
         if len(plaintext) != 32:
             raise self._failed("KMS answered a data key that is not AES-256")
         with self._lock:
-            self._remember(encrypted, plaintext, now)
+            self._remember(encrypted, plaintext, now, answer.get("KeyId", ""))
         return plaintext
 
-    def _remember(self, encrypted: bytes, plaintext: bytes, now: float) -> None:
+    def _remember(self, encrypted: bytes, plaintext: bytes, now: float, key_arn: str) -> None:
         self._opening[encrypted] = (plaintext, now)
+        self._key_arns[encrypted] = key_arn
         self._opening.move_to_end(encrypted)
         while len(self._opening) > self._limits.max_open_keys:
-            self._opening.popitem(last=False)
+            dropped, _ = self._opening.popitem(last=False)
+            self._key_arns.pop(dropped, None)
 
     # ------------------------------------------------------------------------------------------ common
     def _client(self) -> KMSClient:
