@@ -28,6 +28,8 @@ from state_core.service.manager import PatchPolicy, StateManager
 from state_core.storage.state import StateStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import redis
     from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_events.client import EventBridgeClient
@@ -197,23 +199,26 @@ def kms_client() -> Any:
 
 @functools.cache
 def value_cipher() -> ValueCipher:
-    """Envelope encryption of sensitive values. Cheap to build: which keys are sensitive is decided at the
-    first write of a key (from the policy file, whose failure refuses the request as it would anyway), and
-    `cryptography` and the KMS client load only when a value is sealed or opened."""
-    from state_core.security.envelope import KmsEnvelope, sensitive_matcher
+    """Envelope encryption of sensitive values. Cheap to build: which keys are sensitive is read from the policy
+    file at a key's first write (a broken file refuses the request as it would anyway), and `cryptography` and
+    the KMS client load only when a value is sealed or opened."""
+    from state_core.security.envelope import KmsEnvelope
 
     settings = service_settings()
 
-    @functools.cache
-    def matcher() -> Any:
-        return sensitive_matcher(role_policy().sensitive, encrypt_all=settings.encrypt_all)
-
     def sensitive(key: str) -> bool:
-        return bool(settings.encrypt_all or matcher()(key))
+        return settings.encrypt_all or _sensitive_matcher(role_policy().sensitive)(key)
 
     return KmsEnvelope(
         table_name=settings.table_name, key_id=settings.kms_key_id, sensitive=sensitive, kms=kms_client, metrics=metrics
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _sensitive_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    from state_core.security.envelope import sensitive_matcher
+
+    return sensitive_matcher(patterns, encrypt_all=False)
 
 
 @functools.cache
