@@ -17,7 +17,7 @@ from benchmarks.common import LAYER, REPO_ROOT, Row, format_table
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one block per optional group of rows
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=300, help="runs of each in-process row")
     parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("inprocess", "capacity", "contention", "cold", "watch", "schemas"),
+        choices=("inprocess", "capacity", "contention", "cold", "watch", "schemas", "encryption"),
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import schemas
 
         rows += schemas.run(max(10, args.runs // 10))
+    if "encryption" not in args.skip:
+        from benchmarks import encryption
+
+        rows += encryption.run(args.runs, args.large_runs)
     if rows:
         print(format_table(rows))
     for r in rows:
