@@ -17,7 +17,8 @@ LOG_LEVEL, LOCAL_MAX_CONCURRENCY (LOCAL_MAX_CONCURRENCY_<LogicalId> for one func
 runs up to 64 for long-polls), STATE_TTL_SWEEP_SECONDS (1: how often the local TTL emulator runs,
 devstack/ttl_sweeper.py, since moto never expires items), LOCAL_THROTTLING_BURST_LIMIT and
 LOCAL_THROTTLING_RATE_LIMIT (the gateway's per-route throttling; the template's stage settings by default),
-LOCAL_METRICS_PORT (3003: Prometheus ``/metrics`` from the functions' EMF records, devstack/metrics.py).
+LOCAL_METRICS_PORT (3003: Prometheus ``/metrics`` from the functions' EMF records, devstack/metrics.py),
+LOCAL_FUNCTION_ENV (a JSON object of variables every HTTP and WebSocket function gets on top of the template's).
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
         # A role policy of one's own (extra roles, protected keys) reaches every function, as a deployed file would.
         if os.environ.get("STATE_POLICY_FILE"):
             failpoint_env["STATE_POLICY_FILE"] = os.environ["STATE_POLICY_FILE"]
+        # Settings the template does not give the functions, e.g. a values key or a policy file of a test's own.
+        failpoint_env.update(_function_env())
         # Before the functions' environments are built: a management endpoint in them becomes the local one.
         sockets = WebSocketGateway.for_template(
             template,
@@ -233,6 +236,18 @@ def _auth_secret(username: str | None, password: str) -> str:
     import json
 
     return json.dumps({"username": unquote(username), "password": password}) if username else password
+
+
+def _function_env() -> dict[str, str]:
+    raw = os.environ.get("LOCAL_FUNCTION_ENV", "")
+    if not raw:
+        return {}
+    import json
+
+    extra = json.loads(raw)
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise SystemExit("LOCAL_FUNCTION_ENV must be a JSON object of strings")
+    return extra
 
 
 def _parameters(
