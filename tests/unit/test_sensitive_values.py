@@ -137,3 +137,28 @@ def test_an_event_of_a_sensitive_key_says_why_it_carries_no_value(record):
 def test_a_watch_message_of_a_sensitive_key_carries_no_value():
     assert value_for_message(b'{"a":1}', None, sensitive=True) == (None, "sensitive")
     assert value_for_message(b'{"a":1}', None) == (b'{"a":1}', None)
+
+
+def test_no_functions_cold_import_loads_the_cipher():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    functions = ("get_state", "put_state", "patch_state", "transact_state", "list_state", "batch_get_state")
+    script = "; ".join(
+        [
+            "import importlib.util, sys",
+            *(
+                f"s = importlib.util.spec_from_file_location('{f}', 'functions/{f}/app.py'); "
+                "s.loader.exec_module(importlib.util.module_from_spec(s))"
+                for f in functions
+            ),
+            "print('cryptography.hazmat.primitives.ciphers.aead' in sys.modules,"
+            " 'state_core.security.envelope' in sys.modules)",
+        ]
+    )
+    env = {"PYTHONPATH": str(root / "layers" / "state_core"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, check=True)
+
+    assert out.stdout.split() == ["False", "False"]
