@@ -52,7 +52,9 @@ def kms_key(moto_server: str) -> str:
 class Sealed:
     """A container's worth of the path: one envelope, one store, one manager, a cache on the real Redis."""
 
-    def __init__(self, table: str, key_id: str, redis_url: str, *, patterns: tuple[str, ...] = ("secret:*",)) -> None:
+    def __init__(
+        self, table: str, key_id: str, redis_url: str, *, patterns: tuple[str, ...] = ("secret:*",), kms: Any = None
+    ) -> None:
         self.table = table
         self.calls = KmsCalls()
         self.metrics = RecordedMetrics()
@@ -60,7 +62,7 @@ class Sealed:
             table_name=table,
             key_id=key_id,
             sensitive=sensitive_matcher(patterns, encrypt_all=False),
-            kms=self.calls.client,
+            kms=kms or self.calls.client,
             metrics=self.metrics,
         )
         link = RedisLink(
@@ -251,3 +253,31 @@ def test_patch_of_a_sensitive_key_opens_merges_and_seals_again(sealed):
 
     assert CANARY.encode() not in bytes(sealed.item(key)["value"]["B"])
     assert json.loads(sealed.manager.get(key, consistent=True).canonical_value) == {"a": 1, "b": CANARY}
+
+
+def test_a_values_key_that_does_not_exist_is_a_configuration_error(state_table, redis_server):
+    missing = Sealed(state_table, "alias/no-such-values-key", redis_server.url)
+
+    with pytest.raises(EncryptionNotConfigured):
+        missing.manager.put(secret_key(), {"card": CANARY}, actor="tester")
+
+
+def test_kms_unreachable_is_a_503_to_retry_not_a_decryption_failure(sealed, state_table, kms_key, redis_server):
+    from botocore.config import Config
+
+    from state_core.domain.errors import ServiceUnavailable
+
+    key = secret_key()
+    sealed.manager.put(key, {"card": CANARY}, actor="tester")
+    unreachable = Config(retries={"total_max_attempts": 1}, connect_timeout=0.2)
+    cold = Sealed(  # a KMS nobody answers on
+        state_table,
+        kms_key,
+        redis_server.url,
+        kms=lambda: boto3.client("kms", endpoint_url="http://127.0.0.1:9", config=unreachable),
+    )
+
+    with pytest.raises(ServiceUnavailable) as raised:
+        cold.manager.get(key, consistent=True)
+    assert not isinstance(raised.value, DecryptionFailed)
+    assert cold.metrics.count("DecryptionFailures") == 0

@@ -27,12 +27,13 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.codec import SEALED_PREFIX, StoredValue
-from state_core.domain.errors import DecryptionFailed, EncryptionNotConfigured
+from state_core.domain.errors import DecryptionFailed, EncryptionNotConfigured, ServiceUnavailable
 
 if TYPE_CHECKING:
     KMSClient = Any
@@ -43,6 +44,35 @@ TAG_BYTES = 16
 _HEADER = struct.Struct(">H")
 # KMS context key the key policies condition on (kms:EncryptionContext:table).
 CONTEXT_TABLE = "table"
+
+
+# KMS's answers that mean "this ciphertext will never open here": tampering, another table's context, a key
+# this function may not use or that is gone. Anything else (throttling, a timeout) is KMS being unavailable.
+_REFUSED = frozenset(
+    {
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+        "AccessDeniedException",
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+    }
+)
+
+
+@contextmanager
+def _kms_errors(refused: frozenset[str] = frozenset()) -> Iterator[None]:
+    """KMS trouble as 503 service-unavailable (retry), except the codes in `refused`, which propagate."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in refused:
+            raise
+        raise ServiceUnavailable("the key service is unavailable for a moment; retry shortly") from None
+    except BotoCoreError:
+        raise ServiceUnavailable("the key service is unavailable for a moment; retry shortly") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +168,26 @@ class KmsEnvelope:
                     raise EncryptionNotConfigured(
                         "a sensitive value cannot be sealed: no values key is configured (STATE_KMS_KEY_ID)"
                     )
-                answer = self._client().generate_data_key(
-                    KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._kms_context()
-                )
+                answer = self._new_data_key()
                 current = _SealingKey(answer["Plaintext"], answer["CiphertextBlob"], now)
                 self._sealing = current
                 self._remember(current.encrypted, current.plaintext, now, answer.get("KeyId", ""))
             current.messages += 1
             current.bytes += size
             return current
+
+    def _new_data_key(self) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            with _kms_errors(refused=_REFUSED):
+                return self._client().generate_data_key(
+                    KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._kms_context()
+                )
+        except ClientError as exc:
+            # The configured key is missing, disabled or not ours to use: the deployment's fault, not KMS's.
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise EncryptionNotConfigured(f"the values key cannot be used to seal ({code})") from None
 
     # ------------------------------------------------------------------------------------------- open
     def open(self, key: str, write_id: str | None, value: StoredValue) -> StoredValue:
@@ -197,14 +238,11 @@ class KmsEnvelope:
         try:
             # No KeyId: the data key's ciphertext names its KMS key, and a value sealed before a change of key
             # (until it is re-encrypted) opens under the old key as long as this function may use it.
-            answer = self._client().decrypt(CiphertextBlob=encrypted, EncryptionContext=self._kms_context())
+            with _kms_errors(refused=_REFUSED):
+                answer = self._client().decrypt(CiphertextBlob=encrypted, EncryptionContext=self._kms_context())
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("InvalidCiphertextException", "IncorrectKeyException", "AccessDeniedException"):
-                raise self._failed(f"KMS refused the value's data key ({code})") from None
-            if code in ("NotFoundException", "DisabledException", "KMSInvalidStateException"):
-                raise self._failed(f"the value's KMS key cannot be used ({code})") from None
-            raise
+            raise self._failed(f"KMS refused the value's data key ({code})") from None
         plaintext: bytes = answer["Plaintext"]
         if len(plaintext) != 32:
             raise self._failed("KMS answered a data key that is not AES-256")
