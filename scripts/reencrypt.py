@@ -33,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers" / "state_core"))
 
 from state_core.domain.codec import SEALED_PREFIX, StoredValue
+from state_core.domain.errors import DecryptionFailed
 
 
 @dataclass(slots=True)
@@ -42,6 +43,9 @@ class Progress:
     reencrypted: int = 0
     already_new: int = 0
     raced: int = 0
+    # Sealed values that do not open (tampered, or under a key the job may not use): left as they are, and
+    # counted, so one bad item does not stop the job; the read path reports each one (DecryptionFailures).
+    unreadable: int = 0
     blobs_left: int = 0
     resume_from: dict[str, Any] | None = None
     done: bool = False
@@ -82,7 +86,11 @@ def reencrypt(  # noqa: PLR0913  one knob each, keyword-only
             if ahead > 0:
                 time.sleep(ahead)
             sent += 1
-            outcome = _reseal(client, table, cipher, item, new_key_arn)
+            try:
+                outcome = _reseal(client, table, cipher, item, new_key_arn)
+            except DecryptionFailed:
+                progress.unreadable += 1
+                continue
             if outcome == "done":
                 progress.reencrypted += 1
                 if evict is not None and item["sk"]["S"] == "state":
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"page {progress.pages}: {progress.sealed_seen} sealed items read, {progress.reencrypted} re-encrypted,"
             f" {progress.already_new} already under the new key, {progress.raced} replaced meanwhile,"
-            f" {progress.blobs_left} large values left",
+            f" {progress.unreadable} unreadable (left as they are), {progress.blobs_left} large values left",
             flush=True,
         )
 

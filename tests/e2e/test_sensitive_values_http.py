@@ -92,6 +92,14 @@ def test_a_canary_sensitive_value_is_plaintext_nowhere_but_the_api(stack):
         assert CANARY in api.get(key).text  # through the cache
         assert CANARY in api.get(key, consistent="true").text
     assert CANARY in api.get(large).text
+    for snapshot in (False, True):
+        bulk = api.session.post(
+            f"{devstack.base_url}/state:batchGet", json={"keys": [small, transacted], "snapshot": snapshot}, timeout=30
+        )
+        assert [item["value"]["card"] for item in bulk.json()["items"]] == [CANARY, CANARY], bulk.text
+    listing = api.session.get(f"{devstack.base_url}/state", params={"prefix": "vault:", "include": "value"}, timeout=30)
+    listed = {entry["key"]: entry for entry in listing.json()["keys"]}
+    assert listed[small]["value"] == {"card": CANARY}, listing.text
     assert CANARY in api.get(small, version="1").text  # from the history, once the stream wrote it
 
     events = _wait_for_events(devstack, {small, large, patched, transacted, plain})
