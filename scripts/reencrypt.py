@@ -68,7 +68,9 @@ def reencrypt(  # noqa: PLR0913  one knob each, keyword-only
     request: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": "begins_with(#encoding, :sealed)",
-        "ExpressionAttributeNames": {"#encoding": "encoding"},
+        # What re-sealing needs, never a blob chunk's bytes (chunks carry no encoding and are filtered out anyway).
+        "ProjectionExpression": "pk, sk, #encoding, #value, value_size, write_id, version, blob_id",
+        "ExpressionAttributeNames": {"#encoding": "encoding", "#value": "value"},
         "ExpressionAttributeValues": {":sealed": {"S": SEALED_PREFIX}},
         "Limit": page_size,
     }

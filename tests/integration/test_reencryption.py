@@ -75,7 +75,18 @@ def check_after(
         reader.cipher.open(item["pk"]["S"], item["write_id"]["S"], value)  # every one opens
 
 
-def test_reencryption_under_a_new_key_with_eight_writers_running(state_table, redis_server, raw_redis, tmp_path):
+@pytest.fixture
+def state_table(moto_server: str, state_template: Any) -> str:
+    """A table of its own: the job scans a whole table, and the session's shared one holds every other test's
+    large values, which the one serialized emulator would spend a long time scanning for everybody."""
+    name = f"state-reenc-{uuid.uuid4().hex[:8]}"
+    ddb = boto3.client("dynamodb")
+    ddb.create_table(**state_template.table_create_kwargs("StateTable", name))
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    return name
+
+
+def test_reencryption_under_a_new_key_with_eight_writers_running(state_table, redis_server, raw_redis):
     kms = boto3.client("kms")
     old_key = kms.create_key(Description="old values key")["KeyMetadata"]["Arn"]
     new_key = kms.create_key(Description="new values key")["KeyMetadata"]["Arn"]
