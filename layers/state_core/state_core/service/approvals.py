@@ -123,7 +123,7 @@ class Approvals:
         if op == "patch":
             assert current is not None
             assert current.value is not None
-            merged = apply_merge_patch(json.loads(current.value.canonical()), patch)
+            merged = apply_merge_patch(json.loads(self._manager.canonical(current)), patch)
             stored = self._manager.encode_canonical(canonical_json(merged))
             schema = self._manager.check_schema(key, merged)
         held = (len(stored.data) if stored is not None else 0) + len(patch_text or b"")
@@ -182,7 +182,7 @@ class Approvals:
         version = current.version if current is not None else 0
         base_value = None
         if current is not None and current.value is not None and current.is_live(self._clock()):
-            base_value = json.loads(current.value.canonical())
+            base_value = json.loads(self._manager.canonical(current))
         if proposal.status == "open" and version != proposal.base_version:
             proposal = self._mark_stale(proposal, version)
         return proposal, base_value, version == proposal.base_version
