@@ -357,7 +357,7 @@ def approvals() -> Approvals:
     settings = service_settings()
     store = TransactionStore(dynamodb_client(), settings.table_name, state_store())
     return Approvals(
-        ProposalStore(dynamodb_client(), settings.table_name, store),
+        ProposalStore(dynamodb_client(), settings.table_name, store, cipher=value_cipher()),
         state_store(),
         state_manager(),
         clock=utc_now,

@@ -24,7 +24,8 @@ from state_core.domain.approvals import (
     ProposalOp,
     Status,
 )
-from state_core.domain.codec import StoredValue
+from state_core.domain.codec import SEALED_PREFIX, StoredValue
+from state_core.domain.errors import DecryptionFailed
 from state_core.domain.records import SchemaStamp, rfc3339
 from state_core.domain.transactions import PlannedOperation
 from state_core.storage.state import dynamodb_errors
@@ -33,6 +34,7 @@ from state_core.storage.transactions import TransactionStore
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
+    from state_core.domain.ports import ValueCipher
     from state_core.domain.records import StateRecord
 
 PROPOSAL_PREFIX = "proposal#"
@@ -53,15 +55,25 @@ def _epoch(moment: datetime) -> str:
 class ProposalStore:
     """Creates, reads, decides and applies proposals; DynamoDB errors become domain errors."""
 
-    def __init__(self, client: DynamoDBClient, table_name: str, transactions: TransactionStore) -> None:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        transactions: TransactionStore,
+        *,
+        cipher: ValueCipher | None = None,
+    ) -> None:
         self._client = client
         self._table = table_name
         self._transactions = transactions
+        # A sensitive key's proposed value and patch are sealed as its state item's value is, bound to the key
+        # and the proposal; opened only here, on the service's read path.
+        self._cipher = cipher
 
     def create(self, proposal: Proposal) -> None:
         """A new proposal item. An UpdateItem that may only create, so the write functions' roles need no
         PutItem, which could replace any item of the table whole."""
-        item = proposal_item(proposal)
+        item = self._sealed(proposal_item(proposal))
         attributes = {name: value for name, value in item.items() if name not in ("pk", "sk")}
         names = {f"#a{index}": name for index, name in enumerate(attributes)}
         values = {f":v{index}": value for index, value in enumerate(attributes.values())}
@@ -80,7 +92,7 @@ class ProposalStore:
             item = self._client.get_item(
                 TableName=self._table, Key=_item_key(key, proposal_id), ConsistentRead=True
             ).get("Item")
-        return None if item is None else proposal_of_item(item)
+        return None if item is None else self._proposal(item)
 
     def list_open(self, key: str, *, now: datetime, limit: int, after: str | None) -> tuple[list[Proposal], str | None]:
         """Up to `limit` open, unexpired proposals of `key` in the order proposed, after the id `after`; and the
@@ -106,7 +118,7 @@ class ProposalStore:
                 request["ExclusiveStartKey"] = start
             with dynamodb_errors():
                 page = self._client.query(**request)
-            found.extend(proposal_of_item(item) for item in page.get("Items", []))
+            found.extend(self._proposal(item) for item in page.get("Items", []))
             start = page.get("LastEvaluatedKey")
             if start is None:
                 return found, None
@@ -141,7 +153,7 @@ class ProposalStore:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             raise ProposalClosedError from None
-        return proposal_of_item(attributes)
+        return self._proposal(attributes)
 
     def close(
         self,
@@ -173,7 +185,7 @@ class ProposalStore:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             raise ProposalClosedError from None
-        return proposal_of_item(attributes)
+        return self._proposal(attributes)
 
     def close_action(  # noqa: PLR0913  one field of the decision each, keyword-only
         self,
@@ -244,6 +256,48 @@ class ProposalStore:
             close={"Update": close},
             token=f"{proposal.proposal_id}-{attempt}",
         )
+
+    def _sealed(self, item: dict[str, Any]) -> dict[str, Any]:
+        key, write_id = item["pk"]["S"], _sealing_id(item)
+        if self._cipher is None or not self._cipher.sensitive(key):
+            return item
+        sealed = dict(item)
+        if "value" in item:
+            value = StoredValue(item["encoding"]["S"], bytes(item["value"]["B"]), int(item["value_size"]["N"]))
+            value = self._cipher.seal(key, write_id, value)
+            sealed.update(value={"B": value.data}, encoding={"S": value.encoding}, value_size={"N": str(value.size)})
+        if "patch" in item:
+            patch = self._cipher.seal(key, f"{write_id}:patch", StoredValue.encode(bytes(item["patch"]["B"])))
+            sealed.update(
+                patch={"B": patch.data}, patch_encoding={"S": patch.encoding}, patch_size={"N": str(patch.size)}
+            )
+        return sealed
+
+    def _proposal(self, item: dict[str, Any]) -> Proposal:
+        """The proposal of an item, its value and patch opened if they are sealed."""
+        sealed_value = "encoding" in item and item["encoding"]["S"].startswith(SEALED_PREFIX)
+        if not sealed_value and "patch_encoding" not in item:
+            return proposal_of_item(item)
+        key, write_id = item["pk"]["S"], _sealing_id(item)
+        opened = dict(item)
+        if sealed_value:
+            value = StoredValue(item["encoding"]["S"], bytes(item["value"]["B"]), int(item["value_size"]["N"]))
+            value = self._open(key, write_id, value)
+            opened.update(value={"B": value.data}, encoding={"S": value.encoding}, value_size={"N": str(value.size)})
+        if "patch_encoding" in item:
+            patch = StoredValue(item["patch_encoding"]["S"], bytes(item["patch"]["B"]), int(item["patch_size"]["N"]))
+            opened["patch"] = {"B": self._open(key, f"{write_id}:patch", patch).canonical()}
+        return proposal_of_item(opened)
+
+    def _open(self, key: str, write_id: str, value: StoredValue) -> StoredValue:
+        if self._cipher is None:
+            raise DecryptionFailed("a sealed proposal was read where no values key is configured")
+        return self._cipher.open(key, write_id, value)
+
+
+def _sealing_id(item: dict[str, Any]) -> str:
+    """What a proposal's sealed value is bound to beside its key: the proposal, never a write of the key."""
+    return f"proposal:{item['proposal_id']['S']}"
 
 
 def _item_key(key: str, proposal_id: str) -> dict[str, Any]:
