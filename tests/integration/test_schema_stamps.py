@@ -102,3 +102,36 @@ def test_the_event_of_a_governed_write_names_the_schema_and_satisfies_the_publis
     assert "schema" not in json.loads(free.detail())
     assert_valid_detail(governed.detail())
     assert_valid_detail(free.detail())
+
+
+def test_an_old_version_read_from_the_history_names_the_schema_it_was_written_under(
+    call, publish, name, prefix, state_table, client, store
+):
+    from state_core.storage.history import HistoryStore
+    from state_core.stream.lifecycle import StreamLifecycle
+    from tests.doubles import utc_now
+    from tests.streams import record_history, stream_records
+
+    assert publish(name, SCHEMA, [f"{prefix}*"])[0] == 201
+    key = f"{prefix}h"
+    assert put(call, key, {"n": 1})[0] == 201
+    assert publish(name, SCHEMA, [f"{prefix}*"], query={"mode": "forward"})[1]["version"] == 2
+    assert patch(call, key, {"n": 2})[0] == 200
+    assert call(http_event("delete", key), "delete_state")[0] == 204
+    # The stream's publisher records each version in the history.
+    history = HistoryStore(client, state_table, retention_seconds=86_400)
+    lifecycle = StreamLifecycle(client, state_table, history=history, states=store, blobs=store.blobs, clock=utc_now)
+    record_history(lifecycle, stream_records(state_table, {key}))
+
+    stamps = []
+    for version in (1, 2):
+        status, body = call(http_event("get", key, query={"version": str(version)}), "get_state")
+        assert status == 200, body
+        stamps.append(body["schema"])
+    assert stamps == [{"name": name, "version": 1}, {"name": name, "version": 2}]
+    listing = http_event("get", key)
+    listing["rawPath"] = listing["requestContext"]["http"]["path"] = f"/state/{key}/history"
+    listing["routeKey"] = listing["requestContext"]["routeKey"] = "GET /state/{key}/history"
+    status, page = call(listing, "get_state")
+    assert status == 200, page
+    assert [entry.get("schema") for entry in page["versions"]] == [None, {"name": name, "version": 2}, stamps[0]]

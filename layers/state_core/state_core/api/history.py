@@ -49,6 +49,8 @@ def version_summary(entry: HistoryEntry) -> dict[str, Any]:
         # An approved change: the actor proposed it, these approved it (approvals.md).
         summary["proposal_id"] = entry.proposal_id
         summary["approved_by"] = list(entry.approved_by)
+    if entry.schema is not None:
+        summary["schema"] = entry.schema.fields()  # absent for an ungoverned key's version
     return summary
 
 

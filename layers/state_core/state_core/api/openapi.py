@@ -105,6 +105,7 @@ class HistoryEntryModel(BaseModel):
         default=None, description="Only on a version an approved proposal applied (its actor is the proposer)."
     )
     approved_by: list[str] | None = Field(default=None, description="With proposal_id: who approved it.")
+    schema_: SchemaStampModel | None = Field(default=None, alias="schema", description=_SCHEMA_STAMP)
 
 
 class HistoryPageModel(BaseModel):

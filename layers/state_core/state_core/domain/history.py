@@ -15,7 +15,7 @@ from state_core.domain.records import StateRecord
 
 if TYPE_CHECKING:
     from state_core.domain.codec import StoredValue
-    from state_core.domain.records import BlobRef
+    from state_core.domain.records import BlobRef, SchemaStamp
 
 # The history's items number versions with 12 digits, so this is the highest version it can hold.
 MAX_HISTORY_VERSION = 10**12 - 1
@@ -44,6 +44,7 @@ class HistoryEntry:
     proposal_id: str | None = None  # the approved proposal it applied (the actor is its proposer)
     approved_by: tuple[str, ...] = ()  # and who approved it
     write_id: str | None = None  # the write that made this version: what a sealed value is bound to
+    schema: SchemaStamp | None = None  # the value schema its value was checked against when written
 
     @property
     def has_value(self) -> bool:
@@ -62,6 +63,7 @@ class HistoryEntry:
             expires_at=self.expires_at,
             blob=self.blob,
             write_id=self.write_id,
+            schema=self.schema if self.has_value else None,
         )
 
 
@@ -86,4 +88,5 @@ def entry_of_record(record: StateRecord, operation: str) -> HistoryEntry:
         proposal_id=record.proposal_id,
         approved_by=record.approved_by,
         write_id=record.write_id,
+        schema=None if record.deleted else record.schema,
     )

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from state_core.domain.history import MAX_HISTORY_VERSION, HistoryEntry, entry_of_record, rfc3339_epoch
-from state_core.domain.records import StateRecord
+from state_core.domain.records import SchemaStamp, StateRecord
 from state_core.storage.batches import write_all
 from state_core.storage.blobs import MARKER_PREFIX
 from state_core.storage.state import dynamodb_errors, read_head, record_of_item, value_of_item
@@ -48,6 +48,9 @@ _PAGE_NAMES = {
         # An approved change lists its proposal and approvers beside its actor (the proposer).
         "proposal_id",
         "approved_by",
+        # And a governed key's version the schema its value was checked against.
+        "schema_name",
+        "schema_version",
     )
 }
 
@@ -86,6 +89,9 @@ def history_item(entry: HistoryEntry, retention_seconds: int) -> dict[str, Any]:
         item["approved_by"] = {"SS": list(entry.approved_by)}
     if entry.write_id is not None:
         item["write_id"] = {"S": entry.write_id}
+    if entry.schema is not None:
+        item["schema_name"] = {"S": entry.schema.name}
+        item["schema_version"] = {"N": str(entry.schema.version)}
     if entry.value is not None:
         item["encoding"] = {"S": entry.value.encoding}
         item["value"] = {"B": entry.value.data}
@@ -115,6 +121,9 @@ def entry_of_item(item: Mapping[str, Any]) -> HistoryEntry:
         proposal_id=item["proposal_id"]["S"] if "proposal_id" in item else None,
         approved_by=tuple(sorted(item["approved_by"]["SS"])) if "approved_by" in item else (),
         write_id=item["write_id"]["S"] if "write_id" in item else None,
+        schema=SchemaStamp(item["schema_name"]["S"], int(item["schema_version"]["N"]))
+        if "schema_name" in item
+        else None,
     )
 
 
