@@ -135,3 +135,35 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("x-amazon-events-detail-type") != new.get("x-amazon-events-detail-type"):
         found.append("detail type changed")
     return found
+
+
+PROPOSALS = SCHEMAS / "ProposalLifecycle.json"
+
+
+@cache
+def _proposal_validators() -> tuple[tuple[str, Any], ...]:
+    found = [(PROPOSALS.name, load(PROPOSALS))]
+    found += [
+        (path.name, consumer_view(load(path)))
+        for path in sorted(PUBLISHED.glob("ProposalLifecycle.v*.json"), key=lambda p: int(p.stem.rsplit(".v", 1)[1]))
+    ]
+    return tuple((name, jsonschema_rs.Draft4Validator(schema)) for name, schema in found)
+
+
+def assert_valid_proposal_event(entry: dict[str, Any]) -> None:
+    """A proposal lifecycle event's PutEvents entry, as the bus delivers it (the envelope around its detail),
+    against the current ProposalLifecycle schema and, as their consumers read it, every published version."""
+    event = {
+        "version": "0",
+        "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+        "detail-type": entry["DetailType"],
+        "source": entry["Source"],
+        "account": "123456789012",
+        "time": "2026-12-02T05:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": json.loads(entry["Detail"]),
+    }
+    for name, validator in _proposal_validators():
+        problems = _problems(validator, event)
+        assert not problems, f"{entry['DetailType']} does not satisfy {name}: {problems}"

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from tests.event_schemas import assert_valid_proposal_event
 from tests.integration.conftest import http_event
 from tests.integration.test_rbac import _Collect
 from tests.streams import stream_records
@@ -229,10 +230,10 @@ def test_the_lifecycle_becomes_events_and_the_applied_version_carries_the_propos
     kinds, changed = [], []
     for position, record in enumerate(stream_records(state_table, {key})):
         if record["dynamodb"]["Keys"]["sk"]["S"].startswith("proposal#"):
-            kinds += [
-                (e.entry["DetailType"], json.loads(e.entry["Detail"]).get("approver"))
-                for e in proposal_events(record, position=position, source="s", bus_name="b")
-            ]
+            events = proposal_events(record, position=position, source="s", bus_name="b")
+            for event in events:
+                assert_valid_proposal_event(dict(event.entry))
+            kinds += [(e.entry["DetailType"], json.loads(e.entry["Detail"]).get("approver")) for e in events]
         else:
             change = build_change(record, position=position, bus_name="b")
             if change is not None and change.event is not None:

@@ -13,6 +13,7 @@ from state_core.security.policy import DEFAULT_PROPOSAL_SECONDS, PolicyError, pa
 from state_core.security.principal import APPROVE, OVERRIDE, WRITE, Principal
 from state_core.storage.approvals import proposal_item
 from state_core.stream.proposals import proposal_events
+from tests.event_schemas import assert_valid_proposal_event
 
 pytestmark = pytest.mark.unit
 
@@ -147,6 +148,8 @@ def _record(event, old=None, new=None, sequence="1"):
 
 def kinds(record):
     events = proposal_events(record, position=0, source="state.service", bus_name="bus")
+    for event in events:
+        assert_valid_proposal_event(dict(event.entry))
     return [(e.entry["DetailType"], json.loads(e.entry["Detail"]).get("approver")) for e in events]
 
 
