@@ -211,9 +211,11 @@ def test_a_write_checked_against_the_old_version_during_the_settle_does_not_slip
     stale_writer = StateManager(store, clock=utc_now, metrics=NoMetrics(), schemas=stale)
 
     started = start_check(publish, name, COUNTED, [f"{prefix}*"])
-    # A step with too little time to wait out the settle reads nothing.
+    # A step with too little time to wait out the settle reads nothing. (On a loaded machine the settle may
+    # have passed before this step ran: it then starts running, but its budget ends before it reads a key.)
     step = invoke("schemas", {"schema_check": {"name": name, "id": started["id"]}}, StepContext(6.1))
-    assert (step["state"], step["keys_checked"]) == ("settling", 0)
+    assert step["state"] in ("settling", "running")
+    assert step["keys_checked"] == 0
     stale_writer.put(f"{prefix}k", {"n": "written under version 1"}, actor="stale")
 
     ended = run_check(invoke, name, started["id"])
