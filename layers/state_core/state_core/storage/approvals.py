@@ -128,32 +128,23 @@ class ProposalStore:
     def approve(self, key: str, proposal_id: str, approver: str, now: datetime, comment: str | None) -> Proposal:
         """Add `approver` to the open, unexpired proposal's approvers, unless it proposed it or already counts;
         ProposalClosedError when any of that does not hold (the caller reads why)."""
-        try:
-            with dynamodb_errors():
-                attributes = self._client.update_item(
-                    TableName=self._table,
-                    Key=_item_key(key, proposal_id),
-                    UpdateExpression="ADD approvers :who"
-                    + (" SET approval_comments.#who = :comment" if comment else ""),
-                    ConditionExpression=(
-                        "attribute_exists(pk) AND #status = :open AND expires_at > :now AND proposer <> :subject"
-                        " AND NOT contains(approvers, :subject)"
-                    ),
-                    ExpressionAttributeNames={"#status": "status", **({"#who": approver} if comment else {})},
-                    ExpressionAttributeValues={
-                        **({":comment": {"S": comment}} if comment else {}),
-                        ":who": {"SS": [approver]},
-                        ":subject": {"S": approver},
-                        ":open": {"S": "open"},
-                        ":now": {"N": _epoch(now)},
-                    },
-                    ReturnValues="ALL_NEW",
-                )["Attributes"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            raise ProposalClosedError from None
-        return self._proposal(attributes)
+        return self._update_open(
+            TableName=self._table,
+            Key=_item_key(key, proposal_id),
+            UpdateExpression="ADD approvers :who" + (" SET approval_comments.#who = :comment" if comment else ""),
+            ConditionExpression=(
+                "attribute_exists(pk) AND #status = :open AND expires_at > :now AND proposer <> :subject"
+                " AND NOT contains(approvers, :subject)"
+            ),
+            ExpressionAttributeNames={"#status": "status", **({"#who": approver} if comment else {})},
+            ExpressionAttributeValues={
+                **({":comment": {"S": comment}} if comment else {}),
+                ":who": {"SS": [approver]},
+                ":subject": {"S": approver},
+                ":open": {"S": "open"},
+                ":now": {"N": _epoch(now)},
+            },
+        )
 
     def close(
         self,
@@ -178,9 +169,14 @@ class ProposalStore:
         if status == "expired":
             action["ConditionExpression"] += " AND expires_at <= :now"
             action["ExpressionAttributeValues"][":now"] = {"N": _epoch(now)}
+        return self._update_open(**action)
+
+    def _update_open(self, **request: Any) -> Proposal:
+        """A conditional UpdateItem of an open proposal: the proposal as it is after, or ProposalClosedError
+        when its condition did not hold."""
         try:
             with dynamodb_errors():
-                attributes = self._client.update_item(**action, ReturnValues="ALL_NEW")["Attributes"]
+                attributes = self._client.update_item(**request, ReturnValues="ALL_NEW")["Attributes"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
