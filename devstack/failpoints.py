@@ -58,6 +58,7 @@ POINTS = frozenset(
         "watch_after_claim",  # fan-out: a version's claim answered (claimed or refused), nothing posted yet
         "watch_give_back",  # fan-out: a claimed version not posted, its claim not yet given back
         "listing_backfill_before_update",  # listing backfill: an item scanned, its shard not yet written
+        "reencrypt_before_switch",  # re-encryption: a value re-sealed (a blob: new chunks written), not yet switched
         "dynamodb_send",  # every DynamoDB HTTP request (botocore before-send hook); return(throttle|unavailable)
         "dynamodb_answer",  # every DynamoDB request not answered at dynamodb_send; return(lost): answer lost
     }

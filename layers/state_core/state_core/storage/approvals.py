@@ -254,7 +254,7 @@ class ProposalStore:
         )
 
     def _sealed(self, item: dict[str, Any]) -> dict[str, Any]:
-        key, write_id = item["pk"]["S"], _sealing_id(item)
+        key, write_id = item["pk"]["S"], sealing_id(item["proposal_id"]["S"])
         if self._cipher is None or not self._cipher.sensitive(key):
             return item
         sealed = dict(item)
@@ -274,7 +274,7 @@ class ProposalStore:
         sealed_value = "encoding" in item and item["encoding"]["S"].startswith(SEALED_PREFIX)
         if not sealed_value and "patch_encoding" not in item:
             return proposal_of_item(item)
-        key, write_id = item["pk"]["S"], _sealing_id(item)
+        key, write_id = item["pk"]["S"], sealing_id(item["proposal_id"]["S"])
         opened = dict(item)
         if sealed_value:
             value = StoredValue(item["encoding"]["S"], bytes(item["value"]["B"]), int(item["value_size"]["N"]))
@@ -291,9 +291,10 @@ class ProposalStore:
         return self._cipher.open(key, write_id, value)
 
 
-def _sealing_id(item: dict[str, Any]) -> str:
-    """What a proposal's sealed value is bound to beside its key: the proposal, never a write of the key."""
-    return f"proposal:{item['proposal_id']['S']}"
+def sealing_id(proposal_id: str) -> str:
+    """What a proposal's sealed value is bound to beside its key: the proposal, never a write of the key (its
+    sealed patch: this and `:patch`)."""
+    return f"proposal:{proposal_id}"
 
 
 def _item_key(key: str, proposal_id: str) -> dict[str, Any]:

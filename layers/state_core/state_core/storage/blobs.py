@@ -60,6 +60,18 @@ def chunk_keys(ref: BlobRef) -> list[dict[str, Any]]:
     ]
 
 
+def _marker(key: str, ref: BlobRef, now: datetime) -> dict[str, Any]:
+    created = int(now.timestamp())
+    return {
+        "pk": {"S": key},
+        "sk": {"S": MARKER_PREFIX + ref.write_id},
+        "chunks": {"N": str(ref.chunks)},
+        "sha256": {"S": ref.sha256},
+        "created_epoch": {"N": str(created)},
+        "ttl": {"N": str(created + MARKER_TTL_SECONDS)},
+    }
+
+
 class BlobStore:
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
@@ -76,21 +88,19 @@ class BlobStore:
             encoding=value.encoding,
             size=value.size,
         )
-        created = int(now.timestamp())
-        marker = {
-            "pk": {"S": key},
-            "sk": {"S": MARKER_PREFIX + write_id},
-            "chunks": {"N": str(ref.chunks)},
-            "sha256": {"S": ref.sha256},
-            "created_epoch": {"N": str(created)},
-            "ttl": {"N": str(created + MARKER_TTL_SECONDS)},
-        }
-        requests = [{"PutRequest": {"Item": marker}}] + [
+        requests = [{"PutRequest": {"Item": _marker(key, ref, now)}}] + [
             {"PutRequest": {"Item": {**chunk_key, "owner": {"S": key}, "data": {"B": piece}}}}
             for chunk_key, piece in zip(chunk_keys(ref), pieces, strict=True)
         ]
         self._batch_write(requests)
         return ref
+
+    def mark_unclaimed(self, key: str, ref: BlobRef, now: datetime) -> None:
+        """Give an existing blob of `key` its marker again, dated `now`: `collect` then removes it once it is
+        older than the grace and neither the state item nor a history item names it. Re-encryption hands the
+        blob it moved every referrer off to the collector this way, rather than deleting it itself: a history
+        item naming it may still be on its way from the stream."""
+        self._batch_write([{"PutRequest": {"Item": _marker(key, ref, now)}}])
 
     def load(self, ref: BlobRef) -> StoredValue | None:
         """The blob's value, or None if a chunk is gone (the blob was replaced and collected)."""
