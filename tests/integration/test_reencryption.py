@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 import pytest
 
-from scripts.reencrypt import reencrypt
 from state_core.cache.state_cache import entry_key
 from state_core.domain.codec import SEALED_PREFIX, StoredValue
 from state_core.domain.history import entry_of_record
 from state_core.storage.history import history_item
+from state_core.storage.reencryption import reencrypt
 from state_core.storage.state import record_of_item
 from tests.integration.test_encryption import Sealed
 

@@ -18,7 +18,6 @@ from typing import Any
 import boto3
 import pytest
 
-from scripts.reencrypt import Progress, reencrypt
 from state_core import failpoints
 from state_core.cache.state_cache import entry_key
 from state_core.domain.codec import SEALED_PREFIX, StoredValue
@@ -29,6 +28,7 @@ from state_core.service.history import HistoryReader
 from state_core.storage.approvals import is_proposal_sort_key, proposal_sort_key
 from state_core.storage.blobs import CHUNK_SORT_KEY, MARKER_PREFIX, SWEEP_LAG_SECONDS, WRITE_GRACE_SECONDS, BlobStore
 from state_core.storage.history import HistoryStore
+from state_core.storage.reencryption import Progress, reencrypt
 from state_core.storage.state import record_of_item, value_of_item
 from tests.doubles import utc_now
 from tests.integration.test_sealed_proposals import SealedApprovals
