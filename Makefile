@@ -143,8 +143,9 @@ sweep-blobs: $(VENV_STAMP)
 backfill-listing: $(VENV_STAMP)
 	$(PY) scripts/backfill_listing.py --table "$(TABLE)" --endpoint-url "$(ENDPOINT)" $(BACKFILL_ARGS)
 
-## reencrypt: re-encrypt every sensitive value under KEY_ID (a KMS key ARN or alias), in the running local stack, online
-##            and resumable (TABLE, ENDPOINT to override; REENCRYPT_ARGS="--redis-url redis://..." and the like)
+## reencrypt: re-encrypt every sensitive value (inline, large values' blobs, change proposals) under KEY_ID (a KMS key
+##            ARN or alias), in the running local stack, online and resumable; fails while any was left, so run it
+##            again (TABLE, ENDPOINT to override; REENCRYPT_ARGS="--redis-url redis://..." and the like)
 .PHONY: reencrypt
 reencrypt: $(VENV_STAMP)
 	$(PY) scripts/reencrypt.py --table "$(TABLE)" --endpoint-url "$(ENDPOINT)" --key-id "$(KEY_ID)" $(REENCRYPT_ARGS)
