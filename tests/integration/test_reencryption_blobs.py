@@ -434,3 +434,35 @@ def test_another_blobs_chunk_or_blob_in_place_fails_loudly_and_the_job_leaves_it
     with pytest.raises(expected):  # still loud, never another value
         job.current(victim)
     assert job.current(other) == large(other, 0)
+
+
+def test_the_command_reports_each_kind_and_fails_while_something_is_left(
+    state_table, redis_server, keys_arns, tmp_path, capsys
+):
+    from scripts.reencrypt import main
+
+    old_key, new_key = keys_arns
+    before = Side(state_table, old_key, redis_server.url)
+    key, broken = f"secret:cli-{uuid.uuid4().hex[:8]}", f"secret:cli-broken-{uuid.uuid4().hex[:8]}"
+    before.put(key, large(key, 0))
+    before.approvals.propose(key, "put", rule=RULE, proposer="alice", value={"card": "v2"})
+    before.manager.put(broken, small(broken, 0), actor="seed")
+    before.set_value(broken, before.item(broken)["value"]["B"][:-1] + b"!")  # one byte of the tag changed
+    arguments = ["--table", state_table, "--key-id", new_key, "--checkpoint", str(tmp_path / "checkpoint.json")]
+
+    assert main([*arguments, "--rate", "1000"]) == 1
+    printed = capsys.readouterr().out
+    assert "large values: 1 re-encrypted (2 items switched)" in printed
+    assert "proposals: 1 re-encrypted" in printed
+    assert "1 unreadable (left as they are)" in printed
+    assert "not moved" in printed
+    assert not (tmp_path / "checkpoint.json").exists()
+
+    before.manager.put(broken, small(broken, 1), actor="seed")  # rewritten (under the old key, as a lagging writer)
+    assert main([*arguments, "--rate", "1000"]) == 0
+    assert "every sealed value" in capsys.readouterr().out
+    after = Side(state_table, new_key, redis_server.url)
+    after.collect()
+    assert_nothing_under_the_old_key(after, new_key)
+    assert after.current(key) == large(key, 0)
+    assert after.current(broken) == small(broken, 1)
