@@ -12,7 +12,7 @@ the job skips the item it replaced.
 - **Large values** (blobs, blobs.py): chunks are immutable, so the value goes to NEW chunks under a new blob id
   (with its marker, as a write's blob has), sealed under the new key and still bound to the key and the
   version's write id (a blob's id is no part of what its value is bound to). Then every item naming the old
-  blob, the state item and each history item (read consistently), is switched to the new one by an UpdateItem
+  blob, the state item and its version's history item (read consistently), is switched to the new one by an UpdateItem
   that holds only while the item still names the old blob and the same write id (the state item: and the same
   version). If none switches, the new blob is nobody's and is deleted (its marker lets the collector take it,
   should that fail or the job die first). The old blob is given back its marker: the stream's collection (or
@@ -47,7 +47,7 @@ from state_core.domain.errors import CorruptStoredValue, DecryptionFailed
 from state_core.domain.ports import ValueCipher
 from state_core.storage.approvals import is_proposal_sort_key, sealing_id
 from state_core.storage.blobs import WRITE_GRACE_SECONDS, BlobStore, chunk_keys
-from state_core.storage.history import HISTORY_PREFIX
+from state_core.storage.history import history_sort_key
 from state_core.storage.state import STATE_SORT_KEY, new_write_id, value_of_item
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class _Job:
         """(outcome, items switched) for the large value `item` names; see the module docstring."""
         key, write_id = item["pk"]["S"], item.get("write_id", {}).get("S")
         _, ref = value_of_item(item)
-        if ref is None or write_id is None:
+        if ref is None or write_id is None or "version" not in item:
             return "unreadable", 0  # nothing binds it: the read path cannot open it either
         if (key, ref.write_id) in self.moved:
             return "new", 0
@@ -238,7 +238,7 @@ class _Job:
         try:
             if self.cipher.key_of(StoredValue(ref.encoding, bytes(first["data"]["B"]), ref.size)) == self.new_key_arn:
                 return "new", 0
-            referrers = self._referrers(key, ref.write_id, write_id)
+            referrers = self._referrers(key, ref.write_id, write_id, item["version"]["N"])
             old = self.blobs.load(ref) if referrers else None
             if old is None:
                 return "raced", 0
@@ -263,33 +263,20 @@ class _Job:
         self.blobs.mark_unclaimed(key, ref, self.clock())
         return "done", switched
 
-    def _referrers(self, key: str, blob_id: str, write_id: str) -> list[tuple[str, str | None]]:
-        """(sort key, the state item's version) of every item of `key` naming the blob for the write `write_id`,
-        read strongly consistently: the state item and the history items (history.py: sk = v#<version>)."""
+    def _referrers(self, key: str, blob_id: str, write_id: str, version: str) -> list[tuple[str, str | None]]:
+        """(sort key, the state item's version) of the items of `key` naming the blob of the write `write_id`,
+        read strongly consistently. Only that version's items can: the state item while it is that version, and
+        the version's history item (history.py); read by their keys, never a Query over the key's history."""
         found: list[tuple[str, str | None]] = []
-        state = self.client.get_item(
-            TableName=self.table,
-            Key={"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}},
-            ConsistentRead=True,
-            ProjectionExpression="blob_id, write_id, version",
-        ).get("Item", {})
-        if state.get("blob_id", {}).get("S") == blob_id and state.get("write_id", {}).get("S") == write_id:
-            found.append((STATE_SORT_KEY, state["version"]["N"]))
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :key AND begins_with(sk, :prefix)",
-            "FilterExpression": "blob_id = :blob AND write_id = :write_id",
-            "ExpressionAttributeValues": {
-                ":key": {"S": key},
-                ":prefix": {"S": HISTORY_PREFIX},
-                ":blob": {"S": blob_id},
-                ":write_id": {"S": write_id},
-            },
-            "ProjectionExpression": "sk",
-            "ConsistentRead": True,
-        }
-        for page in self.client.get_paginator("query").paginate(**request):
-            found += [(entry["sk"]["S"], None) for entry in page.get("Items", [])]
+        for sort_key in (STATE_SORT_KEY, history_sort_key(int(version))):
+            named = self.client.get_item(
+                TableName=self.table,
+                Key={"pk": {"S": key}, "sk": {"S": sort_key}},
+                ConsistentRead=True,
+                ProjectionExpression="blob_id, write_id, version",
+            ).get("Item", {})
+            if named.get("blob_id", {}).get("S") == blob_id and named.get("write_id", {}).get("S") == write_id:
+                found.append((sort_key, named["version"]["N"] if sort_key == STATE_SORT_KEY else None))
         return found
 
     def _switch(
