@@ -466,3 +466,61 @@ def test_the_command_reports_each_kind_and_fails_while_something_is_left(
     assert_nothing_under_the_old_key(after, new_key)
     assert after.current(key) == large(key, 0)
     assert after.current(broken) == small(broken, 1)
+
+
+def history_value(side: Side, key: str, version: int) -> Any:
+    """A history item's value as the read path opens it (also for the version that is current)."""
+    entry = side.history.get(key, version)
+    assert entry is not None
+    assert entry.blob is not None
+    value = side.store.load_blob(entry.blob)
+    assert value is not None
+    return json.loads(side.cipher.open(key, entry.write_id, value).canonical())
+
+
+@pytest.mark.parametrize("state_moves", [False, True])
+def test_a_history_item_written_again_from_the_stream_keeps_its_old_blob_until_a_run_moves_it(
+    state_table, redis_server, keys_arns, state_moves
+):
+    old_key, new_key = keys_arns
+    key = f"secret:again-{uuid.uuid4().hex[:8]}"
+    before = Side(state_table, old_key, redis_server.url)
+    before.put(key, large(key, 0))
+    as_recorded = before.dynamodb.get_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "v#000000000001"}}, ConsistentRead=True
+    )["Item"]
+    job = Side(state_table, new_key, redis_server.url)
+    assert job.run(new_key).blob_items_switched == 2
+    # A retried publisher batch writes the version's history item again, as the stream record holds it: the
+    # old blob, which the job left to the collection rather than deleting, so it still reads.
+    job.dynamodb.put_item(TableName=state_table, Item=as_recorded)
+    assert history_value(job, key, 1) == large(key, 0)
+
+    def moves_meanwhile(name: str, **context: Any) -> None:
+        if name == "reencrypt_before_switch" and context["kind"] == "blob":
+            failpoints.uninstall()
+            job.manager.put(key, small(key, 1), actor="bob")
+
+    if state_moves:
+        failpoints.install(moves_meanwhile)
+    try:
+        progress = job.run(new_key)
+    finally:
+        failpoints.uninstall()
+    state_blob = job.item(key).get("blob_id", {}).get("S")
+    history_blob = job.dynamodb.get_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "v#000000000001"}}, ConsistentRead=True
+    )["Item"]["blob_id"]["S"]
+    if state_moves:
+        # The state took another value as the history item was to take its blob: refused, left for a run.
+        assert (progress.blobs_reencrypted, progress.blobs_raced) == (0, 1)
+        assert history_blob == as_recorded["blob_id"]["S"]
+        again = job.run(new_key)  # now an ordinary move to a new blob
+        assert (again.blobs_reencrypted, again.blob_items_switched) == (1, 1)
+    else:
+        # It takes the blob the state item already names for that write: one blob a version.
+        assert (progress.blobs_reencrypted, progress.blob_items_switched) == (1, 1)
+        assert history_blob == state_blob
+    job.collect()
+    assert_nothing_under_the_old_key(job, new_key)
+    assert history_value(job, key, 1) == large(key, 0)

@@ -230,30 +230,40 @@ class _Job:
             return "unreadable", 0  # nothing binds it: the read path cannot open it either
         if (key, ref.write_id) in self.moved:
             return "new", 0
+        try:
+            return self._move(key, write_id, ref, item["version"]["N"])
+        except (DecryptionFailed, CorruptStoredValue):
+            return "unreadable", 0
+
+    def _move(self, key: str, write_id: str, ref: BlobRef, version: str) -> tuple[str, int]:
         # The envelope's header (so its data key) is in the first chunk: a blob already under the new key (a
         # run going on from its checkpoint) costs one small read, not the whole value.
         first = self.client.get_item(TableName=self.table, Key=chunk_keys(ref)[0], ConsistentRead=True).get("Item")
         if first is None:
             return "raced", 0  # collected: its items moved on since the Scan
-        try:
-            if self.cipher.key_of(StoredValue(ref.encoding, bytes(first["data"]["B"]), ref.size)) == self.new_key_arn:
-                return "new", 0
-            referrers = self._referrers(key, ref.write_id, write_id, item["version"]["N"])
-            old = self.blobs.load(ref) if referrers else None
-            if old is None:
-                return "raced", 0
-            fresh = self.cipher.seal(key, write_id, self.cipher.open(key, write_id, old))
-        except (DecryptionFailed, CorruptStoredValue):
-            return "unreadable", 0
+        if self.cipher.key_of(StoredValue(ref.encoding, bytes(first["data"]["B"]), ref.size)) == self.new_key_arn:
+            return "new", 0
+        referrers, sibling = self._referrers(key, ref.write_id, write_id, version)
+        if sibling is not None and [state_version for _, state_version in referrers] == [None]:
+            adopted = self._adopt(key, write_id, ref, sibling, referrers[0][0])
+            if adopted is not None:
+                return adopted
+        old = self.blobs.load(ref) if referrers else None
+        if old is None:
+            return "raced", 0
+        fresh = self.cipher.seal(key, write_id, self.cipher.open(key, write_id, old))
         written = time.monotonic()
         new_ref = self.blobs.put(key, new_write_id(), fresh, self.clock())
         if failpoints.ENABLED:
-            failpoints.hit("reencrypt_before_switch", kind="blob", key=key, sk=item["sk"]["S"], blob=new_ref.write_id)
+            failpoints.hit("reencrypt_before_switch", kind="blob", key=key, blob=new_ref.write_id)
         switched = 0
-        for sort_key, version in referrers:
+        for sort_key, state_version in referrers:
             if time.monotonic() - written > SWITCH_SECONDS:
                 break  # the collector could take the new blob from under this switch: left for the next run
-            switched += self._switch(key, sort_key, version=version, write_id=write_id, old=ref, new=new_ref) == "done"
+            request = self._switch_request(
+                key, sort_key, version=state_version, write_id=write_id, old=ref, new=new_ref
+            )
+            switched += self._send(request) == "done"
         if not switched:
             # Refused everywhere, so the new blob is nobody's; should the delete fail, its marker lets the
             # collector take it.
@@ -263,25 +273,72 @@ class _Job:
         self.blobs.mark_unclaimed(key, ref, self.clock())
         return "done", switched
 
-    def _referrers(self, key: str, blob_id: str, write_id: str, version: str) -> list[tuple[str, str | None]]:
+    def _referrers(
+        self, key: str, blob_id: str, write_id: str, version: str
+    ) -> tuple[list[tuple[str, str | None]], BlobRef | None]:
         """(sort key, the state item's version) of the items of `key` naming the blob of the write `write_id`,
-        read strongly consistently. Only that version's items can: the state item while it is that version, and
-        the version's history item (history.py); read by their keys, never a Query over the key's history."""
+        read strongly consistently; and the other blob the state item names for that same write, if it does.
+
+        Only that version's items can name the blob: the state item while it is that version, and the version's
+        history item (history.py); read by their keys, never a Query over the key's history. The state item
+        names another blob of the same write when an earlier run switched it but not the history item (it
+        died, or the publisher wrote the history item again from the stream afterwards)."""
         found: list[tuple[str, str | None]] = []
+        sibling = None
         for sort_key in (STATE_SORT_KEY, history_sort_key(int(version))):
             named = self.client.get_item(
                 TableName=self.table,
                 Key={"pk": {"S": key}, "sk": {"S": sort_key}},
                 ConsistentRead=True,
-                ProjectionExpression="blob_id, write_id, version",
+                ProjectionExpression="blob_id, blob_chunks, blob_sha256, #encoding, value_size, write_id, version",
+                ExpressionAttributeNames={"#encoding": "encoding"},
             ).get("Item", {})
-            if named.get("blob_id", {}).get("S") == blob_id and named.get("write_id", {}).get("S") == write_id:
+            if "blob_id" not in named or named.get("write_id", {}).get("S") != write_id:
+                continue
+            if named["blob_id"]["S"] == blob_id:
                 found.append((sort_key, named["version"]["N"] if sort_key == STATE_SORT_KEY else None))
-        return found
+            elif sort_key == STATE_SORT_KEY:
+                sibling = value_of_item(named)[1]
+        return found, sibling
 
-    def _switch(
+    def _adopt(self, key: str, write_id: str, old: BlobRef, sibling: BlobRef, sort_key: str) -> tuple[str, int] | None:
+        """Switch the history item from `old` to the blob the state item already names for the same write, when
+        that one is under the new key and opens: one blob a version, as the blob lifecycle expects (it
+        releases the blob the state moved off only when the version's history item is gone). None: it is not
+        such a blob, make a new one."""
+        value = self.blobs.load(sibling)
+        if value is None or self.cipher.key_of(value) != self.new_key_arn:
+            return None
+        self.cipher.open(key, write_id, value)
+        if failpoints.ENABLED:
+            failpoints.hit("reencrypt_before_switch", kind="blob", key=key, blob=sibling.write_id)
+        names = {"#blob_id": "blob_id", "#write_id": "write_id"}
+        # The state item must still name it as the history item takes it: otherwise the collection could find it
+        # named by neither in between.
+        still_named = {
+            "TableName": self.table,
+            "Key": {"pk": {"S": key}, "sk": {"S": STATE_SORT_KEY}},
+            "ConditionExpression": "#blob_id = :blob AND #write_id = :write_id",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {":blob": {"S": sibling.write_id}, ":write_id": {"S": write_id}},
+        }
+        switch = self._switch_request(key, sort_key, version=None, write_id=write_id, old=old, new=sibling)
+        together: list[Any] = [{"ConditionCheck": still_named}, {"Update": switch}]
+        try:
+            self.client.transact_write_items(TransactItems=together)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                return "raced", 0
+            raise
+        self.moved.add((key, old.write_id))
+        self.blobs.mark_unclaimed(key, old, self.clock())
+        return "done", 1
+
+    def _switch_request(
         self, key: str, sort_key: str, *, version: str | None, write_id: str, old: BlobRef, new: BlobRef
-    ) -> str:
+    ) -> dict[str, Any]:
+        """The UpdateItem moving an item from blob `old` to `new`, only while it names `old` for the same write
+        (and, given `version`, is still that version)."""
         condition = "#blob_id = :old AND #write_id = :write_id"
         names = {
             "#blob_id": "blob_id",
@@ -302,13 +359,15 @@ class _Job:
             condition += " AND #version = :version"
             names["#version"] = "version"
             values[":version"] = {"N": version}
-        return self._update(
-            {"pk": {"S": key}, "sk": {"S": sort_key}},
-            update="SET #blob_id = :new, #blob_chunks = :chunks, #blob_sha256 = :sha256, #encoding = :encoding",
-            condition=condition,
-            names=names,
-            values=values,
-        )
+        return {
+            "TableName": self.table,
+            "Key": {"pk": {"S": key}, "sk": {"S": sort_key}},
+            "UpdateExpression": "SET #blob_id = :new, #blob_chunks = :chunks, #blob_sha256 = :sha256,"
+            " #encoding = :encoding",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
 
     def proposal(self, item: dict[str, Any]) -> str:
         """A proposal's outcome: its sealed value and patch, re-sealed together."""
@@ -357,16 +416,21 @@ class _Job:
     def _update(
         self, key: dict[str, Any], *, update: str, condition: str, names: dict[str, str], values: dict[str, Any]
     ) -> str:
+        return self._send(
+            {
+                "TableName": self.table,
+                "Key": key,
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        )
+
+    def _send(self, request: dict[str, Any]) -> str:
         """ "done", or "raced" when the condition did not hold (a newer write replaced it, sealed by its writer)."""
         try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
+            self.client.update_item(**request)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return "raced"
