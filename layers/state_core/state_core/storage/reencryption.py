@@ -19,7 +19,10 @@ the job skips the item it replaced.
   the sweep) removes it once it is past the write grace and nothing names it, as it removes a dead write's
   blob. The job never deletes it itself: a history item naming it may still be on its way from the stream, or
   be written again by a retried batch. Every switch happens within half the write grace of the new chunks, so
-  the collector never takes a blob the job is about to name.
+  the collector never takes a blob the job is about to name. A history item whose state item already names a
+  blob of the same write under the new key (an earlier run switched only the state item) takes that blob, in
+  one transaction with a check that the state item still names it: one blob a version, as the lifecycle
+  expects.
 - **Change proposals** (approvals.py, sealed bound to the proposal): the value and patch are sealed again and
   written back only while the proposal keeps the status and the ciphertext read, so an approval's apply or a
   decision meanwhile wins (it does not depend on the ciphertext: the applied value is the same either way).
