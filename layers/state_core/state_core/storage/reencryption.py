@@ -74,6 +74,8 @@ SWITCH_SECONDS = WRITE_GRACE_SECONDS / 2
 
 @dataclass(slots=True)
 class Progress:
+    """What a run has done so far, by kind and outcome, and where its Scan goes on from (None: done)."""
+
     pages: int = 0
     sealed_seen: int = 0
     # Inline values (state and history items).
@@ -171,6 +173,8 @@ def reencrypt(  # noqa: PLR0913  one knob each, keyword-only
                 progress.unreadable += outcome == "unreadable"
                 if outcome == "done" and evict is not None and item["sk"]["S"] == STATE_SORT_KEY:
                     evict(item["pk"]["S"])
+        # A later page is read after these moves, so it names the new blobs: only this page's items can be stale.
+        job.moved.clear()
         progress.pages += 1
         progress.resume_from = page.get("LastEvaluatedKey")
         progress.done = progress.resume_from is None
@@ -188,7 +192,7 @@ class _Job:
     new_key_arn: str
     blobs: BlobStore
     clock: Callable[[], datetime]
-    # Blobs this run already moved (key, old blob id): a page read before the move still names them.
+    # Blobs moved while doing the current page (key, old blob id): the page, read before, still names them.
     moved: set[tuple[str, str]] = field(default_factory=set)
 
     def value(self, item: dict[str, Any]) -> str:
