@@ -221,6 +221,29 @@ def test_batches_stay_under_the_request_size_limit():
     assert [len(g) for g in groups] == [4, 4, 2]
 
 
+def test_a_large_value_moved_to_a_new_blob_at_its_version_releases_nothing():
+    """Re-encryption switches a state item to a new blob at the version it has (storage/reencryption.py): no
+    event, and the old blob is no `replaced_blob` for the stream to release (the job hands it to the collection)."""
+
+    def with_blob(blob_id: str) -> dict[str, Any]:
+        image = state_image("k", 3, deleted=True)
+        del image["deleted"]
+        image.update(
+            blob_id={"S": blob_id},
+            blob_chunks={"N": "2"},
+            blob_sha256={"S": "00"},
+            encoding={"S": "aes256gcm+zlib"},
+            value_size={"N": "600000"},
+            created_at={"S": "2026-11-28T05:00:00.000Z"},
+            incarnation={"S": "w1"},
+        )
+        return image
+
+    change = build_change(stream_record(with_blob("new"), with_blob("old")), position=0, bus_name=BUS)
+    assert change is not None
+    assert (change.record, change.event, change.replaced_blob) == (None, None, None)
+
+
 def test_a_record_that_moved_no_version_is_no_change():
     """The listing backfill adds `list_shard` to an item at the version it has: no event, no new state."""
     old = state_image("k", 3, {"a": 1})
