@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-id", required=True, help="ARN of the KMS key to re-encrypt under")
     parser.add_argument("--endpoint-url")
     parser.add_argument("--redis-url", help="delete each re-encrypted key's cache entry in this Redis")
-    parser.add_argument("--rate", type=float, default=100.0, help="at most this many updates a second")
+    parser.add_argument("--rate", type=float, default=100.0, help="at most this many sealed items a second")
     parser.add_argument("--checkpoint", type=Path, default=Path(".reencrypt.json"))
     args = parser.parse_args(argv)
     start_from = json.loads(args.checkpoint.read_text()) if args.checkpoint.exists() else None

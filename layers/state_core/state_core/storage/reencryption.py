@@ -203,7 +203,7 @@ class _Job:
             if self.cipher.key_of(old) == self.new_key_arn:
                 return "new"
             if write_id is None:
-                return "raced"  # nothing binds it: it cannot be opened either, and the read path reports it
+                return "unreadable"  # nothing binds it: the read path cannot open it either
             fresh = self.cipher.seal(key, write_id, self.cipher.open(key, write_id, old))
         except DecryptionFailed:
             return "unreadable"
