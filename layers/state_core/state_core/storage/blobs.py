@@ -1,7 +1,8 @@
 """Values too large for the state item (DynamoDB caps an item at 400 KB): immutable compressed blobs in the
 same table.
 
-A blob is named by the write id of the write that made it and is never changed: its chunks live under
+A blob is named by the write id of the write that made it (a blob re-encrypted under a new key is a new blob
+with an id of its own, reencryption.py) and is never changed: its chunks live under
 their own partition keys (`chunk#<write id>#<n>`), so one key's large writes spread over partitions, and a
 marker in the owning key's partition (`pk = <key>, sk = blob#<write id>`) records that the blob exists.
 The state item refers to the blob by write id, chunk count and SHA-256; it is written after the chunks,
