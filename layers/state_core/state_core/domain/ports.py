@@ -26,6 +26,9 @@ class SchemaChecker(Protocol):
 
     def check(self, key: str, value: Any) -> Any: ...
 
+    def refresh_ahead(self) -> None:
+        """Read what `check` needs now if it is about to go stale (before a lock is taken)."""
+
 
 class MetricsSink(Protocol):
     """Powertools' Metrics in the functions, a recorder in tests."""

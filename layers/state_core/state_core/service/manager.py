@@ -227,6 +227,8 @@ class StateManager:
         """
         check_depth(patch)
         canonical_json(patch)  # a patch with a lone surrogate is invalid even where it only removes
+        if self._schemas is not None:
+            self._schemas.refresh_ahead()
         # Uncontended, Redis sees two round trips: lock + cache read, then write-through + unlock.
         lease, cached = self._lock_and_read(key)
         try:

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     from state_core.domain.records import StateRecord
 
 DEFAULT_CACHE_SECONDS = 5.0
+# A lock wait is far shorter (its budget is a PATCH's, but a queue moves in tens of milliseconds a holder):
+# read a second early, and a hold almost never includes the read.
+REFRESH_AHEAD_SECONDS = 1.0
 # The registry's cache, a write function's timeout (10 s) and a margin for the listing index to show keys
 # created just before (normally well under a second).
 DEFAULT_SETTLE_SECONDS = 17.0
@@ -173,8 +176,17 @@ class SchemaRegistry:
     # ------------------------------------------------------------------------------ enforcement
     def current(self) -> list[SchemaVersion]:
         """Every schema's current version and every pending one, as read at most `cache_seconds` ago."""
+        return self._read_if_older_than(self._cache_seconds)
+
+    def refresh_ahead(self, margin_seconds: float = REFRESH_AHEAD_SECONDS) -> None:
+        """Read the registry now if it would be due within `margin_seconds`. A PATCH calls this before it
+        takes the key's lock, so the registry's read (one in `cache_seconds` per container) is not made
+        while the lock is held and every waiter behind it waits. Only ever fresher than `current` alone."""
+        self._read_if_older_than(max(0.0, self._cache_seconds - margin_seconds))
+
+    def _read_if_older_than(self, age_seconds: float) -> list[SchemaVersion]:
         now = self._monotonic()
-        if self._current is None or now - self._read_at >= self._cache_seconds:
+        if self._current is None or now - self._read_at >= age_seconds:
             self._current = self._source.registry()
             self._read_at = now
         return self._current
