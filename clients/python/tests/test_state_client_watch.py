@@ -1,6 +1,7 @@
 """The client's watch through the whole local stack: the WebSocket API, the stream poller driving the
 fan-out. A TCP proxy between the client and the WebSocket API cuts the connection and keeps it cut while
-the key changes: the client must reconnect and resume from its cursor, missing and repeating nothing."""
+the keys change: the client must reconnect and resume (a key from its cursor, a prefix from the watch's cursor
+and the versions it received), missing and repeating nothing."""
 
 from __future__ import annotations
 
@@ -182,6 +183,56 @@ def test_a_prefix_watch_gets_the_changes_of_its_keys(stack: DevStack) -> None:
     assert asyncio.run(asyncio.wait_for(scenario(), 120)) == [
         (f"{prefix}a", 1), (f"{prefix}b", 1), (f"{prefix}a", 2), (f"{prefix}done", 1)
     ]  # fmt: skip
+
+
+def test_a_prefix_watch_reconnects_and_resumes_missing_and_repeating_nothing(stack: DevStack) -> None:
+    prefix = f"client:{uuid.uuid4().hex[:8]}:"
+    received: list[Change] = []
+
+    async def scenario() -> int:
+        proxy = CuttableProxy(int(stack.ws_base_url.rsplit(":", 1)[1]))
+        await proxy.start()
+        url = f"ws://127.0.0.1:{proxy.port}/watch"
+        async with AsyncStateClient(stack.base_url, token=stack.token(), watch_url=url, timeout=60) as state:
+
+            async def watch() -> None:
+                async for event in state.watch(prefix=prefix):
+                    assert isinstance(event, Change), event
+                    received.append(event)
+                    if event.key == f"{prefix}done":
+                        return
+
+            watcher = asyncio.create_task(watch())
+            n = 0
+            while not received:  # the watch starts when it has subscribed
+                n += 1
+                await state.set(f"{prefix}a", n)
+                await asyncio.sleep(0.5)
+            proxy.open = False
+            proxy.cut()
+            # While the client cannot reconnect: a key it received, one it never did, a deletion.
+            for _ in range(3):
+                n += 1
+                await state.set(f"{prefix}a", n)
+            await state.set(f"{prefix}b", "new")
+            await state.delete(f"{prefix}a")
+            await asyncio.sleep(1.0)
+            proxy.open = True
+            await state.set(f"{prefix}b", "live")
+            await state.set(f"{prefix}done", 1)
+            await asyncio.wait_for(watcher, 90)
+            await proxy.stop()
+            return proxy.connections
+
+    connections = asyncio.run(asyncio.wait_for(scenario(), 150))
+    assert connections >= 2
+    by_key: dict[str, list[Change]] = {}
+    for change in received:
+        by_key.setdefault(change.key, []).append(change)
+    a = [c.version for c in by_key[f"{prefix}a"]]
+    assert a == list(range(a[0], a[0] + len(a))), f"a version of a missed or repeated: {a}"
+    assert by_key[f"{prefix}a"][-1].operation == "deleted"
+    assert [(c.version, c.value) for c in by_key[f"{prefix}b"]] == [(1, "new"), (2, "live")]
 
 
 def test_a_watch_the_caller_may_not_read_raises_forbidden(stack: DevStack) -> None:

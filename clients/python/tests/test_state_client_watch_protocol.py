@@ -46,24 +46,91 @@ def test_a_resumed_watch_keeps_its_own_cursor() -> None:
     assert [e.version for e in state.on_frame(change(4)).events if isinstance(e, Change)] == [4]
 
 
-def test_a_prefix_watch_has_no_cursor_and_tracks_versions_per_key() -> None:
+def test_a_prefix_watch_resumes_with_the_watchs_cursor_and_the_versions_it_received() -> None:
     state = WatchState(key=None, prefix="user:")
     assert state.subscribe() == {"type": "subscribe", "id": "w", "prefix": "user:"}
-    state.on_frame(frame(type="subscribed", id="w", prefix="user:"))
-    assert len(state.on_frame(change(1, key="user:a")).events) == 1
-    assert len(state.on_frame(change(1, key="user:b")).events) == 1
+    assert state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p0")).events == []
+    assert len(state.on_frame(change(1, cursor="ka1", key="user:a")).events) == 1
+    assert len(state.on_frame(change(2, cursor="ka2", key="user:a")).events) == 1
+    assert len(state.on_frame(change(1, cursor="kb1", key="user:b")).events) == 1
     assert state.on_frame(change(1, key="user:a")).events == []
-    assert state.cursor is None
+    # The watch's cursor, not a key's: the change messages' cursors are their keys'.
+    assert state.cursor == "p0"
+    resume = {"type": "subscribe", "id": "w", "prefix": "user:", "since": "p0", "versions": {"user:a": 2, "user:b": 1}}
+    assert state.subscribe() == resume
+    assert state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p0")).events == []
+    # What the server replays that this watch already yielded is dropped; what it did not is yielded.
+    assert state.on_frame(change(2, key="user:a")).events == []
+    assert [e.version for e in state.on_frame(change(3, key="user:a")).events if isinstance(e, Change)] == [3]
+    assert [e.key for e in state.on_frame(change(1, key="user:c")).events if isinstance(e, Change)] == ["user:c"]
+    assert state.subscribe()["versions"] == {"user:a": 3, "user:b": 1, "user:c": 1}
+
+
+def test_a_prefix_watch_takes_no_since_of_its_callers_and_needs_one_target() -> None:
     with pytest.raises(ValueError, match="since"):
         WatchState(key=None, prefix="user:", cursor="c1")
     with pytest.raises(ValueError, match="key= or prefix="):
         WatchState(key="k", prefix="user:")
+    with pytest.raises(ValueError, match="key= or prefix="):
+        WatchState(key=None, prefix=None)
+
+
+def test_a_refused_prefix_resume_is_a_resync_and_the_watch_goes_on_from_the_new_cursor() -> None:
+    state = WatchState(key=None, prefix="user:")
+    state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p0"))
+    state.on_frame(change(4, key="user:a"))
+    assert state.subscribe()["since"] == "p0"
+    # The server answers a resume it refuses as a new watch, then says so (docs/watch.md).
+    assert state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p1")).events == []
+    events = state.on_frame(
+        frame(type="resync", subscription="w", key=None, prefix="user:", reason="the cursor is older than the journal")
+    ).events
+    assert events == [Resync(key=None, reason="the cursor is older than the journal", prefix="user:")]
+    # The versions kept so far were the old watch's: a version 1 of the same key is news after a relist.
+    assert [e.version for e in state.on_frame(change(1, key="user:a")).events if isinstance(e, Change)] == [1]
+    assert state.subscribe() == {
+        "type": "subscribe", "id": "w", "prefix": "user:", "since": "p1", "versions": {"user:a": 1}
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("keys", "key_length"), [(1_001, 8), (300, 250)], ids=["more-than-1000-keys", "more-than-64-KB"]
+)
+def test_a_prefix_watch_too_large_to_resume_begins_anew_and_says_so(keys: int, key_length: int) -> None:
+    state = WatchState(key=None, prefix="user:")
+    state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p0"))
+    for i in range(keys):
+        state.on_frame(change(1, key=f"user:{i:0{key_length - 5}d}"))
+    # Never a message the server refuses (it takes 1,000 keys in 64 KB): a new watch instead.
+    fresh = state.subscribe()
+    assert fresh == {"type": "subscribe", "id": "w", "prefix": "user:"}
+    events = state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p1")).events
+    assert len(events) == 1
+    assert isinstance(events[0], Resync)
+    assert (events[0].key, events[0].prefix) == (None, "user:")
+    assert state.cursor == "p1"
+    assert [e.version for e in state.on_frame(change(1, key="user:0")).events if isinstance(e, Change)] == [1]
+    assert state.subscribe()["versions"] == {"user:0": 1}
+
+
+def test_a_failed_prefix_subscribe_is_made_again_as_a_resume() -> None:
+    state = WatchState(key=None, prefix="user:")
+    state.on_frame(frame(type="subscribed", id="w", prefix="user:", cursor="p0"))
+    state.on_frame(change(2, key="user:a"))
+    state.subscribe()
+    assert state.on_frame(frame(type="error", status=503, title="Service unavailable", id="w")).send == [
+        {"type": "unsubscribe", "id": "w"}
+    ]
+    assert state.on_frame(frame(type="unsubscribed", id="w")).send == [
+        {"type": "subscribe", "id": "w", "prefix": "user:", "since": "p0", "versions": {"user:a": 2}}
+    ]
 
 
 def test_resync_is_an_event_and_the_watch_goes_on() -> None:
     state = WatchState(key="k", prefix=None, cursor="c1")
-    events = state.on_frame(frame(type="resync", subscription="w", key="k", reason="retention")).events
+    events = state.on_frame(frame(type="resync", subscription="w", key="k", prefix=None, reason="retention")).events
     assert events == [Resync(key="k", reason="retention")]
+    assert state.subscribe()["since"] == "c1"
 
 
 @pytest.mark.parametrize(

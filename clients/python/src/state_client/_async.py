@@ -186,8 +186,9 @@ class AsyncStateClient:
     ) -> AsyncIterator[WatchEvent]:
         """Every change of `key` (after the cursor `since`, else from now) or of the keys under `prefix`
         (ending in ':'), as `Change` (or `Resync`) events, over the WebSocket API. Reconnects by itself with
-        backoff; a key watch resumes from the cursor of the last change yielded, so nothing is missed or
-        yielded twice; a prefix watch resumes from the reconnection (docs/watch.md)."""
+        backoff and resumes, so nothing is missed or yielded twice: a key watch from the cursor of the last
+        change yielded, a prefix watch from the watch's cursor and the last version yielded of each key
+        (docs/watch.md)."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
 

@@ -16,6 +16,10 @@ DEFAULT_WATCH_URL = "ws://127.0.0.1:3001/watch"
 SUBSCRIPTION_ID = "w"
 # docs/watch.md: a subscribe not answered within 20 s left nothing usable behind.
 SUBSCRIBE_TIMEOUT = 20.0
+# docs/watch.md: a prefix resume names at most 1,000 keys, in a client message of at most 64 KB. A watch that
+# received more keys than fit subscribes anew and says so with a `Resync` of the prefix.
+MAX_RESUME_KEYS = 1_000
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 
 
 def watch_url_from_env(watch_url: str | None) -> str:
@@ -38,7 +42,11 @@ class Step:
 @dataclass
 class WatchState:
     """One watch across connections: the cursor to resume from and the last version yielded per key, so a
-    version sent twice (docs/watch.md: a crashed fan-out, a lost post's answer) is yielded once."""
+    version sent twice (docs/watch.md: a crashed fan-out, a lost post's answer) is yielded once.
+
+    A key watch's cursor is the last change's (or the first `subscribed`'s). A prefix watch's is the watch's,
+    from `subscribed`; it resumes with it and the last version yielded of each key received since
+    (docs/watch.md, "Resuming a prefix")."""
 
     key: str | None
     prefix: str | None
@@ -46,12 +54,17 @@ class WatchState:
     subscribed: bool = False
     last_version: dict[str, int] = field(default_factory=dict)
     _resubscribing: bool = False
+    # Why this subscribe could not resume the prefix watch (None: it could, or nothing to resume).
+    _restarted: str | None = None
 
     def __post_init__(self) -> None:
         if (self.key is None) == (self.prefix is None):
             raise ValueError("watch takes key= or prefix=")
         if self.prefix is not None and self.cursor is not None:
-            raise ValueError("since= is for key watches (docs/watch.md: a prefix watch has no cursor)")
+            raise ValueError(
+                "since= is for key watches: a prefix resumes with the watch's cursor and the versions it"
+                " received, which the watch keeps itself across reconnections"
+            )
 
     def subscribe(self) -> dict[str, Any]:
         self.subscribed = False
@@ -60,8 +73,17 @@ class WatchState:
             message["key"] = self.key
             if self.cursor is not None:
                 message["since"] = self.cursor
-        else:
-            message["prefix"] = self.prefix
+            return message
+        message["prefix"] = self.prefix
+        self._restarted = None
+        if self.cursor is not None:
+            resume = {**message, "since": self.cursor, "versions": dict(self.last_version)}
+            if len(self.last_version) > MAX_RESUME_KEYS:
+                self._restarted = f"more than {MAX_RESUME_KEYS} keys received: too many to resume"
+            elif len(json.dumps(resume).encode("utf-8")) > MAX_CLIENT_MESSAGE_BYTES:
+                self._restarted = "the keys received do not fit in one resume message"
+            else:
+                return resume
         return message
 
     def on_frame(self, text: str | bytes) -> Step:  # noqa: PLR0911  one branch per message type
@@ -76,17 +98,11 @@ class WatchState:
             # API Gateway's own frame for a failed integration: the subscribe may have half happened.
             return self._resubscribe()
         if kind == "subscribed":
-            if self.key is not None and self.cursor is None and isinstance(message.get("cursor"), str):
-                # A fresh watch starts after the key's current version; a resumed one replays from its cursor.
-                self.cursor = message["cursor"]
-                if isinstance(message.get("version"), int):
-                    self.last_version[self.key] = max(self.last_version.get(self.key, 0), message["version"])
-            self.subscribed = True
-            return Step()
+            return self._subscribed(message)
         if kind == "change":
             return self._change(message)
         if kind == "resync":
-            return Step(events=[Resync(key=str(message.get("key")), reason=str(message.get("reason", "")))])
+            return self._resync(message)
         if kind == "expiring":
             return Step(refresh_token=True)
         if kind == "closing":
@@ -97,6 +113,36 @@ class WatchState:
         if kind == "error":
             return self._error(message)
         return Step()
+
+    def _subscribed(self, message: dict[str, Any]) -> Step:
+        self.subscribed = True
+        cursor = message.get("cursor")
+        if not isinstance(cursor, str):
+            return Step()
+        if self.key is not None:
+            if self.cursor is None:
+                # A fresh watch starts after the key's current version; a resumed one replays from its cursor.
+                self.cursor = cursor
+                if isinstance(message.get("version"), int):
+                    self.last_version[self.key] = max(self.last_version.get(self.key, 0), message["version"])
+            return Step()
+        # The watch's cursor: the same on a resume, a new one when the server (or this client) began anew.
+        self.cursor = cursor
+        if self._restarted is None:
+            return Step()
+        reason, self._restarted = self._restarted, None
+        self.last_version.clear()
+        return Step(events=[Resync(key=None, reason=reason, prefix=self.prefix)])
+
+    def _resync(self, message: dict[str, Any]) -> Step:
+        key, prefix = message.get("key"), message.get("prefix")
+        reason = str(message.get("reason", ""))
+        if isinstance(key, str):
+            return Step(events=[Resync(key=key, reason=reason)])
+        # The whole prefix resume was refused: the subscription goes on as a new watch from the cursor its
+        # `subscribed` carried, and the versions kept so far belong to the old one.
+        self.last_version.clear()
+        return Step(events=[Resync(key=None, reason=reason, prefix=prefix if isinstance(prefix, str) else self.prefix)])
 
     def _change(self, message: dict[str, Any]) -> Step:
         change = Change.from_json(message)

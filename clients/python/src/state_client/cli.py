@@ -504,6 +504,8 @@ def _watch_event(event: Change | Resync) -> dict[str, Any]:
     from state_client.models import Resync
 
     if isinstance(event, Resync):
+        if event.key is None:
+            return {"type": "resync", "prefix": event.prefix, "reason": event.reason}
         return {"type": "resync", "key": event.key, "reason": event.reason}
     change: dict[str, Any] = {
         "type": "change",

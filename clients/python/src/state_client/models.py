@@ -140,11 +140,13 @@ class Change:
 
 @dataclass(frozen=True)
 class Resync:
-    """The versions of `key` after the cursor could not be replayed (past retention, or too many): read
-    the key; the watch goes on from its current version."""
+    """Versions that could not be replayed (past retention, or too many). With `key`: that key's, read it;
+    the watch goes on from its current version. With `prefix` (and `key` None): a prefix watch could not be
+    resumed and goes on as a new watch from now; list the prefix."""
 
-    key: str
+    key: str | None
     reason: str
+    prefix: str | None = None
 
 
 type WatchEvent = Change | Resync
