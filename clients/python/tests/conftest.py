@@ -16,9 +16,16 @@ TOKEN_TTL = 5
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    started = start_devstack(
-        tmp_path_factory.mktemp("client-devstack"), extra_env={"LOCAL_OIDC_TOKEN_TTL_SECONDS": str(TOKEN_TTL)}
-    )
+    # Four GET and four PUT workers at most: twenty concurrent `modify` calls otherwise start twenty-eight
+    # cold workers at once, and on two loaded cores some outlast the stack's 20 s init timeout (a 500 the
+    # client rightly does not retry). What those tests check is the client's optimistic loop, which races
+    # the same with four writers in flight as with twenty; further requests queue in the gateway.
+    env = {
+        "LOCAL_OIDC_TOKEN_TTL_SECONDS": str(TOKEN_TTL),
+        "LOCAL_MAX_CONCURRENCY_GetStateFunction": "4",
+        "LOCAL_MAX_CONCURRENCY_PutStateFunction": "4",
+    }
+    started = start_devstack(tmp_path_factory.mktemp("client-devstack"), extra_env=env)
     try:
         yield started
     finally:
