@@ -1,6 +1,7 @@
-"""The retry policy against real HTTP: a scripted server for the answers the local stack gives only under
-faults (503 with Retry-After, write-outcome-unknown, 410), and the local gateway's own throttling (429) on a
-stack with a tiny rate limit."""
+"""The retry policy against real HTTP: a scripted server for the answers hard to provoke on purpose
+(write-outcome-unknown, 410, a Retry-After as an HTTP date, a lost answer), the local stack's own 503 with
+Retry-After under injected DynamoDB throttling, and the local gateway's own throttling (429) on a stack with
+a tiny rate limit."""
 
 from __future__ import annotations
 
@@ -278,3 +279,74 @@ def _outcome(call: Any) -> str:
     except RateLimited:
         return "RateLimited"
     return "ok"
+
+
+# ------------------------------------------------------------------------ the service's own 503 and Retry-After
+@pytest.fixture(scope="module")
+def faulted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    # Each function's worker process answers its first three DynamoDB requests itself with DynamoDB's
+    # ThrottlingException (devstack/failpoints.py): botocore's three attempts of the first request each
+    # worker serves all fail, and the service answers 503 service-unavailable with Retry-After, nothing
+    # written; the worker's later requests reach the table. The tests below run one request at a time, so
+    # each function has one worker.
+    stack = start_devstack(
+        tmp_path_factory.mktemp("client-faulted"),
+        extra_env={"STATE_FAILPOINTS": "1", "STATE_FAILPOINTS_SPEC": "dynamodb_send=return(throttle)*3"},
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Recording(httpx.HTTPTransport):
+    """The client's own transport, noting each exchange: (sent, answered, method, status, Retry-After)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exchanges: list[tuple[float, float, str, int, str | None]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        sent = time.monotonic()
+        response = super().handle_request(request)
+        self.exchanges.append(
+            (sent, time.monotonic(), request.method, response.status_code, response.headers.get("Retry-After"))
+        )
+        return response
+
+    def of(self, method: str) -> list[tuple[float, float, str, int, str | None]]:
+        return [exchange for exchange in self.exchanges if exchange[2] == method]
+
+
+@pytest.mark.e2e
+def test_the_services_503_is_typed_with_its_retry_after_and_the_wait_is_honoured(faulted_stack: DevStack) -> None:
+    stack = faulted_stack
+    key = f"client:{uuid.uuid4().hex[:8]}"
+    recording = Recording()
+    patient = RetryPolicy(attempts=5, budget=30.0)
+    with StateClient(stack.base_url, token=stack.token(), timeout=60, retry=patient, transport=recording) as state:
+        # A conditional write and a read: sent again once the Retry-After the service named has passed.
+        assert state.set(key, {"n": 1}, if_none_match="*").version == 1
+        assert state.get(key, consistent=True).value == {"n": 1}
+        # An unconditional write is never sent again: the 503 goes to the caller, typed, with its Retry-After.
+        with pytest.raises(Unavailable) as refused:
+            state.delete(key)
+        assert (refused.value.status, refused.value.retry_after) == (503, 1.0)
+        assert refused.value.type == PROBLEM + "service-unavailable"
+        # It wrote nothing: the key is still at version 1, and a delete now makes version 2.
+        assert state.delete(key, if_match=1) == 2
+    for method, ok in (("PUT", 201), ("GET", 200)):
+        (_, answered, _, status, wait), (resent, _, _, again, _) = recording.of(method)
+        assert (status, wait, again) == (503, "1", ok), recording.exchanges
+        assert resent - answered >= 1.0, f"{method} sent again {resent - answered:.3f} s after Retry-After: 1"
+    assert [exchange[3] for exchange in recording.of("DELETE")] == [503, 204]
+
+    async def patch_without_retries() -> None:
+        async with AsyncStateClient(stack.base_url, token=stack.token(), retry=RetryPolicy(attempts=1)) as state:
+            await state.set(key, {"n": 1})
+            with pytest.raises(Unavailable) as refused:
+                await state.update(key, {"n": 2}, if_match=3)
+            assert refused.value.retry_after == 1.0
+            assert (await state.get(key, consistent=True)).value == {"n": 1}
+
+    asyncio.run(asyncio.wait_for(patch_without_retries(), 120))
