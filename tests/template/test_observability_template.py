@@ -61,9 +61,20 @@ def dashboard_body() -> dict[str, Any]:
     return parsed
 
 
+def insights_metrics(expression: str) -> list[tuple[str, str, dict[str, str]]]:
+    """The metrics a Metrics Insights query reads (`SELECT SUM(Name) FROM SCHEMA(Namespace, dim, ...)`), any
+    dimension value."""
+    found = []
+    for name, namespace, dimensions in re.findall(
+        r"SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\(\s*\"?([\w/]+)\"?((?:\s*,\s*\w+)*)\s*\)", expression
+    ):
+        found.append((namespace, name, dict.fromkeys(re.findall(r"\w+", dimensions), "*")))
+    return found
+
+
 def dashboard_metrics() -> list[tuple[str, str, dict[str, str]]]:
-    """(namespace, metric name, dimensions) of every metric the dashboard draws, its SEARCH expressions included
-    (their dimension values are any)."""
+    """(namespace, metric name, dimensions) of every metric the dashboard draws, its SEARCH expressions and Metrics
+    Insights queries included (their dimension values are any)."""
     found: list[tuple[str, str, dict[str, str]]] = []
     for widget in dashboard_body()["widgets"]:
         for row in widget["properties"]["metrics"]:
@@ -72,6 +83,7 @@ def dashboard_metrics() -> list[tuple[str, str, dict[str, str]]]:
                 for schema, name in re.findall(r"SEARCH\('\{([^}]*)\} MetricName=\"(\w+)\"", expression):
                     namespace, *dimensions = schema.split(",")
                     found.append((namespace, name, dict.fromkeys(dimensions, "*")))
+                found += insights_metrics(expression)
                 continue
             plain = [part for part in row if not isinstance(part, dict)]
             namespace, name, *pairs = plain
@@ -80,11 +92,13 @@ def dashboard_metrics() -> list[tuple[str, str, dict[str, str]]]:
 
 
 def alarm_metrics() -> list[tuple[str, str, dict[str, str]]]:
-    found = []
+    found: list[tuple[str, str, dict[str, str]]] = []
     for alarm in ALARMS.values():
         stats = [query["MetricStat"]["Metric"] for query in alarm.get("Metrics", []) if "MetricStat" in query]
         if "MetricName" in alarm:
             stats.append(alarm)
+        for query in alarm.get("Metrics", []):
+            found += insights_metrics(query.get("Expression", ""))
         for metric in stats:
             dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
             found.append((metric["Namespace"], metric["MetricName"], dimensions))
@@ -176,3 +190,39 @@ def test_the_metric_scan_sees_a_renamed_metric():
     assert "LockTimeouts" in emitted_metrics()
     assert "LockTimeout" not in emitted_metrics()
     assert {"get", "put", "authorize", "publish"} <= emitted_operations()
+
+
+def test_metrics_insights_queries_are_read_for_their_metric():
+    """A metric named only in a Metrics Insights query (the decryption failures' alarm and panel) is checked
+    against the code like any other."""
+    assert (NAMESPACE, "DecryptionFailures", {"operation": "*", "service": "*"}) in alarm_metrics()
+    assert (NAMESPACE, "DecryptionFailures", {"operation": "*", "service": "*"}) in dashboard_metrics()
+    assert insights_metrics("SELECT SUM(Renamed) FROM SCHEMA(StateService, operation, service)") == [
+        ("StateService", "Renamed", {"operation": "*", "service": "*"})
+    ]
+
+
+@pytest.mark.parametrize("metric", ["Errors", "ConcurrentExecutions", "Throttles"])
+def test_the_lambda_panels_draw_every_function(metric: str):
+    """A function added to the template without its line on these panels would fail unseen."""
+    variables = RESOURCES["ServiceDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][1]
+    drawn = set()
+    for namespace, name, dimensions in dashboard_metrics():
+        if (namespace, name) == ("AWS/Lambda", metric) and "FunctionName" in dimensions:
+            placeholder = dimensions["FunctionName"].removeprefix("${").removesuffix("}")
+            resolved = variables.get(placeholder, {"Ref": placeholder})
+            refs = re.findall(r"'Ref': '(\w+)'", str(resolved))
+            drawn |= set(refs)
+    functions = {lid for lid, res in RESOURCES.items() if res["Type"] == "AWS::Serverless::Function"}
+    assert functions - drawn == set()
+
+
+def test_operations_doc_explains_every_alarm_and_dashboard_panel():
+    doc = (REPO_ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    alarms_section = doc.split("### Alarms", 1)[1].split("### The CloudWatch dashboard", 1)[0]
+    for logical_id in ALARMS:
+        assert f"`{logical_id}`" in alarms_section, f"docs/operations.md has no row for the alarm {logical_id}"
+    panels_section = doc.split("### The CloudWatch dashboard", 1)[1].split("### Traces", 1)[0]
+    for widget in dashboard_body()["widgets"]:
+        title = re.sub(r"\s*\([^)]*\)$", "", widget["properties"]["title"])
+        assert f"*{title}*" in panels_section, f"docs/operations.md does not explain the panel {title!r}"
