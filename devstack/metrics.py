@@ -46,6 +46,27 @@ SIZE_BUCKETS = (64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576
 # Logs that are not a function's: the gateways' access logs and the emulator's own.
 NOT_FUNCTION_LOGS = frozenset({"access.log", "websocket-access.log", "moto.log"})
 _STATUS_CLASS = re.compile(r"^Status([1-5])xx$")
+# The reasons the functions give a refused token (state_core.security.tokens.DENIAL_REASONS; the stack's process
+# does not load the layer, and a unit test holds the two equal): the only values the `reason` label takes, with
+# `permission` and `unknown`.
+DENIAL_REASONS = frozenset(
+    {
+        "malformed",
+        "unknown_key",
+        "algorithm",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "lifetime",
+        "issuer",
+        "audience",
+        "claims",
+        "not_access_token",
+        "no_token",
+        "issuer_unavailable",
+        "misconfigured",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +126,8 @@ LATENCY = Family("state_request_duration_seconds", "histogram", "Handler latency
 DENIALS = Family(
     "state_authorization_denials_total",
     "counter",
-    "Requests refused by the authorizer (reason token) or by a handler's key permissions (reason permission).",
+    "Requests refused: a token by the authorizer or the WebSocket API, with its reason (expired, signature...), or a"
+    " key by a handler's permissions (reason permission).",
     ("operation", "reason"),
     "AuthorizationDenials",
 )
@@ -220,8 +242,7 @@ class StackMetrics:
                 for value in values:
                     self._histograms[LATENCY.name].labels(operation).observe(value / 1000)
             elif name == "AuthorizationDenials":
-                reason = "token" if operation == "authorize" else "permission"
-                self._counters[DENIALS.name].labels(operation, reason).inc(sum(values))
+                self._counters[DENIALS.name].labels(operation, _denial_reason(record)).inc(sum(values))
             elif name in self._by_emf_counter:
                 self._counters[self._by_emf_counter[name]].labels(operation).inc(sum(values))
             elif name in self._by_emf_histogram:
@@ -258,6 +279,16 @@ class StackMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _denial_reason(record: dict[str, Any]) -> str:
+    """A refused token's reason, as the function wrote it beside the metric (one of a fixed set: anything else
+    is `unknown`, so a label never holds what a record made up); a denial without one is a handler refusing
+    the caller a key."""
+    code = record.get("denial_reason")
+    if code is None:
+        return "permission"
+    return code if isinstance(code, str) and code in DENIAL_REASONS else "unknown"
 
 
 def _values(raw: Any) -> list[float]:

@@ -28,9 +28,12 @@ def issuer() -> DiscoveredVerifier:
     return DiscoveredVerifier(AuthorizerSettings.from_environ(os.environ), on_fetch_error=_jwks_fetch_failed)
 
 
-def _deny(reason: str) -> dict[str, Any]:
-    logger.info("token refused", extra={"reason": reason})
+def _deny(reason: str, code: str) -> dict[str, Any]:
+    """Refuse, counted with the reason's code (one of DENIAL_REASONS) beside the metric, where the local stack's
+    Prometheus exporter and a Logs Insights query find it; it is no dimension (see docs/decisions.md)."""
+    logger.info("token refused", extra={"reason": reason, "denial_reason": code})
     metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+    metrics.add_metadata(key="denial_reason", value=code)
     return DENY
 
 
@@ -38,20 +41,20 @@ def _deny(reason: str) -> dict[str, Any]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     token = bearer_token(event.get("headers"))
     if token is None:
-        return _deny("no bearer token")
+        return _deny("no bearer token", "no_token")
     try:
         token_verifier = issuer().verifier()
     except IssuerUnavailable as unavailable:
         # Fail closed; discovery is tried again after the cooldown.
         logger.error("OIDC issuer unavailable", extra={"issuer": issuer().settings.issuer, "reason": str(unavailable)})
-        return DENY
+        return _deny("the issuer is unavailable", "issuer_unavailable")
     except ValueError:
         # Broken settings: every request is refused with the reason (functools.cache keeps no failure).
         logger.exception("authorizer settings are invalid")
-        return DENY
+        return _deny("the authorizer's settings are invalid", "misconfigured")
     try:
         verified = token_verifier.verify(token)
     except TokenRejected as rejected:
-        return _deny(str(rejected))
+        return _deny(str(rejected), rejected.reason)
     logger.append_keys(actor=verified.subject)
     return {"isAuthorized": True, "context": verified.authorizer_context()}

@@ -135,10 +135,12 @@ def test_metrics_count_exactly_the_operations_made(stack):
     assert run.call("PUT", keys[0], writer, json={"value": 3}, headers={"If-Match": '"99"'}) == 412
     assert run.call("PUT", keys[1], reader, json={"value": 3}) == 403  # the handler refuses: no state:write
     assert run.call("DELETE", keys[2], writer) == 204
-    # Refused before any handler: a token the authorizer rejects (twice: its answer is cached), and none.
+    # Refused before any handler: tokens the authorizer rejects (twice: its answer is cached), and none.
     refused = f"not-a-jwt-{uuid.uuid4().hex}"
+    expired = stack.token(subject, ttl=-3600)
     for _ in range(2):
         assert run.call("GET", keys[0], refused, reaches_handler=False) == 403
+        assert run.call("GET", keys[0], expired, reaches_handler=False) == 403
     assert run.call("GET", keys[0], None, reaches_handler=False) == 401
 
     changes = 3 + 2 + 1  # creates, updates, the delete: one StateChanged event each
@@ -147,10 +149,11 @@ def test_metrics_count_exactly_the_operations_made(stack):
     requests_by_status = by(samples, "state_requests_total", "operation", "status_class", since=before)
     authorizer_calls = requests_by_status.pop(("authorize", "none"))
     assert requests_by_status == dict(run.function)
-    # Three tokens; API Gateway (and the gateway) caches the authorizer's answer per token.
-    assert authorizer_calls == 3
+    # Four tokens; API Gateway (and the gateway) caches the authorizer's answer per token.
+    assert authorizer_calls == 4
     assert by(samples, "state_authorization_denials_total", "operation", "reason", since=before) == {
-        ("authorize", "token"): 1,
+        ("authorize", "malformed"): 1,
+        ("authorize", "expired"): 1,
         ("put", "permission"): 1,
     }
 
@@ -192,9 +195,8 @@ def test_metrics_count_exactly_the_operations_made(stack):
 
     # Bounded labels only: no key, no subject, no token anywhere in the exposition.
     text = requests.get(stack.metrics_url, timeout=10).text
-    assert prefix not in text
-    assert subject not in text
-    assert refused not in text
+    for secret in (prefix, subject, refused, expired):
+        assert secret not in text
 
 
 def test_the_metrics_listener_answers_only_this_machine(stack):

@@ -818,3 +818,78 @@ def test_ten_thousand_mutated_tokens_are_all_rejected(authz, host, issuer_key, a
         statuses[status] += 1
     assert sum(statuses.values()) == 10_000
     assert authz.allows(valid)
+
+
+# -- what a refusal counts --------------------------------------------------------------------------
+
+
+def _denials(out: str) -> list[dict]:
+    """The EMF records the authorizer printed that count a denial."""
+    records = []
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "_aws" in record and "AuthorizationDenials" in record:
+            records.append(record)
+    return records
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("none", "no_token"),
+        ("garbage", "malformed"),
+        ("unknown kid", "unknown_key"),
+        ("algorithm", "algorithm"),
+        ("signature", "signature"),
+        ("expired", "expired"),
+        ("not yet valid", "not_yet_valid"),
+        ("lifetime", "lifetime"),
+        ("issuer", "issuer"),
+        ("audience", "audience"),
+        ("no subject", "claims"),
+        ("id token", "not_access_token"),
+    ],
+)
+def test_each_refusal_is_counted_with_its_reason_and_never_the_token(
+    authz, issuer_key, attacker_key, claims, capsys, case, reason
+):
+    now = int(time.time())
+    tokens = {
+        "garbage": "not.a.jwt",
+        "unknown kid": sign(issuer_key, claims(), kid="no-such-kid"),
+        "algorithm": sign(issuer_key, claims(), alg="RS512"),
+        "signature": sign(attacker_key, claims(), kid=issuer_key.kid),
+        "expired": sign(issuer_key, claims(iat=now - 7200, exp=now - 3600)),
+        "not yet valid": sign(issuer_key, claims(nbf=now + 3600)),
+        "lifetime": sign(issuer_key, claims(exp=now + 10 * 86400)),
+        "issuer": sign(issuer_key, claims(iss="https://issuer.example")),
+        "audience": sign(issuer_key, claims(aud="someone-else")),
+        "no subject": sign(issuer_key, claims(sub=ABSENT)),
+        "id token": sign(issuer_key, claims(token_use="id")),
+    }
+    token = tokens.get(case)
+    capsys.readouterr()
+    answer = authz({} if token is None else {"authorization": f"Bearer {token}"})
+    out = capsys.readouterr().out
+    assert answer == DENY
+    (record,) = _denials(out)
+    assert record["AuthorizationDenials"] == [1.0]
+    assert record["denial_reason"] == reason
+    assert token is None or token not in out
+
+
+def test_an_issuer_down_is_counted_as_a_denial_of_its_own(authz, host, valid, capsys):
+    host.discovery_down = True
+    capsys.readouterr()
+    assert authz.token(valid) == DENY
+    (record,) = _denials(capsys.readouterr().out)
+    assert record["denial_reason"] == "issuer_unavailable"
+
+
+def test_an_allowed_token_counts_no_denial(authz, valid, capsys):
+    capsys.readouterr()
+    assert authz.allows(valid)
+    assert _denials(capsys.readouterr().out) == []

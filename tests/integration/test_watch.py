@@ -794,6 +794,33 @@ def test_an_expired_token_cannot_connect(connect, token):
     assert connect(headers={"Authorization": f"Bearer {token(ttl=-10)}"})["statusCode"] == 401
 
 
+def _denials(out: str) -> list[tuple[str, str]]:
+    """(operation, reason) of each denial the function's EMF records count."""
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return [(r["operation"], r.get("denial_reason", "")) for r in records if "AuthorizationDenials" in r]
+
+
+@pytest.mark.parametrize(
+    ("ttl", "headers", "reason"),
+    [
+        (None, {}, "no_token"),
+        (-10, None, "expired"),  # within the verifier's leeway: refused by the connection's own check
+        (-3600, None, "expired"),  # refused by the verifier
+        (None, {"Sec-WebSocket-Protocol": "bearer.x"}, None),  # a malformed handshake (400), no denial
+    ],
+)
+def test_a_refused_handshake_is_counted_with_its_reason_and_never_its_token(
+    connect, token, capsys, ttl, headers, reason
+):
+    jwt = token(ttl=ttl) if ttl is not None else None
+    capsys.readouterr()
+    answer = connect(headers=headers if headers is not None else {"Authorization": f"Bearer {jwt}"})
+    out = capsys.readouterr().out
+    assert answer["statusCode"] == (401 if reason else 400)
+    assert _denials(out) == ([("watch_connect", reason)] if reason else [])
+    assert jwt is None or jwt not in out
+
+
 # ------------------------------------------------------------------------------------- bad messages
 @pytest.mark.parametrize(
     ("body", "status", "named"),

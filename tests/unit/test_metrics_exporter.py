@@ -15,8 +15,10 @@ from aws_lambda_powertools import Metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack import dashboard
+from devstack import metrics as exporter_module
 from devstack.metrics import EMF_COUNTERS, EMF_HISTOGRAMS, FAMILIES, LogTail, StackMetrics, series_names
 from devstack.template import load_yaml
+from state_core.security import tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = REPO_ROOT / "ops" / "grafana-dashboard.json"
@@ -39,10 +41,12 @@ def emitted_names() -> set[str]:
     return names
 
 
-def emf(operation: str, **values: float | list[float]) -> dict[str, object]:
+def emf(operation: str, metadata: dict[str, str] | None = None, **values: float | list[float]) -> dict[str, object]:
     """One invocation's EMF record, as Powertools writes it for the functions (their namespace and service)."""
     metrics = Metrics(namespace="StateService", service="state-service")
     metrics.add_dimension(name="operation", value=operation)
+    for key, value in (metadata or {}).items():
+        metrics.add_metadata(key=key, value=value)
     units = {
         "Latency": "Milliseconds",
         "LockWaitTime": "Milliseconds",
@@ -107,7 +111,7 @@ def test_emf_records_become_counters_and_histograms_in_base_units() -> None:
     )
     exporter.record_emf(emf("put", Requests=1, Status4xx=1, Latency=8.0))
     exporter.record_emf(emf("get", Requests=1, Status2xx=1, Latency=3.0, CacheHits=1))
-    exporter.record_emf(emf("authorize", Requests=1, Latency=2.0, AuthorizationDenials=1))
+    exporter.record_emf(emf("authorize", {"denial_reason": "expired"}, Requests=1, Latency=2.0, AuthorizationDenials=1))
     exporter.record_emf(emf("publish", StreamRecords=3, EventsPublished=2, EventsDeadLettered=1))
     exporter.record_emf(emf("get", LongPolls=1))  # no family of its own: counted by its name
 
@@ -124,11 +128,46 @@ def test_emf_records_become_counters_and_histograms_in_base_units() -> None:
     assert got[("state_lock_wait_seconds_sum", (("operation", "put"),))] == pytest.approx(0.04)
     assert got[("state_lock_waits_total", (("operation", "put"),))] == 1
     assert got[("state_cache_hits_total", (("operation", "get"),))] == 1
-    assert got[("state_authorization_denials_total", (("operation", "authorize"), ("reason", "token")))] == 1
+    assert got[("state_authorization_denials_total", (("operation", "authorize"), ("reason", "expired")))] == 1
     # A count adds its value, not 1: one invocation publishes a batch.
     assert got[("state_events_published_total", (("operation", "publish"),))] == 2
     assert got[("state_events_dead_lettered_total", (("operation", "publish"),))] == 1
     assert got[("state_function_events_total", (("metric", "LongPolls"), ("operation", "get")))] == 1
+
+
+def test_denials_are_labelled_by_a_reason_from_a_fixed_set_only() -> None:
+    exporter = StackMetrics()
+    for reason in ("no_token", "signature", "signature", "issuer_unavailable"):
+        exporter.record_emf(emf("authorize", {"denial_reason": reason}, Requests=1, AuthorizationDenials=1))
+    exporter.record_emf(emf("watch_connect", {"denial_reason": "expired"}, Requests=1, AuthorizationDenials=1))
+    exporter.record_emf(emf("put", Requests=1, Status4xx=1, AuthorizationDenials=1))
+    exporter.record_emf(emf("batchget", Requests=1, Status2xx=1, AuthorizationDenials=3))
+    # A reason the code never writes (a forged or garbled record) is no new label value: it is `unknown`.
+    exporter.record_emf(emf("authorize", {"denial_reason": "user:alice:secret"}, Requests=1, AuthorizationDenials=1))
+
+    got = samples(exporter)
+    text = exporter.exposition().decode()
+
+    denials = {
+        dict(labels)["reason"] + "/" + dict(labels)["operation"]: value
+        for (name, labels), value in got.items()
+        if name == "state_authorization_denials_total"
+    }
+    assert denials == {
+        "no_token/authorize": 1,
+        "signature/authorize": 2,
+        "issuer_unavailable/authorize": 1,
+        "expired/watch_connect": 1,
+        "permission/put": 1,
+        "permission/batchget": 3,
+        "unknown/authorize": 1,
+    }
+    assert "alice" not in text
+
+
+def test_the_exporter_knows_every_reason_the_functions_give() -> None:
+    assert exporter_module.DENIAL_REASONS == tokens.DENIAL_REASONS
+    assert {"permission", "unknown"}.isdisjoint(tokens.DENIAL_REASONS)
 
 
 def test_the_access_log_gives_routes_and_codes_never_paths_or_subjects() -> None:

@@ -57,16 +57,23 @@ def token_of(event: Mapping[str, Any]) -> tuple[str, bool]:
             raise BadRequest(f"the subprotocols must include {SUBPROTOCOL}")
         return in_protocols[0], True
     if from_header is None:
+        _count_refusal("no bearer token", "no_token")
         raise Unauthenticated("no bearer token: Authorization: Bearer <jwt>, or subprotocols state.v1, bearer.<jwt>")
     return from_header, SUBPROTOCOL in offered
+
+
+def _count_refusal(reason: str, code: str) -> None:
+    """A refused token, counted as the authorizer counts one: with its code (DENIAL_REASONS) beside the metric."""
+    logger.info("token refused", extra={"reason": reason, "denial_reason": code})
+    metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+    metrics.add_metadata(key="denial_reason", value=code)
 
 
 def _verified(verify: Verify, token: str) -> VerifiedToken:
     try:
         return verify(token)
     except TokenRejected as rejected:
-        logger.info("token refused", extra={"reason": str(rejected)})
-        metrics.add_metric(name="AuthorizationDenials", unit="Count", value=1)
+        _count_refusal(str(rejected), rejected.reason)
         raise Unauthenticated("the token is not acceptable") from None
     except IssuerUnavailable as unavailable:
         logger.error("OIDC issuer unavailable", extra={"reason": str(unavailable)})
@@ -82,6 +89,7 @@ def connect(event: Mapping[str, Any], service: WatchService, verify: Verify) -> 
         subject = verified.subject
         if verified.expires_at <= service.now():
             # Within the verifier's clock-skew leeway, but a connection past its exp would be closed at once.
+            _count_refusal("the token has expired", "expired")
             raise Unauthenticated("the token has expired")
         service.connect(
             Connection(connection_id, verified.subject, verified.scopes, verified.roles, verified.expires_at)

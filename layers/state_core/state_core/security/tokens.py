@@ -64,8 +64,35 @@ _ID_TOKEN_CLAIMS = ("at_hash", "c_hash")
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
+# Why a token was refused, in words a metric may carry: a short, fixed set (the message has the detail, and is
+# logged, never a label). The authorizer adds its own refusals: no token, the issuer unavailable, its settings.
+DENIAL_REASONS = frozenset(
+    {
+        "malformed",
+        "unknown_key",
+        "algorithm",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "lifetime",
+        "issuer",
+        "audience",
+        "claims",
+        "not_access_token",
+        "no_token",
+        "issuer_unavailable",
+        "misconfigured",
+    }
+)
+
+
 class TokenRejected(Exception):
-    """The token is not acceptable. The message names the reason and never contains the token."""
+    """The token is not acceptable. The message names the reason and never contains the token; `reason` is one
+    of DENIAL_REASONS."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class IssuerUnavailable(Exception):
@@ -134,7 +161,7 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int | None:
         return None
     # bool is an int in Python; floats, strings and negatives are refused rather than coerced.
     if type(value) is not int or not 0 <= value < MAX_NUMERIC_DATE:
-        raise TokenRejected(f"{name} must be a non-negative integer")
+        raise TokenRejected(f"{name} must be a non-negative integer", "claims")
     return value
 
 
@@ -146,7 +173,7 @@ def _string_list(value: Any, what: str) -> tuple[str, ...]:
         return tuple(value.split())
     if isinstance(value, list) and all(isinstance(item, str) and item and item.split() == [item] for item in value):
         return tuple(value)
-    raise TokenRejected(f"{what} must be a string or an array of strings")
+    raise TokenRejected(f"{what} must be a string or an array of strings", "claims")
 
 
 class TokenVerifier:
@@ -184,19 +211,19 @@ class TokenVerifier:
         algorithm, kid = self._check_header(header)
         key = self.keys.signing_key(kid)
         if key is None:
-            raise TokenRejected("no key of the issuer has this kid")
+            raise TokenRejected("no key of the issuer has this kid", "unknown_key")
         self._check_key_fits(key, algorithm)
         try:
             # Signature only: PyJWT would coerce claim types, so the claims are checked below.
             jwt.PyJWS().decode_complete(token, key=key.key, algorithms=[algorithm])
         except jwt.PyJWTError as exc:
-            raise TokenRejected(f"signature: {type(exc).__name__}") from exc
+            raise TokenRejected(f"signature: {type(exc).__name__}", "signature") from exc
         return self._check_claims(claims)
 
     def _check_header(self, header: Mapping[str, Any]) -> tuple[str, str]:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.settings.algorithms:
-            raise TokenRejected("algorithm not allowed")
+            raise TokenRejected("algorithm not allowed", "algorithm")
         if "crit" in header:
             # No extension is understood here, so any critical one makes the token unacceptable (RFC 7515).
             raise TokenRejected("unknown critical header")
@@ -215,9 +242,9 @@ class TokenVerifier:
             kind = typ.lower().removeprefix("application/")
             if kind in _ID_TYPS:
                 if not self.settings.accept_id_tokens:
-                    raise TokenRejected("an ID token (typ), not an access token")
+                    raise TokenRejected("an ID token (typ), not an access token", "not_access_token")
             elif kind not in _ACCESS_TYPS:
-                raise TokenRejected("typ names another kind of token than an access token")
+                raise TokenRejected("typ names another kind of token than an access token", "not_access_token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not _KID.match(kid):
             raise TokenRejected("kid must be printable ASCII, 1-256 characters")
@@ -227,55 +254,59 @@ class TokenVerifier:
     def _check_key_fits(key: jwt.PyJWK, algorithm: str) -> None:
         jwk: Mapping[str, Any] = key._jwk_data
         if "alg" in jwk and jwk["alg"] != algorithm:
-            raise TokenRejected("the key is for another algorithm")
+            raise TokenRejected("the key is for another algorithm", "algorithm")
         if jwk.get("kty") != _KEY_FAMILIES.get(algorithm[:2]):
-            raise TokenRejected("the key is of another type than the algorithm")
+            raise TokenRejected("the key is of another type than the algorithm", "algorithm")
         if algorithm in _EC_CURVES and jwk.get("crv") != _EC_CURVES[algorithm]:
-            raise TokenRejected("the key is on another curve than the algorithm")
+            raise TokenRejected("the key is on another curve than the algorithm", "algorithm")
 
     def _check_claims(self, claims: Mapping[str, Any]) -> VerifiedToken:  # noqa: C901, PLR0912  one check per claim, in the order they are validated
         settings = self.settings
         for name in self._required:
             if claims.get(name) is None:
-                raise TokenRejected(f"claim {name} is missing")
+                raise TokenRejected(f"claim {name} is missing", "claims")
         self._check_token_kind(claims)
         expires, not_before, issued = (_numeric_date(claims, name) for name in NUMERIC_DATE_CLAIMS)
         if expires is None or issued is None:  # mandatory, so already refused above; for the type checker
-            raise TokenRejected("exp and iat are required")
+            raise TokenRejected("exp and iat are required", "claims")
         now, leeway = self.clock(), settings.leeway_seconds
         if expires <= now - leeway:
-            raise TokenRejected("the token has expired")
+            raise TokenRejected("the token has expired", "expired")
         if not_before is not None and not_before > now + leeway:
-            raise TokenRejected("the token is not valid yet (nbf)")
+            raise TokenRejected("the token is not valid yet (nbf)", "not_yet_valid")
         if issued > now + leeway:
-            raise TokenRejected("the token was issued in the future (iat)")
+            raise TokenRejected("the token was issued in the future (iat)", "not_yet_valid")
         if expires <= issued:
             # No issuer mints such a token; within the leeway it would otherwise pass as a valid one.
-            raise TokenRejected("the token expires before it was issued (exp <= iat)")
+            raise TokenRejected("the token expires before it was issued (exp <= iat)", "lifetime")
         if expires - issued > settings.max_lifetime_seconds:
-            raise TokenRejected(f"the token's lifetime (exp - iat) is over {settings.max_lifetime_seconds} s")
+            raise TokenRejected(
+                f"the token's lifetime (exp - iat) is over {settings.max_lifetime_seconds} s", "lifetime"
+            )
         if claims["iss"] != settings.issuer:
-            raise TokenRejected("wrong issuer")
+            raise TokenRejected("wrong issuer", "issuer")
         audience = claims[settings.audience_claim]
         if settings.audience_claim == "aud" and isinstance(audience, list):
             if not all(isinstance(item, str) for item in audience) or settings.audience not in audience:
-                raise TokenRejected("wrong audience")
+                raise TokenRejected("wrong audience", "audience")
         elif audience != settings.audience:
-            raise TokenRejected("wrong audience")
+            raise TokenRejected("wrong audience", "audience")
         subject = claims[settings.subject_claim]
         if not isinstance(subject, str) or not subject or len(subject) > 1024:
-            raise TokenRejected(f"{settings.subject_claim} must be a non-empty string")
+            raise TokenRejected(f"{settings.subject_claim} must be a non-empty string", "claims")
         if _UNLOGGABLE.search(subject):
-            raise TokenRejected(f"{settings.subject_claim} holds a quote, backslash or control character")
+            raise TokenRejected(f"{settings.subject_claim} holds a quote, backslash or control character", "claims")
         if subject.startswith(SYSTEM_ACTOR_PREFIX):
-            raise TokenRejected(f"{settings.subject_claim} is in the service's own namespace ({SYSTEM_ACTOR_PREFIX})")
+            raise TokenRejected(
+                f"{settings.subject_claim} is in the service's own namespace ({SYSTEM_ACTOR_PREFIX})", "claims"
+            )
         scopes = _string_list(claims.get(settings.scope_claim), settings.scope_claim)
         if settings.scope_prefix:
             # Only scopes of our resource server count (Cognito: `<identifier>/state:read`).
             scopes = tuple(s.removeprefix(settings.scope_prefix) for s in scopes if s.startswith(settings.scope_prefix))
         roles = claims.get(settings.roles_claim)
         if roles is not None and (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)):
-            raise TokenRejected(f"{settings.roles_claim} must be an array of strings")
+            raise TokenRejected(f"{settings.roles_claim} must be an array of strings", "claims")
         return VerifiedToken(subject=subject, scopes=scopes, roles=tuple(roles or ()), expires_at=expires)
 
     def _check_token_kind(self, claims: Mapping[str, Any]) -> None:
@@ -287,9 +318,9 @@ class TokenVerifier:
             value = claims[claim]
             kind = value.lower() if isinstance(value, str) else None
             if kind != access_kind and not (kind == id_kind and accept_id):
-                raise TokenRejected(f"{claim} says this is not an access token")
+                raise TokenRejected(f"{claim} says this is not an access token", "not_access_token")
         if not accept_id and any(name in claims for name in _ID_TOKEN_CLAIMS):
-            raise TokenRejected("an ID token (at_hash/c_hash), not an access token")
+            raise TokenRejected("an ID token (at_hash/c_hash), not an access token", "not_access_token")
 
 
 def bearer_token(headers: Mapping[str, str] | None) -> str | None:
