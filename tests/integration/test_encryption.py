@@ -259,8 +259,18 @@ def test_patch_of_a_sensitive_key_opens_merges_and_seals_again(sealed):
 def test_a_values_key_that_does_not_exist_is_a_configuration_error(state_table, redis_server):
     missing = Sealed(state_table, "alias/no-such-values-key", redis_server.url)
 
+    key = secret_key()
+
     with pytest.raises(EncryptionNotConfigured):
-        missing.manager.put(secret_key(), {"card": CANARY}, actor="tester")
+        missing.manager.put(key, {"card": CANARY}, actor="tester")
+    # KMS refusing the key (gone, disabled, not ours) fails every sensitive write before any value could fail to
+    # decrypt: KmsErrors, alarmed, is what pages. Nothing is written.
+    assert missing.metrics.count("KmsErrors") == 1
+    assert missing.metrics.count("DecryptionFailures") == 0
+    found = missing.dynamodb.get_item(
+        TableName=state_table, Key={"pk": {"S": key}, "sk": {"S": "state"}}, ConsistentRead=True
+    )
+    assert "Item" not in found
 
 
 def test_kms_unreachable_is_a_503_to_retry_not_a_decryption_failure(sealed, state_table, kms_key, redis_server):
@@ -282,3 +292,5 @@ def test_kms_unreachable_is_a_503_to_retry_not_a_decryption_failure(sealed, stat
         cold.manager.get(key, consistent=True)
     assert not isinstance(raised.value, DecryptionFailed)
     assert cold.metrics.count("DecryptionFailures") == 0
+    assert cold.metrics.count("KmsErrors") == 1
+    assert sealed.metrics.count("KmsErrors") == 0

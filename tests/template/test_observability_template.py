@@ -142,6 +142,9 @@ def test_the_alarms_cover_what_the_service_promises_to_page_for():
         ("AWS/DynamoDB", "WriteThrottleEvents"),
         (NAMESPACE, "RedisCredentialErrors"),
         (NAMESPACE, "CorruptStoredValues"),
+        # Encryption: a value that does not decrypt, and KMS refusing the key or unavailable (writes fail first).
+        (NAMESPACE, "DecryptionFailures"),
+        (NAMESPACE, "KmsErrors"),
     } <= watched
 
 

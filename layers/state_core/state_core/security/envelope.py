@@ -180,7 +180,7 @@ class KmsEnvelope:
         from botocore.exceptions import ClientError
 
         try:
-            with _kms_errors(refused=_REFUSED):
+            with self._kms_call():
                 return self._client().generate_data_key(
                     KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._kms_context()
                 )
@@ -238,7 +238,7 @@ class KmsEnvelope:
         try:
             # No KeyId: the data key's ciphertext names its KMS key, and a value sealed before a change of key
             # (until it is re-encrypted) opens under the old key as long as this function may use it.
-            with _kms_errors(refused=_REFUSED):
+            with self._kms_call():
                 answer = self._client().decrypt(CiphertextBlob=encrypted, EncryptionContext=self._kms_context())
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -259,6 +259,18 @@ class KmsEnvelope:
             self._key_arns.pop(dropped, None)
 
     # ------------------------------------------------------------------------------------------ common
+    @contextmanager
+    def _kms_call(self) -> Iterator[None]:
+        """A KMS call. Any failure, KMS refusing the key or unavailable, counts KmsErrors (alarmed): a disabled key
+        fails every sensitive write here, before any value could fail to decrypt."""
+        try:
+            with _kms_errors(refused=_REFUSED):
+                yield
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.add_metric(name="KmsErrors", unit="Count", value=1)
+            raise
+
     def _client(self) -> KMSClient:
         if self._kms is None:
             self._kms = self._kms_factory()
