@@ -106,6 +106,14 @@ def _remaining_seconds(context: Any) -> float | None:
     return None if remaining is None else remaining() / 1000
 
 
+def _count_request(status: int | None, started: float) -> None:
+    """Requests, its status class (none for the authorizer's answers, which have no status) and Latency."""
+    metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+    if status is not None:
+        metrics.add_metric(name=f"Status{status // 100}xx", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
+
+
 def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
     """Wrap a Lambda handler: correlation id from the API request id, metrics with dimension `operation`
     (requests, status class, latency), the audit record of state operations, and X-Ray tracing when
@@ -123,16 +131,13 @@ def lambda_entry(operation: str) -> Callable[[Handler], Handler]:
                     response = handler(event, context)
             except BaseException:
                 audit.emit(operation, event, None, status=500)  # Lambda reports the error; API Gateway 500s
+                # Counted as the 500 the caller gets, so requests by status add up to what callers saw.
+                _count_request(500, started)
                 raise
             # One audit record per request that reached a state handler, allowed or denied.
             audit.emit(operation, event, response)
-            metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
             status = response.get("statusCode") if isinstance(response, dict) else None
-            if isinstance(status, int):
-                metrics.add_metric(name=f"Status{status // 100}xx", unit=MetricUnit.Count, value=1)
-            metrics.add_metric(
-                name="Latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000
-            )
+            _count_request(status if isinstance(status, int) else None, started)
             return response
 
         wrapped: Handler = measured
