@@ -34,6 +34,10 @@ HOURS_PER_MONTH = 730
 MEMORY_MB = 512
 # Lambda allots one vCPU's worth of CPU at 1,769 MB, and CPU in proportion to memory below that.
 FULL_VCPU_MB = 1769
+# template.yaml's alarms, billed per metric each watches: the metrics of its queries, or its one metric (31, the
+# cache repair's with Redis included); and its two Metrics Insights alarms, billed per metric a query analyses,
+# counted at one each (their metrics exist only once a failure was counted).
+ALARM_METRICS = 31 + 2
 
 # ------------------------------------------------------------------------------------------------ item sizes
 # A state item with the benchmark's small value (measured: attribute names plus values, as DynamoDB counts).
@@ -139,7 +143,8 @@ class Prices:
     elasticache_t4g_micro_hour: float = 0.016
     interface_endpoint_az_hour: float = 0.01
     secret_month: float = 0.40
-    alarm_month: float = 0.10
+    alarm_month: float = 0.10  # per metric an alarm watches, standard resolution
+    dashboard_month: float = 3.00  # beyond an account's first three
     custom_metric_month: float = 0.30
     dynamodb_storage_gb_month: float = 0.25
     dynamodb_pitr_gb_month: float = 0.20
@@ -398,7 +403,8 @@ def fixed_costs(prices: Prices = PRICES) -> list[FixedCost]:
         FixedCost("interface endpoints: EventBridge and SQS (the publisher's), two AZs", 2 * endpoint, "with Redis"),
         FixedCost("interface endpoint: Secrets Manager (the Redis functions'), two AZs", endpoint, "with Redis"),
         FixedCost("Secrets Manager: the cache signing key", prices.secret_month, "with Redis; +0.40 an AUTH secret"),
-        FixedCost("CloudWatch alarms (three)", 3 * prices.alarm_month),
+        FixedCost(f"CloudWatch alarms ({ALARM_METRICS} metrics watched)", ALARM_METRICS * prices.alarm_month),
+        FixedCost("CloudWatch dashboard", prices.dashboard_month, "free as one of an account's first three"),
         FixedCost("custom metrics (EMF), ~60 metric-dimension pairs in use", 60 * prices.custom_metric_month),
     ]
 

@@ -114,6 +114,21 @@ def test_the_model_uses_the_template_s_memory_size_and_retention() -> None:
     assert int(retention.group(1)) == cost_model.HISTORY_RETENTION_DAYS
 
 
+def test_the_model_bills_every_metric_the_template_s_alarms_watch() -> None:
+    from devstack.template import load_yaml
+
+    watched = 0
+    for resource in load_yaml(REPO_ROOT / "template.yaml")["Resources"].values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        alarm = resource["Properties"]
+        watched += 1 if "MetricName" in alarm else 0
+        for query in alarm.get("Metrics", []):
+            # A MetricStat is one metric; a Metrics Insights query at least one (math over them is free).
+            watched += 1 if "MetricStat" in query or "SELECT" in query.get("Expression", "") else 0
+    assert watched == cost_model.ALARM_METRICS
+
+
 def test_the_model_uses_the_core_s_chunk_size_and_history_page() -> None:
     from state_core.api.history import DEFAULT_PAGE
     from state_core.storage.blobs import CHUNK_BYTES
