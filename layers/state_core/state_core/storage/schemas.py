@@ -26,7 +26,7 @@ from state_core.domain.schemas import (
     Violation,
 )
 from state_core.storage.batches import write_all
-from state_core.storage.state import dynamodb_errors
+from state_core.storage.state import dynamodb_errors, new_write_id
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -106,15 +106,7 @@ class SchemaStore:
     def publish(self, schema: SchemaVersion, *, previous: int | None, revision: int) -> None:
         """Write `schema` as its name's new current version, if the registry is still at `revision` (no other
         publish since the caller's checks) and the name still at `previous`; SchemaConflict otherwise."""
-        self._transact(
-            schema.name,
-            previous,
-            [
-                self._revision_update(revision),
-                self._current_put(schema),
-                self._version_put(schema),
-            ],
-        )
+        self._transact(schema.name, previous, revision, [self._current_put(schema), self._version_put(schema)])
 
     def begin_check(self, schema: SchemaVersion, check: SchemaCheck, *, previous: int | None, revision: int) -> None:
         """Record `schema` (its `check_id` set) as its name's pending version and `check` as its job, if the
@@ -123,8 +115,8 @@ class SchemaStore:
         self._transact(
             schema.name,
             previous,
+            revision,
             [
-                self._revision_update(revision),
                 {
                     "Put": {
                         "TableName": self._table,
@@ -150,10 +142,10 @@ class SchemaStore:
             }
         }
         finish = {"Put": {"TableName": self._table, "Item": _check_item(check)}}
-        items = [self._revision_update(revision), drop_pending, finish]
+        items = [drop_pending, finish]
         if check.state == "passed":
             items += [self._current_put(published), self._version_put(published)]
-        self._transact(schema.name, schema.version - 1 or None, items)
+        self._transact(schema.name, schema.version - 1 or None, revision, items)
 
     def check(self, name: str, check_id: str) -> SchemaCheck | None:
         with dynamodb_errors():
@@ -229,14 +221,14 @@ class SchemaStore:
         }
 
     # ------------------------------------------------------------------------------------- transactions
-    def _revision_update(self, revision: int) -> dict[str, Any]:
+    def _revision_update(self, revision: int, write_id: str) -> dict[str, Any]:
         registry_condition = "attribute_not_exists(revision)" if revision == 0 else "revision = :revision"
         update: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"pk": {"S": REGISTRY}, "sk": {"S": _REVISION_SK}},
-            "UpdateExpression": "SET revision = :next",
+            "UpdateExpression": "SET revision = :next, write_id = :write",
             "ConditionExpression": registry_condition,
-            "ExpressionAttributeValues": {":next": {"N": str(revision + 1)}},
+            "ExpressionAttributeValues": {":next": {"N": str(revision + 1)}, ":write": {"S": write_id}},
         }
         if revision:
             update["ExpressionAttributeValues"][":revision"] = {"N": str(revision)}
@@ -254,17 +246,40 @@ class SchemaStore:
         }
         return {"Put": {"TableName": self._table, "Item": versioned, "ConditionExpression": "attribute_not_exists(pk)"}}
 
-    def _transact(self, name: str, previous: int | None, items: list[dict[str, Any]]) -> None:
+    def _transact(self, name: str, previous: int | None, revision: int, items: list[dict[str, Any]]) -> None:
+        """Apply `items` with the registry's move from `revision` to the next, all or nothing. The move carries
+        a write id: when botocore retried the transaction after an answer that never came (a timeout), the
+        retry is cancelled by the first attempt's own move, and the id tells that apart from another
+        publish's."""
+        write_id = new_write_id()
         try:
             with dynamodb_errors():
-                self._client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+                self._client.transact_write_items(  # type: ignore[arg-type]
+                    TransactItems=[self._revision_update(revision, write_id), *items]
+                )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                if self._moved_by(revision, write_id):
+                    return
                 raise SchemaConflict(
                     f"another publish changed the registry while schema {name} was checked; retry",
                     [f"{name}: version {previous or 0} is no longer current"],
                 ) from None
             raise
+
+    def _moved_by(self, revision: int, write_id: str) -> bool:
+        """Whether the registry is at the revision after `revision`, moved there by the write `write_id`."""
+        with dynamodb_errors():
+            item = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": REGISTRY}, "sk": {"S": _REVISION_SK}},
+                ConsistentRead=True,
+            ).get("Item")
+        return (
+            item is not None
+            and item.get("revision", {}).get("N") == str(revision + 1)
+            and item.get("write_id", {}).get("S") == write_id
+        )
 
 
 def _item_of(schema: SchemaVersion) -> dict[str, Any]:
