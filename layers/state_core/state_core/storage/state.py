@@ -517,6 +517,12 @@ def dynamodb_errors() -> Iterator[None]:
         if exc.response.get("Error", {}).get("Code") in _UNAVAILABLE_CODES:
             raise ServiceUnavailable("the state table is busy or unavailable; retry shortly") from exc
         raise
+    except AnswerLost as exc:
+        # Another store's UpdateItem on the state store's client (one per container), which stops botocore
+        # retrying an UpdateItem that may have been applied: for that write too the outcome is unknown.
+        raise OutcomeUnknown(
+            "the write was sent but its answer was lost: it may or may not have been applied; read it again"
+        ) from exc
     except (ConnectionError, HTTPClientError, OutOfTime) as exc:
         # A state write whose outcome is unknown never gets here (StateStore._update: OutcomeUnknown), so for
         # a write this means not applied: never sent, or refused before an attempt the budget stopped.

@@ -1,0 +1,38 @@
+"""An approval whose UpdateItem the table applied but whose answer was lost. The functions share one DynamoDB
+client per container, on which the state store stops botocore retrying an UpdateItem that may have landed;
+any store's write on it then has an unknown outcome, which the caller hears as 503 write-outcome-unknown
+(a 500 before), and can settle by reading the proposal. Real handlers and moto; the lost answer is the
+network's (tests.doubles.LostAnswer): the table really applies the request."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.doubles import LostAnswer
+from tests.integration.test_approvals import body_of, proposals, propose_put, protected, run  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_approval_whose_answer_was_lost_is_503_outcome_unknown_and_reading_settles_it(invoke, protected):  # noqa: F811
+    from state_core import runtime
+
+    key = f"{protected}limits"
+    proposal = propose_put(invoke, key, {"limit": 5})
+    lost = LostAnswer(operation="UpdateItem")
+    client = runtime.dynamodb_client()
+    runtime.state_store()  # as in every write function: the store's retry rule is on the shared client
+    client.meta.events.register("before-send.dynamodb", lost)
+    try:
+        response = proposals(invoke, "POST", key, proposal["id"], "approve", sub="bob")
+    finally:
+        client.meta.events.unregister("before-send.dynamodb", lost)
+
+    assert lost.lost == 1
+    assert response["statusCode"] == 503, response
+    assert response["headers"]["Content-Type"] == "application/problem+json"
+    assert body_of(response)["type"].endswith("/write-outcome-unknown")
+    assert int(response["headers"]["Retry-After"]) > 0
+    # The approval landed: reading the proposal shows it, and nothing else changed.
+    read = body_of(proposals(invoke, "GET", key, proposal["id"]))
+    assert (read["status"], read["approved_by"]) == ("open", ["bob"])
