@@ -254,9 +254,8 @@ class SchemaStore:
         write_id = new_write_id()
         try:
             with dynamodb_errors():
-                self._client.transact_write_items(  # type: ignore[arg-type]
-                    TransactItems=[self._revision_update(revision, write_id), *items]
-                )
+                transact_items = [self._revision_update(revision, write_id), *items]
+                self._client.transact_write_items(TransactItems=transact_items)  # type: ignore[arg-type]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
                 if self._moved_by(revision, write_id):
