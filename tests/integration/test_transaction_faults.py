@@ -4,6 +4,7 @@ acknowledged transaction, Redis down during one, and a function that dies at eac
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 
@@ -175,6 +176,39 @@ def test_a_function_that_dies_at_any_step_leaves_all_or_none_and_one_event_per_v
     # And once the stream's repair fences them, no cached read serves the older versions
     assert CacheRepairer(container.cache, metrics=RecordedMetrics(), log=_Log()).repair(records, lambda: 60.0) == []
     assert [container.value(key) for key in keys] == consistent
+
+
+@pytest.mark.parametrize("first", ["died", "in_flight"])
+def test_a_replayed_answer_is_never_followed_by_an_older_cached_read(armed, redis_server, state_table, keys, first):
+    # Given the keys cached at version 1, and a first request under an Idempotency-Key that committed but wrote
+    # no key's cache: its function died there, or has not got there yet
+    reader = Container(redis_server.url, state_table)
+    cached_at_version_1(reader, keys)
+    partition = idempotency_partition("t", uuid.uuid4().hex)
+    first_request = Container(redis_server.url, state_table)
+    if first == "died":
+        failpoints.arm("transact_after_commit_before_cache", "raise", count=1)
+        with pytest.raises(failpoints.FailpointError):
+            first_request.transact(operations_on(keys), partition=partition)
+    else:
+        failpoints.arm("transact_after_commit_before_cache", "pause", 10, count=1)
+        thread = threading.Thread(
+            target=first_request.transact, args=(operations_on(keys),), kwargs={"partition": partition}
+        )
+        thread.start()
+        assert failpoints.wait_reached("transact_after_commit_before_cache")
+
+    # When its retry is answered with the first outcome
+    try:
+        status, _ = Container(redis_server.url, state_table).transact(operations_on(keys), partition=partition)
+
+        # Then that acknowledgement holds as a first answer's does: no read through the cache is older
+        assert status == 200
+        assert [reader.value(key) for key in keys] == AFTER
+    finally:
+        if first == "in_flight":
+            failpoints.release("transact_after_commit_before_cache")
+            thread.join(timeout=20)
 
 
 class _Log:

@@ -102,7 +102,7 @@ class Transactions:
         if idempotency_partition is not None:
             prior = self._writes.outcome(idempotency_partition, self._clock())
             if prior is not None:
-                return _replayed(prior, transaction)
+                return self._replay(prior, transaction)
         attempt = _Attempt(
             transaction,
             actor=actor,
@@ -178,8 +178,10 @@ class Transactions:
         if first is None:
             return outcome
         if attempt.sent is not None and first.body == attempt.sent.body:
-            return attempt.sent  # an earlier round's commit landed after all (its keys written over since)
-        return _replayed(first, attempt.transaction)
+            # An earlier round's commit landed after all (its keys written over since), its write-throughs never made.
+            self._catch_up(attempt.transaction)
+            return attempt.sent
+        return self._replay(first, attempt.transaction)
 
     def _after_conflict(self, attempt: _Attempt) -> Outcome | None:
         """A key changed since it was read: back off and read again, within the time budget (503 past it)."""
@@ -195,7 +197,7 @@ class Transactions:
                 self._metrics.add_metric(name="Transactions", unit="Count", value=1)
                 return attempt.sent
             if prior is not None:
-                return _replayed(prior, attempt.transaction)  # the same key's first request came first
+                return self._replay(prior, attempt.transaction)  # the same key's first request came first
         policy = self._policy
         delay = self._rng.uniform(0, min(policy.max_delay_seconds, policy.base_delay_seconds * 2**attempt.number))
         if self._monotonic() + delay > attempt.deadline:
@@ -205,6 +207,25 @@ class Transactions:
         self._metrics.add_metric(name="Retries", unit="Count", value=1)
         self._sleep(delay)
         return None
+
+    def _replay(self, prior: Outcome, transaction: Transaction) -> Outcome:
+        """The first outcome of this Idempotency-Key again. A 200 acknowledges the transaction as the first answer
+        did, but the first request may have died between its commit and its write-throughs, or not have reached
+        them yet: the written keys are caught up first, so no read after this answer is older either."""
+        outcome = _replayed(prior, transaction)
+        if outcome.status == 200:
+            self._catch_up(transaction)
+        return outcome
+
+    def _catch_up(self, transaction: Transaction) -> None:
+        """Write through the current state of every key the transaction writes (one strongly consistent read):
+        at the transaction's version or a later one, and a write-through never replaces a newer entry."""
+        written = [op.key for op in transaction.operations if op.writes]
+        if not written:
+            return
+        for record in self._writes.read(written).values():
+            if record is not None:
+                self._manager.write_through(record)
 
     def _acknowledge(self, records: Sequence[StateRecord | None]) -> None:
         """Each written key's cache write-through, exactly as a single write's, before the answer: a read that
