@@ -431,6 +431,52 @@ def test_every_version_a_transaction_writes_carries_its_id_in_the_stream_and_eve
     ]
 
 
+def test_the_history_names_the_transaction_that_wrote_each_version(
+    transact, put, invoke, state_table, client, store, keys
+):
+    from state_core.storage.history import HistoryStore
+    from state_core.stream.lifecycle import StreamLifecycle
+    from tests.doubles import utc_now
+    from tests.streams import record_history
+
+    def listed(key):
+        listing = http_event("get", key)
+        listing["rawPath"] = listing["requestContext"]["http"]["path"] = f"/state/{key}/history"
+        listing["routeKey"] = listing["requestContext"]["routeKey"] = "GET /state/{key}/history"
+        response = invoke("get_state", listing)
+        assert response["statusCode"] == 200, response
+        return [
+            (v["version"], v["operation"], v.get("transaction_id")) for v in json.loads(response["body"])["versions"]
+        ]
+
+    put(keys[0], {"v": 1})
+    first = transact([{"op": "put", "key": keys[0], "value": 2}, {"op": "check", "key": keys[1], "if_none_match": "*"}])
+    put(keys[0], {"v": 3})
+    second = transact([{"op": "delete", "key": keys[0]}, {"op": "put", "key": keys[1], "value": 1}])
+    assert (first[0], second[0]) == (200, 200)
+    first_id, second_id = first[1]["transaction_id"], second[1]["transaction_id"]
+    # Before the stream records it, the current version is listed from the state item itself
+    assert listed(keys[1]) == [(1, "created", second_id)]
+
+    lifecycle = StreamLifecycle(
+        client,
+        state_table,
+        history=HistoryStore(client, state_table, retention_seconds=86_400),
+        states=store,
+        blobs=store.blobs,
+        clock=utc_now,
+    )
+    record_history(lifecycle, stream_records(state_table, {keys[0], keys[1]}))
+
+    assert listed(keys[0]) == [
+        (4, "deleted", second_id),
+        (3, "updated", None),
+        (2, "updated", first_id),
+        (1, "created", None),
+    ]
+    assert listed(keys[1]) == [(1, "created", second_id)]  # a check writes no version
+
+
 def test_each_transaction_leaves_one_audit_record_with_its_keys_and_outcome(transact, put, keys):
     from state_core.security import audit
     from tests.integration.test_rbac import _Collect

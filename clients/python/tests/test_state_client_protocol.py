@@ -22,6 +22,7 @@ from state_client import (
     Unauthorized,
     Unavailable,
     Unprocessable,
+    VersionInfo,
     WriteOutcomeUnknown,
 )
 from state_client import _protocol as p
@@ -122,3 +123,10 @@ def test_a_transactions_412_names_its_failed_operations() -> None:
     assert isinstance(error, PreconditionFailed)
     assert error.failed_operations == failed
     assert error_for(412, {"current_version": 4}).failed_operations == []  # type: ignore[attr-defined]
+
+
+def test_a_history_entry_names_the_transaction_that_wrote_it() -> None:
+    entry = {"version": 2, "operation": "updated", "actor": "a", "occurred_at": "2026-01-01T00:00:00.000Z", "size": 3}
+
+    assert VersionInfo.from_json({**entry, "transaction_id": "9c1e"}).transaction_id == "9c1e"
+    assert VersionInfo.from_json(entry).transaction_id is None

@@ -67,6 +67,7 @@ class VersionInfo:
     actor: str
     occurred_at: datetime
     size: int | None
+    transaction_id: str | None = None  # the transaction that wrote this version, if one did
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> VersionInfo:
@@ -76,6 +77,7 @@ class VersionInfo:
             actor=body["actor"],
             occurred_at=_required_time(body["occurred_at"]),
             size=body.get("size"),
+            transaction_id=body.get("transaction_id"),
         )
 
 

@@ -45,6 +45,8 @@ def version_summary(entry: HistoryEntry) -> dict[str, Any]:
         "occurred_at": entry.occurred_at,
         "size": entry.size,
     }
+    if entry.transaction_id is not None:
+        summary["transaction_id"] = entry.transaction_id  # as in the version's StateChanged event
     if entry.proposal_id is not None:
         # An approved change: the actor proposed it, these approved it (approvals.md).
         summary["proposal_id"] = entry.proposal_id

@@ -101,6 +101,9 @@ class HistoryEntryModel(BaseModel):
     actor: str = Field(description="Subject of the caller that made the change (system:ttl for an expiry).")
     occurred_at: str = Field(description="RFC 3339 UTC time of the change.")
     size: int | None = Field(description="Bytes of the value's canonical JSON; null for a deletion or expiry.")
+    transaction_id: str | None = Field(
+        default=None, description="Only on a version a transaction wrote (POST /state:transact): its id."
+    )
     proposal_id: str | None = Field(
         default=None, description="Only on a version an approved proposal applied (its actor is the proposer)."
     )

@@ -45,6 +45,8 @@ _PAGE_NAMES = {
         "created_at",
         "value_size",
         "expires_at",
+        # A version a transaction wrote lists the transaction, as its event names it.
+        "transaction_id",
         # An approved change lists its proposal and approvers beside its actor (the proposer).
         "proposal_id",
         "approved_by",

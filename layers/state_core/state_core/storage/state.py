@@ -142,6 +142,7 @@ _HEAD_NAMES = {
         "blob_sha256",
         "schema_name",
         "schema_version",
+        "transaction_id",
         "proposal_id",
         "approved_by",
     )
