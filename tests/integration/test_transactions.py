@@ -346,15 +346,51 @@ BAD_BODIES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_BODIES))
-def test_every_malformed_transaction_is_400_and_writes_nothing(case, transact, read, keys):
-    body = json.loads(json.dumps(BAD_BODIES[case]).replace('"K', f'"{keys[0]}-'))
+CANARY = "canary-value-7d1f"
 
-    status, problem, _ = transact(None, body=body)
+
+@pytest.fixture
+def logged():
+    """Every line the audit trail and the functions' own logger write meanwhile."""
+    from state_core.observability import logger
+    from state_core.security import audit
+    from tests.integration.test_rbac import _Collect
+
+    collectors = [(log, _Collect(log.registered_formatter)) for log in (audit.audit_logger, logger)]
+    for log, collector in collectors:
+        log.addHandler(collector)
+    yield lambda: [line for _, collector in collectors for line in collector.lines]
+    for log, collector in collectors:
+        log.removeHandler(collector)
+
+
+def _with_canary(body):
+    """`body` with every value and patch it holds replaced by ones carrying the canary."""
+    for operation in body.get("operations", []) if isinstance(body, dict) else []:
+        if isinstance(operation, dict) and "value" in operation:
+            operation["value"] = {"card": CANARY}
+        if isinstance(operation, dict) and "patch" in operation:
+            operation["patch"] = {"card": CANARY}
+    return body
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_every_malformed_transaction_is_400_and_writes_nothing(case, transact, read, keys, logged):
+    body = _with_canary(json.loads(json.dumps(BAD_BODIES[case]).replace('"K', f'"{keys[0]}-')))
+
+    status, problem, headers = transact(None, body=body)
 
     assert status == 400, problem
     assert problem["status"] == 400
+    assert headers["Content-Type"] == "application/problem+json"
     assert all(read(f"{keys[0]}-{n}") is None for n in range(26))
+    # Nothing of a value is answered or logged; the audit record names no operation of a body it refused
+    lines = logged()
+    assert CANARY not in json.dumps(problem)
+    assert CANARY not in "".join(lines)
+    audit = [json.loads(line)["audit"] for line in lines if '"audit"' in line]
+    refused = [record for record in audit if record["action"] == "transact"]
+    assert [(r["status"], r["items"], r["transaction_id"]) for r in refused] == [(400, None, None)]
 
 
 @pytest.mark.parametrize(
