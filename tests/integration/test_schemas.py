@@ -347,6 +347,26 @@ def test_a_transaction_with_a_violating_operation_is_422_naming_it_and_writes_no
     assert get(call, free)[0] == 404
 
 
+def test_a_retried_transaction_answers_its_first_outcome_though_a_schema_now_refuses_its_value(
+    call, invoke, publish, name, prefix
+):
+    # Given a transaction applied under an Idempotency-Key, and then a schema published for future writes
+    # that its value no longer satisfies
+    operations = [{"op": "put", "key": f"{prefix}r1", "value": {"theme": "mauve"}}]
+    token = {"Idempotency-Key": f"schema-{uuid.uuid4().hex}"}
+    first = invoke("transact_state", tx_event({"operations": operations}, headers=token))
+    assert first["statusCode"] == 200, first
+    assert publish(name, PROFILE, [f"{prefix}*"], query={"mode": "forward"})[0] == 201
+    assert invoke("transact_state", tx_event({"operations": operations}))["statusCode"] == 422
+
+    # When the client retries it: the first outcome, not a judgement of the value as if it were new
+    again = invoke("transact_state", tx_event({"operations": operations}, headers=token))
+
+    assert (again["statusCode"], again["body"]) == (200, first["body"])
+    assert again["headers"]["Idempotent-Replayed"] == "true"
+    assert get(call, f"{prefix}r1")[1]["version"] == 1
+
+
 @pytest.fixture
 def audit_records():
     from state_core.security import audit

@@ -336,6 +336,7 @@ BAD_BODIES = {
     "delete-with-value": {"operations": [{"op": "delete", "key": "K0", "value": 1}]},
     "patch-with-ttl": {"operations": [{"op": "patch", "key": "K0", "patch": {}, "ttl_seconds": 5}]},
     "patch-if-none-match": {"operations": [{"op": "patch", "key": "K0", "patch": {}, "if_none_match": "*"}]},
+    "delete-if-none-match": {"operations": [{"op": "delete", "key": "K0", "if_none_match": "*"}]},
     "check-without-condition": {"operations": [{"op": "check", "key": "K0"}]},
     "both-conditions": {"operations": [{"op": "check", "key": "K0", "if_match": 1, "if_none_match": "*"}]},
     "version-zero": {"operations": [{"op": "put", "key": "K0", "value": 1, "if_match": 0}]},

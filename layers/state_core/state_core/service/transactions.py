@@ -98,11 +98,13 @@ class Transactions:
         """Apply `transaction` all or nothing: 200 with each key's new version, or 412 naming each failed
         operation (nothing written). Under an idempotency partition, the first such outcome is remembered for
         10 minutes and answers every retry with the same body (IdempotencyKeyReused for another body)."""
-        puts = {op.index: self._encoded(op) for op in transaction.operations if op.op == "put"}
         if idempotency_partition is not None:
+            # Before the values are judged: a retry answers the first outcome even where a schema published
+            # since would now refuse a value it holds.
             prior = self._writes.outcome(idempotency_partition, self._clock())
             if prior is not None:
                 return self._replay(prior, transaction)
+        puts = {op.index: self._encoded(op) for op in transaction.operations if op.op == "put"}
         attempt = _Attempt(
             transaction,
             actor=actor,
@@ -240,7 +242,7 @@ class Transactions:
                 failpoints.hit("transact_after_cache_write", key=record.key)
 
     def _encoded(self, op: Operation) -> tuple[StoredValue, SchemaStamp | None]:
-        """A put's value as stored, refused before any I/O if it cannot be part of a transaction, and the
+        """A put's value as stored, refused before its key is read if it cannot be part of a transaction, and the
         schema it was checked against."""
         stored = self._manager.encode(op.value)
         _check_fits(op, stored)
