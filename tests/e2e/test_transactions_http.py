@@ -95,22 +95,41 @@ def killing_stack(tmp_path_factory):
         stack.stop()
 
 
+def killed_at(stack) -> set[str]:
+    """The points where a transaction worker was killed (each worker logs a firing before its action)."""
+    log = stack.log_dir / "TransactStateFunction.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return {
+        record["failpoint"]
+        for record in (json.loads(line) for line in lines if '"failpoint fired"' in line)
+        if record.get("failpoint_action") == "kill"
+    }
+
+
 def test_a_function_killed_around_the_commit_leaves_all_or_none_and_one_event_per_version(killing_stack):
     api, inbox = ApiClient(killing_stack), Inbox(killing_stack.moto_url)
     run = uuid.uuid4().hex[:12]
     outcomes: list[tuple[int, list[str]]] = []
+    points = {spec.split("=")[0] for spec in KILLS.split(";")}
     # Each transaction passes five kill points at 30% each, so about one in six lands: go on (within a
-    # bound) until both outcomes were seen a few times, rather than hoping ten runs hold both.
-    for n in range(60):
+    # bound) until both outcomes were seen a few times and every point has killed one, rather than hoping
+    # ten runs hold them all.
+    for n in range(80):
         keys = [f"kill:{run}:{n}:{k}" for k in range(3)]
         operations = [{"op": "put", "key": key, "value": {"n": n}} for key in keys]
         outcomes.append((transact(api, operations).status_code, keys))
         statuses = [status for status, _ in outcomes]
-        if n >= 9 and statuses.count(200) >= 2 and sum(status >= 500 for status in statuses) >= 2:
+        if (
+            n >= 9
+            and statuses.count(200) >= 2
+            and sum(status >= 500 for status in statuses) >= 2
+            and killed_at(killing_stack) == points
+        ):
             break
     print(f"\nstatuses under random kills: {[status for status, _ in outcomes]}")
     assert any(status == 200 for status, _ in outcomes)
     assert any(status >= 500 for status, _ in outcomes)
+    assert killed_at(killing_stack) == points
 
     for status, keys in outcomes:
         found = [api.get(key, consistent="true").status_code for key in keys]
