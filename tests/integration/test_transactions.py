@@ -555,6 +555,21 @@ def test_each_transaction_leaves_one_audit_record_with_its_keys_and_outcome(tran
     assert "still-not" not in "".join(collector.lines)
 
 
+def test_a_replayed_answer_is_audited_as_a_replay_not_as_the_transaction_again(transact, put, keys, logged):
+    token = {"Idempotency-Key": f"audit-{uuid.uuid4().hex}"}
+    put(keys[0], {"v": 1})
+    first, body, _ = transact([{"op": "put", "key": keys[0], "value": 2, "if_match": 1}], headers=token)
+    again, replayed, _ = transact([{"op": "put", "key": keys[0], "value": 2, "if_match": 1}], headers=token)
+    assert (first, again, replayed) == (200, 200, body)
+
+    records = [json.loads(line)["audit"] for line in logged() if '"audit"' in line]
+    assert [(r["action"], r["status"], r["transaction_id"], r["replayed"]) for r in records] == [
+        ("put", 201, None, None),
+        ("transact", 200, body["transaction_id"], False),
+        ("transact", 200, body["transaction_id"], True),
+    ]
+
+
 def test_a_key_found_past_its_expiry_is_expired_as_its_own_version_first(transact, invoke, read, state_table, keys):
     response = invoke("put_state", http_event("put", keys[0], body={"value": 1, "ttl_seconds": 1}))
     assert response["statusCode"] == 201

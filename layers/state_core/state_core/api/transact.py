@@ -61,6 +61,7 @@ def render(answer: TransactionResult | TransactionPreconditionFailed) -> Outcome
 
 def response(outcome: Outcome) -> Response[str]:
     headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+    audit.note_replayed(outcome.replayed)
     content_type = edge.JSON_CONTENT_TYPE if outcome.status < 400 else edge.PROBLEM_CONTENT_TYPE
     if outcome.status == 200:
         audit.note_transaction(audit_keys_of(outcome), json.loads(outcome.body).get("transaction_id"))

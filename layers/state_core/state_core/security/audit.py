@@ -89,6 +89,7 @@ _action: ContextVar[Action | None] = ContextVar("audit_action", default=None)
 _prefix: ContextVar[str | None] = ContextVar("audit_prefix", default=None)
 _items: ContextVar[list[dict[str, Any]] | None] = ContextVar("audit_items", default=None)
 _transaction_id: ContextVar[str | None] = ContextVar("audit_transaction_id", default=None)
+_replayed: ContextVar[bool | None] = ContextVar("audit_replayed", default=None)
 _proposal: ContextVar[tuple[str, int | None] | None] = ContextVar("audit_proposal", default=None)
 
 
@@ -99,6 +100,7 @@ def begin() -> None:
     _prefix.set(None)
     _items.set(None)
     _transaction_id.set(None)
+    _replayed.set(None)
     _proposal.set(None)
 
 
@@ -114,6 +116,12 @@ def note_transaction(operations: list[dict[str, Any]], transaction_id: str | Non
     _items.set(operations)
     if transaction_id is not None:
         _transaction_id.set(transaction_id)
+
+
+def note_replayed(replayed: bool) -> None:
+    """Whether a transaction's answer is the first outcome of an earlier request under its Idempotency-Key:
+    then this request applied nothing, and the transaction's own record is the earlier request's."""
+    _replayed.set(replayed)
 
 
 def note_action(action: Action) -> None:
@@ -179,6 +187,8 @@ def record(operation: str, event: dict[str, Any], response: Any, status: int | N
         "items": _items.get(),
         # A transaction's id, once it has one; None for every other action.
         "transaction_id": _transaction_id.get(),
+        # A transaction's answer: true when it replayed an earlier request's outcome; None for every other action.
+        "replayed": _replayed.get(),
         # The proposal a request created or decided (approvals.md); None for every other action.
         "proposal_id": proposal[0] if proposal is not None else None,
         "decision": decision,
