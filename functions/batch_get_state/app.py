@@ -25,10 +25,22 @@ if TYPE_CHECKING:
 
 router = APIGatewayHttpRouter()
 
+# The OpenAPI document's description of the route (docs/api.md, "Bulk reads", has the whole contract).
+DESCRIPTION = """Each key is answered as `GET /state/{key}` would answer it, in request order, with its own status
+(200 with its envelope, 403, 404); the request is 200 whenever its body is valid. A key the caller may not read
+is a 403 item whether or not it exists. `"snapshot": true` reads all the keys at one point in time
+(TransactGetItems), never from the cache.
+
+```sh
+curl -s -X POST "$API/state:batchGet" -H "Authorization: Bearer $TOKEN" \\
+     -H 'Content-Type: application/json' -d '{"keys": ["order:1001", "inventory:sku-7"], "snapshot": true}'
+```"""
+
 
 @router.post(
     "/state:batchGet",
     summary="Read up to 100 keys at once, each as GET would, or all as of one point in time (snapshot)",
+    description=DESCRIPTION,
     responses=edge.documented(
         lambda doc: {200: doc.BATCH_GET_RESPONSE, **doc.error_responses(400, 403, 413, 415, 503)}
     ),

@@ -20,10 +20,24 @@ if TYPE_CHECKING:
 
 router = APIGatewayHttpRouter()
 
+# The OpenAPI document's description of the route (docs/api.md, "Transactions", has the whole contract).
+DESCRIPTION = """Applied all or nothing in one DynamoDB TransactWriteItems: 200 lists each key's new version, 412
+names every operation whose condition failed with the key's current version (nothing written). Under an
+`Idempotency-Key`, a retry within 10 minutes answers the first outcome (`Idempotent-Replayed: true`).
+
+```sh
+curl -si -X POST "$API/state:transact" -H "Authorization: Bearer $TOKEN" \\
+     -H 'Content-Type: application/json' -H 'Idempotency-Key: order-1042' -d '{"operations": [
+       {"op": "check", "key": "customer:42", "if_match": 3},
+       {"op": "put", "key": "order:1042", "value": {"sku": "A-1", "qty": 2}, "if_none_match": "*"},
+       {"op": "patch", "key": "inventory:A-1", "patch": {"reserved": 2}}]}'
+```"""
+
 
 @router.post(
     "/state:transact",
     summary="Apply up to 25 operations on distinct keys, all or nothing",
+    description=DESCRIPTION,
     responses=edge.documented(
         lambda doc: {200: doc.TRANSACTION_RESPONSE, **doc.error_responses(400, 403, 412, 413, 415, 422, 503)}
     ),

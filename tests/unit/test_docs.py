@@ -177,3 +177,13 @@ def test_a_broken_link_is_caught(tmp_path: Path) -> None:
     assert broken(Link(page, 1, "api.md#change-events")) is None
     assert broken(Link(page, 1, "#map-of-the-code")) is None
     assert broken(Link(page, 1, "http://127.0.0.1:3000/state/x")) is None
+
+
+@pytest.mark.parametrize("route", ["/state:batchGet", "/state:transact"])
+def test_the_multi_key_routes_are_shown_with_curl_in_the_api_page_and_the_openapi_document(route: str) -> None:
+    import json
+
+    document = json.loads((REPO_ROOT / "docs/openapi.json").read_text())
+    call = f'curl -s{"i" if route.endswith("transact") else ""} -X POST "$API{route}"'
+    assert call in document["paths"][route]["post"]["description"]
+    assert call in (REPO_ROOT / "docs/api.md").read_text()
