@@ -150,19 +150,20 @@ def test_every_failed_operation_is_named_with_the_current_version_and_existence_
 
 
 def test_a_key_changed_between_the_read_and_the_commit_cancels_everything_then_412(armed, transact, read, put, keys):
-    # Given a transaction whose keys were read, and another writer that changes its last key before it commits
-    for key in keys[:3]:
+    # Given a transaction of 25 operations whose keys were read, and another writer that changes its last key
+    # before it commits: the condition that fails is DynamoDB's, in the commit itself
+    for key in keys[:25]:
         put(key, {"v": 1})
-    failpoints.arm("transact_before_commit", "call", lambda *_, **__: put(keys[2], {"v": "other"}), count=1)
+    failpoints.arm("transact_before_commit", "call", lambda *_, **__: put(keys[24], {"v": "other"}), count=1)
 
     # When the transaction commits with if_match on the version it saw
-    status, body, _ = transact([{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:3]])
+    status, body, _ = transact([{"op": "put", "key": key, "value": {"v": 2}, "if_match": 1} for key in keys[:25]])
 
     # Then DynamoDB cancelled the commit, the round read again and the explicit condition failed: 412, no write
     assert failpoints.fired("transact_before_commit") == 1
     assert status == 412
-    assert body["failed_operations"] == [{"index": 2, "key": keys[2], "current_version": 2}]
-    assert [read(key) for key in keys[:3]] == [(1, {"v": 1}), (1, {"v": 1}), (2, {"v": "other"})]
+    assert body["failed_operations"] == [{"index": 24, "key": keys[24], "current_version": 2}]
+    assert [read(key) for key in keys[:25]] == [(1, {"v": 1})] * 24 + [(2, {"v": "other"})]
 
 
 def test_a_patch_that_loses_a_race_is_merged_again_into_the_newer_version(armed, transact, read, put, invoke, keys):
