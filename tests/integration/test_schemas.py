@@ -139,7 +139,7 @@ def test_publish_versions_and_read_each_of_them(call, publish, name, prefix):
     ],
 )
 def test_a_bad_version_or_name_in_a_read_is_400(call, publish, name, prefix, query, raw_name):
-    publish(name, PROFILE, [f"{prefix}*"])
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
 
     status, problem = call(schema_event("GET", raw_name or name, query=query))
 
@@ -205,7 +205,7 @@ def test_publishing_needs_state_schema_on_every_key_of_every_pattern(call, publi
 
 
 def test_reading_a_schema_needs_read_on_some_key_it_governs(call, publish, name, prefix):
-    publish(name, PROFILE, [f"{prefix}team:*"])
+    assert publish(name, PROFILE, [f"{prefix}team:*"])[0] == 201
 
     assert call(schema_event("GET", name, scopes=f"state:read:{prefix}team:alpha"))[0] == 200
     assert call(schema_event("GET", name, scopes=f"state:read:{prefix}*"))[0] == 200
@@ -216,7 +216,7 @@ def test_reading_a_schema_needs_read_on_some_key_it_governs(call, publish, name,
 
 
 def test_patterns_another_schema_governs_are_refused_with_the_overlap_named(publish, name, prefix):
-    publish(name, PROFILE, [f"{prefix}team:*"])
+    assert publish(name, PROFILE, [f"{prefix}team:*"])[0] == 201
     other = name + "-other"
 
     for patterns in ([f"{prefix}*"], [f"{prefix}team:a*"], [f"{prefix}team:alpha"]):
@@ -245,7 +245,7 @@ def test_patterns_another_schema_governs_are_refused_with_the_overlap_named(publ
 def test_a_put_violating_the_schema_is_422_with_pointer_and_message_and_nothing_written(
     call, publish, name, prefix, value, pointer, words
 ):
-    publish(name, PROFILE, [f"{prefix}*"])
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
     key = f"{prefix}alice"
 
     status, problem = put(call, key, value)
@@ -262,7 +262,7 @@ def test_a_put_violating_the_schema_is_422_with_pointer_and_message_and_nothing_
 
 def test_a_patch_is_judged_on_its_merged_result_and_writes_nothing_when_it_fails(call, publish, name, prefix):
     key = f"{prefix}bob"
-    publish(name, PROFILE, [f"{prefix}*"])
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
     assert put(call, key, {"theme": "dark", "tags": ["x"]})[0] == 201
 
     # The patch alone lacks `theme`, the merged result has it: accepted.
@@ -275,7 +275,7 @@ def test_a_patch_is_judged_on_its_merged_result_and_writes_nothing_when_it_fails
 
 
 def test_a_violation_message_never_quotes_the_value(call, publish, name, prefix):
-    publish(name, PROFILE, [f"{prefix}*"])
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
     secret = "hunter2-do-not-echo"
 
     status, problem = put(call, f"{prefix}eve", {"theme": secret, "handle": secret, "tags": [{"pw": secret}]})
@@ -285,7 +285,7 @@ def test_a_violation_message_never_quotes_the_value(call, publish, name, prefix)
 
 
 def test_at_most_20_violations_are_listed_then_their_count(call, publish, name, prefix):
-    publish(name, {"type": "array", "items": {"type": "string"}}, [f"{prefix}*"])
+    assert publish(name, {"type": "array", "items": {"type": "string"}}, [f"{prefix}*"])[0] == 201
 
     status, problem = put(call, f"{prefix}many", list(range(30)))
 
@@ -296,7 +296,7 @@ def test_at_most_20_violations_are_listed_then_their_count(call, publish, name, 
 
 
 def test_a_schema_governs_only_its_patterns(call, publish, name, prefix):
-    publish(name, PROFILE, [f"{prefix}user:*", f"{prefix}exact"])
+    assert publish(name, PROFILE, [f"{prefix}user:*", f"{prefix}exact"])[0] == 201
 
     assert put(call, f"{prefix}user:x", {"theme": 1})[0] == 422
     assert put(call, f"{prefix}exact", {"theme": 1})[0] == 422
@@ -307,7 +307,7 @@ def test_a_schema_governs_only_its_patterns(call, publish, name, prefix):
 
 def test_a_new_version_is_enforced_from_its_publish(call, publish, name, prefix):
     key = f"{prefix}k"
-    publish(name, {"type": "object"}, [f"{prefix}*"])
+    assert publish(name, {"type": "object"}, [f"{prefix}*"])[0] == 201
     assert put(call, key, {"n": 1})[0] == 201
     publish(
         name, {"type": "object", "properties": {"n": {"type": "string"}}}, [f"{prefix}*"], query={"mode": "forward"}
@@ -322,7 +322,7 @@ def test_a_new_version_is_enforced_from_its_publish(call, publish, name, prefix)
 def test_a_transaction_with_a_violating_operation_is_422_naming_it_and_writes_nothing(
     call, invoke, publish, name, prefix
 ):
-    publish(name, PROFILE, [f"{prefix}*"])
+    assert publish(name, PROFILE, [f"{prefix}*"])[0] == 201
     existing = f"{prefix}t1"
     assert put(call, existing, {"theme": "dark"})[0] == 201
     free = f"free{uuid.uuid4().hex}"
