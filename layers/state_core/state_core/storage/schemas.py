@@ -50,13 +50,17 @@ class SchemaStore:
         self._table = table_name
 
     def revision(self) -> int:
+        item = self._revision_item()
+        return int(item["revision"]["N"]) if item else 0
+
+    def _revision_item(self) -> dict[str, Any] | None:
         with dynamodb_errors():
-            item = self._client.get_item(
+            item: dict[str, Any] | None = self._client.get_item(
                 TableName=self._table,
                 Key={"pk": {"S": REGISTRY}, "sk": {"S": _REVISION_SK}},
                 ConsistentRead=True,
             ).get("Item")
-        return int(item["revision"]["N"]) if item else 0
+        return item
 
     def current(self) -> list[SchemaVersion]:
         """Every schema's current version (strongly consistent: a publish is seen at once by the next read)."""
@@ -268,12 +272,7 @@ class SchemaStore:
 
     def _moved_by(self, revision: int, write_id: str) -> bool:
         """Whether the registry is at the revision after `revision`, moved there by the write `write_id`."""
-        with dynamodb_errors():
-            item = self._client.get_item(
-                TableName=self._table,
-                Key={"pk": {"S": REGISTRY}, "sk": {"S": _REVISION_SK}},
-                ConsistentRead=True,
-            ).get("Item")
+        item = self._revision_item()
         return (
             item is not None
             and item.get("revision", {}).get("N") == str(revision + 1)
