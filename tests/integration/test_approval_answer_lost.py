@@ -36,3 +36,29 @@ def test_an_approval_whose_answer_was_lost_is_503_outcome_unknown_and_reading_se
     # The approval landed: reading the proposal shows it, and nothing else changed.
     read = body_of(proposals(invoke, "GET", key, proposal["id"]))
     assert (read["status"], read["approved_by"]) == ("open", ["bob"])
+
+
+def test_an_apply_whose_answer_was_lost_is_applied_once_and_written_through(invoke, protected, run):  # noqa: F811
+    # The approval reaches the threshold and applies: its TransactWriteItems lands, the answer is lost, and
+    # botocore's retry is cancelled by what it wrote (the emulator ignores the request token). The caller
+    # hears that this approval applied it, and the cache holds the new version at once.
+    from state_core import runtime
+    from tests.integration.conftest import http_event
+
+    key = f"solo{run}:limits"
+    proposal = propose_put(invoke, key, {"limit": 7})
+    cached = invoke("get_state", http_event("get", key))
+    assert cached["statusCode"] == 404  # and now the cache knows the key as absent
+    lost = LostAnswer(operation="TransactWriteItems")
+    client = runtime.dynamodb_client()
+    client.meta.events.register("before-send.dynamodb", lost)
+    try:
+        response = proposals(invoke, "POST", key, proposal["id"], "approve", sub="bob")
+    finally:
+        client.meta.events.unregister("before-send.dynamodb", lost)
+
+    assert lost.lost == 1
+    assert response["statusCode"] == 200, response
+    assert body_of(response)["status"] == "applied"
+    read = invoke("get_state", http_event("get", key))
+    assert (read["statusCode"], body_of(read)["value"], body_of(read)["version"]) == (200, {"limit": 7}, 1)
