@@ -259,7 +259,8 @@ def test_reencryption_with_large_values_history_and_proposals_while_eight_writer
     reader.collect()
     assert_nothing_under_the_old_key(reader, new_key)
     keys.check_reads(reader)
-    assert reader.approvals.approve(keys.protected, keys.proposals[0], "bob")[1]
+    decided, applied = reader.approvals.approve(keys.protected, keys.proposals[0], "bob")
+    assert applied, (decided.status, decided.base_version, decided.current_version, decided.applied_version)
     assert reader.current(keys.protected) == {"card": "v2"}
 
 
