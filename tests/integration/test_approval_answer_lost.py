@@ -9,7 +9,16 @@ from __future__ import annotations
 import pytest
 
 from tests.doubles import LostAnswer
-from tests.integration.test_approvals import body_of, proposals, propose_put, protected, run  # noqa: F401
+from tests.integration.test_approvals import (  # noqa: F401
+    OVERRIDER,
+    body_of,
+    proposals,
+    propose_put,
+    protected,
+    run,
+    write,
+)
+from tests.integration.test_transaction_answer_lost import without_token
 
 pytestmark = pytest.mark.integration
 
@@ -38,27 +47,34 @@ def test_an_approval_whose_answer_was_lost_is_503_outcome_unknown_and_reading_se
     assert (read["status"], read["approved_by"]) == ("open", ["bob"])
 
 
-def test_an_apply_whose_answer_was_lost_is_applied_once_and_written_through(invoke, protected, run):  # noqa: F811
+@pytest.mark.parametrize("honoured", [True, False], ids=["token-honoured", "token-ignored"])
+def test_an_apply_whose_answer_was_lost_is_applied_once_and_written_through(invoke, protected, run, honoured):  # noqa: F811
     # The approval reaches the threshold and applies: its TransactWriteItems lands, the answer is lost, and
-    # botocore's retry is cancelled by what it wrote (the emulator ignores the request token). The caller
-    # hears that this approval applied it, and the cache holds the new version at once.
+    # botocore sends it again (with its request token, or, as a DynamoDB that did not honour it would, the
+    # retry meets what the first attempt wrote). Either way the approval applied it once, and a read from the
+    # cache, which held the version before, has the new one at once.
     from state_core import runtime
     from tests.integration.conftest import http_event
 
     key = f"solo{run}:limits"
+    assert write(invoke, "put", key, {"value": {"limit": 1}}, scopes=OVERRIDER)["statusCode"] == 201
+    assert body_of(invoke("get_state", http_event("get", key)))["version"] == 1  # and now cached
     proposal = propose_put(invoke, key, {"limit": 7})
-    cached = invoke("get_state", http_event("get", key))
-    assert cached["statusCode"] == 404  # and now the cache knows the key as absent
     lost = LostAnswer(operation="TransactWriteItems")
     client = runtime.dynamodb_client()
-    client.meta.events.register("before-send.dynamodb", lost)
+    hooks = [lost] if honoured else [without_token, lost]
+    for hook in hooks:
+        client.meta.events.register("before-send.dynamodb", hook)
     try:
         response = proposals(invoke, "POST", key, proposal["id"], "approve", sub="bob")
     finally:
-        client.meta.events.unregister("before-send.dynamodb", lost)
+        for hook in hooks:
+            client.meta.events.unregister("before-send.dynamodb", hook)
 
     assert lost.lost == 1
     assert response["statusCode"] == 200, response
-    assert body_of(response)["status"] == "applied"
-    read = invoke("get_state", http_event("get", key))
-    assert (read["statusCode"], body_of(read)["value"], body_of(read)["version"]) == (200, {"limit": 7}, 1)
+    assert (body_of(response)["status"], body_of(response)["applied_version"]) == ("applied", 2)
+    read = body_of(invoke("get_state", http_event("get", key)))
+    assert (read["value"], read["version"]) == ({"limit": 7}, 2)
+    history = body_of(invoke("get_state", http_event("get", key, query={"consistent": "true"})))
+    assert history["version"] == 2  # applied once
