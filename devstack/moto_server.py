@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +45,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # before any of its stream's or another service's.
 FIRST_TARGET_PREFIX = "DynamoDB_20120810."
 TRACE_VARIABLE = "STATE_EMULATOR_TRACE"
+PROFILE_VARIABLE = "STATE_EMULATOR_PROFILE"
 
 
 def goes_first(environ: Mapping[str, Any]) -> bool:
@@ -106,55 +107,66 @@ class RequestTrace:
             self._file.write(line + "\n")
 
 
+class RequestProfile:
+    """cProfile of the requests served (`STATE_EMULATOR_PROFILE=<file>`), for finding which of moto's functions
+    the time goes to; the statistics are written when the server stops (`python -m pstats <file>`).
+
+    On only while a request holds the lock: requests are served one at a time, so what it counts is the
+    emulator's work, not its threads waiting for their turn."""
+
+    def __init__(self, path: str) -> None:
+        import cProfile
+
+        self._path = path
+        self._profile = cProfile.Profile()
+
+    def enable(self) -> None:
+        self._profile.enable()
+
+    def disable(self) -> None:
+        self._profile.disable()
+
+    def dump(self) -> None:
+        self._profile.dump_stats(self._path)
+
+
 class SerializingMiddleware:
     """WSGI middleware that lets one request at a time into the wrapped app, the table's first."""
 
-    def __init__(self, app: WSGIApp, trace: RequestTrace | None = None) -> None:
+    def __init__(self, app: WSGIApp, trace: RequestTrace | None = None, profile: RequestProfile | None = None) -> None:
         self._app = app
         self._trace = trace
+        self.profile = profile
         self.lock = PriorityLock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         arrived = time.perf_counter()
         self.lock.acquire(urgent=goes_first(environ))
         entered = time.perf_counter()
+        if self.profile is not None:
+            self.profile.enable()
         try:
+            # The whole body is produced, and closed, inside the lock; the lock goes before it is sent. Held until
+            # the server closed the body, it waited for the client to read it, and it leaked when werkzeug skipped
+            # the close: a client that reset its connection (a botocore read timeout under load) made werkzeug's
+            # draining of the request raise first, and every later request waited for ever.
             result = self._app(environ, start_response)
-        except BaseException:
-            self.lock.release()
-            raise
-
-        def done() -> None:
-            self.lock.release()
-            if self._trace is not None:
-                self._trace.record(environ, arrived, entered)
-
-        return _LockedBody(result, done)
-
-
-class _LockedBody:
-    """Keeps the lock until the server has consumed and closed the response body."""
-
-    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
-        self._body = body
-        self._done = done
-        self._released = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
         finally:
-            if not self._released:
-                self._released = True
-                self._done()
+            if self.profile is not None:
+                self.profile.disable()
+            self.lock.release()
+        if self._trace is not None:
+            self._trace.record(environ, arrived, entered)
+        return [body]
 
 
-def build_app() -> WSGIApp:
+def build_app() -> SerializingMiddleware:
     # Imported here: moto's server modules are heavy and only the emulator needs them.
     from moto.dynamodb import responses as dynamodb_responses
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -166,7 +178,9 @@ def build_app() -> WSGIApp:
     parse_each_event_path_once()
     trace_path = os.environ.get(TRACE_VARIABLE)
     trace = RequestTrace(trace_path) if trace_path else None
-    return SerializingMiddleware(DomainDispatcherApplication(create_backend_app), trace)
+    profile_path = os.environ.get(PROFILE_VARIABLE)
+    profile = RequestProfile(profile_path) if profile_path else None
+    return SerializingMiddleware(DomainDispatcherApplication(create_backend_app), trace, profile)
 
 
 def answer_get_records_as_json() -> None:
@@ -263,6 +277,7 @@ class SerializedMotoServer:
         self._port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._app: SerializingMiddleware | None = None
 
     @property
     def port(self) -> int:
@@ -282,7 +297,8 @@ class SerializedMotoServer:
         # werkzeug logs every emulator request at INFO: noise next to the functions' logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-        app = LoopbackOnlyMiddleware(build_app(), port=lambda: self.port)
+        self._app = build_app()
+        app = LoopbackOnlyMiddleware(self._app, port=lambda: self.port)
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
         self._thread.start()
@@ -294,6 +310,8 @@ class SerializedMotoServer:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._app is not None and self._app.profile is not None:
+            self._app.profile.dump()
         self._server = None
         self._thread = None
 

@@ -5,11 +5,13 @@ is observed, not timed."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 from devstack.moto_server import SerializingMiddleware, goes_first
 
@@ -50,9 +52,7 @@ class HoldingApp:
 
 def serve(app: SerializingMiddleware, name: str, target: str) -> threading.Thread:
     def run() -> None:
-        body = app({"test.name": name, "HTTP_X_AMZ_TARGET": target}, lambda *_: None)
-        list(body)
-        body.close()  # type: ignore[attr-defined]  # what the server does once the body is sent
+        list(app({"test.name": name, "HTTP_X_AMZ_TARGET": target}, lambda *_: None))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -114,3 +114,29 @@ def test_only_the_table_s_own_requests_go_first():
     assert not goes_first({"HTTP_X_AMZ_TARGET": GET_RECORDS})
     assert not goes_first({"HTTP_X_AMZ_TARGET": PUT_EVENTS})
     assert not goes_first({"PATH_INFO": "/moto-api/reset"})
+
+
+def test_a_client_that_resets_its_connection_mid_request_does_not_keep_the_emulator():
+    # A client that gives up (botocore's read timeout) closes its connection while the emulator serves it;
+    # werkzeug then fails reading what is left of the request, before closing the body. The lock must not
+    # depend on that close: every later request would wait for ever.
+    inner = HoldingApp(["gone", "next"])
+    app = SerializingMiddleware(lambda environ, start: inner({**environ, "test.name": environ["PATH_INFO"][1:]}, start))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert inner.entered["gone"].wait(5)
+        # Gone before the answer: the answer then meets a closed socket, whose reset werkzeug trips on.
+        client.close()
+        inner.release("gone")
+        inner.release("next")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+            again.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert again.recv(100).startswith(b"HTTP/1.1 200")
+        assert not app.lock.held
+    finally:
+        server.shutdown()
+        server.server_close()
