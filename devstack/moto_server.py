@@ -108,26 +108,57 @@ class RequestTrace:
 
 
 class RequestProfile:
-    """cProfile of the requests served (`STATE_EMULATOR_PROFILE=<file>`), for finding which of moto's functions
-    the time goes to; the statistics are written when the server stops (`python -m pstats <file>`).
+    """Where the emulator's time goes, by function (`STATE_EMULATOR_PROFILE=<file>`): the stack of the request
+    being served, sampled every few milliseconds, written when the server stops as collapsed stacks (one line
+    per stack, `outer;...;inner <samples>`: what flamegraph.pl and speedscope read).
 
-    On only while a request holds the lock: requests are served one at a time, so what it counts is the
-    emulator's work, not its threads waiting for their turn."""
+    A sampler rather than cProfile: since Python 3.12 cProfile counts every thread at once (sys.monitoring),
+    so the hundreds of threads waiting for their turn drowned out the one request being served; this samples
+    the one thread holding the lock. A sample is taken when the sampler gets the interpreter lock, which a
+    request's thread gives up at once for a system call and only at the switch interval otherwise: so each
+    sample counts the microseconds since the previous one, and the switch interval is made shorter than the
+    sampler's, else the stacks that make system calls would be counted several times over."""
+
+    INTERVAL_SECONDS = 0.004
 
     def __init__(self, path: str) -> None:
-        import cProfile
+        from collections import Counter
 
         self._path = path
-        self._profile = cProfile.Profile()
+        self._serving: int | None = None
+        self.samples: Counter[str] = Counter()
+        self._stopped = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="emulator-profile", daemon=True)
+        sys.setswitchinterval(self.INTERVAL_SECONDS / 4)
+        self._sampler.start()
 
     def enable(self) -> None:
-        self._profile.enable()
+        self._serving = threading.get_ident()
 
     def disable(self) -> None:
-        self._profile.disable()
+        self._serving = None
+
+    def _sample(self) -> None:
+        previous = time.perf_counter()
+        while not self._stopped.wait(self.INTERVAL_SECONDS):
+            serving = self._serving
+            frame = None if serving is None else sys._current_frames().get(serving)
+            now = time.perf_counter()
+            elapsed, previous = now - previous, now
+            names: list[str] = []
+            while frame is not None:
+                code = frame.f_code
+                names.append(f"{Path(code.co_filename).stem}.{code.co_qualname}")
+                frame = frame.f_back
+            if names:
+                self.samples[";".join(reversed(names))] += round(elapsed * 1_000_000)
 
     def dump(self) -> None:
-        self._profile.dump_stats(self._path)
+        self._stopped.set()
+        self._sampler.join(timeout=5)
+        with open(self._path, "w") as out:
+            for stack, count in self.samples.most_common():
+                out.write(f"{stack} {count}\n")
 
 
 class SerializingMiddleware:
@@ -176,6 +207,8 @@ def build_app() -> SerializingMiddleware:
     answer_get_records_as_json()
     copy_each_table_once_per_transaction()
     parse_each_event_path_once()
+    list_moto_modules_once()
+    query_one_partition()
     trace_path = os.environ.get(TRACE_VARIABLE)
     trace = RequestTrace(trace_path) if trace_path else None
     profile_path = os.environ.get(PROFILE_VARIABLE)
@@ -267,6 +300,73 @@ def parse_each_event_path_once() -> None:
     namespace = vars(ext)
     if not hasattr(namespace["parse"], "cache_info"):
         namespace["parse"] = functools.lru_cache(maxsize=256)(namespace["parse"])
+
+
+def list_moto_modules_once() -> None:
+    """Make moto list its own service packages once, not at every request, and the handlers' methods once per
+    class.
+
+    To tell whether a request's host names a service, moto lists its package's folder and stats each of its
+    ~270 entries, at every request: about a fifth of the emulator's time under the watch's load, spent in
+    system calls. It also lists a handler class's methods (inspect.getmembers) at every request. Neither
+    changes while the server runs; the answers are the same lists."""
+    import functools
+
+    from moto import backends
+    from moto.core import responses
+
+    if hasattr(backends.list_of_moto_modules, "cache_info"):
+        return
+    listing = backends.list_of_moto_modules
+
+    @functools.lru_cache(maxsize=1)
+    def listed() -> tuple[str, ...]:
+        return tuple(listing())
+
+    backends.list_of_moto_modules = listed
+    # Through the module's namespace: moto's responses module imports the function without re-exporting it.
+    namespace = vars(responses)
+    namespace["method_names_from_class"] = functools.lru_cache(maxsize=None)(namespace["method_names_from_class"])
+
+
+def query_one_partition() -> None:
+    """Make moto's Query of a table (not of an index) read the one partition it names.
+
+    moto gathers every item of the table, sorts them all by hash and range key, then keeps those of the
+    partition: a Query cost what the whole table holds, compared DynamoType by DynamoType (each comparison
+    makes Decimal or set values anew). Under the watch's load, where every fan-out reads a few index partitions
+    and every replay a key's history, the tables grew to thousands of items and every Query with them. For a
+    Query of the table itself, the gathering now yields the partition alone (already in range key order, which
+    is the order moto then sorts it in); the rest of moto's Query (key condition, paging, filter, projection,
+    limits) runs as it did, on the same items in the same order (tests/devstack/test_emulator.py compares the
+    answers with moto's own)."""
+    from moto.dynamodb.models.table import Table
+
+    if getattr(Table.query, "reads_one_partition", False):
+        return
+    query = Table.query
+
+    def one_partition(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+        if index_name or hash_key is None:
+            return query(self, hash_key, *args, **kwargs)
+        # DynamoType hashes and compares by type and value, so the partition's dict finds the items whose hash
+        # key equals `hash_key`: those moto's filter keeps.
+        found = self.items.get(hash_key)
+        if found is None:
+            items = []
+        elif self.range_key_attr:
+            items = sorted(found.values(), key=lambda item: item.range_key.cast_value)
+        else:
+            items = [found]
+        self.all_items = lambda: items  # type: ignore[method-assign]  # for this call only: one at a time
+        try:
+            return query(self, hash_key, *args, **kwargs)
+        finally:
+            del self.all_items
+
+    one_partition.reads_one_partition = True  # type: ignore[attr-defined]
+    Table.query = one_partition  # type: ignore[method-assign]
 
 
 class SerializedMotoServer:

@@ -6,7 +6,10 @@ deletes them with DeleteItem under the condition that the attribute still holds 
 item rewritten meanwhile survives. It learns which items carry the attribute from the table's stream (an
 index kept in memory, from the stream's oldest record on), not by scanning: a Scan every second would
 hold the serialized emulator for a time that grows with the table (0.3 s at a few hundred items with
-large values), slowing every request of the stack. A table without a stream is scanned.
+large values), slowing every request of the stack. A table without a stream (the watch table) is scanned,
+every ``SCAN_INTERVAL_SECONDS`` (60 s) at most: its items are due a day after their connection's token
+expired, and a Scan of a table the watch's load had filled with thousands of items held the emulator for a
+tenth of a second, every second.
 
 The deletes show up on the table's stream as REMOVE records with the old image, as DynamoDB's TTL
 deletes do, which is what publish_changes acts on: an expiry marker's removal
@@ -26,6 +29,7 @@ from typing import Any
 from devstack.resources import client
 
 DEFAULT_INTERVAL_SECONDS = 1.0
+SCAN_INTERVAL_SECONDS = 60.0
 
 
 class TtlSweeper:
@@ -46,6 +50,7 @@ class TtlSweeper:
         # table -> (pk, sk) -> the item's TTL attribute as the stream last showed it (N text)
         self._index: dict[str, dict[tuple[str, str], str]] = {}
         self._interval = interval_seconds
+        self._next_scan: dict[str, float] = {}  # table -> when to scan it next (monotonic)
         self._log = log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ttl-sweeper", daemon=True)
@@ -65,7 +70,9 @@ class TtlSweeper:
                 try:
                     stream_arn = self._stream_arn(table)
                     if stream_arn is None:
-                        self.sweep(table, attribute)
+                        if time.monotonic() >= self._next_scan.get(table, 0.0):
+                            self._next_scan[table] = time.monotonic() + SCAN_INTERVAL_SECONDS
+                            self.sweep(table, attribute)
                     else:
                         self._follow(table, attribute, stream_arn)
                         self._remove_due(table, attribute)

@@ -275,3 +275,102 @@ def test_the_emulator_sends_events_to_a_rules_queue_as_moto_itself_does(moto_ser
     assert len(ours) == 6
     assert {body["detail"]["key"] for body in ours} == {"k0", "k1", "k2"}
     assert ours == _queued_events(plain_moto)
+
+
+# ----------------------------------------------------------------------------------------------- queries
+def _query_answers(endpoint: str, state_template: Any) -> list[dict[str, Any]]:
+    """Queries of every shape the service makes, and a few more, over a table of several partitions."""
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    table = f"queries-{uuid.uuid4().hex[:8]}"
+    kwargs = state_template.table_create_kwargs("StateTable", table)
+    kwargs.pop("SSESpecification", None)  # a KMS key of the local stack's, absent from plain moto
+    ddb.create_table(**kwargs)
+    plain = f"plain-{uuid.uuid4().hex[:8]}"
+    ddb.create_table(
+        TableName=plain,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for n in range(4):
+        ddb.put_item(TableName=plain, Item={"pk": {"S": f"p{n}"}, "n": {"N": str(n)}})
+    # Written out of order, in several partitions, with range keys that sort differently as text and numbers.
+    for sk in ["v#0010", "v#0002", "state", "v#0001", "~journal", "v#0100", "a", "v#0003"]:
+        for pk in ["b", "a", "c:d"]:
+            ddb.put_item(
+                TableName=table,
+                Item={
+                    "pk": {"S": pk},
+                    "sk": {"S": sk},
+                    "n": {"N": str(len(sk))},
+                    "list_shard": {"S": f"s{len(sk) % 2}"},
+                    "version": {"N": "1"},
+                },
+            )
+    queries: list[dict[str, Any]] = [
+        {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "a"}}},
+        {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "nobody"}}},
+        {
+            "KeyConditionExpression": "pk = :pk AND sk < :m",
+            "ExpressionAttributeValues": {":pk": {"S": "b"}, ":m": {"S": "~journal"}},
+            "ProjectionExpression": "sk, n",
+            "ConsistentRead": True,
+        },
+        {
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": "c:d"}},
+            "ScanIndexForward": False,
+            "Limit": 1,
+        },
+        {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :v)",
+            "ExpressionAttributeValues": {":pk": {"S": "a"}, ":v": {"S": "v#"}, ":big": {"N": "5"}},
+            "FilterExpression": "n >= :big",
+            "ScanIndexForward": False,
+        },
+        {
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {":pk": {"S": "a"}, ":lo": {"S": "v#0002"}, ":hi": {"S": "v#0010"}},
+            "Select": "COUNT",
+        },
+        {
+            "KeyConditionExpression": "pk = :pk AND sk >= :after",
+            "ExpressionAttributeValues": {":pk": {"S": "b"}, ":after": {"S": "v#0002"}},
+            "Limit": 2,
+            "ExclusiveStartKey": {"pk": {"S": "b"}, "sk": {"S": "v#0002"}},
+        },
+        {
+            "IndexName": "ListIndex",
+            "KeyConditionExpression": "list_shard = :s AND pk > :after",
+            "ExpressionAttributeValues": {":s": {"S": "s0"}, ":after": {"S": "a"}},
+        },
+    ]
+    answers = []
+    for query in queries:
+        answers.append(ddb.query(TableName=table, **query))
+    while True:  # paged, two at a time, to the end
+        page = ddb.query(
+            TableName=table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": "a"}},
+            Limit=2,
+            **({"ExclusiveStartKey": answers[-1]["LastEvaluatedKey"]} if "LastEvaluatedKey" in answers[-1] else {}),
+        )
+        answers.append(page)
+        if "LastEvaluatedKey" not in page:
+            break
+    answers.append(
+        ddb.query(TableName=plain, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": "p2"}})
+    )
+    for answer in answers:
+        answer.pop("ResponseMetadata")
+    return answers
+
+
+def test_the_emulator_answers_queries_as_moto_itself_does(moto_server, plain_moto, state_template):
+    ours = _query_answers(moto_server, state_template)
+
+    assert [item["sk"]["S"] for item in ours[0]["Items"]] == sorted(
+        ["v#0010", "v#0002", "state", "v#0001", "~journal", "v#0100", "a", "v#0003"]
+    )
+    assert ours == _query_answers(plain_moto, state_template)
