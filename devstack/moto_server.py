@@ -46,6 +46,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 FIRST_TARGET_PREFIX = "DynamoDB_20120810."
 TRACE_VARIABLE = "STATE_EMULATOR_TRACE"
 PROFILE_VARIABLE = "STATE_EMULATOR_PROFILE"
+LISTEN_BACKLOG = 4096
 
 
 def goes_first(environ: Mapping[str, Any]) -> bool:
@@ -87,13 +88,35 @@ class PriorityLock:
 
 class RequestTrace:
     """A JSON line per request, for finding where the emulator's time goes (`STATE_EMULATOR_TRACE=<file>`):
-    `{"at": <epoch s at the end>, "target": "DynamoDB_20120810.UpdateItem", "queued_ms", "served_ms"}`."""
+    `{"at": <epoch s at the end>, "target": "DynamoDB_20120810.UpdateItem", "queued_ms", "served_ms"}`, and for
+    the table's requests its name and the head of its expression (`"table"`, `"expression"`: which of the
+    service's writes or reads it is; placeholders only, never a value)."""
 
     def __init__(self, path: str) -> None:
         self._file = open(path, "a", buffering=1)  # noqa: SIM115  # open for the server's life
         self._lock = threading.Lock()
 
-    def record(self, environ: Mapping[str, Any], arrived: float, entered: float) -> None:
+    @staticmethod
+    def look_into(environ: dict[str, Any]) -> dict[str, str]:
+        """The table and expression of a DynamoDB request; its body is read, and put back for moto to read."""
+        if not goes_first(environ):
+            return {}
+        import io
+
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return {}
+        if not isinstance(request, dict):
+            return {}
+        expression = next(
+            (str(request[name]) for name in ("UpdateExpression", "KeyConditionExpression") if name in request), ""
+        )
+        return {"table": str(request.get("TableName", "")), "expression": expression[:40]}
+
+    def record(self, environ: Mapping[str, Any], arrived: float, entered: float, seen: dict[str, str]) -> None:
         done = time.perf_counter()
         line = json.dumps(
             {
@@ -101,6 +124,7 @@ class RequestTrace:
                 "target": str(environ.get("HTTP_X_AMZ_TARGET") or environ.get("PATH_INFO") or ""),
                 "queued_ms": round((entered - arrived) * 1000, 2),
                 "served_ms": round((done - entered) * 1000, 2),
+                **seen,
             }
         )
         with self._lock:
@@ -172,6 +196,7 @@ class SerializingMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         arrived = time.perf_counter()
+        seen = RequestTrace.look_into(environ) if self._trace is not None else {}
         self.lock.acquire(urgent=goes_first(environ))
         entered = time.perf_counter()
         if self.profile is not None:
@@ -193,7 +218,7 @@ class SerializingMiddleware:
                 self.profile.disable()
             self.lock.release()
         if self._trace is not None:
-            self._trace.record(environ, arrived, entered)
+            self._trace.record(environ, arrived, entered, seen)
         return [body]
 
 
@@ -400,6 +425,11 @@ class SerializedMotoServer:
         self._app = build_app()
         app = LoopbackOnlyMiddleware(self._app, port=lambda: self.port)
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
+        # werkzeug listens with a backlog of 128 and closes every connection after its answer, so each request
+        # is a new connection; under the watch's load (the fan-out's 32 threads, eight workers per function)
+        # connections arrived faster than the server's one accepting thread took them, and clients were
+        # refused. Within the system's own limit, they now wait to be accepted.
+        self._server.socket.listen(LISTEN_BACKLOG)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
         self._thread.start()
         return self
