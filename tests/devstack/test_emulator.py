@@ -384,3 +384,94 @@ def test_the_emulator_answers_queries_as_moto_itself_does(moto_server, plain_mot
         ["v#0010", "v#0002", "state", "v#0001", "~journal", "v#0100", "a", "v#0003"]
     )
     assert ours == _query_answers(plain_moto, state_template)
+
+
+# ----------------------------------------------------------------------------------------------- updates
+def _update_answers(endpoint: str) -> list[Any]:
+    """UpdateItems with the same expressions again and again (new values, other items), refused ones among
+    them, as the watch's claims and the state writes make them; each answer or error as boto3 reads it."""
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    table = "updates"  # one of this name on each server: answers name their table
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    claim = {
+        "UpdateExpression": "SET delivered = :v, claim = :token",
+        "ConditionExpression": "(attribute_not_exists(delivered) OR delivered = :prev OR (delivered = :v AND"
+        " claim = :token)) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    write = {
+        "UpdateExpression": "SET #version = if_not_exists(#version, :zero) + :one, #value = :value,"
+        " #tags = list_append(if_not_exists(#tags, :empty), :tag) REMOVE #gone, #deleted",
+        "ExpressionAttributeNames": {
+            "#version": "version",
+            "#value": "value",
+            "#tags": "tags",
+            "#gone": "gone",
+            "#deleted": "deleted",
+        },
+        "ConditionExpression": "attribute_not_exists(#deleted) AND (attribute_not_exists(#version) OR #version < :ten)",
+    }
+    requests: list[dict[str, Any]] = []
+    for n in range(3):
+        for item in ("a", "b"):
+            for version in (n + 1, n + 1, n + 3):  # a claim, the same claim again, a gap
+                requests.append(
+                    {
+                        **claim,
+                        "Key": {"pk": {"S": f"c#{item}"}, "sk": {"S": "w#s#k"}},
+                        "ExpressionAttributeValues": {
+                            ":v": {"N": str(version)},
+                            ":prev": {"N": str(version - 1)},
+                            ":token": {"S": f"t{version}"},
+                            ":now": {"N": str(n)},
+                        },
+                        "ReturnValues": ["NONE", "ALL_NEW", "UPDATED_OLD"][n],
+                    }
+                )
+            requests.append(
+                {
+                    **write,
+                    "Key": {"pk": {"S": item}, "sk": {"S": "state"}},
+                    "ExpressionAttributeValues": {
+                        ":zero": {"N": "0"},
+                        ":one": {"N": "1"},
+                        ":ten": {"N": "10"},
+                        ":value": {"B": bytes([n, 255])},
+                        ":empty": {"L": []},
+                        ":tag": {"L": [{"S": f"n{n}"}]},
+                    },
+                    "ReturnValues": ["ALL_NEW", "UPDATED_NEW", "ALL_OLD"][n],
+                }
+            )
+    key = {"pk": {"S": "a"}, "sk": {"S": "state"}}
+    for _ in range(2):  # what moto refuses, it refuses every time
+        requests += [
+            {"Key": key, "UpdateExpression": "SET delivered = = :v", "ExpressionAttributeValues": {":v": {"N": "1"}}},
+            {"Key": key, "UpdateExpression": "SET x = :v REMOVE", "ExpressionAttributeValues": {":v": {"N": "1"}}},
+        ]
+    answers: list[Any] = []
+    for request in requests:
+        try:
+            answer = ddb.update_item(TableName=table, **request)
+            answer.pop("ResponseMetadata")
+            answers.append(answer)
+        except ClientError as error:
+            answers.append((error.response["Error"], error.response.get("Item")))
+    answers.append(ddb.scan(TableName=table, ConsistentRead=True)["Items"])
+    return answers
+
+
+def test_the_emulator_answers_updates_as_moto_itself_does(moto_server, plain_moto):
+    ours = _update_answers(moto_server)
+
+    refused = [answer for answer in ours if isinstance(answer, tuple)]
+    assert {error["Code"] for error, _ in refused} == {"ConditionalCheckFailedException", "ValidationException"}
+    assert ours == _update_answers(plain_moto)
