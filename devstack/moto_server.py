@@ -236,6 +236,7 @@ def build_app() -> SerializingMiddleware:
     query_one_partition()
     send_to_a_queue_without_counting_it()
     parse_each_expression_once()
+    copy_expressions_without_pickling()
     trace_path = os.environ.get(TRACE_VARIABLE)
     trace = RequestTrace(trace_path) if trace_path else None
     profile_path = os.environ.get(PROFILE_VARIABLE)
@@ -478,6 +479,30 @@ def parse_each_expression_once() -> None:
 
     lex_once.parses_once = True  # type: ignore[attr-defined]
     ConditionExpressionParser._lex_condition_expression = lex_once  # type: ignore[method-assign]
+
+
+def copy_expressions_without_pickling() -> None:
+    """Make moto deep-copy a parsed update expression attribute by attribute, as it does its items.
+
+    moto validates a deep copy of the expression at every UpdateItem (it rewrites the copy as it resolves it);
+    through copy's generic protocol (`__reduce_ex__`, then rebuilding each node), copying a state write's
+    expression took longer than parsing it. The nodes are plain objects: a new one of the same class with
+    each attribute deep-copied is what the protocol builds, without its detours."""
+    import copy
+    import importlib
+
+    node: Any = vars(importlib.import_module("moto.dynamodb.parsing.ast_nodes"))["Node"]
+    if "__deepcopy__" in vars(node):
+        return
+
+    def deepcopy(self: Any, memo: dict[int, Any]) -> Any:
+        kind: Any = type(self)
+        new = kind.__new__(kind)
+        memo[id(self)] = new
+        new.__dict__.update({name: copy.deepcopy(value, memo) for name, value in vars(self).items()})
+        return new
+
+    node.__deepcopy__ = deepcopy
 
 
 class SerializedMotoServer:
