@@ -503,6 +503,19 @@ def copy_expressions_without_pickling() -> None:
         return new
 
     node.__deepcopy__ = deepcopy
+    # And each of its validation passes, at every node of the expression, built the map of what it processes
+    # to ask which kinds of node those are: always the same kinds for the same pass.
+    traverser: Any = vars(importlib.import_module("moto.dynamodb.parsing.ast_nodes"))["DepthFirstTraverser"]
+    kinds_of = traverser.nodes_to_be_processed
+    kinds: dict[type, tuple[type, ...]] = {}
+
+    def nodes_to_be_processed(self: Any) -> tuple[type, ...]:
+        found = kinds.get(type(self))
+        if found is None:
+            found = kinds[type(self)] = kinds_of(self)
+        return found
+
+    traverser.nodes_to_be_processed = nodes_to_be_processed
 
 
 class SerializedMotoServer:
