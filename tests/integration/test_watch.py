@@ -109,7 +109,13 @@ def _handler(state: Connections) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="module")
 def connections() -> Any:
     state = Connections()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+
+    class Server(ThreadingHTTPServer):
+        # The fan-out posts from 32 threads at once: with socketserver's backlog of 5, connections beyond it
+        # waited out the poster's 1 s connect timeout on a loaded machine, and their versions were left behind.
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     state.endpoint = f"http://127.0.0.1:{server.server_address[1]}/watch"  # type: ignore[attr-defined]
