@@ -33,7 +33,7 @@ from state_core.service.manager import StateManager
 from state_core.storage.history import HistoryStore
 from state_core.storage.state import StateStore
 from state_core.stream.lifecycle import StreamLifecycle
-from tests.doubles import NoMetrics, utc_now
+from tests.doubles import LambdaContext, NoMetrics, utc_now
 from tests.streams import record_history, stream_records
 
 pytestmark = pytest.mark.integration
@@ -487,6 +487,51 @@ def test_a_replay_that_outlasts_its_lease_never_sends_a_version_the_fan_out_took
     record_history(lifecycle, records)
     fan_out(key, records=records)
     assert w.versions() == [2, 3, 4, 5, 6]
+
+
+def test_a_replay_short_of_time_after_a_post_still_records_it_so_no_catch_up_sends_it_again(
+    watcher, manager, fan_out, lifecycle, state_table, client, watch_table, invoke, watch_env
+):
+    """The subscribe's replay posts a version with just enough of the invocation left for one DynamoDB attempt,
+    and the post is slow: the record of what was sent must still be made. Refused for want of time, the
+    watermark stayed behind, and the next catch-up sent the version again on the same subscription."""
+    key = user_key()
+    for n in range(1, 5):
+        manager.put(key, n, actor="alice")
+    tail = StreamTail(state_table, {key})
+    record_history(lifecycle, tail.poll())
+    w = watcher()
+    entered, release = watch_env.pause(w.id, "change")
+    # Released after 1.5 s, inside the poster's 2 s read timeout: the post of version 2 eats the last second of
+    # the budget the renewal before it had, so the record after it finds less than one attempt's worth left.
+
+    def release_late() -> None:
+        entered.wait(10)
+        time.sleep(1.5)
+        release.set()
+
+    threading.Thread(target=release_late, daemon=True).start()
+    subscribe = ws_event(
+        "subscribe", w.id, body={"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)}
+    )
+    invoke(
+        "watch_socket", subscribe, LambdaContext(remaining_ms=int((runtime.DYNAMODB_ATTEMPT_BUDGET_SECONDS + 1) * 1000))
+    )
+    assert entered.is_set()
+    assert w.versions() == [2]  # then out of time before the next version's renewal: a failed subscribe
+    mark = client.get_item(TableName=watch_table, Key={"pk": {"S": f"c#{w.id}"}, "sk": {"S": f"w#s#{key}"}})
+    assert mark["Item"]["delivered"]["N"] == "2"
+    # Its lease runs out; the next change catches the subscription up from what it was sent.
+    client.update_item(
+        TableName=watch_table,
+        Key={"pk": {"S": f"c#{w.id}"}, "sk": {"S": f"w#s#{key}"}},
+        UpdateExpression="SET lease_until = :past",
+        ExpressionAttributeValues={":past": {"N": "0"}},
+    )
+    manager.put(key, 5, actor="alice")
+    record_history(lifecycle, tail.poll())
+    fan_out(key)
+    assert w.versions() == [2, 3, 4, 5]
 
 
 def test_a_cursor_older_than_the_history_gets_resync(watcher, manager, fan_out, lifecycle, state_table, client):

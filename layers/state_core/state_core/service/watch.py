@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from state_core import failpoints
+from state_core import deadline, failpoints
 from state_core.domain.codec import SEALED_PREFIX
 from state_core.domain.errors import BadRequest, Forbidden, ServiceUnavailable
 from state_core.domain.watch import (
@@ -410,7 +410,14 @@ class WatchService:
                     # this holder left it, the lease then covers the post (at most POST_SECONDS).
                     self.store.renew(subscription, key, token, delivered, self.now() + LEASE_SECONDS)
                     self.poster.post(connection.connection_id, note.to_subscription(subscription.subscription_id))
-                self.store.advance(subscription, key, version, token)
+                    # Sent: its record is attempted whatever is left of the invocation's time. Refused for want
+                    # of it, the watermark stayed a version behind what the client had, and the subscription's
+                    # next catch-up sent that version again. Killed by the timeout instead, the answer is the
+                    # same failed subscribe, and the duplicate the same as a crash's (docs/watch.md).
+                    with deadline.budget(None):
+                        self.store.advance(subscription, key, version, token)
+                else:
+                    self.store.advance(subscription, key, version, token)
                 delivered, version = version, version + 1
             pending = self.store.release(subscription, key, token)
             if pending is None:
