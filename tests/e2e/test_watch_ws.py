@@ -4,8 +4,8 @@ API, writes over HTTP, the stream poller driving the fan-out, @connections posti
 The load test runs watchers of keys and prefixes while writers race (PUT, PATCH, DELETE, TTL expiry) and half
 the watchers drop and resume with their cursor: every watcher must get every version of its keys, in order,
 once. Short in make test (30 to 50 s); STATE_VERIFY=1 (make verify) runs the full size (200 watchers over 50
-keys and 10 prefixes, 2,000 writes from 8 writers), which takes 3 to 6 minutes on two shared cores: about
-33,000 requests, half of them the fan-out's claims, go through the one serialized moto process
+keys and 10 prefixes, 2,000 writes from 8 writers), which takes about 3 minutes on two shared cores: about
+30,000 requests, a third of them the fan-out's claims, go through the one serialized moto process
 (docs/decisions.md, "Listing, long-poll and watch"). STATE_EMULATOR_TRACE and STATE_EMULATOR_PROFILE show
 where its time goes.
 """
