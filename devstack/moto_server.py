@@ -134,7 +134,7 @@ class RequestTrace:
 class RequestProfile:
     """Where the emulator's time goes, by function (`STATE_EMULATOR_PROFILE=<file>`): the stack of the request
     being served, sampled every few milliseconds, written when the server stops as collapsed stacks (one line
-    per stack, `outer;...;inner <samples>`: what flamegraph.pl and speedscope read).
+    per stack, `outer;...;inner <microseconds>`: what flamegraph.pl and speedscope read).
 
     A sampler rather than cProfile: since Python 3.12 cProfile counts every thread at once (sys.monitoring),
     so the hundreds of threads waiting for their turn drowned out the one request being served; this samples
