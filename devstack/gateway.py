@@ -361,7 +361,7 @@ class Gateway:
         matched = self.router.match(request.method, raw_path)
         if matched is None:
             log["error"] = "Not Found"  # $context.error.message: the body API Gateway answers with
-            return _message(404, "Not Found")
+            return _unread(request, _message(404, "Not Found"))
         route, path_parameters = matched
         log["routeKey"] = route.route_key
         if self.throttling is not None:
@@ -373,7 +373,7 @@ class Gateway:
             if not bucket.take():
                 self.stats.throttled += 1
                 log["error"] = "Too Many Requests"
-                return _message(429, "Too Many Requests")
+                return _unread(request, _message(429, "Too Many Requests"))
 
         body = await _read_body(request)
         if body is None:
@@ -569,9 +569,15 @@ def _header_bytes(request: web.Request) -> int:
 
 
 def _too_large(request: web.Request) -> web.Response:
-    response = _message(413, "Request Entity Too Large")
-    # The unread body stays on the socket: close the connection instead of draining it.
-    response.force_close()
+    return _unread(request, _message(413, "Request Entity Too Large"))
+
+
+def _unread(request: web.Request, response: web.Response) -> web.Response:
+    """An answer given before the request's body was read. The unread body stays on the socket and is not
+    drained (no lingering), so the connection is closed: said in the answer (`Connection: close`), else a
+    client's pool sends its next request on a connection already gone."""
+    if request.body_exists:
+        response.force_close()
     return response
 
 

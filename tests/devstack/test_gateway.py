@@ -541,3 +541,21 @@ def test_the_get_function_may_run_enough_workers_for_fifty_long_polls(monkeypatc
     assert max_concurrency_for("GetStateFunction") == 100
     monkeypatch.setenv("LOCAL_MAX_CONCURRENCY_GetStateFunction", "3")
     assert max_concurrency_for("GetStateFunction") == 3
+
+
+def test_a_request_answered_before_its_body_is_read_does_not_leave_a_dead_connection_to_reuse(
+    tmp_path: Path,
+) -> None:
+    # A throttled PUT is answered 429 before its body is read, and the gateway does not read it afterwards
+    # (no lingering): it closes the connection, and says so, so a client's pool never sends the next
+    # request on a connection the gateway has already dropped.
+    import httpx
+
+    for gateway in running_gateway(tmp_path, throttling=(0, 0.0)):
+        with httpx.Client(base_url=gateway.url("")) as client:
+            for _ in range(30):
+                response = client.put("/echo/k", content=b"x" * 65536, headers=ALLOW)
+                assert response.status_code == 429
+                assert response.headers.get("Connection") == "close"
+            # A request without a body keeps its connection.
+            assert client.get("/echo/k", headers=ALLOW).headers.get("Connection") != "close"
