@@ -261,7 +261,7 @@ class Approvals:
                     return self._settled(proposal), False  # another approval applied it (or it was closed)
                 if reasons[0] != "ConditionalCheckFailed":
                     # Another transaction held an item: back off and read again, within the budget.
-                    delay = self._rng.uniform(0, min(0.2, 0.005 * 2**attempt))
+                    delay = self._policy.delay(attempt, self._rng)
                     if self._monotonic() + delay > deadline:
                         raise ServiceUnavailable("the proposal's key is busy; approve again shortly") from None
                     self._sleep(delay)

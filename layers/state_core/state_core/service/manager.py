@@ -51,6 +51,10 @@ class PatchPolicy:
     base_delay_seconds: float = 0.005
     max_delay_seconds: float = 0.2
 
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The pause before the next attempt: full jitter, up to base * 2**attempt and at most the maximum."""
+        return rng.uniform(0, min(self.max_delay_seconds, self.base_delay_seconds * 2**attempt))
+
 
 @dataclass(frozen=True, slots=True)
 class StateView:
@@ -310,7 +314,7 @@ class StateManager:
                 current = failed.current
                 attempt += 1
                 self._metrics.add_metric(name="Conflicts", unit="Count", value=1)
-                delay = self._rng.uniform(0, min(policy.max_delay_seconds, policy.base_delay_seconds * 2**attempt))
+                delay = policy.delay(attempt, self._rng)
                 if self._monotonic() + delay > deadline:
                     raise ServiceUnavailable(
                         f"PATCH of key {key} lost {attempt} races to concurrent writers; retry shortly"

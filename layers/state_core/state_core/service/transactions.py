@@ -200,8 +200,7 @@ class Transactions:
                 return attempt.sent
             if prior is not None:
                 return self._replay(prior, attempt.transaction)  # the same key's first request came first
-        policy = self._policy
-        delay = self._rng.uniform(0, min(policy.max_delay_seconds, policy.base_delay_seconds * 2**attempt.number))
+        delay = self._policy.delay(attempt.number, self._rng)
         if self._monotonic() + delay > attempt.deadline:
             raise ServiceUnavailable(
                 f"the transaction lost {attempt.number} races to concurrent writers; retry shortly"
