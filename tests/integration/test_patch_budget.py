@@ -16,20 +16,14 @@ from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import PatchPolicy, StateManager
 from state_core.storage.state import StateStore
 from tests.doubles import RecordedMetrics, utc_now
+from tests.integration.test_transaction_faults import armed  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 BUDGET_SECONDS = 0.3
 
 
-@pytest.fixture
-def armed(monkeypatch):
-    monkeypatch.setenv("STATE_FAILPOINTS", "1")
-    yield
-    failpoints.disarm()
-
-
-def test_a_patch_that_keeps_losing_races_is_503_past_its_budget_and_writes_nothing(armed, state_table):
+def test_a_patch_that_keeps_losing_races_is_503_past_its_budget_and_writes_nothing(armed, state_table):  # noqa: F811
     key = f"budget:{uuid.uuid4().hex}"
     metrics = RecordedMetrics()
     store = StateStore(boto3.client("dynamodb", config=DYNAMODB_CONFIG), state_table)
