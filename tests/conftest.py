@@ -37,6 +37,7 @@ EMULATOR_CANARY = "tests/devstack/test_emulator.py"
 # files (a local stack each, seconds a test) before integration before unit; these, measured the longest of their
 # kind, before the rest.
 LONGEST_FILES = (
+    "tests/e2e/test_watch_ws.py",
     "tests/e2e/test_benchmarks_run.py",
     "tests/e2e/test_history.py",
     "tests/integration/test_transaction_concurrency.py",
