@@ -307,21 +307,7 @@ def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writer
             phases["written"] = time.monotonic() - started
             await asyncio.gather(*resuming)
             phases["resumed"] = time.monotonic() - started
-            deadline = time.monotonic() + 300
-            nudge_at = time.monotonic() + 30
-            loop = asyncio.get_running_loop()
-            while True:
-                final = await loop.run_in_executor(None, current_versions, api, writer_headers, keys)
-                if all(_complete(w, final) for w in watchers) or time.monotonic() > deadline:
-                    break
-                if time.monotonic() > nudge_at:
-                    # A delivery that failed under this load is left to the sweep, which the local stack does
-                    # not schedule, or to the key's next change: one more write of each key still missing
-                    # versions somewhere, whose fan-out catches the watchers up from the history.
-                    nudge_at = deadline
-                    lagging = {k for w in watchers for k in _missing(w, final)}
-                    await loop.run_in_executor(None, write_each, api, writer_headers, sorted(lagging))
-                await asyncio.sleep(1)
+            final = await every_version_delivered(watchers, api, writer_headers, keys)
             phases["delivered"] = time.monotonic() - started
             print("watch load, seconds from the first connect:", {name: round(t, 1) for name, t in phases.items()})
             for watcher in watchers:
@@ -334,6 +320,27 @@ def test_every_watcher_gets_every_version_of_its_keys_once_in_order_while_writer
 
     run(scenario(), timeout=1100)
     assert all(w.reconnects == 1 for w in resumers)
+
+
+async def every_version_delivered(
+    watchers: list[Watcher], api: str, headers: dict[str, str], keys: list[str]
+) -> dict[str, int]:
+    """Wait until every watcher has every version of its keys, or 300 s; each key's final version."""
+    deadline = time.monotonic() + 300
+    nudge_at = time.monotonic() + 30
+    loop = asyncio.get_running_loop()
+    while True:
+        final: dict[str, int] = await loop.run_in_executor(None, current_versions, api, headers, keys)
+        if all(_complete(w, final) for w in watchers) or time.monotonic() > deadline:
+            return final
+        if time.monotonic() > nudge_at:
+            # A delivery that failed under this load is left to the sweep, which the local stack does
+            # not schedule, or to the key's next change: one more write of each key still missing
+            # versions somewhere, whose fan-out catches the watchers up from the history.
+            nudge_at = deadline
+            lagging = {k for w in watchers for k in _missing(w, final)}
+            await loop.run_in_executor(None, write_each, api, headers, sorted(lagging))
+        await asyncio.sleep(1)
 
 
 def fan_out_failures(stack: DevStack) -> int:
