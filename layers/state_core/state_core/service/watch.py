@@ -502,22 +502,27 @@ class WatchService:
     # ------------------------------------------------------------------------------------- the fan-out
     def fan_out(self, changes: Iterable[tuple[ChangeNote, str]]) -> None:
         """Send each change (with its claim token) to every subscription of its key and of its segment
-        prefixes: connections in parallel, each connection's changes one after the other, in order."""
+        prefixes: the targets' indexes read in parallel, then connections in parallel, each connection's
+        changes one after the other, in order."""
         per_connection: dict[str, list[Delivery]] = defaultdict(list)
         batch = list(changes)
         by_target: dict[str, list[ChangeNote]] = defaultdict(list)
         for note, _ in batch:
             for target in targets_of(note.key):
                 by_target[target].append(note)
-        subscribers: dict[str, list[Subscription]] = {}
-        for target, notes in by_target.items():
+
+        def subscribers_of(target: str) -> list[Subscription]:
             # A prefix's changes are journaled before its index is read: a resume whose index entry this read
             # misses reads the journal after writing that entry, so it finds these changes.
             prefix = target[len(PREFIX_TARGET) :] if target.startswith(PREFIX_TARGET) else None
-            if prefix is not None and not self.store.journal_if_kept(prefix, notes, self.now()):
-                subscribers[target] = []
-                continue
-            subscribers[target] = self.store.subscribers(target)
+            if prefix is not None and not self.store.journal_if_kept(prefix, by_target[target], self.now()):
+                return []
+            return self.store.subscribers(target)
+
+        # A batch names tens of targets, each a round trip or two: one after the other, they were most of a
+        # small batch's time.
+        with ThreadPoolExecutor(max_workers=min(self._threads, len(by_target) or 1)) as pool:
+            subscribers = dict(zip(by_target, pool.map(subscribers_of, by_target), strict=True))
         for note, token in batch:
             for target in targets_of(note.key):
                 for subscription in subscribers[target]:
