@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
     parser.add_argument("--runs", type=int, default=300, help="runs of each in-process row")
     parser.add_argument("--large-runs", type=int, default=20, help="runs of the 1 MiB row")
     parser.add_argument("--cold-runs", type=int, default=10, help="fresh interpreters per cold-start row")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each count of concurrent PATCHes (8, 64, 256)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each count of concurrent PATCHes")
+    parser.add_argument(
+        "--writers", type=int, nargs="+", default=[8, 64, 256], help="counts of concurrent PATCHes (default: 8 64 256)"
+    )
     parser.add_argument(
         "--watch-writes", type=int, help="PUTs of every watch row (default: 20 for 1 watcher, 5 for 1,000)"
     )
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
     if "contention" not in args.skip:
         from benchmarks import contention
 
-        rows += contention.run(args.rounds)
+        rows += contention.run(args.rounds, tuple(args.writers))
     if "cold" not in args.skip:
         from benchmarks import cold_start
 
