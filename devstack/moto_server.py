@@ -330,15 +330,17 @@ def _blob(value: Any) -> str:
 def answer_item_operations_as_json() -> None:
     """Make moto answer DynamoDB's item operations (`ITEM_OPERATIONS`) with `json.dumps` of their result.
 
-    moto walks every answer member by member through its generic, model-driven serializer (for each member of
-    the output shape, a search of the result under several aliases), down to each attribute of each item:
-    about 18% of the emulator's time under the watch's load. The result of an item operation is already the
-    JSON-shaped data the serializer ends with: attribute values as `{type: value}` (numbers as strings, blobs
-    as bytes), counts as integers. What the serializer does to it, this does (`ITEM_ANSWER_MEMBERS`): it keeps
-    the members of the operation's output shape alone (DeleteItem's result has one that is not), base64-encodes
-    blobs, makes capacities doubles, answers with the operation's status and Content-Type. A result with a
-    member this does not know, and every error, goes through moto's serializer as before
-    (tests/devstack/test_emulator.py compares the answers with moto's own)."""
+    moto walks every answer member by member through its generic, model-driven serializer (for each member of the
+    output shape, a search of the result under several aliases), down to each attribute of each item: about 18% of
+    the emulator's time under the watch's load. Served with `json.dumps`, a GetItem of a 20-attribute item took a
+    median 0.6-1.0 ms instead of 2.2-2.3, a Query of ten items 1.5 ms instead of 8.6-9.4 (a conditional UpdateItem,
+    which answers with little, 1.6-2.1 ms instead of 2.1-2.2). The result of an item operation is already the
+    JSON-shaped data the serializer ends with: attribute values as `{type: value}` (numbers as strings, blobs as
+    bytes), counts as integers. What the serializer does to it, this does (`ITEM_ANSWER_MEMBERS`): it keeps the
+    members of the operation's output shape alone (DeleteItem's result has one that is not), base64-encodes blobs,
+    makes capacities doubles, answers with the operation's status and Content-Type. A result with a member this does
+    not know, and every error, goes through moto's serializer as before (tests/devstack/test_emulator.py compares
+    the answers with moto's own)."""
     from moto import settings
     from moto.core.utils import get_service_model
     from moto.dynamodb.responses import DynamoHandler
