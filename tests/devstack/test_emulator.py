@@ -746,10 +746,15 @@ def _item_operation_answers(endpoint: str, table: str) -> list[tuple[str, int, s
 def test_the_emulator_answers_item_operations_as_moto_itself_does(moto_server, plain_moto):
     from moto.dynamodb.responses import DynamoHandler
 
+    from devstack.moto_server import answer_item_operations_as_json
+
     table = f"items-{uuid.uuid4().hex[:8]}"  # one of this name on each server: answers name their table
     ours = _item_operation_answers(moto_server, table)
 
     assert getattr(DynamoHandler.serialized, "answers_as_json", False)  # the emulator's own answers, not moto's
+    applied = DynamoHandler.serialized
+    answer_item_operations_as_json()  # as every other server in the process starts: once is enough
+    assert DynamoHandler.serialized is applied
     assert {status for _, status, _, _ in ours} == {200, 400}
     assert [body["Count"] for operation, _, _, body in ours if operation == "Query"] == [
         "int 2", "int 2", "int 5", "int 0", "int 6"
