@@ -45,7 +45,8 @@ LONGEST_FILES = (
 MARKER_ORDER = ("e2e", "integration")
 # Except the watch's full-size load test, handed out last: it keeps both cores busy for two minutes and more
 # by itself, and the tests with a time budget that ran beside it (a long-poll woken within 100 ms, a worker
-# started within 30 s) failed for its sake. Last, it runs beside the unit tests, which have no time budget.
+# started within 30 s) failed for its sake. Last, it runs mostly alone: beside it, only what is left of the
+# other worker's last file.
 LAST_FILES = ("tests/e2e/test_watch_ws.py",)
 
 

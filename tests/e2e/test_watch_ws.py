@@ -4,7 +4,7 @@ API, writes over HTTP, the stream poller driving the fan-out, @connections posti
 The load test runs watchers of keys and prefixes while writers race (PUT, PATCH, DELETE, TTL expiry) and half
 the watchers drop and resume with their cursor: every watcher must get every version of its keys, in order,
 once. It runs at full size in make test: 200 watchers over 50 keys and 10 prefixes, 2,000 writes from 8
-writers, about 2 to 2.5 minutes on two cores with nothing else running, as about 30,000 requests, a third of
+writers, about 2 minutes on two cores with nothing else running, as about 30,000 requests, a third of
 them the fan-out's claims, go through the one serialized moto process (docs/decisions.md, "Listing,
 long-poll and watch"); it prints how long each phase took. STATE_EMULATOR_TRACE and STATE_EMULATOR_PROFILE
 show where the emulator's time goes.
