@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -211,6 +212,29 @@ class LostAnswer:
         if self.meanwhile is not None:
             self.meanwhile()
         raise ReadTimeoutError(endpoint_url=request.url)
+
+
+def without_token(request: Any, **_: Any) -> None:
+    """A botocore `before-send` hook that drops the request token from a TransactWriteItems, as a DynamoDB that
+    did not honour it would see the retry."""
+    if request.headers.get("X-Amz-Target", b"").endswith(b"TransactWriteItems"):
+        body = json.loads(request.body)
+        body.pop("ClientRequestToken", None)
+        request.body = json.dumps(body).encode()
+        request.headers["Content-Length"] = str(len(request.body))
+
+
+@contextmanager
+def hooked(client: Any, *hooks: Any, event: str = "before-send.dynamodb") -> Iterator[None]:
+    """`hooks` on `client` for the block, in order, and off it after, whatever happens: for a client the block
+    shares with others (the functions' one client per container)."""
+    for hook in hooks:
+        client.meta.events.register(event, hook)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            client.meta.events.unregister(event, hook)
 
 
 class _Body:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.doubles import LostAnswer
+from tests.doubles import LostAnswer, hooked, without_token
 from tests.integration.test_approvals import (  # noqa: F401
     OVERRIDER,
     body_of,
@@ -18,7 +18,6 @@ from tests.integration.test_approvals import (  # noqa: F401
     run,
     write,
 )
-from tests.integration.test_transaction_answer_lost import without_token
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +30,8 @@ def test_an_approval_whose_answer_was_lost_is_503_outcome_unknown_and_reading_se
     lost = LostAnswer(operation="UpdateItem")
     client = runtime.dynamodb_client()
     runtime.state_store()  # as in every write function: the store's retry rule is on the shared client
-    client.meta.events.register("before-send.dynamodb", lost)
-    try:
+    with hooked(client, lost):
         response = proposals(invoke, "POST", key, proposal["id"], "approve", sub="bob")
-    finally:
-        client.meta.events.unregister("before-send.dynamodb", lost)
 
     assert lost.lost == 1
     assert response["statusCode"] == 503, response
@@ -63,13 +59,8 @@ def test_an_apply_whose_answer_was_lost_is_applied_once_and_written_through(invo
     lost = LostAnswer(operation="TransactWriteItems")
     client = runtime.dynamodb_client()
     hooks = [lost] if honoured else [without_token, lost]
-    for hook in hooks:
-        client.meta.events.register("before-send.dynamodb", hook)
-    try:
+    with hooked(client, *hooks):
         response = proposals(invoke, "POST", key, proposal["id"], "approve", sub="bob")
-    finally:
-        for hook in hooks:
-            client.meta.events.unregister("before-send.dynamodb", hook)
 
     assert lost.lost == 1
     assert response["statusCode"] == 200, response

@@ -23,7 +23,7 @@ from state_core.domain.records import BlobRef
 from state_core.runtime import DYNAMODB_CONFIG
 from state_core.service.manager import Expectation, StateManager
 from state_core.storage.state import StateStore
-from tests.doubles import SIGNING_KEY, LostAnswer, NoMetrics, utc_now
+from tests.doubles import SIGNING_KEY, LostAnswer, NoMetrics, hooked, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -175,11 +175,8 @@ def test_over_http_the_client_gets_a_503_write_outcome_unknown_with_retry_after(
     b = StateManager(StateStore(client, state_table), clock=utc_now, metrics=NoMetrics())
     lost = LostAnswer(meanwhile=lambda: b.put(key, {"by": "b"}, actor="b"))
     functions_client = runtime.dynamodb_client()
-    functions_client.meta.events.register("before-send.dynamodb", lost)
-    try:
+    with hooked(functions_client, lost):
         response = invoke("put_state", http_event("put", key, body={"value": {"by": "a"}}))
-    finally:
-        functions_client.meta.events.unregister("before-send.dynamodb", lost)
 
     # Then the answer is the outcome-unknown problem with Retry-After, and B's write is the latest
     assert response["statusCode"] == 503

@@ -5,24 +5,14 @@ network's (tests.doubles.LostAnswer): the table really applies the first attempt
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
-from tests.doubles import LostAnswer
+from tests.doubles import LostAnswer, hooked, without_token
 from tests.integration.test_transactions import put, read, transact  # noqa: F401
 
 pytestmark = pytest.mark.integration
-
-
-def without_token(request, **_):
-    """A before-send hook that drops the request token from a TransactWriteItems."""
-    if request.headers.get("X-Amz-Target", b"").endswith(b"TransactWriteItems"):
-        body = json.loads(request.body)
-        body.pop("ClientRequestToken", None)
-        request.body = json.dumps(body).encode()
-        request.headers["Content-Length"] = str(len(request.body))
 
 
 @pytest.mark.parametrize("honoured", [True, False], ids=["token-honoured", "token-ignored"])
@@ -41,13 +31,8 @@ def test_a_transaction_whose_answer_was_lost_commits_once(transact, read, put, c
     lost = LostAnswer(operation="TransactWriteItems")
     client = runtime.dynamodb_client()
     hooks = [lost] if honoured else [without_token, lost]
-    for hook in hooks:
-        client.meta.events.register("before-send.dynamodb", hook)
-    try:
+    with hooked(client, *hooks):
         status, body, _ = transact(operations)
-    finally:
-        for hook in hooks:
-            client.meta.events.unregister("before-send.dynamodb", hook)
 
     assert lost.lost == 1
     assert [("ClientRequestToken" in sent) for sent in lost.sent] == [honoured, honoured]

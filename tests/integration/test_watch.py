@@ -415,11 +415,7 @@ def test_since_replays_the_versions_after_the_cursor_then_goes_live(watcher, man
 def test_the_replay_and_the_fan_out_racing_at_the_seam_send_each_version_once_in_order(
     watcher, watch_env, manager, fan_out, lifecycle, state_table
 ):
-    key = user_key()
-    for n in range(1, 5):
-        manager.put(key, n, actor="alice")
-    tail = StreamTail(state_table, {key})
-    record_history(lifecycle, tail.poll())
+    key, tail = key_with_recorded_history(manager, lifecycle, state_table, versions=4)
     w = watcher()
     # The replay stops in its `subscribed` post, under its lease, while versions 5 and 6 are written and fanned
     # out. The pause stays well inside the poster's 2 s read timeout: only the new stream records are read.
@@ -450,11 +446,7 @@ def test_a_replay_that_outlasts_its_lease_never_sends_a_version_the_fan_out_took
     """The replay's history read outlasts its lease (a slow table): meanwhile the fan-out, finding the lease run
     out, claims the next versions and sends them. The replay must then send none of them again, and the
     subscription stands: the client gets every version once, in order, and no error."""
-    key = user_key()
-    for n in range(1, 5):
-        manager.put(key, n, actor="alice")
-    tail = StreamTail(state_table, {key})
-    record_history(lifecycle, tail.poll())
+    key, tail = key_with_recorded_history(manager, lifecycle, state_table, versions=4)
     w = watcher()
     taken_over = []
 
@@ -495,11 +487,7 @@ def test_a_replay_short_of_time_after_a_post_still_records_it_so_no_catch_up_sen
     """The subscribe's replay posts a version with just enough of the invocation left for one DynamoDB attempt,
     and the post is slow: the record of what was sent must still be made. Refused for want of time, the
     watermark stayed behind, and the next catch-up sent the version again on the same subscription."""
-    key = user_key()
-    for n in range(1, 5):
-        manager.put(key, n, actor="alice")
-    tail = StreamTail(state_table, {key})
-    record_history(lifecycle, tail.poll())
+    key, tail = key_with_recorded_history(manager, lifecycle, state_table, versions=4)
     w = watcher()
     entered, release = watch_env.pause(w.id, "change")
     # Released after 1.5 s, inside the poster's 2 s read timeout: the post of version 2 eats the last second of
@@ -948,6 +936,16 @@ def test_a_token_in_a_refresh_is_never_logged_nor_echoed(watcher, token, capsys)
 
 
 # ------------------------------------------------------------------------------ many watchers, many writers
+def key_with_recorded_history(manager, lifecycle, state_table: str, versions: int) -> tuple[str, StreamTail]:
+    """A fresh key written `versions` times with its history recorded, and a tail of its stream read past them."""
+    key = user_key()
+    for n in range(1, versions + 1):
+        manager.put(key, n, actor="alice")
+    tail = StreamTail(state_table, {key})
+    record_history(lifecycle, tail.poll())
+    return key, tail
+
+
 class StreamTail:
     """The table's stream read on from where it was, as an event source mapping does: new records of `keys`."""
 
