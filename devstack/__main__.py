@@ -41,6 +41,7 @@ def _env_int(name: str, default: int) -> int:
 
 async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, in order, read top to bottom
     from devstack.gateway import Gateway
+    from devstack.gc_pauses import freeze_survivors_of_full_collections
     from devstack.metrics import DEFAULT_METRICS_PORT, METRICS_PORT_ENV, MetricsServer
     from devstack.moto_server import MotoProcess
     from devstack.oidc import DEFAULT_OIDC_PORT, DevIssuer, clients_from_env, token_ttl_from_env
@@ -201,6 +202,8 @@ async def run() -> None:  # noqa: C901, PLR0912, PLR0915  the stack's start-up, 
                 f'-H {shlex.quote("Authorization: Bearer " + token)} -d \'{{"value": {{"hi": 1}}}}\''
             )
             print("  more tokens: python -m devstack.token --sub alice --scope 'state:read state:write'")
+        # The gateway's and the stream poller's pauses are not a deployment's: keep full collections short.
+        freeze_survivors_of_full_collections()
         print("devstack ready", flush=True)
 
         stopped = asyncio.Event()

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from devstack.gc_pauses import freeze_survivors_of_full_collections
 from devstack.loopback import LoopbackOnlyMiddleware
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -838,6 +839,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     parent = os.getppid()
     server = SerializedMotoServer(port=args.port, host=args.host).start()
+    freeze_survivors_of_full_collections()  # after moto's imports: they are never walked again
     print(f"moto (serialized) listening on {server.endpoint_url}", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -176,6 +176,28 @@ def test_a_patch_with_a_cold_cache_reads_dynamodb_once_and_still_takes_two_redis
     assert trips.dynamodb == ["GetItem", "UpdateItem"]
 
 
+def test_a_patch_of_a_key_whose_entry_is_a_fence_caches_its_value_so_the_next_patch_reads_nothing(
+    manager, trips, key, raw_redis
+):
+    # The first write-through of an uncached key leaves a fence (a version without its value). The PATCH
+    # that misses on it reads DynamoDB once; its write-through claims the fill lease its miss took, so the
+    # next PATCH hits: a key written only by PATCHes does not read DynamoDB inside the lock every time.
+    manager.put(key, {"a": 1}, actor="alice")
+    assert raw_redis.hexists(entry_key(key), "d") == 0
+    trips.reset()
+
+    manager.patch(key, {"b": 2}, actor="alice")
+    assert trips.dynamodb == ["GetItem", "UpdateItem"]
+    assert trips.redis == [["EVALSHA", "EVALSHA"], ["EVALSHA", "EVALSHA"]]
+    assert int(raw_redis.hget(entry_key(key), "v")) == 2
+    assert raw_redis.hexists(entry_key(key), "d") == 1
+    trips.reset()
+
+    manager.patch(key, {"c": 3}, actor="alice")
+    assert trips.dynamodb == ["UpdateItem"]
+    assert manager.get(key).record.version == 3
+
+
 def test_a_patch_after_redis_lost_its_scripts_loads_them_once_then_is_back_to_two_round_trips(
     manager, trips, key, raw_redis
 ):

@@ -329,7 +329,7 @@ class RedisKeyLock:
         land is kept for replay, and the lease then expires."""
 
         def queue(pipe: Any) -> None:
-            cache.queue_write(pipe, entry)
+            cache.queue_write(pipe, entry, after_read=True)
             pipe.evalsha(*self._release_args(lease))
 
         released_ms = 0

@@ -67,6 +67,10 @@ end
 # other cache write, restart, eviction or flush happened since; a slow fill that read an older version is
 # dropped instead of landing over a newer entry or, worse, where that entry was wiped. Any other mode
 # ('through': a write-through, a tombstone, a fence) deletes the lease, so fills that read before it drop.
+# Mode 'claim' (the write-through of a PATCH whose own cache read missed and took the lease): a fill while
+# that lease is intact, since the version it wrote was committed after the miss, as a fill's read was;
+# else a plain write-through. Without it a key whose entry is a fence (its first write, an eviction) would
+# stay one for as long as only PATCHes write it, each reading DynamoDB inside the lock.
 #
 # Then write-if-newer: stored only if the version is newer than the cached one. Equal versions are a no-op,
 # except that the same version with its value may fill a valueless fence. A value (or tombstone) is stored
@@ -80,7 +84,8 @@ end
 _WRITE_IF_NEWER = (
     _HOLDS
     + """
-if ARGV[6] == 'fill' and redis.call('GET', KEYS[2]) ~= ARGV[7] then
+local leased = ARGV[6] ~= 'through' and redis.call('GET', KEYS[2]) == ARGV[7]
+if ARGV[6] == 'fill' and not leased then
   return 0
 end
 redis.call('DEL', KEYS[2])
@@ -99,7 +104,7 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
     backed = true
   end
 end
-if ARGV[6] ~= 'fill' and not backed then
+if not leased and not backed then
   metadata, data, mac = ARGV[8], '', ARGV[9]
 end
 redis.call('DEL', KEYS[1])
@@ -370,9 +375,10 @@ class RedisStateCache:
     def read_failed(self) -> None:
         self._metrics.add_metric(name="CacheErrors", unit="Count", value=1)
 
-    def queue_write(self, pipe: Any, entry: CacheEntry) -> None:
-        """Put the write-if-newer of `entry` on `pipe` (raw EVALSHA: see RedisLink.pipeline)."""
-        keys, args = self._write_arguments(self._cacheable(entry), "through", "")
+    def queue_write(self, pipe: Any, entry: CacheEntry, *, after_read: bool = False) -> None:
+        """Put the write-if-newer of `entry` on `pipe` (raw EVALSHA: see RedisLink.pipeline); `after_read`
+        as in `write_if_newer`."""
+        keys, args = self._write_arguments(self._cacheable(entry), *self._write_mode(entry, after_read))
         pipe.evalsha(self._write_if_newer.sha, len(keys), *keys, *args)
 
     @property
@@ -383,11 +389,22 @@ class RedisStateCache:
         """Replay failed writes first (see _replay_pending); raises RedisUnavailable if Redis is still down."""
         self._replay_pending(bypass_breaker=bypass_breaker)
 
-    def write_if_newer(self, entry: CacheEntry, *, attempts: int = WRITE_THROUGH_ATTEMPTS) -> bool:
+    def write_if_newer(
+        self, entry: CacheEntry, *, after_read: bool = False, attempts: int = WRITE_THROUGH_ATTEMPTS
+    ) -> bool:
         """The write-through of `entry`: stored unless the cache holds the same or a newer version, with its
-        value only over an entry that holds a value or tombstone (else as a fence). False if refused or
-        failed; a failed write is kept and replayed once Redis answers again."""
-        return self._write(entry, "through", "", bypass_breaker=True, attempts=attempts)
+        value only over an entry that holds a value or tombstone (else as a fence). `after_read`: the write
+        read the key from this cache first, in this thread (a PATCH); if that read missed and no cache write
+        came since, the value is stored over a fence or nothing too, as the miss's fill would be. False if
+        refused or failed; a failed write is kept and replayed once Redis answers again."""
+        return self._write(entry, *self._write_mode(entry, after_read), bypass_breaker=True, attempts=attempts)
+
+    def _write_mode(self, entry: CacheEntry, after_read: bool) -> tuple[str, str]:
+        """'claim' with the lease this thread's last read of the key took (a miss), else 'through'."""
+        # Read, not taken: a resend (after NOSCRIPT or a timeout) claims the same lease, and the next read of
+        # the key replaces it.
+        token = self._lease_tokens().get(entry.record.key) if after_read else None
+        return ("claim", token) if token is not None else ("through", "")
 
     def repair(self, entry: CacheEntry) -> bool:
         """The stream's repair: `entry`'s version as a fence, sent even while the breaker is open (this is

@@ -260,7 +260,7 @@ class StateManager:
 
     def _write_through_and_release(self, entry: CacheEntry, lease: Any | None) -> None:
         if lease is None or self._lock is None:
-            self._cache_write(entry)
+            self._cache_write(entry, after_read=True)
         elif self._cache is None:
             self._lock.release(lease)
         else:
@@ -407,9 +407,9 @@ class StateManager:
         if self._cache is not None:
             self._cache.fill(entry)
 
-    def _cache_write(self, entry: CacheEntry) -> None:
+    def _cache_write(self, entry: CacheEntry, *, after_read: bool = False) -> None:
         if self._cache is not None:
-            self._cache.write_if_newer(entry)
+            self._cache.write_if_newer(entry, after_read=after_read)
 
     def _encode(self, value: Any) -> StoredValue:
         check_depth(value)
