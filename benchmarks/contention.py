@@ -79,6 +79,16 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
     def worst(pairs: list[tuple[float, float]], first: int = 0) -> float:
         return round(max((wait / ((position + first + 2) * hold) for wait, position in pairs), default=0.0), 2)
 
+    # What the lock itself adds to a wait, beyond the holds ahead: the waiter's wait as it saw it less its
+    # time in the queue on Redis's clock, i.e. entering the queue and being woken. (The queue time is the
+    # holds ahead: the lock is never idle while waiters queue, and nobody overtakes.)
+    overheads = [
+        seen - queue
+        for record in records
+        if len(_values(record, "LockWaitTime")) == len(_values(record, "LockQueueTime"))
+        for seen, queue in zip(_values(record, "LockWaitTime"), _values(record, "LockQueueTime"), strict=True)
+    ]
+
     return {
         "hold_ms_median": round(hold, 1),
         "hold_ms_p99": round(percentile(holds, 0.99), 1) if holds else 0.0,
@@ -93,6 +103,10 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
         "waits_over_position_plus_2_holds_from_1": over(queued, first=1),
         "worst_wait_in_position_plus_2_holds_from_1": worst(queued, first=1),
         "client_wait_ms_median": round(statistics.median([wait for wait, _ in waited]), 1) if waited else 0.0,
+        "lock_overhead_ms_median": round(statistics.median(overheads), 1) if overheads else 0.0,
+        "lock_overhead_ms_p99": round(percentile(overheads, 0.99), 1) if overheads else 0.0,
+        "lock_overhead_ms_max": round(max(overheads), 1) if overheads else 0.0,
+        "lock_overheads_over_2_holds": sum(1 for overhead in overheads if overhead > 2 * hold),
         "client_waits_over_position_plus_2_holds": over(waited),
         "worst_client_wait_in_position_plus_2_holds": worst(waited),
     }
