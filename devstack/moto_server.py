@@ -255,13 +255,18 @@ def answer_get_records_as_json() -> None:
     emulator (and every DynamoDB request queued behind it) busy for over 100 ms. Its DynamoDB handler
     answers with `json.dumps` of the same kind of data; this answers GetRecords the same way, with the same
     JSON (tests/devstack/test_emulator.py compares the two)."""
+    from moto.core.utils import get_service_model
     from moto.dynamodb.models.utilities import dynamo_json_dump
     from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
 
-    def get_records(self: DynamoDBStreamsHandler) -> str:
+    # With the answer's Content-Type, as moto's serializer sends it (a bare string body would go as text/html).
+    model = get_service_model("dynamodbstreams")
+    headers = {"Content-Type": f"application/x-amz-json-{model.metadata.get('jsonVersion', '1.0')}"}
+
+    def get_records(self: DynamoDBStreamsHandler) -> tuple[int, dict[str, str], str]:
         limit = self._get_param("Limit")
         result = self.backend.get_records(self._get_param("ShardIterator"), 1000 if limit is None else limit)
-        return dynamo_json_dump(result)
+        return 200, dict(headers), dynamo_json_dump(result)
 
     DynamoDBStreamsHandler.get_records = get_records  # type: ignore[assignment,method-assign]
 

@@ -198,8 +198,9 @@ def plain_moto() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def _stream_records(endpoint: str, state_template: Any) -> list[dict[str, Any]]:
-    """Writes of every attribute type, then the stream's records as boto3 reads them."""
+def _stream_records(endpoint: str, state_template: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Writes of every attribute type, then the answer's Content-Type and the stream's records as boto3
+    reads them."""
     kwargs = {"endpoint_url": endpoint, "region_name": "us-east-1"}
     ddb, streams = boto3.client("dynamodb", **kwargs), boto3.client("dynamodbstreams", **kwargs)
     table = f"records-{uuid.uuid4().hex[:8]}"
@@ -223,21 +224,23 @@ def _stream_records(endpoint: str, state_template: Any) -> list[dict[str, Any]]:
     arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
     iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
-    records = streams.get_records(ShardIterator=iterator["ShardIterator"], Limit=10)["Records"]
+    answer = streams.get_records(ShardIterator=iterator["ShardIterator"], Limit=10)
+    records = answer["Records"]
     for record in records:
         # What differs between two runs: a random id, the time of the write, and the size moto estimates
         # from the record with that time in it.
         assert record.pop("eventID")
         assert record["dynamodb"].pop("ApproximateCreationDateTime").year >= 2026
         assert record["dynamodb"].pop("SizeBytes") > 0
-    return records
+    return answer["ResponseMetadata"]["HTTPHeaders"]["content-type"], records
 
 
 def test_the_emulator_answers_get_records_as_moto_itself_does(moto_server, plain_moto, state_template):
-    ours = _stream_records(moto_server, state_template)
+    content_type, ours = _stream_records(moto_server, state_template)
 
     assert [record["eventName"] for record in ours] == ["INSERT", "MODIFY", "REMOVE"]
-    assert ours == _stream_records(plain_moto, state_template)
+    assert content_type == "application/x-amz-json-1.0"
+    assert (content_type, ours) == _stream_records(plain_moto, state_template)
 
 
 def _queued_events(endpoint: str) -> list[dict[str, Any]]:
