@@ -797,6 +797,10 @@ class MotoProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
+            # A session of its own: Ctrl-C in `make dev`'s terminal, or a stop signal to the stack's process
+            # group, would stop it at once, before the stack's own stop ran the WebSocket connections'
+            # $disconnect, which then found no emulator. It stops when told, or when its parent is gone.
+            start_new_session=True,
         )
         if not isinstance(log, int):
             log.close()  # the child has its own copy

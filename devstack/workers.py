@@ -208,9 +208,11 @@ def _isolate(config: WorkerConfig) -> None:
 
 def worker_main(config: WorkerConfig, conn: Connection) -> None:
     """Entry point of a worker process: init once, then one event at a time."""
-    # Ctrl-C in the dev runner's terminal reaches the whole process group; the
-    # runner decides when workers stop, so an interrupt must not kill one mid-event.
+    # Ctrl-C in the dev runner's terminal, and a stop signal to the stack's process group (what the tests
+    # send), reach every process of the group; the runner decides when workers stop (after the WebSocket
+    # connections' $disconnect ran on them), so neither may kill one mid-event. It kills them itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _redirect_output(config.log_path)
     _isolate(config)
     log_stream = time.strftime("%Y/%m/%d") + f"/[$LATEST]{uuid.uuid4().hex}"

@@ -763,3 +763,53 @@ def test_the_emulator_answers_item_operations_as_moto_itself_does(moto_server, p
         "int 2", "int 2", "int 5", "int 0", "int 6"
     ]  # fmt: skip
     assert ours == _item_operation_answers(plain_moto, table)
+
+
+# ----------------------------------------------------------------------------------- its process
+OUTLIVING_PARENT = """
+import signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as the stack's main process: it stops on its own terms
+from devstack.moto_server import MotoProcess
+moto = MotoProcess().start()
+print(moto.endpoint_url, flush=True)
+sys.stdin.readline()
+moto.stop()
+"""
+
+
+def test_the_emulator_outlives_a_signal_to_its_parents_process_group_until_its_parent_stops_it():
+    """`make dev`'s Ctrl-C and a test's stop signal the stack's whole process group; the emulator must still
+    answer while the stack stops (the WebSocket connections' $disconnect writes to it), then stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from devstack.template import REPO_ROOT
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", OUTLIVING_PARENT],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdin is not None
+        url = parent.stdout.readline().strip()
+        assert requests.get(f"{url}/moto-api/", timeout=10).ok
+        os.killpg(parent.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert requests.get(f"{url}/moto-api/", timeout=10).ok
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.wait(timeout=30) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/moto-api/", timeout=10)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)

@@ -12,6 +12,8 @@ import base64
 import hashlib
 import itertools
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -344,6 +346,18 @@ def test_handler_exception_is_500_and_the_traceback_stays_in_the_log(gw: Running
     assert "secret-detail" not in response.text
     log = (gw.state_dir / "logs" / "FailFunction.log").read_text()
     assert "RuntimeError: secret-detail-that-must-not-reach-the-client" in log
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_worker_outlives_a_signal_to_the_stacks_process_group(gw: RunningGateway, signal_number: int) -> None:
+    """`make dev`'s Ctrl-C and a test's stop signal every process of the stack's group; the stack stops its
+    workers itself, once the WebSocket connections' $disconnect ran on them."""
+    pid = echo(requests.get(gw.url("/echo/k"), headers=ALLOW, timeout=30))["pid"]
+    os.kill(pid, signal_number)
+    time.sleep(0.3)
+    state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    assert state not in ("Z", "X")  # neither a zombie nor dead: still the function's worker
+    assert echo(requests.get(gw.url("/echo/k"), headers=ALLOW, timeout=30))
 
 
 def test_timed_out_worker_is_replaced_and_the_next_call_works(gw: RunningGateway) -> None:
