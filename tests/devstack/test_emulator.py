@@ -799,7 +799,8 @@ def test_the_emulator_outlives_a_signal_to_its_parents_process_group_until_its_p
         start_new_session=True,
     )
     try:
-        assert parent.stdout is not None and parent.stdin is not None
+        assert parent.stdout is not None
+        assert parent.stdin is not None
         url = parent.stdout.readline().strip()
         assert requests.get(f"{url}/moto-api/", timeout=10).ok
         os.killpg(parent.pid, signal.SIGTERM)
