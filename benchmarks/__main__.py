@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
         "--skip",
         action="append",
         default=[],
-        choices=("inprocess", "capacity", "contention", "cold", "watch", "schemas", "encryption"),
+        choices=("inprocess", "capacity", "contention", "lock", "cold", "watch", "schemas", "encryption"),
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the rows as JSON")
     args = parser.parse_args(argv)
@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
         from benchmarks import contention
 
         rows += contention.run(args.rounds, tuple(args.writers))
+    if "lock" not in args.skip:
+        from benchmarks import lock_alone
+
+        rows += lock_alone.run(args.rounds, tuple(args.writers))
     if "cold" not in args.skip:
         from benchmarks import cold_start
 

@@ -73,11 +73,15 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
     # A waiter's position is the number of waiters queued ahead of it (0: next in line), so the bound is
     # (position + 2) holds; a queue position counted from 1 (the next in line is 1) allows one hold more, and
     # is reported beside it (`..._from_1`).
-    def over(pairs: list[tuple[float, float]], first: int = 0) -> int:
-        return sum(1 for wait, position in pairs if wait > (position + first + 2) * hold)
+    def over(pairs: list[tuple[float, float]], first: int = 0, unit: float = hold) -> int:
+        return sum(1 for wait, position in pairs if wait > (position + first + 2) * unit)
 
-    def worst(pairs: list[tuple[float, float]], first: int = 0) -> float:
-        return round(max((wait / ((position + first + 2) * hold) for wait, position in pairs), default=0.0), 2)
+    def worst(pairs: list[tuple[float, float]], first: int = 0, unit: float = hold) -> float:
+        return round(max((wait / ((position + first + 2) * unit) for wait, position in pairs), default=0.0), 2)
+
+    # Beside the median hold, the mean: a wait is a sum of holds, and a sum of holds whose mean exceeds their
+    # median by more than about 2 / position overruns (position + 2) median holds with no help from the lock.
+    mean_hold = statistics.fmean(holds) if holds else math.nan
 
     # What the lock itself adds to a wait, beyond the holds ahead: the waiter's wait as it saw it less its
     # time in the queue on Redis's clock, i.e. entering the queue and being woken. (The queue time is the
@@ -102,6 +106,9 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
         "worst_wait_in_position_plus_2_holds": worst(queued),
         "waits_over_position_plus_2_holds_from_1": over(queued, first=1),
         "worst_wait_in_position_plus_2_holds_from_1": worst(queued, first=1),
+        "hold_ms_mean": round(mean_hold, 1),
+        "waits_over_position_plus_2_mean_holds": over(queued, unit=mean_hold),
+        "worst_wait_in_position_plus_2_mean_holds": worst(queued, unit=mean_hold),
         "client_wait_ms_median": round(statistics.median([wait for wait, _ in waited]), 1) if waited else 0.0,
         "lock_overhead_ms_median": round(statistics.median(overheads), 1) if overheads else 0.0,
         "lock_overhead_ms_p99": round(percentile(overheads, 0.99), 1) if overheads else 0.0,

@@ -33,6 +33,7 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     rows = {row["name"] for row in json.loads(results.read_text())["rows"]}
     assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
     assert any(name.startswith("64 concurrent PATCH") for name in rows)
+    assert {"lock alone, 8 writers, 10 ms holds", "lock alone, 64 writers, 10 ms holds"} <= rows
     assert any(name.startswith("cold import") for name in rows)
     assert {"watch: write to 1 watcher of one key", "watch: write to 3 watchers of one key"} <= rows
     # What tracing costs a cold start, against the same import with tracing off.
