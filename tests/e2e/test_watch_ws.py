@@ -151,6 +151,7 @@ class Watcher:
         self.reconnects = 0
         self.attempts = 0  # each subscribe goes under a new id: what still comes for an abandoned one is not read
         self.failures = 0  # in a row: retries back off, so that a slow table is not buried under them
+        self.failed_subscribes = 0  # in all: after one, docs/watch.md allows a version sent twice
 
     async def connect(self, session: aiohttp.ClientSession) -> None:
         for attempt in range(12):
@@ -171,6 +172,7 @@ class Watcher:
                 return
             except TimeoutError:
                 # No answer (the function timed out under the local table's load): undo, then again.
+                self.failed_subscribes += 1
                 await self.socket.send_json({"type": "unsubscribe", "id": self.subscription_id})
         raise AssertionError("never subscribed")
 
@@ -207,6 +209,7 @@ class Watcher:
                 # up on (no answer in 20 s) landed after its unsubscribe; the same again.
                 await asyncio.sleep(backoff(self.failures))
                 self.failures += 1
+                self.failed_subscribes += 1
                 await socket.send_json({"type": "unsubscribe", "id": self.subscription_id})
                 continue
             if message["type"] == "unsubscribed":
@@ -358,11 +361,14 @@ def assert_every_version_once(watchers: list[Watcher], keys: list[str], final: d
             # Every version up to the one read last, and perhaps an expiry the TTL emulator wrote after: 1..n
             # without a gap or a duplicate, n at least the final version. A fan-out invocation that failed (the
             # local table timing out under this load) is retried, and may send the version it had claimed again,
-            # as may a post whose answer was lost (docs/watch.md): then, and only then, a version repeated right
-            # after itself is dropped, as the client the docs describe does.
+            # as may a post whose answer was lost, and a subscribe that failed (a replay whose record of a sent
+            # version was refused for want of time: docs/watch.md): then, and only then (any fan-out failure,
+            # or one of this watcher's subscribes), a version repeated right after itself is dropped, as the
+            # client the docs describe does.
             seen = watcher.seen[str(key)]
-            once = [v for n, v in enumerate(seen) if n == 0 or v != seen[n - 1]] if retried else seen
-            assert once == list(range(1, len(once) + 1)), (key, watcher.reconnects, retried)
+            twice_allowed = retried or watcher.failed_subscribes
+            once = [v for n, v in enumerate(seen) if n == 0 or v != seen[n - 1]] if twice_allowed else seen
+            assert once == list(range(1, len(once) + 1)), (key, watcher.reconnects, retried, watcher.failed_subscribes)
             assert len(once) >= final[str(key)], (key, watcher.reconnects)
 
 
