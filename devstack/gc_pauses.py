@@ -3,12 +3,12 @@
 Python's cyclic collector walks every tracked object in a full (generation 2) collection. The emulator keeps
 all of moto's modules and every stored item in one heap, so its full collections took 81-134 ms, one every
 6-7 s of contended PATCHes; it serves one request at a time, so a lock holder's write waited out the pause,
-and so did every waiter queued behind it (the holds of 126 and 150 ms in a 256-writer round). DynamoDB does
+and so did every waiter queued behind it (holds of 106 and 126 ms in a 256-writer round). DynamoDB does
 not pause like that, and a deployed gateway and stream consumer are other machines.
 
 After each full collection its survivors are frozen (`gc.freeze()`): the next full collection walks only
 what was allocated since, and reference counting still frees frozen objects that are dropped. What it gives
-up: a frozen object that later becomes part of unreachable cycle is never collected; in a local emulator
+up: a frozen object that later becomes part of an unreachable cycle is never collected; in a local emulator
 that leaks a little memory, nothing else.
 """
 
