@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
         "--writers", type=int, nargs="+", default=[8, 64, 256], help="counts of concurrent PATCHes (default: 8 64 256)"
     )
     parser.add_argument(
+        "--lock-writers", type=int, nargs="+", help="counts of writers of the lock-alone rows (default: --writers)"
+    )
+    parser.add_argument(
         "--watch-writes", type=int, help="PUTs of every watch row (default: 20 for 1 watcher, 5 for 1,000)"
     )
     parser.add_argument(
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901, PLR0915  one bloc
     if "lock" not in args.skip:
         from benchmarks import lock_alone
 
-        rows += lock_alone.run(args.rounds, tuple(args.writers))
+        rows += lock_alone.run(args.rounds, tuple(args.lock_writers or args.writers))
     if "cold" not in args.skip:
         from benchmarks import cold_start
 

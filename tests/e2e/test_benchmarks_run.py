@@ -20,6 +20,9 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     # The 256-writer round runs the same code as the 64-writer one, for a quarter of this test's time.
     tiny = ["--runs", "3", "--large-runs", "1", "--cold-runs", "1", "--rounds", "1", "--writers", "8", "64"]
+    # The lock-alone rows start a process per writer up to eight: two keep them runnable at a small cost to
+    # the tests that run beside this one.
+    tiny += ["--lock-writers", "2"]
     tiny += ["--watch-writes", "1", "--watch-watchers", "1", "3"]
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", *tiny, "--results", str(results)],
@@ -33,7 +36,7 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     rows = {row["name"] for row in json.loads(results.read_text())["rows"]}
     assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
     assert any(name.startswith("64 concurrent PATCH") for name in rows)
-    assert {"lock alone, 8 writers, 10 ms holds", "lock alone, 64 writers, 10 ms holds"} <= rows
+    assert "lock alone, 2 writers, 10 ms holds" in rows
     assert any(name.startswith("cold import") for name in rows)
     assert {"watch: write to 1 watcher of one key", "watch: write to 3 watchers of one key"} <= rows
     # What tracing costs a cold start, against the same import with tracing off.
