@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import LAYER, Row
-from benchmarks.contention import _waits
+from benchmarks.contention import _totals, _waits
 
 HOLD_SECONDS = 0.010
 PROCESSES = 8
@@ -123,7 +123,6 @@ def run(rounds: int, writer_counts: tuple[int, ...], hold: float = HOLD_SECONDS)
                 throughputs.append(throughput)
                 records += round_records
                 print(f"lock alone, {writers} writers, round {round_number}: {throughput:.1f} op/s", file=sys.stderr)
-            timeouts = int(sum(sum(record.get("LockTimeouts", [])) for record in records))
             rows.append(
                 Row(
                     f"lock alone, {writers} writers, {hold * 1000:g} ms holds",
@@ -138,7 +137,7 @@ def run(rounds: int, writer_counts: tuple[int, ...], hold: float = HOLD_SECONDS)
                     notes={
                         "writers": writers,
                         "processes": min(PROCESSES, writers),
-                        "locktimeouts": timeouts,
+                        **_totals(records),
                         **_waits(records, statistics.median(throughputs)),
                     },
                 )
