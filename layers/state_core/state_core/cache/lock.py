@@ -37,11 +37,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Stamps for the lock's timings are microseconds, so a median of holds is not rounded to whole ms.
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local function granted(keep_ms)
   redis.call('INCR', KEYS[4])
   redis.call('PEXPIRE', KEYS[4], keep_ms)
 end
-local function hand_over(now, handoff_ms, wake_prefix, keep_ms)
+local function hand_over(now, stamp_us, handoff_ms, wake_prefix, keep_ms)
   while true do
     local head = redis.call('LPOP', KEYS[2])
     if not head then return false end
@@ -52,7 +57,7 @@ local function hand_over(now, handoff_ms, wake_prefix, keep_ms)
       granted(keep_ms)
       local wake = wake_prefix .. head
       redis.call('DEL', wake)
-      redis.call('RPUSH', wake, now)
+      redis.call('RPUSH', wake, string.format('%d', stamp_us))  -- all 16 digits, not a float's 14
       redis.call('PEXPIRE', wake, until_ms - now + handoff_ms)
       return head
     end
@@ -63,7 +68,7 @@ end
 # ARGV: token, lease ms, handoff ms, wait left ms, wake prefix, leaving (1/0), queue lifetime ms.
 # Takes the lock if it is ours (handed over), free (after handing it to a live waiter ahead of us, if any),
 # else queues us once (or, leaving, takes us out of the queue). Returns {held, holder's ttl ms, position,
-# grant count, a time on Redis's clock: when the lock became ours (0: the wake-up carried it), or now}.
+# grant count, a time on Redis's clock (us): when the lock became ours (0: the wake-up carried it), or now}.
 _ENTER = (
     _HAND_OVER
     + """
@@ -71,11 +76,11 @@ local token = ARGV[1]
 local wake = ARGV[5] .. token
 local holder = redis.call('GET', KEYS[1])
 if not holder then
-  holder = hand_over(now_ms(), tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[7]))
+  holder = hand_over(now_ms(), now_us(), tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[7]))
   if not holder then granted(tonumber(ARGV[7])) end
 end
 if holder == token or not holder then
-  local granted_at = now_ms()
+  local granted_at = now_us()
   if holder == token then granted_at = tonumber(redis.call('LPOP', wake) or '0') end
   redis.call('SET', KEYS[1], token, 'PX', tonumber(ARGV[2]))
   if redis.call('HDEL', KEYS[3], token) == 1 then redis.call('LREM', KEYS[2], 1, token) end
@@ -94,22 +99,32 @@ end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[7]))
 local position = redis.call('LPOS', KEYS[2], token) or -1
-return {0, redis.call('PTTL', KEYS[1]), position, tonumber(redis.call('GET', KEYS[4]) or '0'), now_ms()}
+return {0, redis.call('PTTL', KEYS[1]), position, tonumber(redis.call('GET', KEYS[4]) or '0'), now_us()}
 """
 )
 
 # ARGV: token, handoff ms, wake prefix, keys' lifetime ms. Release only a lock we still hold (after our
-# lease expired, another writer may), handing it to the next live waiter. Returns when, on Redis's clock (0:
-# it was no longer ours).
+# lease expired, another writer may), handing it to the next live waiter. Returns when, on Redis's clock in
+# microseconds (0: it was no longer ours).
 _RELEASE = (
     _HAND_OVER
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local now = now_ms()
-if not hand_over(now, tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])) then redis.call('DEL', KEYS[1]) end
+local now = now_us()
+if not hand_over(math.floor(now / 1000), now, tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])) then
+  redis.call('DEL', KEYS[1])
+end
 return now
 """
 )
+
+
+def _microseconds(stamp: bytes | str | int) -> int:
+    """A time stamp from the lock's scripts. A releaser of the version before pushed milliseconds to the
+    wake-up lists: during a deploy that mixes the two, its stamps are scaled rather than read as a hold of
+    decades."""
+    value = int(stamp)
+    return value * 1000 if 0 < value < 10**14 else value
 
 
 def lock_key(key: str) -> str:
@@ -148,9 +163,9 @@ class Lease:
     token: str
     # When it was taken (monotonic), for the hold time the release reports when Redis's clock cannot.
     taken_at: float = 0.0
-    # When Redis made it ours (ms on Redis's clock; 0: unknown): a hold then runs from the handoff to the
+    # When Redis made it ours (us on Redis's clock; 0: unknown): a hold then runs from the handoff to the
     # release on one clock, so a woken waiter's own wake-up counts as its hold, as it does for the key.
-    granted_ms: int = 0
+    granted_us: int = 0
 
 
 class RedisKeyLock:
@@ -203,8 +218,8 @@ class RedisKeyLock:
                 cache.replay_pending()
             # The release goes along: after Redis lost its scripts, one reload covers the whole PATCH.
             replies = self._link.pipeline(lambda pipe: self._queue_enter(pipe, lease, cache, deadline), scripts=scripts)
-            (held, holder_ttl_ms, position, grants_at_entry, stamp_ms), entry = self._entered(replies, key, cache)
-            queued_ms = stamp_ms
+            (held, holder_ttl_ms, position, grants_at_entry, stamp_us), entry = self._entered(replies, key, cache)
+            queued_us = stamp_us
             while not held:
                 # Blocking ends, socket timeout included, within the wait: a hung Redis cannot hold us longer.
                 left = deadline - self._monotonic() - policy.socket_slack_seconds
@@ -213,7 +228,7 @@ class RedisKeyLock:
                     replies = self._link.pipeline(
                         lambda pipe: self._queue_enter(pipe, lease, cache, deadline, leaving=True), scripts=scripts
                     )
-                    (held, _, _, grants, stamp_ms), entry = self._entered(replies, key, cache)
+                    (held, _, _, grants, stamp_us), entry = self._entered(replies, key, cache)
                     if not held:
                         self._metrics.add_metric(name="LockTimeouts", unit="Count", value=1)
                         return None, entry
@@ -230,9 +245,9 @@ class RedisKeyLock:
                 replies = self._link.pipeline(
                     wait_then_enter, scripts=scripts, timeout_seconds=block + policy.socket_slack_seconds
                 )
-                (held, holder_ttl_ms, _, grants, stamp_ms), entry = self._entered(replies, key, cache)
-                if held and not stamp_ms and replies[0]:
-                    stamp_ms = int(replies[0][1])  # the wake-up we blocked on carried the handoff's time
+                (held, holder_ttl_ms, _, grants, stamp_us), entry = self._entered(replies, key, cache)
+                if held and not stamp_us and replies[0]:
+                    stamp_us = _microseconds(replies[0][1])  # the wake-up we blocked on carried the handoff's time
         except RedisUnavailable:
             self._metrics.add_metric(name="LockErrors", unit="Count", value=1)
             if cache is not None:
@@ -241,8 +256,8 @@ class RedisKeyLock:
         if position >= 0:
             # Grants between our entry and our turn, ours excluded: our position (one per waiter queued
             # ahead) when nobody overtook us, fewer when some ahead gave up.
-            self._waited(started, position, grants - grants_at_entry - 1, stamp_ms - queued_ms if stamp_ms else None)
-        return Lease(key, lease.token, self._monotonic(), stamp_ms), entry
+            self._waited(started, position, grants - grants_at_entry - 1, stamp_us - queued_us if stamp_us else None)
+        return Lease(key, lease.token, self._monotonic(), stamp_us), entry
 
     def _queue_enter(
         self, pipe: Any, lease: Lease, cache: RedisStateCache | None, deadline: float, *, leaving: bool = False
@@ -261,29 +276,29 @@ class RedisKeyLock:
         replies: list[Any], key: str, cache: RedisStateCache | None
     ) -> tuple[tuple[bool, int, int, int, int], CacheEntry | None]:
         """Whether we hold the lock, the holder's remaining lease (ms), our place in the queue (-1: not
-        queued), the key's grant count, the script's time stamp (ms on Redis's clock); and the cache entry
+        queued), the key's grant count, the script's time stamp (us on Redis's clock); and the cache entry
         read after it."""
-        held, holder_ttl_ms, position, grants, stamp_ms = replies[-1] if cache is None else replies[-2]
+        held, holder_ttl_ms, position, grants, stamp_us = replies[-1] if cache is None else replies[-2]
         entry = None if cache is None else cache.entry_from(key, replies[-1])
-        return (bool(held), int(holder_ttl_ms), int(position), int(grants), int(stamp_ms)), entry
+        return (bool(held), int(holder_ttl_ms), int(position), int(grants), _microseconds(stamp_us)), entry
 
-    def _waited(self, started: float, position: int, grants_ahead: int, queued_ms: int | None) -> None:
+    def _waited(self, started: float, position: int, grants_ahead: int, queued_us: int | None) -> None:
         """The wait as the waiter saw it (its own wake-up included), and on Redis's clock from joining the
         queue to being handed the lock: the queue's own time, comparable with the holds ahead."""
         self._metrics.add_metric(name="LockWaits", unit="Count", value=1)
         self._metrics.add_metric(
             name="LockWaitTime", unit="Milliseconds", value=round((self._monotonic() - started) * 1000, 1)
         )
-        if queued_ms is not None:
-            self._metrics.add_metric(name="LockQueueTime", unit="Milliseconds", value=max(0, queued_ms))
+        if queued_us is not None:
+            self._metrics.add_metric(name="LockQueueTime", unit="Milliseconds", value=max(0, queued_us) / 1000)
         self._metrics.add_metric(name="LockQueuePosition", unit="Count", value=position)
         self._metrics.add_metric(name="LockGrantsAhead", unit="Count", value=grants_ahead)
 
-    def _held(self, lease: Lease, released_ms: int) -> None:
+    def _held(self, lease: Lease, released_us: int) -> None:
         """From the lock becoming ours to its release, on Redis's clock when both ends are known (else as
         this process saw it): the time the next waiter waits per holder ahead."""
-        if lease.granted_ms and released_ms:
-            held_ms = float(max(0, released_ms - lease.granted_ms))
+        if lease.granted_us and released_us:
+            held_ms = max(0, released_us - lease.granted_us) / 1000
         else:
             held_ms = round((self._monotonic() - lease.taken_at) * 1000, 1)
         self._metrics.add_metric(name="LockHoldTime", unit="Milliseconds", value=held_ms)
@@ -311,7 +326,7 @@ class RedisKeyLock:
         self._held(lease, self._send_release(lease))
 
     def _send_release(self, lease: Lease) -> int:
-        """When the release landed (ms on Redis's clock), 0 if it did not or the lock was no longer ours."""
+        """When the release landed (us on Redis's clock), 0 if it did not or the lock was no longer ours."""
         try:
             replies = self._link.pipeline(
                 lambda pipe: pipe.evalsha(*self._release_args(lease)), scripts=(self._release,)
@@ -332,12 +347,12 @@ class RedisKeyLock:
             cache.queue_write(pipe, entry, after_read=True)
             pipe.evalsha(*self._release_args(lease))
 
-        released_ms = 0
+        released_us = 0
         for attempt in range(1, WRITE_THROUGH_ATTEMPTS + 1):
             try:
                 cache.replay_pending(bypass_breaker=True)
                 replies = self._link.pipeline(queue, scripts=(*cache.scripts, self._release), bypass_breaker=True)
-                released_ms = int(replies[-1] or 0)
+                released_us = int(replies[-1] or 0)
                 break
             except RedisUnavailable as trouble:
                 cache.read_failed()  # counted as a cache error, like any failed cache call
@@ -345,4 +360,4 @@ class RedisKeyLock:
                 if attempt == WRITE_THROUGH_ATTEMPTS or not trouble.timed_out:
                     cache.remember(entry)
                     break
-        self._held(lease, released_ms)
+        self._held(lease, released_us)
