@@ -1,7 +1,8 @@
 """8, 64 and 256 concurrent PATCHes on one key through the local stack (`python -m devstack` as a
 subprocess): their throughput against 1 / (one uncontended PATCH's latency) measured through the same stack
 in the same run, with lost updates (must be 0), conflicts, retries, lock waits and timeouts from the PATCH
-function's metrics, and every waiter's wait against (its queue position + 2) hold times.
+function's metrics, and every waiter's wait against (its queue position + 2) hold times: the holds ahead of
+it as they ran plus 2 median holds (the target's figure), and (position + 2) median holds beside it.
 
 The local stack runs at most LOCAL_MAX_CONCURRENCY (8 by default) workers per function and queues the rest
 of the requests in the gateway, so at most that many PATCHes reach the lock at once however many writers
@@ -44,10 +45,10 @@ def _totals(records: list[dict[str, Any]]) -> dict[str, int]:
 def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
     """How many waiters were overtaken, and each waiter's wait against (its queue position + 2) hold times.
 
-    The target's figures are on the lock's own clock (Redis's): a waiter's LockQueueTime runs from joining the
-    queue to the release that handed it the lock, and a LockHoldTime from that handoff to the holder's release,
-    so a woken waiter's own wake-up counts once, in its hold, as it does for the key. The waits as the clients
-    saw them (their own wake-up included, large on a loaded machine) are reported beside them."""
+    Two clocks: on Redis's, a waiter's LockQueueTime runs from joining the queue to the release that handed
+    it the lock, and a LockHoldTime from that handoff to the holder's release, so a woken waiter's own
+    wake-up counts once, in its hold, as it does for the key; LockWaitTime is the wait as the client saw it
+    (entering the queue and its own wake-up included, large on a loaded machine)."""
     holds = [v for record in records for v in _values(record, "LockHoldTime")]
     hold = statistics.median(holds) if holds else math.nan
 
@@ -83,15 +84,18 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
     # median by more than about 2 / position overruns (position + 2) median holds with no help from the lock.
     mean_hold = statistics.fmean(holds) if holds else math.nan
 
-    # What the lock itself adds to a wait, beyond the holds ahead: the waiter's wait as it saw it less its
-    # time in the queue on Redis's clock, i.e. entering the queue and being woken. (The queue time is the
-    # holds ahead: the lock is never idle while waiters queue, and nobody overtakes.)
-    overheads = [
-        seen - queue
+    # The target as the project reads it (docs/decisions.md, "Performance targets"): a waiter waits out the
+    # holds queued ahead of it as they actually ran, plus at most 2 hold times. Its time in the queue on
+    # Redis's clock is exactly those holds (consecutive holds tile with no idle gap, and `overtaken` shows
+    # nobody cut in), so what the lock itself adds (entering the queue, being woken) is its wait as it saw
+    # it less that queue time.
+    seen_and_queued = [
+        (seen, queue)
         for record in records
         if len(_values(record, "LockWaitTime")) == len(_values(record, "LockQueueTime"))
         for seen, queue in zip(_values(record, "LockWaitTime"), _values(record, "LockQueueTime"), strict=True)
     ]
+    overheads = [seen - queue for seen, queue in seen_and_queued]
 
     return {
         "hold_ms_median": round(hold, 1),
@@ -113,7 +117,10 @@ def _waits(records: list[dict[str, Any]], throughput: float) -> dict[str, Any]:
         "lock_overhead_ms_median": round(statistics.median(overheads), 1) if overheads else 0.0,
         "lock_overhead_ms_p99": round(percentile(overheads, 0.99), 1) if overheads else 0.0,
         "lock_overhead_ms_max": round(max(overheads), 1) if overheads else 0.0,
-        "lock_overheads_over_2_holds": sum(1 for overhead in overheads if overhead > 2 * hold),
+        "waits_over_holds_ahead_plus_2_holds": sum(1 for overhead in overheads if overhead > 2 * hold),
+        "worst_wait_in_holds_ahead_plus_2_holds": round(
+            max((seen / (queue + 2 * hold) for seen, queue in seen_and_queued), default=0.0), 2
+        ),
         "client_waits_over_position_plus_2_holds": over(waited),
         "worst_client_wait_in_position_plus_2_holds": worst(waited),
     }

@@ -36,6 +36,11 @@ def test_every_benchmark_row_runs(tmp_path: Path) -> None:
     rows = {row["name"] for row in json.loads(results.read_text())["rows"]}
     assert {"GET, cache hit", "GET, cache miss", "PUT", "PATCH, uncontended", "1 MiB PUT + GET"} <= rows
     assert any(name.startswith("64 concurrent PATCH") for name in rows)
+    # The lock's wait bound in both readings (docs/decisions.md, "Performance targets"), with what makes the
+    # target's reading valid: nobody overtaken, a lock never idle while waiters queue.
+    contended = next(row for row in json.loads(results.read_text())["rows"] if row["name"].startswith("64 concurrent"))
+    bound = {"waits_over_holds_ahead_plus_2_holds", "waits_over_position_plus_2_holds", "overtaken", "lock_busy_share"}
+    assert bound <= set(contended["notes"])
     assert "lock alone, 2 writers, 10 ms holds" in rows
     assert any(name.startswith("cold import") for name in rows)
     assert {"watch: write to 1 watcher of one key", "watch: write to 3 watchers of one key"} <= rows
