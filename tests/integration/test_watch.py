@@ -684,6 +684,63 @@ def test_a_resumed_prefix_removed_while_a_key_is_caught_up_sends_nothing_more_of
     assert w.messages("error") == []
 
 
+def test_a_fan_out_behind_the_clients_versions_never_sends_a_resumed_prefix_what_the_client_named(
+    watcher, manager, fan_out, lifecycle, state_table
+):
+    """A client can be ahead of the stream: a replay reads the history, not the stream. A resume names k:3, got
+    from an earlier resume's replay, and the fan-out, still behind, then meets k (k:2 and k:3) before the
+    resume's replay does: it starts k after 3, the version the client named, not at the older version it was
+    handed, from which it would claim k:3 and send it again. (The load test saw this after failed subscribes:
+    each resume gets ahead of a lagging stream, and a replay stopped short leaves keys to the fan-out.)"""
+    prefix = f"r{uuid.uuid4().hex[:8]}:g:"
+    a, k = f"{prefix}a", f"{prefix}k"
+    first = watcher(scope="state:read")
+    first.send({"type": "subscribe", "id": "s", "prefix": prefix})
+    cursor = first.messages("subscribed")[0]["cursor"]
+    manager.put(a, 1, actor="alice")
+    manager.put(k, 1, actor="alice")
+    tail = StreamTail(state_table, {a, k})
+    records = tail.poll()
+    record_history(lifecycle, records)
+    fan_out(records=records)  # journaled under the prefix: a and k changed since the watch began
+    assert per_key(first) == {a: [1], k: [1]}
+    first.send_disconnect()
+    manager.put(k, 2, actor="alice")
+    manager.put(k, 3, actor="alice")
+    lagging = tail.poll()
+    record_history(lifecycle, lagging)  # the history has k:2 and k:3; the fan-out has not got to them yet
+    second = watcher(scope="state:read")
+    second.send({"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": {a: 1, k: 1}})
+    assert per_key(second) == {k: [2, 3]}  # replayed from the history, ahead of the fan-out
+    second.send_disconnect()
+    third = watcher(scope="state:read")
+    # The third resume's replay stops at a (its first key), so the fan-out's lagging batch reaches k first.
+    entered, release = threading.Event(), threading.Event()
+
+    def pause_at_a(name: str, **context: Any) -> None:
+        if name == "watch_resume_start" and context["key"] == a and not entered.is_set():
+            entered.set()
+            release.wait(10)
+
+    resume = {"type": "subscribe", "id": "s", "prefix": prefix, "since": cursor, "versions": {a: 1, k: 3}}
+    failpoints.install(pause_at_a)
+    try:
+        subscribing = threading.Thread(target=third.send, args=(resume,))
+        subscribing.start()
+        assert entered.wait(10)
+        fan_out(records=lagging)
+        release.set()
+        subscribing.join(10)
+    finally:
+        release.set()
+        failpoints.uninstall()
+    assert third.messages("error") == []
+    assert per_key(third) == {}
+    manager.put(k, 4, actor="alice")
+    fan_out(records=tail.poll())
+    assert per_key(third) == {k: [4]}
+
+
 @pytest.mark.parametrize("why", ["older than retention", "journal began after it"])
 def test_a_prefix_cursor_the_journal_does_not_cover_gets_resync_and_the_watch_goes_on_from_now(
     watcher, manager, fan_out, why

@@ -386,7 +386,10 @@ class WatchService:
                 self._resync(connection, subscription, key, f"more than {MAX_REPLAY_VERSIONS} versions to replay")
                 current = self._states.get(key)
                 start = max(target, 0 if current is None else current.version)
-            delivered = min(start, target)
+            # The start, even above `target`: a fan-out behind the client (which a replay, reading the history,
+            # can put ahead of the stream) hands in an older version, and a watermark left there had the versions
+            # up to the start claimed and sent again.
+            delivered = start
             self.store.advance(subscription, key, delivered, token)
         principal = principal_of(connection)
         while True:
