@@ -361,10 +361,11 @@ def assert_every_version_once(watchers: list[Watcher], keys: list[str], final: d
             # Every version up to the one read last, and perhaps an expiry the TTL emulator wrote after: 1..n
             # without a gap or a duplicate, n at least the final version. A fan-out invocation that failed (the
             # local table timing out under this load) is retried, and may send the version it had claimed again,
-            # as may a post whose answer was lost, and a subscribe that failed (a replay whose record of a sent
-            # version was refused for want of time: docs/watch.md): then, and only then (any fan-out failure,
-            # or one of this watcher's subscribes), a version not above the last one processed is dropped, as
-            # the client the docs describe does. A gap or a version out of order still fails.
+            # as may a post whose answer was lost, the replay's of a subscribe that failed too (its subscription
+            # stays until the unsubscribe, its watermark a version behind the client: docs/watch.md): then, and
+            # only then (any fan-out failure, or one of this watcher's subscribes), a version not above the last
+            # one processed is dropped, as the client the docs describe does. A gap or a version out of order
+            # still fails.
             seen = watcher.seen[str(key)]
             once = seen
             if retried or watcher.failed_subscribes:
