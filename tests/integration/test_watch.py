@@ -522,6 +522,57 @@ def test_a_replay_short_of_time_after_a_post_still_records_it_so_no_catch_up_sen
     assert w.versions() == [2, 3, 4, 5]
 
 
+def test_a_watermark_write_out_of_time_answers_503_naming_the_subscription_and_a_new_id_resumes(
+    watcher, manager, fan_out, lifecycle, state_table, invoke
+):
+    """The replay's history read of version 3 takes what is left of the invocation but one DynamoDB attempt's
+    worth: the lease renewal before its post is refused for want of time (OutOfTime), and so is the removal
+    of the failed subscription. The client must get the documented `error` 503 naming the subscription, not
+    API Gateway's id-less "Internal server error" (an exception out of the handler); the subscription left
+    behind stops at `unsubscribe`, and a subscribe under a new id from the last cursor resumes, once each."""
+    from state_core import deadline
+
+    key, tail = key_with_recorded_history(manager, lifecycle, state_table, versions=4)
+    w = watcher()
+    slowed = []
+
+    def history_read_eats_the_budget(name: str, **context: Any) -> None:
+        if name == "watch_replay_before_post" and context["version"] == 3 and not slowed:
+            slowed.append(True)
+            left = deadline.remaining()
+            assert left is not None
+            time.sleep(max(0.0, left - runtime.DYNAMODB_ATTEMPT_BUDGET_SECONDS + 0.5))
+
+    subscribe = ws_event(
+        "subscribe", w.id, body={"type": "subscribe", "id": "s", "key": key, "since": encode_cursor(key, 1)}
+    )
+    failpoints.install(history_read_eats_the_budget)
+    try:
+        answer = invoke(
+            "watch_socket",
+            subscribe,
+            LambdaContext(remaining_ms=int((runtime.DYNAMODB_ATTEMPT_BUDGET_SECONDS + 3) * 1000)),
+        )
+    finally:
+        failpoints.uninstall()
+    assert slowed
+    assert answer["statusCode"] == 200
+    assert w.versions() == [2]
+    (error,) = w.messages("error")
+    assert (error["status"], error["id"]) == (503, "s")
+    # What the client does (docs/watch.md, "A subscribe that failed"): unsubscribe, then a new id from the cursor
+    # of the last change it processed.
+    w.send({"type": "unsubscribe", "id": "s"})
+    assert w.messages("unsubscribed") == [{"type": "unsubscribed", "id": "s"}]
+    cursor = w.messages("change")[-1]["cursor"]
+    w.send({"type": "subscribe", "id": "s2", "key": key, "since": cursor})
+    assert w.versions("s2") == [3, 4]
+    manager.put(key, 5, actor="alice")
+    record_history(lifecycle, tail.poll())
+    fan_out(key)
+    assert (w.versions(), w.versions("s2")) == ([2], [3, 4, 5])
+
+
 def test_a_cursor_older_than_the_history_gets_resync(watcher, manager, fan_out, lifecycle, state_table, client):
     key = user_key()
     for n in range(1, 4):

@@ -446,9 +446,13 @@ class WatchStore:
     def _update(self, key: dict[str, Any], **request: Any) -> dict[str, Any] | None:
         """The conditional update; None when it held, the item as it was when the condition failed."""
         try:
-            self._client.update_item(
-                TableName=self._table, Key=key, ReturnValuesOnConditionCheckFailure="ALL_OLD", **request
-            )
+            # A table that is slow, throttling or out of the invocation's time is ServiceUnavailable, as on every
+            # other store: the socket handler then answers the subscription's `error` 503 (docs/watch.md), not
+            # API Gateway's id-less "Internal server error".
+            with dynamodb_errors():
+                self._client.update_item(
+                    TableName=self._table, Key=key, ReturnValuesOnConditionCheckFailure="ALL_OLD", **request
+                )
         except ClientError as error:
             if _failed(error):
                 item: dict[str, Any] = dict(error.response.get("Item") or {})  # type: ignore[call-overload]
@@ -497,18 +501,19 @@ class WatchStore:
     def take_lease(self, s: Subscription, key: str, token: str, until: float, now: float) -> Watermark | None:
         """The watermark's lease for `token` (the watermark as it is then), or None while another holds it."""
         try:
-            response = self._client.update_item(
-                TableName=self._table,
-                Key=_watermark_key(s, key),
-                UpdateExpression="SET lease_by = :token, lease_until = :until",
-                ConditionExpression="attribute_not_exists(lease_until) OR lease_until < :now OR lease_by = :token",
-                ExpressionAttributeValues={
-                    ":token": {"S": token},
-                    ":until": {"N": f"{until:.3f}"},
-                    ":now": {"N": f"{now:.3f}"},
-                },
-                ReturnValues="ALL_NEW",
-            )
+            with dynamodb_errors():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key=_watermark_key(s, key),
+                    UpdateExpression="SET lease_by = :token, lease_until = :until",
+                    ConditionExpression="attribute_not_exists(lease_until) OR lease_until < :now OR lease_by = :token",
+                    ExpressionAttributeValues={
+                        ":token": {"S": token},
+                        ":until": {"N": f"{until:.3f}"},
+                        ":now": {"N": f"{now:.3f}"},
+                    },
+                    ReturnValues="ALL_NEW",
+                )
         except ClientError as error:
             if _failed(error):
                 return None
