@@ -13,6 +13,8 @@ from state_client.errors import StateError, error_for
 from state_client.models import Change, Resync, WatchEvent
 
 DEFAULT_WATCH_URL = "ws://127.0.0.1:3001/watch"
+# The first subscription's id; each subscribe made again after a failure takes the next one (w1, w2, ...):
+# docs/watch.md, "A subscribe that failed".
 SUBSCRIPTION_ID = "w"
 # docs/watch.md: a subscribe not answered within 20 s left nothing usable behind.
 SUBSCRIBE_TIMEOUT = 20.0
@@ -46,14 +48,24 @@ class WatchState:
 
     A key watch's cursor is the last change's (or the first `subscribed`'s). A prefix watch's is the watch's,
     from `subscribed`; it resumes with it and the last version yielded of each key received since
-    (docs/watch.md, "Resuming a prefix")."""
+    (docs/watch.md, "Resuming a prefix").
+
+    A subscribe that failed (`error` 5xx, before or after `subscribed`; 409, its id in use; API Gateway's id-less
+    frame) may have left its subscription behind, live. The watch unsubscribes that id, waits for
+    `unsubscribed`, then subscribes again from where it is under a new id, and ignores whatever still comes
+    for an id it does not hold; the drop rule above stays the last guard."""
 
     key: str | None
     prefix: str | None
     cursor: str | None = None
     subscribed: bool = False
     last_version: dict[str, int] = field(default_factory=dict)
-    _resubscribing: bool = False
+    # How many subscribes were made again after a failure: the current id's number (0: SUBSCRIPTION_ID).
+    _attempt: int = 0
+    # The id of the subscription this watch holds on the connection (None while it unsubscribes a failed one).
+    _held: str | None = None
+    # The id of a failed subscription being unsubscribed, whose `unsubscribed` the next subscribe waits for.
+    _unsubscribing: str | None = None
     # Why this subscribe could not resume the prefix watch (None: it could, or nothing to resume).
     _restarted: str | None = None
 
@@ -66,9 +78,15 @@ class WatchState:
                 " received, which the watch keeps itself across reconnections"
             )
 
+    @property
+    def subscription_id(self) -> str:
+        return SUBSCRIPTION_ID if self._attempt == 0 else f"{SUBSCRIPTION_ID}{self._attempt}"
+
     def subscribe(self) -> dict[str, Any]:
+        """The subscribe message, on a new connection or again after a failed subscribe."""
         self.subscribed = False
-        message: dict[str, Any] = {"type": "subscribe", "id": SUBSCRIPTION_ID}
+        self._held, self._unsubscribing = self.subscription_id, None
+        message: dict[str, Any] = {"type": "subscribe", "id": self._held}
         if self.key is not None:
             message["key"] = self.key
             if self.cursor is not None:
@@ -95,23 +113,31 @@ class WatchState:
             return Step()
         kind = message.get("type")
         if kind is None and "message" in message:
-            # API Gateway's own frame for a failed integration: the subscribe may have half happened.
+            # API Gateway's own frame for a failed integration: the subscribe may have half happened. While a
+            # failed one is being unsubscribed, it is the unsubscribe that failed: the connection goes, and
+            # everything of it with it ($disconnect).
+            if self._unsubscribing is not None:
+                raise Reconnect(str(message.get("message")))
             return self._resubscribe()
+        if kind == "expiring":
+            return Step(refresh_token=True)
+        if kind == "closing":
+            raise Reconnect(str(message.get("reason", "closing")))
+        if kind == "unsubscribed":
+            return self._unsubscribed(message)
+        if kind == "error":
+            return self._error(message)
+        # Anything else concerns one subscription: one this watch no longer holds (a failed subscribe's, live
+        # still, or a post in flight at its unsubscribe) is ignored.
+        concerns = message.get("id") if kind == "subscribed" else message.get("subscription")
+        if self._held is None or concerns != self._held:
+            return Step()
         if kind == "subscribed":
             return self._subscribed(message)
         if kind == "change":
             return self._change(message)
         if kind == "resync":
             return self._resync(message)
-        if kind == "expiring":
-            return Step(refresh_token=True)
-        if kind == "closing":
-            raise Reconnect(str(message.get("reason", "closing")))
-        if kind == "unsubscribed" and self._resubscribing:
-            self._resubscribing = False
-            return Step(send=[self.subscribe()])
-        if kind == "error":
-            return self._error(message)
         return Step()
 
     def _subscribed(self, message: dict[str, Any]) -> Step:
@@ -156,16 +182,42 @@ class WatchState:
     def _error(self, message: dict[str, Any]) -> Step:
         status = message.get("status")
         status = status if isinstance(status, int) else 500
-        if status >= 500 and message.get("id") in (SUBSCRIPTION_ID, None) and not self.subscribed:
+        ident = message.get("id")
+        if self._unsubscribing is not None and ident == self._unsubscribing:
+            if status >= 500:
+                # The unsubscribe may not have happened: dropping the connection removes the subscription.
+                raise Reconnect(f"unsubscribe of failed subscription {ident} answered {status}")
+            return self._unsubscribed({"id": ident})  # refused (an id the server does not know): nothing to stop
+        if ident is None:
+            # An error naming no subscription: a subscribe not yet answered failed, or another message did.
+            if status >= 500 and self._held is not None and not self.subscribed:
+                return self._resubscribe()
+            if status >= 500 and self._unsubscribing is not None:
+                raise Reconnect(f"error {status} while unsubscribing failed subscription {self._unsubscribing}")
+            raise error_for(status, message)
+        if ident != self._held:
+            return Step()  # about a subscription this watch no longer holds
+        if status >= 500 or status == 409:
+            # 5xx before or after `subscribed` (a replay failing partway): the subscription may be live, without
+            # all of its replay. 409: its id is in use, by a failed subscribe's leftover. Either way: again, anew.
             return self._resubscribe()
         raise error_for(status, message)
 
     def _resubscribe(self) -> Step:
-        # API Gateway may process a socket's messages concurrently: unsubscribe, wait for its answer, then
-        # subscribe again with the cursor of the last change yielded.
-        self._resubscribing = True
+        # The failed subscription may still be live: unsubscribe it and wait for the answer (API Gateway may
+        # process a socket's messages concurrently), then subscribe again with the cursor of the last change
+        # yielded, under a new id (docs/watch.md, "A subscribe that failed").
+        if self._held is None:
+            return Step()  # nothing subscribed on this connection yet
+        self._unsubscribing, self._held = self._held, None
         self.subscribed = False
-        return Step(send=[{"type": "unsubscribe", "id": SUBSCRIPTION_ID}])
+        return Step(send=[{"type": "unsubscribe", "id": self._unsubscribing}])
+
+    def _unsubscribed(self, message: dict[str, Any]) -> Step:
+        if self._unsubscribing is None or message.get("id") != self._unsubscribing:
+            return Step()
+        self._attempt += 1
+        return Step(send=[self.subscribe()])
 
 
 class Backoff:
