@@ -111,6 +111,24 @@ def row(name: str, baseline: str, measured: list[float], base: list[float], **no
     return Row(name, baseline, median, p99, len(measured), base_median, base_p99, notes=notes)
 
 
+def throughput_row(
+    name: str, baseline: str, throughputs: list[float], base_median: float, base_p99: float, **notes: Any
+) -> Row:
+    """A row of rounds' throughputs (op/s): their median, and the slowest round in the p99 column."""
+    return Row(
+        name,
+        baseline,
+        statistics.median(throughputs),
+        min(throughputs),
+        len(throughputs),
+        base_median,
+        base_p99,
+        unit="op/s",
+        higher_is_better=True,
+        notes=notes,
+    )
+
+
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Send file descriptor 1 to /dev/null: the handlers' logs and EMF metrics go there, as they go to a

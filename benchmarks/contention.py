@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, Row, load_module, percentile
+from benchmarks.common import REPO_ROOT, Row, load_module, percentile, throughput_row
 
 WRITERS = (8, 64, 256)
 NAMES = ("Conflicts", "Retries", "LockWaits", "LockTimeouts", "LockErrors")
@@ -265,26 +265,20 @@ def run(rounds: int, writer_counts: tuple[int, ...] = WRITERS) -> list[Row]:
             time.sleep(1.0)
             records = _records(log)[seen:]
             rows.append(
-                Row(
+                throughput_row(
                     f"{writers} concurrent PATCH (local stack)",
                     "1 / uncontended PATCH latency",
-                    statistics.median(throughputs),
-                    min(throughputs),
-                    len(throughputs),
+                    throughputs,
                     1 / uncontended_median,
                     1 / uncontended_p99,
-                    unit="op/s",
-                    higher_is_better=True,
-                    notes={
-                        "lost_updates": lost,
-                        "refused_503": refused,
-                        "statuses": sorted(statuses_seen),
-                        "patches": writers * len(throughputs),
-                        "worker_concurrency": stack_concurrency(),
-                        **_totals(records),
-                        **_waits(records, statistics.median(throughputs)),
-                        **_emulator(trace, since, until),
-                    },
+                    lost_updates=lost,
+                    refused_503=refused,
+                    statuses=sorted(statuses_seen),
+                    patches=writers * len(throughputs),
+                    worker_concurrency=stack_concurrency(),
+                    **_totals(records),
+                    **_waits(records, statistics.median(throughputs)),
+                    **_emulator(trace, since, until),
                 )
             )
         limit_median, _ = _serialized_limit_seconds(stack.moto_url, stack.table_name)

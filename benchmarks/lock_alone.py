@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.common import LAYER, Row
+from benchmarks.common import LAYER, Row, throughput_row
 from benchmarks.contention import _totals, _waits
 
 HOLD_SECONDS = 0.010
@@ -124,22 +124,16 @@ def run(rounds: int, writer_counts: tuple[int, ...], hold: float = HOLD_SECONDS)
                 records += round_records
                 print(f"lock alone, {writers} writers, round {round_number}: {throughput:.1f} op/s", file=sys.stderr)
             rows.append(
-                Row(
+                throughput_row(
                     f"lock alone, {writers} writers, {hold * 1000:g} ms holds",
                     f"1 / the {hold * 1000:g} ms hold",
-                    statistics.median(throughputs),
-                    min(throughputs),
-                    len(throughputs),
+                    throughputs,
                     1 / hold,
                     1 / hold,
-                    unit="op/s",
-                    higher_is_better=True,
-                    notes={
-                        "writers": writers,
-                        "processes": min(PROCESSES, writers),
-                        **_totals(records),
-                        **_waits(records, statistics.median(throughputs)),
-                    },
+                    writers=writers,
+                    processes=min(PROCESSES, writers),
+                    **_totals(records),
+                    **_waits(records, statistics.median(throughputs)),
                 )
             )
     finally:
