@@ -76,7 +76,8 @@ local token = ARGV[1]
 local wake = ARGV[5] .. token
 local holder = redis.call('GET', KEYS[1])
 if not holder then
-  holder = hand_over(now_ms(), now_us(), tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[7]))
+  local now = now_us()
+  holder = hand_over(math.floor(now / 1000), now, tonumber(ARGV[3]), ARGV[5], tonumber(ARGV[7]))
   if not holder then granted(tonumber(ARGV[7])) end
 end
 if holder == token or not holder then
